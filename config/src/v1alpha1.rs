@@ -1,0 +1,321 @@
+//! The `v1alpha1` document kinds.
+//!
+//! Each kind is one YAML document with `apiVersion: v1alpha1` and `kind: <Kind>`. Kinds that
+//! can appear many times (links) carry a `name`; the others appear once. Secrets and PKI live
+//! in their own `Secrets` document so the rest of a config can be shared without them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::types::{
+    BootstrapToken, Certificate, Duration, Endpoint, Hostname, Key32, LinkName, MacAddr, Prefix,
+    PrivateKey,
+};
+use crate::{config_enum, config_struct};
+
+pub const API_VERSION: &str = "v1alpha1";
+
+config_enum! {
+    /// The role of the machine in the cluster.
+    pub enum MachineType {
+        ControlPlane = "controlplane",
+        Worker = "worker",
+    }
+}
+
+config_struct! {
+    /// Where and how the node installs itself to disk.
+    pub struct InstallConfig {
+        /// The block device to install to, e.g. /dev/vda.
+        pub disk: String = "disk";
+        /// Wipe the disk before installing.
+        pub wipe: bool = "wipe", default = false;
+    }
+}
+
+config_struct! {
+    /// Settings for the kubelet on this node.
+    pub struct KubeletConfig {
+        /// Extra command-line flags, without the leading dashes.
+        pub extra_args: BTreeMap<String, String> = "extraArgs";
+        /// Subnets the kubelet picks the node IP from (first match wins).
+        pub node_ip_subnets: Vec<Prefix> = "nodeIPSubnets";
+        /// Cluster DNS servers handed to pods; default is the tenth address of the service subnet.
+        pub cluster_dns: Vec<IpAddr> = "clusterDNS";
+    }
+}
+
+config_struct! {
+    /// The machine: its role, install target, certificates and kubelet.
+    pub struct MachineConfig {
+        /// controlplane or worker.
+        pub machine_type: MachineType = "type";
+        /// Install target; absent when the node runs from its boot media (ISO, PXE, container).
+        pub install: Option<InstallConfig> = "install";
+        /// Extra names and addresses for the node's API serving certificate.
+        pub cert_sans: Vec<String> = "certSANs";
+        /// Kubelet settings.
+        pub kubelet: Option<KubeletConfig> = "kubelet";
+        /// Labels applied to the Kubernetes node.
+        pub node_labels: BTreeMap<String, String> = "nodeLabels";
+    }
+}
+
+config_struct! {
+    /// Where the Kubernetes API is reached.
+    pub struct ControlPlaneConfig {
+        /// The Kubernetes API endpoint, e.g. https://10.5.0.2:6443.
+        pub endpoint: Endpoint = "endpoint";
+    }
+}
+
+config_struct! {
+    /// Cluster networking.
+    pub struct ClusterNetworkConfig {
+        /// Pod network CIDRs (default 10.244.0.0/16).
+        pub pod_subnets: Vec<Prefix> = "podSubnets";
+        /// Service network CIDRs (default 10.96.0.0/12).
+        pub service_subnets: Vec<Prefix> = "serviceSubnets";
+        /// The cluster DNS domain.
+        pub dns_domain: Hostname = "dnsDomain", default = "cluster.local".parse().expect("a valid default");
+    }
+}
+
+config_struct! {
+    /// The cluster this machine belongs to (no secrets: those are in the Secrets document).
+    pub struct ClusterConfig {
+        /// The cluster's name.
+        pub name: Hostname = "name";
+        /// A random identifier of the cluster, shared by all its nodes (base64, 32 bytes).
+        pub id: Key32 = "id";
+        /// The Kubernetes control plane.
+        pub control_plane: ControlPlaneConfig = "controlPlane";
+        /// Pod and service networks.
+        pub network: Option<ClusterNetworkConfig> = "network";
+        /// Let workloads run on control-plane nodes.
+        pub allow_scheduling_on_control_planes: bool = "allowSchedulingOnControlPlanes", default = false;
+    }
+}
+
+config_struct! {
+    /// A certificate authority: its certificate and, where this node signs with it, its key.
+    pub struct CertificateAuthority {
+        /// The CA certificate (PEM).
+        pub crt: Certificate = "crt";
+        /// The CA private key (PEM); absent on nodes that only verify.
+        pub key: Option<PrivateKey> = "key";
+    }
+}
+
+config_struct! {
+    /// The certificate authorities of the cluster.
+    pub struct ClusterCAs {
+        /// The OS CA: issues apid serving certificates and osctl client certificates.
+        pub os: CertificateAuthority = "os";
+        /// The Kubernetes CA.
+        pub kubernetes: CertificateAuthority = "kubernetes";
+        /// The etcd CA; control planes only.
+        pub etcd: Option<CertificateAuthority> = "etcd";
+    }
+}
+
+config_struct! {
+    /// Secrets and PKI. Leave this document out to share the rest of a config safely.
+    pub struct SecretsConfig {
+        /// The cluster secret: KubeSpan pre-shared keys and discovery encryption derive from it.
+        pub cluster_secret: Key32 = "clusterSecret";
+        /// The Kubernetes bootstrap token nodes join with.
+        pub bootstrap_token: BootstrapToken = "bootstrapToken";
+        /// Key for encrypting Kubernetes secrets at rest; control planes only.
+        pub secretbox_key: Option<Key32> = "secretboxEncryptionSecret";
+        /// The service-account signing key (PEM); control planes only.
+        pub service_account_key: Option<PrivateKey> = "serviceAccountKey";
+        /// The certificate authorities.
+        pub certs: ClusterCAs = "certs";
+    }
+}
+
+config_struct! {
+    /// A static route.
+    pub struct RouteConfig {
+        /// The destination network; 0.0.0.0/0 or ::/0 for a default route.
+        pub destination: Prefix = "destination";
+        /// The next hop; absent for an on-link route.
+        pub gateway: Option<IpAddr> = "gateway";
+        /// Route metric (lower wins).
+        pub metric: u32 = "metric", default = 1024;
+        /// The source address to prefer.
+        pub source: Option<IpAddr> = "source";
+    }
+}
+
+config_struct! {
+    /// Picks a physical link by hardware properties instead of by name.
+    pub struct LinkSelector {
+        /// The link's MAC address.
+        pub hardware_addr: Option<MacAddr> = "hardwareAddr";
+        /// The kernel driver name, e.g. virtio_net.
+        pub driver: Option<String> = "driver";
+    }
+}
+
+config_struct! {
+    /// A physical link (or a dummy link, with kind: dummy).
+    pub struct LinkConfig {
+        /// The interface name; with a selector, the name it is known by in this config.
+        pub name: LinkName = "name";
+        /// Match the link by MAC address or driver rather than by name.
+        pub selector: Option<LinkSelector> = "selector";
+        /// Create a dummy link instead of configuring a physical one.
+        pub dummy: bool = "dummy", default = false;
+        /// Whether the link is up.
+        pub up: bool = "up", default = true;
+        /// The MTU.
+        pub mtu: Option<u32> = "mtu";
+        /// Static addresses with prefix length.
+        pub addresses: Vec<Prefix> = "addresses";
+        /// Static routes through this link.
+        pub routes: Vec<RouteConfig> = "routes";
+        /// Run the DHCPv4 client on this link.
+        pub dhcp: bool = "dhcp", default = false;
+    }
+}
+
+config_enum! {
+    /// The bonding mode, as the kernel's bonding driver names it.
+    pub enum BondMode {
+        BalanceRr = "balance-rr",
+        ActiveBackup = "active-backup",
+        BalanceXor = "balance-xor",
+        Broadcast = "broadcast",
+        Lacp = "802.3ad",
+        BalanceTlb = "balance-tlb",
+        BalanceAlb = "balance-alb",
+    }
+}
+
+config_struct! {
+    /// A bond of links.
+    pub struct BondConfig {
+        /// The bond's interface name.
+        pub name: LinkName = "name";
+        /// The bonding mode.
+        pub mode: BondMode = "mode";
+        /// Link monitoring interval in milliseconds.
+        pub miimon: u32 = "miimon", default = 100;
+        /// The member links; they are enslaved before the bond comes up.
+        pub links: Vec<LinkName> = "links";
+        /// Whether the bond is up.
+        pub up: bool = "up", default = true;
+        /// The MTU.
+        pub mtu: Option<u32> = "mtu";
+        /// Static addresses.
+        pub addresses: Vec<Prefix> = "addresses";
+        /// Static routes.
+        pub routes: Vec<RouteConfig> = "routes";
+        /// Run the DHCPv4 client on the bond.
+        pub dhcp: bool = "dhcp", default = false;
+    }
+}
+
+config_struct! {
+    /// An 802.1Q VLAN on a parent link.
+    pub struct VlanConfig {
+        /// The VLAN interface name, e.g. eth0.100.
+        pub name: LinkName = "name";
+        /// The parent link.
+        pub parent: LinkName = "parent";
+        /// The VLAN ID, 1 to 4094.
+        pub vlan_id: u16 = "vlanID";
+        /// Whether the VLAN link is up.
+        pub up: bool = "up", default = true;
+        /// The MTU; at most the parent's.
+        pub mtu: Option<u32> = "mtu";
+        /// Static addresses.
+        pub addresses: Vec<Prefix> = "addresses";
+        /// Static routes.
+        pub routes: Vec<RouteConfig> = "routes";
+        /// Run the DHCPv4 client on the VLAN link.
+        pub dhcp: bool = "dhcp", default = false;
+    }
+}
+
+config_struct! {
+    /// A bridge joining links.
+    pub struct BridgeConfig {
+        /// The bridge's interface name.
+        pub name: LinkName = "name";
+        /// The ports of the bridge.
+        pub links: Vec<LinkName> = "links";
+        /// Run the spanning tree protocol.
+        pub stp: bool = "stp", default = false;
+        /// Whether the bridge is up.
+        pub up: bool = "up", default = true;
+        /// The MTU.
+        pub mtu: Option<u32> = "mtu";
+        /// Static addresses.
+        pub addresses: Vec<Prefix> = "addresses";
+        /// Static routes.
+        pub routes: Vec<RouteConfig> = "routes";
+        /// Run the DHCPv4 client on the bridge.
+        pub dhcp: bool = "dhcp", default = false;
+    }
+}
+
+config_struct! {
+    /// The node's hostname.
+    pub struct HostnameConfig {
+        /// A fixed hostname.
+        pub hostname: Option<Hostname> = "hostname";
+        /// Derive a stable hostname from the machine when none is set or given by DHCP.
+        pub auto: bool = "auto", default = true;
+    }
+}
+
+config_struct! {
+    /// DNS resolvers.
+    pub struct ResolverConfig {
+        /// Name servers, in order.
+        pub nameservers: Vec<IpAddr> = "nameservers";
+        /// Search domains.
+        pub search_domains: Vec<Hostname> = "searchDomains";
+    }
+}
+
+config_struct! {
+    /// Time synchronization.
+    pub struct TimeConfig {
+        /// Turn time synchronization off.
+        pub disabled: bool = "disabled", default = false;
+        /// NTP servers (names or addresses).
+        pub servers: Vec<String> = "servers";
+        /// How long boot waits for time to sync before going on.
+        pub boot_timeout: Duration = "bootTimeout", default = Duration::from_std(std::time::Duration::from_secs(120));
+    }
+}
+
+config_struct! {
+    /// KubeSpan: the automatic WireGuard mesh between the cluster's nodes.
+    pub struct KubeSpanConfig {
+        /// Turn KubeSpan on.
+        pub enabled: bool = "enabled", default = false;
+        /// The MTU of the WireGuard link (at least 1280).
+        pub mtu: u32 = "mtu", default = 1420;
+        /// Route pod networks through the mesh too, not only node addresses.
+        pub advertise_pod_networks: bool = "advertisePodNetworks", default = true;
+        /// Reach peers that cannot be reached directly (behind NAT) through a relay peer.
+        pub allow_relay: bool = "allowRelay", default = true;
+        /// How long a peer may go without a handshake before it is marked down.
+        pub peer_down_after: Duration = "peerDownAfter", default = Duration::from_std(std::time::Duration::from_secs(275));
+    }
+}
+
+config_struct! {
+    /// Cluster member discovery.
+    pub struct DiscoveryConfig {
+        /// Publish and read affiliates through the discovery server.
+        pub enabled: bool = "enabled", default = false;
+        /// The discovery server's URL.
+        pub endpoint: Option<Endpoint> = "endpoint";
+    }
+}

@@ -1,0 +1,354 @@
+//! Checks that span fields and documents: what the types alone cannot say.
+//!
+//! Every check pushes to one list, so a user sees all problems in one run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::decode::Problem;
+use crate::document::{Document, Located};
+use crate::types::{LinkName, Prefix};
+use crate::v1alpha1::{MachineType, RouteConfig};
+
+/// Where the machine runs; some settings make no sense in a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Metal,
+    Container,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "metal" => Ok(Mode::Metal),
+            "container" => Ok(Mode::Container),
+            _ => Err(format!("{s:?} is not a mode (metal or container)")),
+        }
+    }
+}
+
+/// What every link kind has in common, for the network checks.
+struct LinkView<'a> {
+    doc: &'a Located,
+    name: &'a LinkName,
+    mtu: Option<u32>,
+    addresses: &'a [Prefix],
+    routes: &'a [RouteConfig],
+    dhcp: bool,
+}
+
+fn link_view(doc: &Located) -> Option<LinkView<'_>> {
+    let (name, mtu, addresses, routes, dhcp) = match &doc.doc {
+        Document::Link(l) => (&l.name, l.mtu, &l.addresses, &l.routes, l.dhcp),
+        Document::Bond(b) => (&b.name, b.mtu, &b.addresses, &b.routes, b.dhcp),
+        Document::Vlan(v) => (&v.name, v.mtu, &v.addresses, &v.routes, v.dhcp),
+        Document::Bridge(b) => (&b.name, b.mtu, &b.addresses, &b.routes, b.dhcp),
+        _ => return None,
+    };
+    Some(LinkView {
+        doc,
+        name,
+        mtu,
+        addresses,
+        routes,
+        dhcp,
+    })
+}
+
+pub fn validate(docs: &[Located], mode: Mode, out: &mut Vec<Problem>) {
+    singletons(docs, out);
+    let machine = docs.iter().find_map(|d| match &d.doc {
+        Document::Machine(m) => Some((d, m)),
+        _ => None,
+    });
+    let cluster = docs.iter().find_map(|d| match &d.doc {
+        Document::Cluster(c) => Some((d, c)),
+        _ => None,
+    });
+    let secrets = docs.iter().find_map(|d| match &d.doc {
+        Document::Secrets(s) => Some((d, s)),
+        _ => None,
+    });
+
+    if let Some((doc, m)) = machine {
+        for (i, san) in m.cert_sans.iter().enumerate() {
+            if san.parse::<IpAddr>().is_err() && san.parse::<crate::types::Hostname>().is_err() {
+                out.push(doc.problem(
+                    &format!(".certSANs[{i}]"),
+                    format!("{san:?} is neither a hostname nor an IP address"),
+                ));
+            }
+        }
+        if mode == Mode::Container && m.install.is_some() {
+            out.push(doc.problem(
+                ".install",
+                "a container node does not install to disk; remove install (or validate with --mode metal)",
+            ));
+        }
+        if let (Some((sdoc, s)), MachineType::ControlPlane) = (secrets, m.machine_type) {
+            let need = [
+                (s.certs.kubernetes.key.is_none(), ".certs.kubernetes.key"),
+                (
+                    s.certs.etcd.as_ref().is_none_or(|e| e.key.is_none()),
+                    ".certs.etcd.key",
+                ),
+                (s.service_account_key.is_none(), ".serviceAccountKey"),
+                (s.secretbox_key.is_none(), ".secretboxEncryptionSecret"),
+            ];
+            for (missing, path) in need {
+                if missing {
+                    out.push(sdoc.problem(path, "a control-plane node needs this secret"));
+                }
+            }
+        }
+    }
+    if let Some((sdoc, s)) = secrets {
+        if s.certs.os.key.is_none() {
+            out.push(sdoc.problem(
+                ".certs.os.key",
+                "every node needs the OS CA key to issue its API serving certificate",
+            ));
+        }
+    }
+
+    if let Some((doc, c)) = cluster {
+        if c.control_plane.endpoint.scheme != "https" {
+            out.push(doc.problem(
+                ".controlPlane.endpoint",
+                format!("{} must use https", c.control_plane.endpoint),
+            ));
+        }
+        if let Some(net) = &c.network {
+            let all: Vec<(String, &Prefix)> = net
+                .pod_subnets
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!(".network.podSubnets[{i}]"), p))
+                .chain(
+                    net.service_subnets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (format!(".network.serviceSubnets[{i}]"), p)),
+                )
+                .collect();
+            for (i, (pa, a)) in all.iter().enumerate() {
+                for (pb, b) in &all[i + 1..] {
+                    if a.overlaps(b) {
+                        out.push(doc.problem(pb, format!("{b} overlaps {a} ({pa})")));
+                    }
+                }
+            }
+        }
+    }
+
+    let links: Vec<LinkView<'_>> = docs.iter().filter_map(link_view).collect();
+    if mode == Mode::Container {
+        for l in &links {
+            out.push(l.doc.problem(
+                "",
+                "a container node's links belong to the container runtime; remove this document (or validate with --mode metal)",
+            ));
+        }
+    }
+    network(docs, &links, out);
+
+    for d in docs {
+        if let Document::KubeSpan(k) = &d.doc {
+            if !(1280..=9000).contains(&k.mtu) {
+                out.push(d.problem(
+                    ".mtu",
+                    format!("{} is outside 1280..=9000 (the mesh carries IPv6)", k.mtu),
+                ));
+            }
+        }
+        if let Document::Discovery(disc) = &d.doc {
+            if disc.enabled && disc.endpoint.is_none() {
+                out.push(d.problem(".endpoint", "discovery is enabled but no endpoint is set"));
+            }
+        }
+        if let Document::Time(t) = &d.doc {
+            if !t.disabled && t.servers.iter().any(|s| s.trim().is_empty()) {
+                out.push(d.problem(".servers", "a time server is empty"));
+            }
+        }
+    }
+}
+
+fn singletons(docs: &[Located], out: &mut Vec<Problem>) {
+    let mut first: HashMap<(&str, Option<&str>), &Located> = HashMap::new();
+    let mut names: HashMap<&str, &Located> = HashMap::new();
+    for d in docs {
+        let key = (d.doc.kind(), d.doc.name());
+        if let Some(prev) = first.get(&key) {
+            let what = match d.doc.name() {
+                Some(n) => format!("{} {n:?}", d.doc.kind()),
+                None => d.doc.kind().to_string(),
+            };
+            out.push(d.problem(
+                "",
+                format!(
+                    "duplicate {what}: already defined in document {}",
+                    prev.index
+                ),
+            ));
+            continue;
+        }
+        first.insert(key, d);
+        if let Some(name) = d.doc.name() {
+            if let Some(prev) = names.get(name) {
+                out.push(d.problem(
+                    ".name",
+                    format!(
+                        "link {name:?} is already defined as a {} in document {}",
+                        prev.doc.kind(),
+                        prev.index
+                    ),
+                ));
+            } else {
+                names.insert(name, d);
+            }
+        }
+    }
+    for kind in ["MachineConfig", "ClusterConfig", "Secrets"] {
+        if !docs.iter().any(|d| d.doc.kind() == kind) {
+            out.push(Problem {
+                doc: None,
+                path: String::new(),
+                message: format!("no {kind} document (osctl gen config writes one)"),
+                line: None,
+            });
+        }
+    }
+}
+
+fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
+    // Which master owns each member link.
+    let mut master_of: BTreeMap<&str, (&str, &Located)> = BTreeMap::new();
+    for d in docs {
+        let (master, members, field) = match &d.doc {
+            Document::Bond(b) => (&b.name, &b.links, "bond"),
+            Document::Bridge(b) => (&b.name, &b.links, "bridge"),
+            _ => continue,
+        };
+        if members.is_empty() {
+            out.push(d.problem(
+                ".links",
+                format!("a {field} needs at least one member link"),
+            ));
+        }
+        for (i, m) in members.iter().enumerate() {
+            if m == master {
+                out.push(d.problem(
+                    &format!(".links[{i}]"),
+                    format!("{field} {master} cannot contain itself"),
+                ));
+            } else if let Some((other, _)) = master_of.get(m.as_str()) {
+                out.push(d.problem(
+                    &format!(".links[{i}]"),
+                    format!("{m} is already a member of {other}; a link has at most one master"),
+                ));
+            } else {
+                master_of.insert(m.as_str(), (master.as_str(), d));
+            }
+        }
+    }
+    for d in docs {
+        if let Document::Vlan(v) = &d.doc {
+            if !(1..=4094).contains(&v.vlan_id) {
+                out.push(d.problem(".vlanID", format!("{} is outside 1..=4094", v.vlan_id)));
+            }
+            if v.parent == v.name {
+                out.push(d.problem(".parent", "a VLAN cannot be its own parent"));
+            }
+            if let Some((master, _)) = master_of.get(v.parent.as_str()) {
+                out.push(d.problem(
+                    ".parent",
+                    format!(
+                        "{} is a member of {master}; put the VLAN on {master} instead",
+                        v.parent
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut claimed: HashMap<IpAddr, (&str, String)> = HashMap::new();
+    for l in links {
+        if let Some((master, _)) = master_of.get(l.name.as_str()) {
+            if !l.addresses.is_empty() || l.dhcp {
+                out.push(l.doc.problem(
+                    if l.dhcp { ".dhcp" } else { ".addresses" },
+                    format!(
+                        "{} is a member of {master} and cannot have its own addresses",
+                        l.name
+                    ),
+                ));
+            }
+        }
+        if let Some(mtu) = l.mtu {
+            if !(68..=65535).contains(&mtu) {
+                out.push(
+                    l.doc
+                        .problem(".mtu", format!("{mtu} is outside 68..=65535")),
+                );
+            } else if mtu < 1280 && l.addresses.iter().any(Prefix::is_ipv6) {
+                out.push(l.doc.problem(
+                    ".mtu",
+                    format!("{mtu} is below 1280, the minimum for a link with IPv6 addresses"),
+                ));
+            }
+        }
+        for (i, a) in l.addresses.iter().enumerate() {
+            let path = format!(".addresses[{i}]");
+            if let Some((other, other_path)) = claimed.get(&a.addr()) {
+                out.push(l.doc.problem(
+                    &path,
+                    format!(
+                        "{} is already claimed by link {other} ({other_path})",
+                        a.addr()
+                    ),
+                ));
+            } else {
+                claimed.insert(a.addr(), (l.name.as_str(), path));
+            }
+        }
+        for (i, r) in l.routes.iter().enumerate() {
+            let path = format!(".routes[{i}]");
+            if let Some(gw) = r.gateway {
+                if gw.is_ipv4() != r.destination.addr().is_ipv4() {
+                    out.push(l.doc.problem(
+                        &format!("{path}.gateway"),
+                        format!(
+                            "gateway {gw} and destination {} are of different IP families",
+                            r.destination
+                        ),
+                    ));
+                } else if !l.dhcp && !l.addresses.iter().any(|a| a.contains(gw)) {
+                    let ours: Vec<String> = l.addresses.iter().map(|a| a.to_string()).collect();
+                    out.push(l.doc.problem(
+                        &format!("{path}.gateway"),
+                        format!(
+                            "gateway {gw} is not reachable from any address of {} ({})",
+                            l.name,
+                            if ours.is_empty() {
+                                "it has none".to_string()
+                            } else {
+                                ours.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+            if let Some(src) = r.source {
+                if !l.addresses.iter().any(|a| a.addr() == src) && !l.dhcp {
+                    out.push(l.doc.problem(
+                        &format!("{path}.source"),
+                        format!("source {src} is not an address of {}", l.name),
+                    ));
+                }
+            }
+        }
+    }
+}

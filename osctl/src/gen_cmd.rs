@@ -1,0 +1,193 @@
+//! `osctl gen ...`: configs, secrets bundles and JSON Schemas.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use basalt_config::generate::{self, GenOptions};
+use basalt_config::patch::Patch;
+use basalt_config::types::{Endpoint, Hostname};
+use basalt_config::{Config, Mode};
+use clap::Subcommand;
+
+use crate::{error_chain, print_line};
+
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// Generate controlplane.yaml, worker.yaml and the client config osconfig for a new cluster.
+    #[command(
+        after_help = "Example:\n  osctl gen config demo https://10.5.0.2:6443 --output-dir _out"
+    )]
+    Config {
+        /// The cluster name.
+        name: Hostname,
+        /// The Kubernetes API endpoint, e.g. https://10.5.0.2:6443.
+        endpoint: Endpoint,
+        /// Reuse the secrets in this bundle (from osctl gen secrets) instead of new ones.
+        #[arg(long)]
+        with_secrets: Option<PathBuf>,
+        /// Patch both configs: a file with @FILE or inline YAML/JSON; may repeat.
+        #[arg(long = "config-patch")]
+        config_patch: Vec<String>,
+        /// Patch only controlplane.yaml.
+        #[arg(long = "config-patch-control-plane")]
+        config_patch_control_plane: Vec<String>,
+        /// Patch only worker.yaml.
+        #[arg(long = "config-patch-worker")]
+        config_patch_worker: Vec<String>,
+        /// Where to write the files.
+        #[arg(short = 'o', long, default_value = ".")]
+        output_dir: PathBuf,
+        /// Turn on KubeSpan and discovery.
+        #[arg(long)]
+        with_kubespan: bool,
+        /// The disk nodes install to.
+        #[arg(long)]
+        install_disk: Option<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate a secrets bundle to share between gen config runs.
+    #[command(
+        after_help = "Example:\n  osctl gen secrets -o secrets.yaml\n  osctl gen config demo https://10.5.0.2:6443 --with-secrets secrets.yaml"
+    )]
+    Secrets {
+        /// The file to write.
+        #[arg(short = 'o', long, default_value = "secrets.yaml")]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the JSON Schema of machine config documents.
+    #[command(after_help = "Example:\n  osctl gen schema > basalt-config.schema.json")]
+    Schema,
+}
+
+/// Reads `@FILE` or inline patch text.
+pub fn load_patch(arg: &str) -> anyhow::Result<Patch> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read patch file {path}"))?,
+        None => arg.to_string(),
+    };
+    Patch::parse(&text).map_err(|e| anyhow::anyhow!("patch {arg:?}: {}", error_chain(&e)))
+}
+
+/// Writes a file atomically (write, fsync, rename), refusing to overwrite unless `force`.
+fn write_file(path: &Path, contents: &str, force: bool, mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.exists() && !force {
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            path.display()
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn apply_patches(cfg: Config, patches: &[String], which: &str) -> anyhow::Result<Config> {
+    let mut cfg = cfg;
+    for p in patches {
+        let patch = load_patch(p)?;
+        cfg = patch
+            .apply(&cfg, Mode::Metal)
+            .map_err(|e| anyhow::anyhow!("{which}: {}", error_chain(&e)))?;
+    }
+    Ok(cfg)
+}
+
+pub fn run(cmd: GenCommand) -> anyhow::Result<()> {
+    match cmd {
+        GenCommand::Config {
+            name,
+            endpoint,
+            with_secrets,
+            config_patch,
+            config_patch_control_plane,
+            config_patch_worker,
+            output_dir,
+            with_kubespan,
+            install_disk,
+            force,
+        } => {
+            let secrets = match &with_secrets {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(
+                        generate::parse_secrets(&text)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let generated = generate::generate(&GenOptions {
+                cluster_name: name,
+                endpoint,
+                with_kubespan,
+                secrets,
+                install_disk,
+            })
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            let mut cp_patches = config_patch.clone();
+            cp_patches.extend(config_patch_control_plane);
+            let mut w_patches = config_patch;
+            w_patches.extend(config_patch_worker);
+            let cp = apply_patches(generated.controlplane, &cp_patches, "controlplane.yaml")?;
+            let worker = apply_patches(generated.worker, &w_patches, "worker.yaml")?;
+            let files = [
+                ("controlplane.yaml", cp.to_yaml()),
+                ("worker.yaml", worker.to_yaml()),
+                ("osconfig", generated.client.to_yaml()),
+            ];
+            for (file, _) in &files {
+                let p = output_dir.join(file);
+                if p.exists() && !force {
+                    bail!("{} already exists (use --force to overwrite)", p.display());
+                }
+            }
+            for (file, text) in &files {
+                let p = output_dir.join(file);
+                write_file(&p, text, true, 0o600)?;
+                print_line(&format!("created {}", p.display()));
+            }
+            Ok(())
+        }
+        GenCommand::Secrets { output, force } => {
+            let secrets = generate::new_secrets().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            write_file(&output, &generate::secrets_to_yaml(&secrets), force, 0o600)?;
+            print_line(&format!("created {}", output.display()));
+            Ok(())
+        }
+        GenCommand::Schema => {
+            let schema = basalt_config::schema::config_schema();
+            print_line(&serde_json::to_string_pretty(&schema)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `osctl`, the Basalt CLI: generates and checks configs today; talks to nodes over the
+//! machine API as that API arrives. It holds no node logic: anything a node does belongs in
+//! the node's crates.
+
+mod gen_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "osctl", version, about = "Drive Basalt nodes and clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate configs, secrets and schemas.
+    #[command(subcommand)]
+    Gen(gen_cmd::GenCommand),
+    /// Check a machine config and print every problem in it.
+    #[command(after_help = "Example:\n  osctl validate -c controlplane.yaml --mode metal")]
+    Validate {
+        /// The machine config file.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// Where the machine runs: metal (VM or bare metal) or container.
+        #[arg(long, default_value = "metal")]
+        mode: basalt_config::Mode,
+        /// Apply these patches (files with @ or inline YAML) before checking.
+        #[arg(long = "config-patch")]
+        patches: Vec<String>,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  osctl completion bash > /etc/bash_completion.d/osctl")]
+    Completion { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Gen(cmd) => gen_cmd::run(cmd),
+        Command::Validate {
+            config,
+            mode,
+            patches,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("cannot read {}", config.display()))?;
+            let mut cfg = basalt_config::Config::parse(&text, mode)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            for p in &patches {
+                let patch = gen_cmd::load_patch(p)?;
+                cfg = patch
+                    .apply(&cfg, mode)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", config.display(), error_chain(&e)))?;
+            }
+            let mode = match mode {
+                basalt_config::Mode::Metal => "metal",
+                basalt_config::Mode::Container => "container",
+            };
+            print_line(&format!("{} is valid for {mode} mode", config.display()));
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "osctl", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// An error and its sources, each once, joined by ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut src = err.source();
+    while let Some(e) = src {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        src = e.source();
+    }
+    s
+}
+
+#[allow(clippy::print_stdout)]
+pub fn print_line(s: &str) {
+    println!("{s}");
+}
