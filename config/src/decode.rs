@@ -219,6 +219,18 @@ impl Decode for bool {
     fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
             Value::Bool(b) => Some(*b),
+            Value::Str(s)
+                if matches!(
+                    s.to_ascii_lowercase().as_str(),
+                    "yes" | "no" | "on" | "off" | "y" | "n"
+                ) =>
+            {
+                cx.error(
+                    node,
+                    format!("expected true or false, found string {s:?} (YAML 1.2 reads it as a string)"),
+                );
+                None
+            }
             other => {
                 cx.error(
                     node,

@@ -220,11 +220,11 @@ impl FromStr for Key32 {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(s)
             .map_err(|_| {
-                "is not valid base64 (expected a 32-byte key in standard base64)".to_string()
+                "value is not valid base64 (expected a 32-byte key in standard base64)".to_string()
             })?;
         let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
             format!(
-                "decodes to {} bytes; a key is 32 bytes (44 base64 characters)",
+                "value decodes to {} bytes; a key is 32 bytes (44 base64 characters)",
                 bytes.len()
             )
         })?;
@@ -516,7 +516,7 @@ impl FromStr for BootstrapToken {
                 Ok(BootstrapToken(s.to_string()))
             }
             _ => Err(
-                "is not a bootstrap token (6 and 16 lower-case letters or digits, joined by '.')"
+                "value is not a bootstrap token (6 and 16 lower-case letters or digits, joined by '.')"
                     .into(),
             ),
         }
@@ -555,10 +555,10 @@ impl Pem {
         let label = first
             .strip_prefix("-----BEGIN ")
             .and_then(|l| l.strip_suffix("-----"))
-            .ok_or_else(|| "is not PEM (expected -----BEGIN ...-----)".to_string())?;
+            .ok_or_else(|| "value is not PEM (expected -----BEGIN ...-----)".to_string())?;
         if !labels.contains(&label) {
             return Err(format!(
-                "is a PEM {label:?} block; expected {}",
+                "value is a PEM {label:?} block; expected {}",
                 labels.join(" or ")
             ));
         }
@@ -595,16 +595,59 @@ pub struct Certificate(pub Pem);
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey(pub Pem);
 
+impl Certificate {
+    /// The DER of the certificate.
+    pub fn der(&self) -> Vec<u8> {
+        pem_body(self.0.as_str())
+    }
+
+    /// Whether the certificate is a CA whose public key is the one of `key`.
+    pub fn check_ca_key(&self, key: Option<&PrivateKey>) -> Result<(), String> {
+        let der = self.der();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("value is not an X.509 certificate: {e}"))?;
+        if !cert.is_ca() {
+            return Err("certificate is not a CA (basicConstraints CA is not set)".into());
+        }
+        if let Some(key) = key {
+            let pair = rcgen::KeyPair::from_pem(key.0.as_str())
+                .map_err(|e| format!("key cannot be read: {e}"))?;
+            if pair.public_key_raw() != &*cert.public_key().subject_public_key.data {
+                return Err("key does not belong to this certificate".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pem_body(text: &str) -> Vec<u8> {
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .unwrap_or_default()
+}
+
 impl FromStr for Certificate {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Pem::parse(s, &["CERTIFICATE"]).map(Certificate)
+        let pem = Pem::parse(s, &["CERTIFICATE"])?;
+        let der = pem_body(pem.as_str());
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("value is not an X.509 certificate: {e}"))?;
+        Ok(Certificate(pem))
     }
 }
 impl FromStr for PrivateKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Pem::parse(s, &["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"]).map(PrivateKey)
+        let pem = Pem::parse(s, &["PRIVATE KEY", "EC PRIVATE KEY"])?;
+        rcgen::KeyPair::from_pem(pem.as_str())
+            .map_err(|e| format!("value is not a usable private key: {e}"))?;
+        Ok(PrivateKey(pem))
     }
 }
 impl fmt::Display for Certificate {

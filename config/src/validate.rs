@@ -57,8 +57,10 @@ fn link_view(doc: &Located) -> Option<LinkView<'_>> {
     })
 }
 
-pub fn validate(docs: &[Located], mode: Mode, out: &mut Vec<Problem>) {
-    singletons(docs, out);
+/// Checks decoded documents. `kinds_present` are the kinds of every document in the file,
+/// including those that failed to decode, so a broken document is not also reported missing.
+pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mut Vec<Problem>) {
+    singletons(docs, kinds_present, out);
     let machine = docs.iter().find_map(|d| match &d.doc {
         Document::Machine(m) => Some((d, m)),
         _ => None,
@@ -105,6 +107,18 @@ pub fn validate(docs: &[Located], mode: Mode, out: &mut Vec<Problem>) {
         }
     }
     if let Some((sdoc, s)) = secrets {
+        let cas = [
+            (".certs.os", Some(&s.certs.os)),
+            (".certs.kubernetes", Some(&s.certs.kubernetes)),
+            (".certs.etcd", s.certs.etcd.as_ref()),
+        ];
+        for (path, ca) in cas {
+            if let Some(ca) = ca {
+                if let Err(e) = ca.crt.check_ca_key(ca.key.as_ref()) {
+                    out.push(sdoc.problem(&format!("{path}.crt"), e));
+                }
+            }
+        }
         if s.certs.os.key.is_none() {
             out.push(sdoc.problem(
                 ".certs.os.key",
@@ -176,7 +190,7 @@ pub fn validate(docs: &[Located], mode: Mode, out: &mut Vec<Problem>) {
     }
 }
 
-fn singletons(docs: &[Located], out: &mut Vec<Problem>) {
+fn singletons(docs: &[Located], kinds_present: &[String], out: &mut Vec<Problem>) {
     let mut first: HashMap<(&str, Option<&str>), &Located> = HashMap::new();
     let mut names: HashMap<&str, &Located> = HashMap::new();
     for d in docs {
@@ -212,7 +226,7 @@ fn singletons(docs: &[Located], out: &mut Vec<Problem>) {
         }
     }
     for kind in ["MachineConfig", "ClusterConfig", "Secrets"] {
-        if !docs.iter().any(|d| d.doc.kind() == kind) {
+        if !kinds_present.iter().any(|k| k == kind) {
             out.push(Problem {
                 doc: None,
                 path: String::new(),

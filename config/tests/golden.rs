@@ -1,0 +1,85 @@
+//! Golden config files: every file in `testdata/valid` must parse, and every file in
+//! `testdata/invalid` must fail with exactly the messages in its `.expected` file.
+//!
+//! A file whose first lines hold `# +secrets` gets `testdata/common/secrets.yaml` appended (so
+//! line numbers of its own documents stay true), and `# mode: container` selects the mode.
+//! `BASALT_BLESS=1 cargo test -p basalt-config --test golden` rewrites the expected files;
+//! review the diff before committing it.
+
+use std::path::{Path, PathBuf};
+
+use basalt_config::{Config, Mode};
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+fn load(path: &Path) -> (String, Mode) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    let header: Vec<&str> = text.lines().take_while(|l| l.starts_with('#')).collect();
+    let mode = if header.contains(&"# mode: container") {
+        Mode::Container
+    } else {
+        Mode::Metal
+    };
+    if header.contains(&"# +secrets") {
+        let secrets = std::fs::read_to_string(testdata().join("common/secrets.yaml")).unwrap();
+        text = format!("{text}\n{secrets}");
+    }
+    (text, mode)
+}
+
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(testdata().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no golden files in {dir}");
+    files
+}
+
+#[test]
+fn valid_files_parse_and_round_trip() {
+    for path in yaml_files("valid") {
+        let (text, mode) = load(&path);
+        let cfg = Config::parse(&text, mode)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let again = Config::parse(&cfg.to_yaml(), mode)
+            .unwrap_or_else(|e| panic!("{} after round trip: {e}", path.display()));
+        assert_eq!(
+            cfg.to_json_documents(),
+            again.to_json_documents(),
+            "{} changes when written and read back",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn invalid_files_report_every_problem() {
+    let bless = std::env::var_os("BASALT_BLESS").is_some();
+    let mut failures = Vec::new();
+    for path in yaml_files("invalid") {
+        let (text, mode) = load(&path);
+        let got = match Config::parse(&text, mode) {
+            Ok(_) => format!("<accepted>\n"),
+            Err(e) => format!("{e}\n"),
+        };
+        let expected_path = path.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} is missing", expected_path.display()));
+        if got != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- got\n{got}",
+                path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
