@@ -227,7 +227,9 @@ impl Decode for bool {
             {
                 cx.error(
                     node,
-                    format!("expected true or false, found string {s:?} (YAML 1.2 reads it as a string)"),
+                    format!(
+                        "expected true or false, found string {s:?} (YAML 1.2 reads it as a string)"
+                    ),
                 );
                 None
             }

@@ -79,7 +79,11 @@ impl Config {
         }
         let kinds: Vec<String> = nodes
             .iter()
-            .filter_map(|n| n.get("kind").and_then(yaml::Node::as_str).map(str::to_string))
+            .filter_map(|n| {
+                n.get("kind")
+                    .and_then(yaml::Node::as_str)
+                    .map(str::to_string)
+            })
             .collect();
         validate::validate(&docs, &kinds, mode, &mut problems);
         if problems.is_empty() {

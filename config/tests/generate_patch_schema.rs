@@ -51,9 +51,15 @@ fn gen_config_makes_valid_configs_and_an_admin_certificate() {
         .map(|o| o.as_str().unwrap())
         .collect();
     assert_eq!(orgs, vec!["os:admin"]);
-    admin.verify_signature(Some(ca.public_key())).expect("admin cert is signed by the OS CA");
-    let days = (admin.validity().not_after.timestamp() - admin.validity().not_before.timestamp()) / 86400;
-    assert!((365..=366).contains(&days), "admin cert valid for {days} days");
+    admin
+        .verify_signature(Some(ca.public_key()))
+        .expect("admin cert is signed by the OS CA");
+    let days =
+        (admin.validity().not_after.timestamp() - admin.validity().not_before.timestamp()) / 86400;
+    assert!(
+        (365..=366).contains(&days),
+        "admin cert valid for {days} days"
+    );
     assert!(ca.is_ca());
     let eku = admin.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.server_auth);
@@ -70,12 +76,18 @@ fn with_secrets_reuses_the_cluster_identity() {
     let b = generate::generate(&o).unwrap();
     assert_eq!(a.controlplane.cluster().id, b.controlplane.cluster().id);
     assert_eq!(a.controlplane.secrets(), b.controlplane.secrets());
-    assert_eq!(a.controlplane.secrets().cluster_secret, secrets.cluster_secret);
+    assert_eq!(
+        a.controlplane.secrets().cluster_secret,
+        secrets.cluster_secret
+    );
     // A worker config is not a secrets bundle: no CA keys for Kubernetes and etcd.
     let mut o = opts();
     o.secrets = Some(generate::worker_secrets(&secrets));
     let err = generate::generate(&o).unwrap_err();
-    assert!(err.to_string().contains("Kubernetes and etcd CA keys"), "{err}");
+    assert!(
+        err.to_string().contains("Kubernetes and etcd CA keys"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,7 +96,11 @@ fn kubespan_flag_adds_kubespan_and_discovery() {
     o.with_kubespan = true;
     let g = generate::generate(&o).unwrap();
     assert!(g.controlplane.kubespan().unwrap().enabled);
-    assert!(g.worker.documents().any(|d| matches!(d, Document::Discovery(x) if x.enabled)));
+    assert!(
+        g.worker
+            .documents()
+            .any(|d| matches!(d, Document::Discovery(x) if x.enabled))
+    );
 }
 
 #[test]
@@ -122,7 +138,10 @@ fn json_patch_addresses_documents_by_kind_and_name() {
     assert!(!back.documents().any(|d| matches!(d, Document::Link(_))));
 
     let bad = Patch::parse("[{op: remove, path: /LinkConfig=eth9}]").unwrap();
-    assert!(matches!(bad.apply(&patched, Mode::Metal), Err(PatchError::JsonPatch(_))));
+    assert!(matches!(
+        bad.apply(&patched, Mode::Metal),
+        Err(PatchError::JsonPatch(_))
+    ));
 }
 
 #[test]
@@ -134,7 +153,11 @@ fn strategic_merge_patch_merges_by_kind_and_name() {
     .unwrap();
     let cfg = add.apply(&g.worker, Mode::Metal).unwrap();
     assert_eq!(cfg.machine().install.as_ref().unwrap().disk, "/dev/vda");
-    assert_eq!(cfg.machine().machine_type, MachineType::Worker, "merge keeps other fields");
+    assert_eq!(
+        cfg.machine().machine_type,
+        MachineType::Worker,
+        "merge keeps other fields"
+    );
     let del = Patch::parse(
         "apiVersion: v1alpha1\nkind: MachineConfig\ninstall: null\n---\napiVersion: v1alpha1\nkind: LinkConfig\nname: eth0\n$patch: delete\n",
     )
@@ -168,22 +191,29 @@ fn client_config_rejects_unknown_context_and_merges() {
     assert_eq!(a.context.as_deref(), Some("demo-1"));
     let text = a.to_yaml().replace("context: demo-1", "context: nope");
     let err = ClientConfig::parse(&text).unwrap_err().to_string();
-    assert!(err.contains("names context \"nope\", which is not defined"), "{err}");
+    assert!(
+        err.contains("names context \"nope\", which is not defined"),
+        "{err}"
+    );
 }
 
 /// The schema in docs/ is generated from the types; regenerate with
 /// `BASALT_BLESS=1 cargo test -p basalt-config --test generate_patch_schema`.
 #[test]
 fn checked_in_schema_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs/schema/config.schema.json");
-    let want = serde_json::to_string_pretty(&basalt_config::schema::config_schema()).unwrap() + "\n";
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema/config.schema.json");
+    let want =
+        serde_json::to_string_pretty(&basalt_config::schema::config_schema()).unwrap() + "\n";
     if std::env::var_os("BASALT_BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &want).unwrap();
     }
     let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(have == want, "docs/schema/config.schema.json is stale: regenerate it (see this test's doc)");
+    assert!(
+        have == want,
+        "docs/schema/config.schema.json is stale: regenerate it (see this test's doc)"
+    );
 }
 
 #[test]
@@ -191,7 +221,12 @@ fn schema_matches_the_decoder() {
     let schema = basalt_config::schema::config_schema();
     let defs = schema["$defs"].as_object().unwrap();
     let link = &defs["LinkConfigDocument"];
-    let props: Vec<&str> = link["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    let props: Vec<&str> = link["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut want = vec!["apiVersion", "kind"];
     want.extend(basalt_config::v1alpha1::LinkConfig::FIELDS);
     assert_eq!(props, want);
@@ -199,6 +234,9 @@ fn schema_matches_the_decoder() {
     let required = link["required"].as_array().unwrap();
     assert!(required.contains(&"name".into()) && !required.contains(&"mtu".into()));
     for kind in basalt_config::document::KINDS {
-        assert!(defs.contains_key(&format!("{kind}Document")), "{kind} has no schema");
+        assert!(
+            defs.contains_key(&format!("{kind}Document")),
+            "{kind} has no schema"
+        );
     }
 }

@@ -44,8 +44,7 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 fn valid_files_parse_and_round_trip() {
     for path in yaml_files("valid") {
         let (text, mode) = load(&path);
-        let cfg = Config::parse(&text, mode)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cfg = Config::parse(&text, mode).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let again = Config::parse(&cfg.to_yaml(), mode)
             .unwrap_or_else(|e| panic!("{} after round trip: {e}", path.display()));
         assert_eq!(

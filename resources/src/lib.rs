@@ -1,1 +1,19 @@
-//! x
+//! Basalt's resource runtime: typed resources in an in-memory store with watch, and the
+//! controller runtime that turns inputs into outputs.
+//!
+//! Everything a node knows is a resource here (specs say what should be, statuses what is).
+//! This crate holds no node logic and does no I/O beyond the tokio tasks that run controllers.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod controller;
+pub mod resource;
+pub mod store;
+
+pub use backoff::Backoff;
+pub use controller::{
+    Context, Controller, ControllerStatus, Output, ReconcileError, Runtime, RuntimeError,
+};
+pub use resource::{Kind, Metadata, Phase, Resource, Spec};
+pub use store::{Event, EventKind, Store, StoreError, Watch, WatchError};
