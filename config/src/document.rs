@@ -10,6 +10,8 @@ use crate::yaml::{Node, Value};
 macro_rules! documents {
     ($( $variant:ident($ty:ty) = $kind:literal, named: $named:literal; )*) => {
         /// One document of a machine config.
+        // A config holds a handful of documents; boxing the large ones would buy nothing.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum Document {
             $( $variant($ty), )*

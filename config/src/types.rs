@@ -59,7 +59,7 @@ impl Prefix {
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
     pub fn is_ipv6(&self) -> bool {

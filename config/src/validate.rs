@@ -113,10 +113,10 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
             (".certs.etcd", s.certs.etcd.as_ref()),
         ];
         for (path, ca) in cas {
-            if let Some(ca) = ca {
-                if let Err(e) = ca.crt.check_ca_key(ca.key.as_ref()) {
-                    out.push(sdoc.problem(&format!("{path}.crt"), e));
-                }
+            if let Some(ca) = ca
+                && let Err(e) = ca.crt.check_ca_key(ca.key.as_ref())
+            {
+                out.push(sdoc.problem(&format!("{path}.crt"), e));
             }
         }
         if s.certs.os.key.is_none() {
@@ -169,23 +169,25 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
     network(docs, &links, out);
 
     for d in docs {
-        if let Document::KubeSpan(k) = &d.doc {
-            if !(1280..=9000).contains(&k.mtu) {
-                out.push(d.problem(
-                    ".mtu",
-                    format!("{} is outside 1280..=9000 (the mesh carries IPv6)", k.mtu),
-                ));
-            }
+        if let Document::KubeSpan(k) = &d.doc
+            && !(1280..=9000).contains(&k.mtu)
+        {
+            out.push(d.problem(
+                ".mtu",
+                format!("{} is outside 1280..=9000 (the mesh carries IPv6)", k.mtu),
+            ));
         }
-        if let Document::Discovery(disc) = &d.doc {
-            if disc.enabled && disc.endpoint.is_none() {
-                out.push(d.problem(".endpoint", "discovery is enabled but no endpoint is set"));
-            }
+        if let Document::Discovery(disc) = &d.doc
+            && disc.enabled
+            && disc.endpoint.is_none()
+        {
+            out.push(d.problem(".endpoint", "discovery is enabled but no endpoint is set"));
         }
-        if let Document::Time(t) = &d.doc {
-            if !t.disabled && t.servers.iter().any(|s| s.trim().is_empty()) {
-                out.push(d.problem(".servers", "a time server is empty"));
-            }
+        if let Document::Time(t) = &d.doc
+            && !t.disabled
+            && t.servers.iter().any(|s| s.trim().is_empty())
+        {
+            out.push(d.problem(".servers", "a time server is empty"));
         }
     }
 }
@@ -290,16 +292,16 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
 
     let mut claimed: HashMap<IpAddr, (&str, String)> = HashMap::new();
     for l in links {
-        if let Some((master, _)) = master_of.get(l.name.as_str()) {
-            if !l.addresses.is_empty() || l.dhcp {
-                out.push(l.doc.problem(
-                    if l.dhcp { ".dhcp" } else { ".addresses" },
-                    format!(
-                        "{} is a member of {master} and cannot have its own addresses",
-                        l.name
-                    ),
-                ));
-            }
+        if let Some((master, _)) = master_of.get(l.name.as_str())
+            && (!l.addresses.is_empty() || l.dhcp)
+        {
+            out.push(l.doc.problem(
+                if l.dhcp { ".dhcp" } else { ".addresses" },
+                format!(
+                    "{} is a member of {master} and cannot have its own addresses",
+                    l.name
+                ),
+            ));
         }
         if let Some(mtu) = l.mtu {
             if !(68..=65535).contains(&mtu) {
@@ -355,13 +357,14 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
                     ));
                 }
             }
-            if let Some(src) = r.source {
-                if !l.addresses.iter().any(|a| a.addr() == src) && !l.dhcp {
-                    out.push(l.doc.problem(
-                        &format!("{path}.source"),
-                        format!("source {src} is not an address of {}", l.name),
-                    ));
-                }
+            if let Some(src) = r.source
+                && !l.addresses.iter().any(|a| a.addr() == src)
+                && !l.dhcp
+            {
+                out.push(l.doc.problem(
+                    &format!("{path}.source"),
+                    format!("source {src} is not an address of {}", l.name),
+                ));
             }
         }
     }

@@ -1,4 +1,5 @@
 //! gen config, patches, the client config and the checked-in JSON Schema.
+#![allow(clippy::unwrap_used)]
 
 use basalt_config::client::ClientConfig;
 use basalt_config::generate::{self, GenOptions};

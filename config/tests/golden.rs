@@ -5,6 +5,7 @@
 //! line numbers of its own documents stay true), and `# mode: container` selects the mode.
 //! `BASALT_BLESS=1 cargo test -p basalt-config --test golden` rewrites the expected files;
 //! review the diff before committing it.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +64,7 @@ fn invalid_files_report_every_problem() {
     for path in yaml_files("invalid") {
         let (text, mode) = load(&path);
         let got = match Config::parse(&text, mode) {
-            Ok(_) => format!("<accepted>\n"),
+            Ok(_) => "<accepted>\n".to_string(),
             Err(e) => format!("{e}\n"),
         };
         let expected_path = path.with_extension("expected");

@@ -2,6 +2,9 @@
 //! machine API as that API arrives. It holds no node logic: anything a node does belongs in
 //! the node's crates.
 
+// Argument enums are parsed once per run; their size does not matter.
+#![allow(clippy::large_enum_variant)]
+
 mod gen_cmd;
 
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
 //! osctl as a user runs it: gen config, validate, patches, and the errors they print.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -12,13 +13,19 @@ fn osctl(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn gen_config_then_validate() {
     let dir = tempfile::tempdir().unwrap();
-    let o = osctl(dir.path(), &["gen", "config", "demo", "https://10.5.0.2:6443"]);
+    let o = osctl(
+        dir.path(),
+        &["gen", "config", "demo", "https://10.5.0.2:6443"],
+    );
     assert!(o.status.success(), "{:?}", text(&o));
     for f in ["controlplane.yaml", "worker.yaml", "osconfig"] {
         let md = std::fs::metadata(dir.path().join(f)).unwrap();
@@ -31,22 +38,40 @@ fn gen_config_then_validate() {
         assert_eq!(text(&o).0, format!("{f} is valid for metal mode\n"));
     }
     // A second run does not clobber the first.
-    let o = osctl(dir.path(), &["gen", "config", "demo", "https://10.5.0.2:6443"]);
+    let o = osctl(
+        dir.path(),
+        &["gen", "config", "demo", "https://10.5.0.2:6443"],
+    );
     assert!(!o.status.success());
-    assert!(text(&o).1.contains("controlplane.yaml already exists (use --force to overwrite)"));
+    assert!(
+        text(&o)
+            .1
+            .contains("controlplane.yaml already exists (use --force to overwrite)")
+    );
 }
 
 #[test]
 fn validate_prints_every_mistake_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let o = osctl(dir.path(), &["gen", "config", "demo", "https://10.5.0.2:6443"]);
+    let o = osctl(
+        dir.path(),
+        &["gen", "config", "demo", "https://10.5.0.2:6443"],
+    );
     assert!(o.status.success());
     // Five mistakes in three documents of a generated config.
     let cp = std::fs::read_to_string(dir.path().join("controlplane.yaml")).unwrap();
     let broken = cp
         .replacen("type: controlplane", "type: controlplain", 1)
-        .replacen("  endpoint: \"https://10.5.0.2:6443\"", "  endpoint: \"https://10.5.0.2:6443\"\n  endpiont: x", 1)
-        .replacen("allowSchedulingOnControlPlanes: false", "allowSchedulingOnControlPlanes: no", 1)
+        .replacen(
+            "  endpoint: \"https://10.5.0.2:6443\"",
+            "  endpoint: \"https://10.5.0.2:6443\"\n  endpiont: x",
+            1,
+        )
+        .replacen(
+            "allowSchedulingOnControlPlanes: false",
+            "allowSchedulingOnControlPlanes: no",
+            1,
+        )
         + "---\napiVersion: v1alpha1\nkind: LinkConfig\nname: eth0\nmtu: \"1500\"\naddresses: [10.0.0.300/24]\n";
     std::fs::write(dir.path().join("broken.yaml"), &broken).unwrap();
     let o = osctl(dir.path(), &["validate", "-c", "broken.yaml"]);
@@ -54,13 +79,31 @@ fn validate_prints_every_mistake_with_its_line() {
     let (_, err) = text(&o);
     let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let want = [
-        format!("document 1 (MachineConfig): .type: \"controlplain\" is not one of controlplane, worker (line {})", line_of("controlplain")),
-        format!("document 2 (ClusterConfig): .controlPlane: unknown field \"endpiont\" (did you mean \"endpoint\"?) (line {})", line_of("endpiont")),
-        format!("document 2 (ClusterConfig): .allowSchedulingOnControlPlanes: expected true or false, found string \"no\" (YAML 1.2 reads it as a string) (line {})", line_of("allowScheduling")),
-        format!("document 4 (LinkConfig eth0): .mtu: expected an integer, found string \"1500\" (line {})", line_of("mtu:")),
-        format!("document 4 (LinkConfig eth0): .addresses[0]: \"10.0.0.300/24\" is not an IPv4 or IPv6 prefix (line {})", line_of("10.0.0.300")),
+        format!(
+            "document 1 (MachineConfig): .type: \"controlplain\" is not one of controlplane, worker (line {})",
+            line_of("controlplain")
+        ),
+        format!(
+            "document 2 (ClusterConfig): .controlPlane: unknown field \"endpiont\" (did you mean \"endpoint\"?) (line {})",
+            line_of("endpiont")
+        ),
+        format!(
+            "document 2 (ClusterConfig): .allowSchedulingOnControlPlanes: expected true or false, found string \"no\" (YAML 1.2 reads it as a string) (line {})",
+            line_of("allowScheduling")
+        ),
+        format!(
+            "document 4 (LinkConfig eth0): .mtu: expected an integer, found string \"1500\" (line {})",
+            line_of("mtu:")
+        ),
+        format!(
+            "document 4 (LinkConfig eth0): .addresses[0]: \"10.0.0.300/24\" is not an IPv4 or IPv6 prefix (line {})",
+            line_of("10.0.0.300")
+        ),
     ];
-    assert!(err.starts_with("error: broken.yaml: config has 5 problems:\n"), "{err}");
+    assert!(
+        err.starts_with("error: broken.yaml: config has 5 problems:\n"),
+        "{err}"
+    );
     for w in &want {
         assert!(err.contains(w), "missing {w:?} in\n{err}");
     }
@@ -69,7 +112,11 @@ fn validate_prints_every_mistake_with_its_line() {
 #[test]
 fn secrets_bundle_and_patches() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(osctl(dir.path(), &["gen", "secrets", "-o", "s.yaml"]).status.success());
+    assert!(
+        osctl(dir.path(), &["gen", "secrets", "-o", "s.yaml"])
+            .status
+            .success()
+    );
     std::fs::write(
         dir.path().join("patch.yaml"),
         "apiVersion: v1alpha1\nkind: LinkConfig\nname: eth0\naddresses: [10.5.0.3/24]\n",
@@ -78,13 +125,35 @@ fn secrets_bundle_and_patches() {
     let o = osctl(
         dir.path(),
         &[
-            "gen", "config", "demo", "https://10.5.0.2:6443", "--with-secrets", "s.yaml", "-o", "a",
-            "--config-patch", "@patch.yaml", "--config-patch-worker",
-            "[{op: add, path: /MachineConfig/nodeLabels, value: {role: w}}]", "--with-kubespan",
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--with-secrets",
+            "s.yaml",
+            "-o",
+            "a",
+            "--config-patch",
+            "@patch.yaml",
+            "--config-patch-worker",
+            "[{op: add, path: /MachineConfig/nodeLabels, value: {role: w}}]",
+            "--with-kubespan",
         ],
     );
     assert!(o.status.success(), "{:?}", text(&o));
-    let o = osctl(dir.path(), &["gen", "config", "demo", "https://10.5.0.2:6443", "--with-secrets", "s.yaml", "-o", "b"]);
+    let o = osctl(
+        dir.path(),
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--with-secrets",
+            "s.yaml",
+            "-o",
+            "b",
+        ],
+    );
     assert!(o.status.success());
     let id = |f: &str| {
         std::fs::read_to_string(dir.path().join(f))
@@ -94,29 +163,74 @@ fn secrets_bundle_and_patches() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(id("a/controlplane.yaml"), id("b/controlplane.yaml"), "same secrets, same cluster");
+    assert_eq!(
+        id("a/controlplane.yaml"),
+        id("b/controlplane.yaml"),
+        "same secrets, same cluster"
+    );
     let worker = std::fs::read_to_string(dir.path().join("a/worker.yaml")).unwrap();
-    assert!(worker.contains("kind: LinkConfig") && worker.contains("role: w") && worker.contains("kind: KubeSpanConfig"));
+    assert!(
+        worker.contains("kind: LinkConfig")
+            && worker.contains("role: w")
+            && worker.contains("kind: KubeSpanConfig")
+    );
     let cp = std::fs::read_to_string(dir.path().join("a/controlplane.yaml")).unwrap();
-    assert!(!cp.contains("role: w"), "worker-only patch stays off the control plane");
+    assert!(
+        !cp.contains("role: w"),
+        "worker-only patch stays off the control plane"
+    );
 
     // A patch that breaks the config is refused with the reason, and nothing is written.
     let o = osctl(
         dir.path(),
-        &["gen", "config", "demo", "https://10.5.0.2:6443", "-o", "c", "--config-patch", "[{op: add, path: /LinkConfig=eth0, value: {mtu: 9}}]"],
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "-o",
+            "c",
+            "--config-patch",
+            "[{op: add, path: /LinkConfig=eth0, value: {mtu: 9}}]",
+        ],
     );
     assert!(!o.status.success());
-    assert!(text(&o).1.contains(".mtu: 9 is outside 68..=65535"), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains(".mtu: 9 is outside 68..=65535"),
+        "{:?}",
+        text(&o)
+    );
     assert!(!dir.path().join("c/controlplane.yaml").exists());
 }
 
 #[test]
 fn container_mode_and_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(osctl(dir.path(), &["gen", "config", "demo", "https://10.5.0.2:6443", "--install-disk", "/dev/vda"]).status.success());
-    let o = osctl(dir.path(), &["validate", "-c", "worker.yaml", "--mode", "container"]);
+    assert!(
+        osctl(
+            dir.path(),
+            &[
+                "gen",
+                "config",
+                "demo",
+                "https://10.5.0.2:6443",
+                "--install-disk",
+                "/dev/vda"
+            ]
+        )
+        .status
+        .success()
+    );
+    let o = osctl(
+        dir.path(),
+        &["validate", "-c", "worker.yaml", "--mode", "container"],
+    );
     assert!(!o.status.success());
-    assert!(text(&o).1.contains("a container node does not install to disk"));
+    assert!(
+        text(&o)
+            .1
+            .contains("a container node does not install to disk")
+    );
     let o = osctl(dir.path(), &["gen", "config", "demo", "10.5.0.2:6443"]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("is not a URL"), "{:?}", text(&o));

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Store + watch throughput with 10k resources: `cargo bench -p basalt-resources`.
 //! Prints a table; asserts nothing (benchmarks measure, tests assert).
 

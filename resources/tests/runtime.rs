@@ -1,5 +1,6 @@
 //! The controller runtime, on tokio's paused (fake) clock: level-triggered passes, back-off,
 //! panics, and the owner rules.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

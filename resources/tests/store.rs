@@ -1,4 +1,5 @@
 //! The store: versions, owners, finalizers, and watches that never miss an event.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 
