@@ -1,0 +1,33 @@
+# Shared by the hack/ scripts: install what is missing, print steps. Source it; do not run it.
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# need_apt PKG...: installs the Debian packages that are not installed yet.
+need_apt() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"
+  step "installing Debian packages: ${missing[*]}"
+  if [ ! -f /var/lib/apt/periodic/basalt-updated ] ||
+     [ -z "$(find /var/lib/apt/periodic/basalt-updated -mmin -1440 2>/dev/null)" ]; then
+    apt-get update -qq
+    mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/basalt-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# need_rust: the toolchain pinned in rust-toolchain.toml, with rustfmt and clippy.
+need_rust() {
+  command -v cargo >/dev/null || {
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  }
+  command -v cargo >/dev/null || die "cargo is not installed: install rustup and the toolchain in rust-toolchain.toml"
+  # rustup reads rust-toolchain.toml; this fails clearly if the pinned toolchain is absent.
+  cargo --version >/dev/null || die "the toolchain pinned in rust-toolchain.toml is not installed"
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+}
