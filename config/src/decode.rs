@@ -510,6 +510,11 @@ macro_rules! config_struct {
                         sub = $crate::decode::with_description(sub, &doc);
                     }
                     let has_default = $crate::config_struct!(@hasdefault $(, $default)?);
+                    let default_json: Option<serde_json::Value> =
+                        $crate::config_struct!(@defaultjson $ty $(, $default)?);
+                    if let (Some(d), Some(obj)) = (default_json, sub.as_object_mut()) {
+                        obj.insert("default".into(), d);
+                    }
                     if !has_default && <$ty as $crate::decode::Decode>::missing().is_none() {
                         required.push($key);
                     }
@@ -536,6 +541,11 @@ macro_rules! config_struct {
     (@missing $ty:ty) => { <$ty as $crate::decode::Decode>::missing() };
     (@hasdefault , $default:expr) => { true };
     (@hasdefault) => { false };
+    (@defaultjson $ty:ty, $default:expr) => {{
+        let d: $ty = $default;
+        serde_json::to_value(&d).ok()
+    }};
+    (@defaultjson $ty:ty) => { None };
 }
 
 /// Declares a string enum with its decoder, `Serialize`, `Display`, `FromStr` and schema.

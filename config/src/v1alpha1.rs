@@ -160,7 +160,7 @@ config_struct! {
 }
 
 config_struct! {
-    /// A physical link (or a dummy link, with kind: dummy).
+    /// A physical link, or a dummy link with `dummy: true`.
     pub struct LinkConfig {
         /// The interface name; with a selector, the name it is known by in this config.
         pub name: LinkName = "name";

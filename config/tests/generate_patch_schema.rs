@@ -241,3 +241,15 @@ fn schema_matches_the_decoder() {
         );
     }
 }
+
+/// The field reference in docs/ is generated too; same regeneration as the schema.
+#[test]
+fn checked_in_reference_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config-reference.md");
+    let want = basalt_config::schema::markdown_reference();
+    if std::env::var_os("BASALT_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(have == want, "docs/config-reference.md is stale: regenerate it (BASALT_BLESS=1)");
+}
