@@ -74,7 +74,11 @@ pub fn markdown_reference() -> String {
     );
     let mut nested: Vec<(String, Value)> = Vec::new();
     for (kind, schema) in Document::schemas() {
-        let named = if Document::kind_is_named(kind) { " (named: may appear once per `name`)" } else { " (at most once)" };
+        let named = if Document::kind_is_named(kind) {
+            " (named: may appear once per `name`)"
+        } else {
+            " (at most once)"
+        };
         out.push_str(&format!("\n## {kind}{named}\n\n"));
         if let Some(d) = schema.get("description").and_then(Value::as_str) {
             out.push_str(d);
@@ -100,7 +104,10 @@ pub fn markdown_reference() -> String {
         if def.get("properties").is_some() {
             fields_table(&mut out, &def);
         } else if let Some(e) = def.get("enum").and_then(Value::as_array) {
-            let vals: Vec<String> = e.iter().map(|v| format!("`{}`", v.as_str().unwrap_or_default())).collect();
+            let vals: Vec<String> = e
+                .iter()
+                .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
+                .collect();
             out.push_str(&format!("One of {}.\n", vals.join(", ")));
         } else {
             let format = def.get("format").and_then(Value::as_str).unwrap_or("text");
@@ -127,8 +134,14 @@ fn fields_table(out: &mut String, schema: &Value) {
                     None => "optional".to_string(),
                 }
             };
-            let desc = prop.get("description").and_then(Value::as_str).unwrap_or_default();
-            out.push_str(&format!("| `{name}` | {} | {req} | {desc} |\n", type_name(prop)));
+            let desc = prop
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "| `{name}` | {} | {req} | {desc} |\n",
+                type_name(prop)
+            ));
         }
     }
 }
@@ -165,7 +178,10 @@ fn type_name(s: &Value) -> String {
         _ => String::new(),
     };
     match ty.as_str() {
-        "array" => format!("list of {}", s.get("items").map(type_name).unwrap_or_default()),
+        "array" => format!(
+            "list of {}",
+            s.get("items").map(type_name).unwrap_or_default()
+        ),
         "object" => match s.get("additionalProperties") {
             Some(v) if v.is_object() => format!("map of string to {}", type_name(v)),
             _ => "object".into(),

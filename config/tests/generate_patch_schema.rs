@@ -251,5 +251,8 @@ fn checked_in_reference_is_current() {
         std::fs::write(&path, &want).unwrap();
     }
     let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(have == want, "docs/config-reference.md is stale: regenerate it (BASALT_BLESS=1)");
+    assert!(
+        have == want,
+        "docs/config-reference.md is stale: regenerate it (BASALT_BLESS=1)"
+    );
 }
