@@ -154,10 +154,8 @@ fn type_name(s: &Value) -> String {
         let name = r.rsplit('/').next().unwrap_or(r);
         return format!("[{name}](#{})", name.to_lowercase());
     }
-    if let Some(all) = s.get("allOf").and_then(Value::as_array) {
-        if let Some(first) = all.first() {
-            return type_name(first);
-        }
+    if let Some(first) = s.get("allOf").and_then(Value::as_array).and_then(|a| a.first()) {
+        return type_name(first);
     }
     if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
         let parts: Vec<String> = any
