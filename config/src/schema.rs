@@ -154,7 +154,11 @@ fn type_name(s: &Value) -> String {
         let name = r.rsplit('/').next().unwrap_or(r);
         return format!("[{name}](#{})", name.to_lowercase());
     }
-    if let Some(first) = s.get("allOf").and_then(Value::as_array).and_then(|a| a.first()) {
+    if let Some(first) = s
+        .get("allOf")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
         return type_name(first);
     }
     if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
