@@ -5,6 +5,8 @@
 //! This crate only reads, checks and writes config. It must not touch the machine: applying a
 //! config is the controllers' job.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod decode;
 pub mod document;

@@ -2,10 +2,12 @@
 //! machine API as that API arrives. It holds no node logic: anything a node does belongs in
 //! the node's crates.
 
+#![forbid(unsafe_code)]
 // Argument enums are parsed once per run; their size does not matter.
 #![allow(clippy::large_enum_variant)]
 
 mod gen_cmd;
+mod image_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,8 @@ enum Command {
         #[arg(long = "config-patch")]
         patches: Vec<String>,
     },
+    /// Build boot images: rootfs.sqsh, initramfs, ISO, PXE assets.
+    Image(image_cmd::ImageArgs),
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  osctl completion bash > /etc/bash_completion.d/osctl")]
     Completion { shell: clap_complete::Shell },
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gen(cmd) => gen_cmd::run(cmd),
+        Command::Image(args) => image_cmd::run(args),
         Command::Validate {
             config,
             mode,

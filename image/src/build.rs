@@ -1,0 +1,574 @@
+//! Building the artifacts: rootfs.sqsh, initramfs, ISO, PXE.
+//!
+//! Every step is reproducible: files get the mtime `SOURCE_DATE_EPOCH` (default: 0), archives
+//! are sorted, owners are root, and the tools are told the same.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cpio::{Archive, Entry};
+use crate::kernel::{BOOT_MODULES, Kernel, NODE_MODULES};
+use crate::{ImageError, inputs, io_err, sha256_file, tools};
+
+/// What to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Rootfs,
+    Initramfs,
+    Iso,
+    Pxe,
+    All,
+}
+
+/// Build inputs and options.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out: PathBuf,
+    /// The init binary; built from this source tree with static glibc when `None`.
+    pub init: Option<PathBuf>,
+    /// Extra kernel arguments for the ISO and PXE boot entries.
+    pub extra_cmdline: Vec<String>,
+    /// Prints progress lines when true.
+    pub verbose: bool,
+}
+
+/// What was built, with sizes and sha256s.
+#[derive(Debug, Clone, Default)]
+pub struct Artifacts {
+    pub rootfs: Option<PathBuf>,
+    pub initramfs: Option<PathBuf>,
+    pub vmlinuz: Option<PathBuf>,
+    pub iso: Option<PathBuf>,
+    pub pxe_dir: Option<PathBuf>,
+    pub init: Option<PathBuf>,
+}
+
+impl Artifacts {
+    /// `name size sha256` for each file built.
+    pub fn table(&self) -> Result<Vec<(String, u64, String)>, ImageError> {
+        let mut out = Vec::new();
+        let files = [
+            &self.init,
+            &self.rootfs,
+            &self.vmlinuz,
+            &self.initramfs,
+            &self.iso,
+        ];
+        for p in files.into_iter().flatten() {
+            let size = std::fs::metadata(p).map_err(io_err("stat", p))?.len();
+            out.push((
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                size,
+                sha256_file(p)?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The default kernel arguments: serial console, quiet (the serial line is slow under TCG),
+/// reboot 10 s after a kernel panic.
+pub const BASE_CMDLINE: &str = "console=ttyS0,115200 quiet panic=10";
+
+/// The timestamp every file gets: `SOURCE_DATE_EPOCH`, else 1980-01-01 (the earliest date FAT,
+/// inside the ISO's EFI image, can hold).
+fn epoch() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(315_532_800)
+}
+
+fn progress(opts: &BuildOptions, msg: &str) {
+    if opts.verbose {
+        eprintln!("==> {msg}");
+    }
+}
+
+/// Builds `target` into `opts.out`.
+pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageError> {
+    std::fs::create_dir_all(&opts.out).map_err(io_err("create", &opts.out))?;
+    let cache = inputs::cache_dir();
+    let pins = inputs::lock()?;
+    let mut arts = Artifacts::default();
+
+    progress(opts, "init binary");
+    let init = match &opts.init {
+        Some(p) => p.clone(),
+        None => build_init(opts)?,
+    };
+    arts.init = Some(init.clone());
+
+    progress(opts, "kernel package (downloaded once into the cache)");
+    let kpin = inputs::find(&pins, "linux-image-")?;
+    let kroot = inputs::extract(kpin, &cache)?;
+    let kernel = Kernel::from_package_root(&kroot)?;
+
+    progress(opts, "rootfs.sqsh (mksquashfs)");
+    let rootfs = build_rootfs(&init, &kernel, &opts.out)?;
+    arts.rootfs = Some(rootfs.clone());
+    if target == Target::Rootfs {
+        return Ok(arts);
+    }
+    let vmlinuz = opts.out.join("vmlinuz");
+    copy(&kernel.vmlinuz, &vmlinuz)?;
+    arts.vmlinuz = Some(vmlinuz.clone());
+
+    progress(opts, "initramfs");
+    let initramfs = build_initramfs(&init, &kernel, &rootfs, &opts.out)?;
+    arts.initramfs = Some(initramfs.clone());
+
+    let cmdline = {
+        let mut c = vec![BASE_CMDLINE.to_string()];
+        c.extend(opts.extra_cmdline.iter().cloned());
+        c.join(" ")
+    };
+    if matches!(target, Target::Pxe | Target::All) {
+        progress(opts, "PXE assets");
+        arts.pxe_dir = Some(build_pxe(&vmlinuz, &initramfs, &cmdline, &opts.out)?);
+    }
+    if matches!(target, Target::Iso | Target::All) {
+        progress(opts, "ISO (grub-mkrescue, xorriso)");
+        arts.iso = Some(build_iso(&vmlinuz, &initramfs, &cmdline, &opts.out)?);
+    }
+    Ok(arts)
+}
+
+/// The workspace this crate was built from.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds `init` with static glibc (`crt-static`): one self-contained file, so neither the
+/// initramfs nor the rootfs needs a dynamic loader or a library closure for it. A separate
+/// target directory keeps the static flags from rebuilding the main one.
+fn build_init(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
+    let ws = workspace();
+    let target_dir = ws.join("target/basalt-init");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&ws)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "basalt-init",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .env_remove("RUSTFLAGS");
+    if !opts.verbose {
+        cmd.arg("-q");
+    }
+    let status = cmd.status().map_err(|e| ImageError::Init(e.to_string()))?;
+    if !status.success() {
+        return Err(ImageError::Init(format!(
+            "cargo build exited with {status}"
+        )));
+    }
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/init"))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), ImageError> {
+    std::fs::copy(from, to).map_err(io_err("copy", from))?;
+    Ok(())
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ImageError> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(io_err("create", p))?;
+    }
+    std::fs::write(path, data).map_err(io_err("write", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", path))
+}
+
+/// Writes `tmp` then renames it to `path`, so a failed build never leaves a half artifact.
+fn finish(tmp: &Path, path: &Path) -> Result<(), ImageError> {
+    std::fs::rename(tmp, path).map_err(io_err("rename", tmp))
+}
+
+/// Names in a rootfs that would give someone a shell or a way to install software.
+const FORBIDDEN: &[&str] = &[
+    "sh", "bash", "dash", "ash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox", "toybox", "sshd",
+    "ssh", "dropbear", "apt", "apt-get", "dpkg", "rpm", "yum", "dnf", "pacman", "apk", "pip",
+];
+
+/// Lists `rootfs.sqsh` and fails if a shell or package manager is in it.
+pub fn check_rootfs(sqsh: &Path) -> Result<Vec<String>, ImageError> {
+    tools::need("unsquashfs", "squashfs-tools")?;
+    let list = tools::run(Command::new("unsquashfs").arg("-lc").arg(sqsh))?;
+    let files: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("squashfs-root"))
+        .map(|p| {
+            if p.is_empty() {
+                "/".to_string()
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    for f in &files {
+        let base = f.rsplit('/').next().unwrap_or(f);
+        if FORBIDDEN.contains(&base) {
+            return Err(ImageError::Forbidden(f.clone()));
+        }
+    }
+    Ok(files)
+}
+
+/// Copies the modules for `wanted` under `root/lib/modules/<version>` and writes
+/// `load.order` (paths relative to `lib/modules`, dependencies first) for init to follow.
+fn add_modules(
+    kernel: &Kernel,
+    wanted: &[&str],
+    add: &mut dyn FnMut(&str, Vec<u8>) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    let order = kernel.load_order(wanted)?;
+    let mut listing = String::new();
+    for rel in &order {
+        let src = kernel.modules_dir.join(rel);
+        let data = std::fs::read(&src).map_err(io_err("read", &src))?;
+        add(&format!("lib/modules/{}/{rel}", kernel.version), data)?;
+        listing.push_str(&format!("{}/{rel}\n", kernel.version));
+    }
+    add("lib/modules/load.order", listing.into_bytes())
+}
+
+fn build_rootfs(init: &Path, kernel: &Kernel, out: &Path) -> Result<PathBuf, ImageError> {
+    tools::need("mksquashfs", "squashfs-tools")?;
+    let staging = out.join(".rootfs-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "system",
+        "tmp",
+        "var",
+        "etc/basalt",
+        "sbin",
+        "usr/bin",
+        "usr/lib",
+        "lib/modules",
+    ] {
+        let p = staging.join(d);
+        std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+    }
+    let init_bytes = std::fs::read(init).map_err(io_err("read", init))?;
+    write_file(&staging.join("sbin/init"), &init_bytes, 0o755)?;
+    let os_release = format!(
+        "NAME=Basalt\nID=basalt\nVERSION_ID={v}\nPRETTY_NAME=\"Basalt {v}\"\nHOME_URL=\"https://example.invalid/basalt\"\n",
+        v = env!("CARGO_PKG_VERSION")
+    );
+    write_file(
+        &staging.join("etc/os-release"),
+        os_release.as_bytes(),
+        0o644,
+    )?;
+    add_modules(kernel, NODE_MODULES, &mut |rel, data| {
+        write_file(&staging.join(rel), &data, 0o644)
+    })?;
+    // The root is read-only: files that change at run time live on /system and are linked.
+    for name in ["resolv.conf", "hosts", "hostname", "machine-id"] {
+        let link = staging.join("etc").join(name);
+        std::os::unix::fs::symlink(format!("/system/etc/{name}"), &link)
+            .map_err(io_err("link", &link))?;
+    }
+    let sqsh = out.join("rootfs.sqsh");
+    let tmp = out.join(".rootfs.sqsh.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let e = epoch().to_string();
+    tools::run(
+        Command::new("mksquashfs")
+            .arg(&staging)
+            .arg(&tmp)
+            .args([
+                "-noappend",
+                "-comp",
+                "zstd",
+                "-all-root",
+                "-no-xattrs",
+                "-quiet",
+                "-no-progress",
+            ])
+            .args(["-mkfs-time", &e, "-all-time", &e, "-processors", "2"]),
+    )?;
+    check_rootfs(&tmp)?;
+    finish(&tmp, &sqsh)?;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(sqsh)
+}
+
+fn build_initramfs(
+    init: &Path,
+    kernel: &Kernel,
+    rootfs: &Path,
+    out: &Path,
+) -> Result<PathBuf, ImageError> {
+    let mut a = Archive::new();
+    let init_bytes = std::fs::read(init).map_err(io_err("read", init))?;
+    a.add(
+        "init",
+        Entry::File {
+            data: init_bytes,
+            executable: true,
+        },
+    );
+    for d in ["dev", "proc", "sys", "run", "tmp", "newroot", "etc/basalt"] {
+        a.add(d, Entry::Dir);
+    }
+    // Without /dev/console the kernel starts init with no stdout.
+    a.add("dev/console", Entry::CharDev(5, 1));
+    add_modules(kernel, BOOT_MODULES, &mut |rel, data| {
+        a.add(
+            rel,
+            Entry::File {
+                data,
+                executable: false,
+            },
+        );
+        Ok(())
+    })?;
+    let digest = sha256_file(rootfs)?;
+    a.add(
+        "etc/basalt/rootfs.sha256",
+        Entry::File {
+            data: format!("{digest}  rootfs.sqsh\n").into_bytes(),
+            executable: false,
+        },
+    );
+
+    let path = out.join("initramfs.img");
+    let tmp = out.join(".initramfs.img.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mtime = u32::try_from(epoch()).unwrap_or(0);
+    {
+        // gzip with mtime 0 and no file name: deterministic.
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(&mut f, flate2::Compression::new(6));
+        a.write(&mut gz, mtime).map_err(io_err("write", &tmp))?;
+        gz.finish().map_err(io_err("write", &tmp))?;
+    }
+    // The rootfs is already compressed: it follows as a second, uncompressed cpio archive,
+    // which the kernel unpacks after the first. It must start on a 4-byte boundary.
+    let len = f.metadata().map_err(io_err("stat", &tmp))?.len();
+    let pad = (4 - len % 4) % 4;
+    f.write_all(&[0u8; 3][..pad as usize])
+        .map_err(io_err("write", &tmp))?;
+    let mut b = Archive::new();
+    let sqsh = std::fs::read(rootfs).map_err(io_err("read", rootfs))?;
+    b.add(
+        "rootfs.sqsh",
+        Entry::File {
+            data: sqsh,
+            executable: false,
+        },
+    );
+    b.write(&mut f, mtime).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    finish(&tmp, &path)?;
+    Ok(path)
+}
+
+fn build_pxe(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    cmdline: &str,
+    out: &Path,
+) -> Result<PathBuf, ImageError> {
+    let dir = out.join("pxe");
+    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    copy(vmlinuz, &dir.join("vmlinuz"))?;
+    copy(initramfs, &dir.join("initramfs.img"))?;
+    // Relative names resolve against the script's own URL, so this works from any TFTP or
+    // HTTP server that serves the directory.
+    let script = format!(
+        "#!ipxe\necho Basalt: loading kernel and initramfs\nkernel vmlinuz initrd=initramfs.img {cmdline}\ninitrd initramfs.img\nboot\n"
+    );
+    write_file(&dir.join("boot.ipxe"), script.as_bytes(), 0o644)?;
+    Ok(dir)
+}
+
+/// GRUB modules in the boot images (the BIOS one also needs biosdisk).
+const GRUB_MODULES: &str = "normal linux iso9660 part_msdos part_gpt fat search search_fs_file serial terminal configfile echo test all_video";
+
+/// A hybrid BIOS + UEFI ISO, assembled step by step rather than with grub-mkrescue, whose
+/// temporary files, random FAT serial and generated UUID search made every build differ:
+/// GRUB images from `grub-mkimage` with an embedded config that finds the ISO by a marker
+/// file, an EFI system partition image made by mtools with a fixed serial, and xorriso with
+/// `SOURCE_DATE_EPOCH` fixing every date and the volume UUID.
+fn build_iso(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    cmdline: &str,
+    out: &Path,
+) -> Result<PathBuf, ImageError> {
+    tools::need("grub-mkimage", "grub-common")?;
+    tools::need("xorriso", "xorriso")?;
+    tools::need("mformat", "mtools")?;
+    for (dir, pkg) in [
+        ("/usr/lib/grub/i386-pc", "grub-pc-bin"),
+        ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin"),
+    ] {
+        if !Path::new(dir).is_dir() {
+            return Err(ImageError::MissingTool {
+                tool: dir.into(),
+                package: pkg.into(),
+            });
+        }
+    }
+    let e = epoch();
+    let staging = out.join(".iso-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    let grub = staging.join("boot/grub");
+    std::fs::create_dir_all(&grub).map_err(io_err("create", &grub))?;
+    copy(vmlinuz, &staging.join("boot/vmlinuz"))?;
+    copy(initramfs, &staging.join("boot/initramfs.img"))?;
+    write_file(
+        &staging.join("boot/basalt.marker"),
+        b"basalt boot media\n",
+        0o644,
+    )?;
+    let cfg = format!(
+        "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
+         set timeout=0\nset default=0\n\
+         menuentry \"Basalt\" {{\n  linux /boot/vmlinuz {cmdline}\n  initrd /boot/initramfs.img\n}}\n"
+    );
+    write_file(&grub.join("grub.cfg"), cfg.as_bytes(), 0o644)?;
+    let early = out.join(".grub-early.cfg");
+    write_file(
+        &early,
+        b"search --no-floppy --set=root --file /boot/basalt.marker\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n",
+        0o644,
+    )?;
+    let mkimage = |format: &str, output: &Path, extra: &[&str]| -> Result<(), ImageError> {
+        let mut c = Command::new("grub-mkimage");
+        c.args(["-O", format, "-p", "/boot/grub", "-c"])
+            .arg(&early)
+            .arg("-o")
+            .arg(output);
+        c.args(GRUB_MODULES.split(' ')).args(extra);
+        tools::run(&mut c).map(|_| ())
+    };
+    // BIOS: an El Torito image (cdboot.img + core) booted with -boot-info-table.
+    let core = out.join(".grub-core.img");
+    mkimage("i386-pc", &core, &["biosdisk"])?;
+    let mut eltorito = std::fs::read("/usr/lib/grub/i386-pc/cdboot.img").map_err(io_err(
+        "read",
+        Path::new("/usr/lib/grub/i386-pc/cdboot.img"),
+    ))?;
+    eltorito.extend(std::fs::read(&core).map_err(io_err("read", &core))?);
+    write_file(&grub.join("bios.img"), &eltorito, 0o644)?;
+    // UEFI: BOOTX64.EFI in a small FAT image that El Torito points at.
+    let efi_dir = out.join(".efi-staging");
+    let _ = std::fs::remove_dir_all(&efi_dir);
+    let boot_efi = efi_dir.join("EFI/BOOT/BOOTX64.EFI");
+    std::fs::create_dir_all(boot_efi.parent().unwrap_or(&efi_dir))
+        .map_err(io_err("create", &efi_dir))?;
+    mkimage("x86_64-efi", &boot_efi, &[])?;
+    set_mtimes(&efi_dir, e)?;
+    let efi_img = grub.join("efi.img");
+    let _ = std::fs::remove_file(&efi_img);
+    let epoch_env = e.to_string();
+    tools::run(
+        Command::new("mformat")
+            .arg("-i")
+            .arg(&efi_img)
+            .args([
+                "-C",
+                "-T",
+                "8192",
+                "-N",
+                "0BA5A171",
+                "-v",
+                "BASALTEFI",
+                "::",
+            ])
+            .env("SOURCE_DATE_EPOCH", &epoch_env),
+    )?;
+    tools::run(
+        Command::new("mcopy")
+            .args(["-m", "-s", "-i"])
+            .arg(&efi_img)
+            .arg(efi_dir.join("EFI"))
+            .arg("::/")
+            .env("SOURCE_DATE_EPOCH", &epoch_env),
+    )?;
+    set_mtimes(&staging, e)?;
+    let iso = out.join("basalt.iso");
+    let tmp = out.join(".basalt.iso.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    tools::run(
+        Command::new("xorriso")
+            .args([
+                "-as",
+                "mkisofs",
+                "-quiet",
+                "-iso-level",
+                "3",
+                "-R",
+                "-V",
+                "BASALT",
+            ])
+            .args([
+                "-b",
+                "boot/grub/bios.img",
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
+                "--grub2-boot-info",
+            ])
+            .args(["--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img"])
+            .args([
+                "-eltorito-alt-boot",
+                "-e",
+                "boot/grub/efi.img",
+                "-no-emul-boot",
+                "-isohybrid-gpt-basdat",
+            ])
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&staging)
+            .env("SOURCE_DATE_EPOCH", &epoch_env),
+    )?;
+    finish(&tmp, &iso)?;
+    for p in [&staging, &efi_dir] {
+        let _ = std::fs::remove_dir_all(p);
+    }
+    let _ = std::fs::remove_file(&core);
+    let _ = std::fs::remove_file(&early);
+    Ok(iso)
+}
+
+/// Sets the mtime of everything under `dir` (tools copy it into the image).
+fn set_mtimes(dir: &Path, epoch: u64) -> Result<(), ImageError> {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    for e in std::fs::read_dir(dir)
+        .map_err(io_err("read", dir))?
+        .flatten()
+    {
+        let p = e.path();
+        if p.is_dir() {
+            set_mtimes(&p, epoch)?;
+        }
+        let f = std::fs::File::open(&p).map_err(io_err("open", &p))?;
+        f.set_modified(t).map_err(io_err("set mtime of", &p))?;
+    }
+    let f = std::fs::File::open(dir).map_err(io_err("open", dir))?;
+    f.set_modified(t).map_err(io_err("set mtime of", dir))
+}

@@ -1,0 +1,222 @@
+//! Booting an artifact under QEMU and watching its serial console.
+//!
+//! TCG (software emulation) by default: KVM is used only when `BASALT_KVM=1` says it works. The
+//! console goes to a file that the runner polls for milestones. Dropping a [`Vm`] kills QEMU.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{ImageError, io_err, tools};
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// A CD-ROM with SeaBIOS (`uefi: false`) or OVMF (`uefi: true`).
+    Iso { iso: PathBuf, uefi: bool },
+    /// Network boot through QEMU's built-in DHCP/TFTP and the NIC's iPXE ROM; `dir` is served
+    /// over TFTP and `boot.ipxe` in it is the boot file.
+    Pxe { dir: PathBuf },
+    /// Direct kernel boot (fastest; no firmware menu).
+    Kernel {
+        vmlinuz: PathBuf,
+        initramfs: PathBuf,
+        cmdline: String,
+    },
+}
+
+/// A running VM.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    console: PathBuf,
+    started: Instant,
+    _scratch: Option<PathBuf>,
+}
+
+/// Why a VM did not reach a milestone.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot start qemu")]
+    Start(#[source] ImageError),
+    #[error("no {milestone:?} on the console within {timeout:?}; last console lines:\n{tail}")]
+    Timeout {
+        milestone: String,
+        timeout: Duration,
+        tail: String,
+    },
+    #[error("qemu exited ({status}) before {milestone:?}; last console lines:\n{tail}")]
+    Exited {
+        milestone: String,
+        status: String,
+        tail: String,
+    },
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl Vm {
+    /// Starts QEMU; `workdir` receives the console log (and UEFI variables).
+    pub fn start(boot: &Boot, workdir: &Path, memory_mib: u32) -> Result<Vm, VmError> {
+        tools::need("qemu-system-x86_64", "qemu-system-x86").map_err(VmError::Start)?;
+        std::fs::create_dir_all(workdir)
+            .map_err(|e| VmError::Start(io_err("create", workdir)(e)))?;
+        let console = workdir.join("console.log");
+        let _ = std::fs::remove_file(&console);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        let accel = if std::env::var("BASALT_KVM").as_deref() == Ok("1") {
+            "kvm"
+        } else {
+            "tcg"
+        };
+        cmd.args([
+            "-machine",
+            &format!("q35,accel={accel}"),
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+        ])
+        .args(["-m", &memory_mib.to_string()])
+        .args([
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-nodefaults",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args(["-device", "virtio-rng-pci"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut scratch = None;
+        match boot {
+            Boot::Iso { iso, uefi } => {
+                if *uefi {
+                    for f in [OVMF_CODE, OVMF_VARS] {
+                        if !Path::new(f).exists() {
+                            return Err(VmError::Start(ImageError::MissingTool {
+                                tool: f.into(),
+                                package: "ovmf".into(),
+                            }));
+                        }
+                    }
+                    let vars = workdir.join("OVMF_VARS.fd");
+                    std::fs::copy(OVMF_VARS, &vars)
+                        .map_err(|e| VmError::Start(io_err("copy", &vars)(e)))?;
+                    cmd.arg("-drive")
+                        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+                    cmd.arg("-drive")
+                        .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+                    scratch = Some(vars);
+                }
+                cmd.arg("-drive").arg(format!(
+                    "file={},media=cdrom,readonly=on,if=ide",
+                    iso.display()
+                ));
+                cmd.args(["-boot", "d"]);
+            }
+            Boot::Pxe { dir } => {
+                cmd.arg("-netdev").arg(format!(
+                    "user,id=n0,tftp={},bootfile=boot.ipxe",
+                    dir.display()
+                ));
+                cmd.args(["-device", "virtio-net-pci,netdev=n0,bootindex=1"]);
+            }
+            Boot::Kernel {
+                vmlinuz,
+                initramfs,
+                cmdline,
+            } => {
+                cmd.arg("-kernel")
+                    .arg(vmlinuz)
+                    .arg("-initrd")
+                    .arg(initramfs)
+                    .arg("-append")
+                    .arg(cmdline);
+            }
+        }
+        let child = cmd.spawn().map_err(|e| {
+            VmError::Start(ImageError::Tool {
+                tool: "qemu-system-x86_64".into(),
+                status: "not started".into(),
+                stderr: e.to_string(),
+            })
+        })?;
+        Ok(Vm {
+            child,
+            console,
+            started: Instant::now(),
+            _scratch: scratch,
+        })
+    }
+
+    pub fn console_path(&self) -> &Path {
+        &self.console
+    }
+
+    /// The console so far (lossy UTF-8; firmware writes escape codes).
+    pub fn console(&self) -> String {
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let c = self.console();
+        let lines: Vec<&str> = c.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits until a console line contains `milestone`; returns the time since QEMU started.
+    pub fn wait_for(&mut self, milestone: &str, timeout: Duration) -> Result<Duration, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().contains(milestone) {
+                return Ok(self.started.elapsed());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The last lines may have landed between the read and the exit.
+                if self.console().contains(milestone) {
+                    return Ok(self.started.elapsed());
+                }
+                return Err(VmError::Exited {
+                    milestone: milestone.into(),
+                    status: status.to_string(),
+                    tail: self.tail(40),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    milestone: milestone.into(),
+                    timeout,
+                    tail: self.tail(40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for QEMU to exit by itself (a power-off, or a reboot with `-no-reboot`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,149 @@
+//! The kernel command line: what Basalt reads from it.
+
+use std::fmt;
+
+/// Where the node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Metal,
+    Container,
+}
+
+/// The kernel arguments Basalt understands; others are the kernel's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmdline {
+    pub consoles: Vec<String>,
+    /// `ip=` in the kernel's syntax, kept verbatim for networkd.
+    pub ip: Option<String>,
+    /// `basalt.config=URL`: where to fetch the machine config.
+    pub config_url: Option<String>,
+    pub platform: Platform,
+    pub debug: bool,
+    /// Seconds to wait before rebooting after a fatal error (`basalt.reboot_delay`).
+    pub reboot_delay: u64,
+    /// `basalt.test=poweroff`: power off once PID 1 has reported (benchmarks, tests).
+    pub poweroff_when_up: bool,
+}
+
+/// A kernel argument Basalt cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadArg {
+    pub arg: String,
+    pub why: String,
+}
+
+impl fmt::Display for BadArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kernel argument {:?}: {}", self.arg, self.why)
+    }
+}
+
+impl Cmdline {
+    /// Parses `/proc/cmdline`. Bad Basalt arguments are returned beside the result (and
+    /// logged); the default is used for them, since refusing to boot over one would be worse.
+    pub fn parse(text: &str) -> (Cmdline, Vec<BadArg>) {
+        let mut c = Cmdline {
+            consoles: Vec::new(),
+            ip: None,
+            config_url: None,
+            platform: Platform::Metal,
+            debug: false,
+            reboot_delay: 10,
+            poweroff_when_up: false,
+        };
+        let mut bad = Vec::new();
+        for arg in split(text) {
+            let (key, value) = match arg.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (arg.as_str(), None),
+            };
+            let mut fail = |why: &str| {
+                bad.push(BadArg {
+                    arg: arg.clone(),
+                    why: why.to_string(),
+                })
+            };
+            match (key, value) {
+                ("console", Some(v)) => c.consoles.push(v.to_string()),
+                ("ip", Some(v)) => c.ip = Some(v.to_string()),
+                ("basalt.config", Some(v)) => c.config_url = Some(v.to_string()),
+                ("basalt.platform", Some("metal")) => c.platform = Platform::Metal,
+                ("basalt.platform", Some("container")) => c.platform = Platform::Container,
+                ("basalt.platform", _) => fail("expected metal or container"),
+                ("basalt.debug", None | Some("1" | "true")) => c.debug = true,
+                ("basalt.debug", _) => fail("expected no value, 1 or true"),
+                ("basalt.reboot_delay", Some(v)) => match v.parse() {
+                    Ok(n) => c.reboot_delay = n,
+                    Err(_) => fail("expected a number of seconds"),
+                },
+                ("basalt.test", Some("poweroff")) => c.poweroff_when_up = true,
+                ("basalt.test", _) => fail("expected poweroff"),
+                (k, _) if k.starts_with("basalt.") => fail("unknown Basalt argument"),
+                _ => {}
+            }
+        }
+        (c, bad)
+    }
+}
+
+/// Splits on whitespace, keeping double-quoted spans together (as the kernel does).
+fn split(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in text.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_basalt_arguments() {
+        let (c, bad) = Cmdline::parse(
+            "BOOT_IMAGE=/boot/vmlinuz console=tty0 console=ttyS0,115200 quiet ip=10.5.0.3::10.5.0.1:255.255.255.0:n1:eth0:off basalt.config=\"http://10.5.0.1/c.yaml\" basalt.platform=container basalt.debug basalt.reboot_delay=2\n",
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(c.consoles, vec!["tty0", "ttyS0,115200"]);
+        assert_eq!(
+            c.ip.as_deref(),
+            Some("10.5.0.3::10.5.0.1:255.255.255.0:n1:eth0:off")
+        );
+        assert_eq!(c.config_url.as_deref(), Some("http://10.5.0.1/c.yaml"));
+        assert_eq!(c.platform, Platform::Container);
+        assert!(c.debug);
+        assert_eq!(c.reboot_delay, 2);
+        assert!(!c.poweroff_when_up);
+    }
+
+    #[test]
+    fn bad_arguments_are_reported_and_defaulted() {
+        let (c, bad) =
+            Cmdline::parse("basalt.platform=cloud basalt.reboot_delay=soon basalt.frob=1");
+        assert_eq!(c.platform, Platform::Metal);
+        assert_eq!(c.reboot_delay, 10);
+        let msgs: Vec<String> = bad.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            vec![
+                "kernel argument \"basalt.platform=cloud\": expected metal or container",
+                "kernel argument \"basalt.reboot_delay=soon\": expected a number of seconds",
+                "kernel argument \"basalt.frob=1\": unknown Basalt argument",
+            ]
+        );
+    }
+}

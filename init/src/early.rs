@@ -1,0 +1,326 @@
+//! Early boot, as PID 1 in the initramfs.
+//!
+//! The image build puts here: `/init` (this binary), `/lib/modules/load.order` (module files
+//! in dependency order, resolved from `modules.dep` at build time), `/etc/basalt/rootfs.sha256`
+//! and, for ISO and PXE boots, `/rootfs.sqsh`.
+
+use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::kmod::{ModuleInitFlags, finit_module};
+use nix::mount::{MsFlags, mount};
+use sha2::{Digest, Sha256};
+
+use crate::cmdline::Cmdline;
+use crate::log;
+
+const ROOTFS: &str = "/rootfs.sqsh";
+const ROOTFS_SHA256: &str = "/etc/basalt/rootfs.sha256";
+pub const LOAD_ORDER: &str = "/lib/modules/load.order";
+const NEWROOT: &str = "/newroot";
+
+/// A step of early boot that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EarlyError {
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        what: &'static str,
+        target: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load module {module}")]
+    Module {
+        module: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("rootfs.sqsh checksum mismatch: expected sha256 {expected}, got {actual}")]
+    Checksum { expected: String, actual: String },
+    #[error("cannot attach {ROOTFS} to a loop device")]
+    Loop(#[source] std::io::Error),
+    #[error("cannot switch root to {NEWROOT}: {step}")]
+    SwitchRoot {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot exec /sbin/init")]
+    Exec(#[source] std::io::Error),
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// Runs early boot; never returns.
+pub fn run() -> ! {
+    log::elapsed_ms();
+    let delay = match boot() {
+        Ok(never) => match never {},
+        Err((e, delay)) => {
+            log::line(&format!("FATAL: {}", chain(&e)));
+            delay
+        }
+    };
+    fatal_reboot(delay)
+}
+
+/// Logs, waits, syncs and reboots. PID 1 must not exit: that would panic the kernel.
+pub fn fatal_reboot(delay_secs: u64) -> ! {
+    log::line(&format!("rebooting in {delay_secs}s"));
+    std::thread::sleep(Duration::from_secs(delay_secs));
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // reboot(2) only returns on failure; there is nothing left to do but wait.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn mount_fs(
+    what: &'static str,
+    fstype: &str,
+    target: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), EarlyError> {
+    let _ = std::fs::create_dir_all(target);
+    mount(Some(what), target, Some(fstype), flags, data).map_err(|source| EarlyError::Mount {
+        what,
+        target: target.to_string(),
+        source,
+    })
+}
+
+enum Never {}
+
+/// Pairs a step's error with the reboot delay in force.
+fn step<T>(r: Result<T, EarlyError>, delay: u64) -> Result<T, (EarlyError, u64)> {
+    r.map_err(|e| (e, delay))
+}
+
+fn boot() -> Result<Never, (EarlyError, u64)> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    // Until the command line is read, a failure reboots after the default delay.
+    let mut delay = 10;
+    step(mount_fs("proc", "proc", "/proc", nosuid, None), delay)?;
+    step(mount_fs("sysfs", "sysfs", "/sys", nosuid, None), delay)?;
+    step(
+        mount_fs(
+            "devtmpfs",
+            "devtmpfs",
+            "/dev",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        delay,
+    )?;
+    step(
+        mount_fs(
+            "tmpfs",
+            "tmpfs",
+            "/run",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        delay,
+    )?;
+    log::open_kmsg();
+    log::line("early init started");
+
+    let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (cmdline, bad) = Cmdline::parse(&text);
+    delay = cmdline.reboot_delay;
+    for b in bad {
+        log::line(&format!("ignoring {b}"));
+    }
+
+    let t = Instant::now();
+    let n = step(load_modules(LOAD_ORDER), delay)?;
+    log::line(&format!(
+        "modules loaded ({n} modules in {} ms)",
+        t.elapsed().as_millis()
+    ));
+
+    let t = Instant::now();
+    let (digest, size) = step(verify_rootfs(), delay)?;
+    log::line(&format!(
+        "rootfs verified (sha256 {}, {} KiB in {} ms)",
+        &digest[..16],
+        size / 1024,
+        t.elapsed().as_millis()
+    ));
+
+    step(mount_root(), delay)?;
+    step(switch_root(), delay)?;
+    log::line(&format!(
+        "switched root ({} ms since early init)",
+        log::elapsed_ms()
+    ));
+
+    let err = std::process::Command::new("/sbin/init")
+        .arg0("/sbin/init")
+        .exec();
+    Err((EarlyError::Exec(err), delay))
+}
+
+/// Loads the modules `order_file` lists (paths under /lib/modules, dependencies first);
+/// one that is already loaded counts as loaded. Returns how many.
+pub fn load_modules(order_file: &str) -> Result<usize, EarlyError> {
+    let order = match std::fs::read_to_string(order_file) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(EarlyError::Read {
+                path: order_file.into(),
+                source,
+            });
+        }
+    };
+    let mut n = 0;
+    for rel in order
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let path = Path::new("/lib/modules").join(rel);
+        let file = std::fs::File::open(&path).map_err(|source| EarlyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        match finit_module(&file, c"", ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::Error::EEXIST) => n += 1,
+            Err(source) => {
+                return Err(EarlyError::Module {
+                    module: rel.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn verify_rootfs() -> Result<(String, u64), EarlyError> {
+    let read_err = |path: &str| {
+        let path = path.to_string();
+        move |source| EarlyError::Read { path, source }
+    };
+    let expected = std::fs::read_to_string(ROOTFS_SHA256).map_err(read_err(ROOTFS_SHA256))?;
+    let expected = expected
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut f = std::fs::File::open(ROOTFS).map_err(read_err(ROOTFS))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(read_err(ROOTFS))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    let actual: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if actual != expected {
+        return Err(EarlyError::Checksum { expected, actual });
+    }
+    Ok((actual, size))
+}
+
+fn mount_root() -> Result<(), EarlyError> {
+    let dev = crate::loopdev::attach_read_only(Path::new(ROOTFS)).map_err(EarlyError::Loop)?;
+    std::fs::create_dir_all(NEWROOT).map_err(|source| EarlyError::Read {
+        path: NEWROOT.into(),
+        source,
+    })?;
+    mount(
+        Some(dev.as_path()),
+        NEWROOT,
+        Some("squashfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|source| EarlyError::Mount {
+        what: "rootfs.sqsh",
+        target: NEWROOT.into(),
+        source,
+    })?;
+    let tmp = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_fs("tmpfs", "tmpfs", "/newroot/system", tmp, Some("mode=0755"))?;
+    mount_fs("tmpfs", "tmpfs", "/newroot/tmp", tmp, Some("mode=1777"))?;
+    // /var is tmpfs until installs exist (then it is the EPHEMERAL partition).
+    mount_fs("tmpfs", "tmpfs", "/newroot/var", tmp, Some("mode=0755"))?;
+    Ok(())
+}
+
+/// Moves the pseudo-filesystems into the new root, frees the initramfs, and makes the new
+/// root `/` — what util-linux's switch_root does.
+fn switch_root() -> Result<(), EarlyError> {
+    let sr = |step: &'static str| move |source| EarlyError::SwitchRoot { step, source };
+    for m in ["/dev", "/proc", "/sys", "/run"] {
+        let target = format!("{NEWROOT}{m}");
+        mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(sr("move mounts"))?;
+    }
+    free_initramfs(Path::new("/"));
+    nix::unistd::chdir(NEWROOT).map_err(sr("chdir"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(sr("move root"))?;
+    nix::unistd::chroot(".").map_err(sr("chroot"))?;
+    nix::unistd::chdir("/").map_err(sr("chdir /"))?;
+    Ok(())
+}
+
+/// Deletes the initramfs's files (it is RAM) without crossing into other mounts. The loop
+/// device keeps its own reference to rootfs.sqsh, so deleting its name is safe.
+fn free_initramfs(dir: &Path) {
+    let Ok(root_dev) = nix::sys::stat::stat(dir).map(|s| s.st_dev) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p == Path::new(NEWROOT) {
+            continue;
+        }
+        let Ok(st) = nix::sys::stat::lstat(&p) else {
+            continue;
+        };
+        if st.st_dev != root_dev {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            free_initramfs(&p);
+            let _ = std::fs::remove_dir(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Boot logging: one line per step to the console and to the kernel log.
+//!
+//! The kernel echoes `/dev/kmsg` lines to the console when its console log level lets info
+//! through (no `quiet`); then the line goes to kmsg only, so it is never printed twice.
+
+use std::io::Write as _;
+use std::sync::Mutex;
+use std::time::Instant;
+
+static KMSG: Mutex<Option<std::fs::File>> = Mutex::new(None);
+static START: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Opens `/dev/kmsg`; call once `/dev` is mounted. Before that, lines go to the console only.
+pub fn open_kmsg() {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        *KMSG.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+}
+
+fn kernel_echoes_info() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/printk")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .is_some_and(|console_level| console_level > 6)
+}
+
+/// Milliseconds since this process started logging.
+pub fn elapsed_ms() -> u128 {
+    let mut start = START.lock().unwrap_or_else(|p| p.into_inner());
+    start.get_or_insert_with(Instant::now).elapsed().as_millis()
+}
+
+/// Logs one line: `basalt: <msg>`.
+pub fn line(msg: &str) {
+    let text = format!("basalt: {msg}");
+    let mut kmsg = KMSG.lock().unwrap_or_else(|p| p.into_inner());
+    let echoed = match kmsg.as_mut() {
+        Some(f) => f.write_all(format!("<6>{text}\n").as_bytes()).is_ok() && kernel_echoes_info(),
+        None => false,
+    };
+    if !echoed {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+}

@@ -1,0 +1,60 @@
+//! `osctl image`: build boot images.
+
+use std::path::PathBuf;
+
+use basalt_image::{BuildOptions, Target};
+use clap::{Args, ValueEnum};
+
+use crate::{error_chain, print_line};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum What {
+    Rootfs,
+    Initramfs,
+    Iso,
+    Pxe,
+    All,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  osctl image all --out _out/image\n  osctl image iso --out _out/image --extra-cmdline basalt.debug"
+)]
+pub struct ImageArgs {
+    /// What to build: rootfs, initramfs, iso, pxe or all.
+    what: What,
+    /// Output directory.
+    #[arg(long, default_value = "_out/image")]
+    out: PathBuf,
+    /// Use this init binary instead of building one.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Extra kernel arguments for the ISO and PXE entries; may repeat.
+    #[arg(long = "extra-cmdline")]
+    extra_cmdline: Vec<String>,
+}
+
+pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+    let target = match args.what {
+        What::Rootfs => Target::Rootfs,
+        What::Initramfs => Target::Initramfs,
+        What::Iso => Target::Iso,
+        What::Pxe => Target::Pxe,
+        What::All => Target::All,
+    };
+    let opts = BuildOptions {
+        out: args.out,
+        init: args.init,
+        extra_cmdline: args.extra_cmdline,
+        verbose: true,
+    };
+    let arts = basalt_image::build(target, &opts).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    print_line(&format!("{:<16} {:>12}  sha256", "artifact", "bytes"));
+    for (name, size, sha) in arts.table().map_err(|e| anyhow::anyhow!(error_chain(&e)))? {
+        print_line(&format!("{name:<16} {size:>12}  {sha}"));
+    }
+    if let Some(dir) = arts.pxe_dir {
+        print_line(&format!("PXE assets in {}", dir.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Test tiers. Tests that need root, VMs or clusters call [`tier`] first: when the tier is not
+//! enabled in `BASALT_TEST_TIERS` the test says so loudly and returns, so a plain `cargo test`
+//! passes anywhere; when it is enabled, the test is recorded in `BASALT_TIER_LOG`, which
+//! `hack/test` reads to fail any enabled tier that ran nothing.
+//!
+//! Test support only: no production crate depends on this.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+
+/// A tier above `unit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Root: network namespaces, tun devices, mounts.
+    Privileged,
+    /// QEMU virtual machines.
+    Vm,
+    /// Multi-node clusters (QEMU or Docker).
+    Cluster,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Privileged => "privileged",
+            Tier::Vm => "vm",
+            Tier::Cluster => "cluster",
+        }
+    }
+}
+
+/// Whether `tier` is listed in a `BASALT_TEST_TIERS` value.
+pub fn listed(tiers: &str, tier: Tier) -> bool {
+    tiers.split(',').map(str::trim).any(|t| t == tier.name())
+}
+
+/// Returns true when `test` may run in `tier`; otherwise prints why it skips.
+#[must_use]
+#[allow(clippy::print_stderr)]
+pub fn tier(tier: Tier, test: &str) -> bool {
+    let tiers = std::env::var("BASALT_TEST_TIERS").unwrap_or_default();
+    if !listed(&tiers, tier) {
+        eprintln!(
+            "SKIPPED {test}: the {} tier is not enabled (BASALT_TEST_TIERS={tiers:?}; hack/test enables it)",
+            tier.name()
+        );
+        return false;
+    }
+    if let Some(log) = std::env::var_os("BASALT_TIER_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{} {test}", tier.name());
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_matched_by_name() {
+        assert!(listed("unit,vm", Tier::Vm));
+        assert!(listed("unit, privileged", Tier::Privileged));
+        assert!(!listed("unit", Tier::Vm));
+        assert!(!listed("", Tier::Cluster));
+        assert!(!listed("vmx", Tier::Vm));
+    }
+}
