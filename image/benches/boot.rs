@@ -1,1 +1,70 @@
-fn main() {}
+//! Boot benchmark: builds the ISO (with `basalt.test=poweroff`) and boots it N times under QEMU
+//! (SeaBIOS, TCG), timing QEMU start → "PID 1 running". Prints a table; asserts nothing.
+//!
+//!   cargo bench -p basalt-image            (BASALT_BENCH_RUNS=5 by default)
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use basalt_image::qemu::{Boot, Vm};
+use basalt_image::{BuildOptions, Target};
+
+fn main() {
+    let runs: usize = std::env::var("BASALT_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-images");
+    let opts = BuildOptions {
+        out: out.clone(),
+        init: None,
+        extra_cmdline: vec!["basalt.test=poweroff".into()],
+        verbose: false,
+    };
+    let arts = basalt_image::build(Target::Iso, &opts).unwrap();
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let mut vm = Vm::start(
+            &Boot::Iso {
+                iso: arts.iso.clone().unwrap(),
+                uefi: false,
+            },
+            &out.join(format!("run{i}")),
+            512,
+        )
+        .unwrap();
+        let t = vm
+            .wait_for("basalt: PID 1 running", Duration::from_secs(300))
+            .unwrap();
+        vm.wait_exit(Duration::from_secs(60));
+        times.push(t);
+    }
+    times.sort();
+    let secs = |d: Duration| d.as_secs_f64();
+    println!("boot benchmark: ISO, SeaBIOS, QEMU TCG, 1 vCPU, 512 MiB, {runs} runs");
+    println!();
+    println!("| measure                          | min    | median | max    | goal   |");
+    println!("|----------------------------------|-------:|-------:|-------:|-------:|");
+    println!(
+        "| QEMU start -> PID 1 running (s)  | {:>6.2} | {:>6.2} | {:>6.2} | <= 5.0 |",
+        secs(times[0]),
+        secs(times[times.len() / 2]),
+        secs(times[times.len() - 1])
+    );
+    println!();
+    println!("| artifact        |      bytes |   MiB | goal      |");
+    println!("|-----------------|-----------:|------:|----------:|");
+    for (name, size, _) in arts.table().unwrap() {
+        let goal = match name.as_str() {
+            "init" => "<= 15 MiB",
+            "rootfs.sqsh" => "<= 15 MiB (without containerd)",
+            _ => "",
+        };
+        println!(
+            "| {name:<15} | {size:>10} | {:>5.1} | {goal} |",
+            size as f64 / 1048576.0
+        );
+    }
+}

@@ -228,13 +228,12 @@ pub fn check_rootfs(sqsh: &Path) -> Result<Vec<String>, ImageError> {
     Ok(files)
 }
 
+/// Receives one file (path relative to the image root, contents).
+type AddFile<'a> = dyn FnMut(&str, Vec<u8>) -> Result<(), ImageError> + 'a;
+
 /// Copies the modules for `wanted` under `root/lib/modules/<version>` and writes
 /// `load.order` (paths relative to `lib/modules`, dependencies first) for init to follow.
-fn add_modules(
-    kernel: &Kernel,
-    wanted: &[&str],
-    add: &mut dyn FnMut(&str, Vec<u8>) -> Result<(), ImageError>,
-) -> Result<(), ImageError> {
+fn add_modules(kernel: &Kernel, wanted: &[&str], add: &mut AddFile<'_>) -> Result<(), ImageError> {
     let order = kernel.load_order(wanted)?;
     let mut listing = String::new();
     for rel in &order {

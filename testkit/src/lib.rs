@@ -47,14 +47,13 @@ pub fn tier(tier: Tier, test: &str) -> bool {
         );
         return false;
     }
-    if let Some(log) = std::env::var_os("BASALT_TIER_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(log) = std::env::var_os("BASALT_TIER_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
-        {
-            let _ = writeln!(f, "{} {test}", tier.name());
-        }
+    {
+        let _ = writeln!(f, "{} {test}", tier.name());
     }
     true
 }
