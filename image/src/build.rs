@@ -32,6 +32,8 @@ pub struct BuildOptions {
     pub extra_cmdline: Vec<String>,
     /// Prints progress lines when true.
     pub verbose: bool,
+    /// Put containerd, runc and the CNI plugins (with their libraries) in the rootfs.
+    pub with_containerd: bool,
 }
 
 /// What was built, with sizes and sha256s.
@@ -109,8 +111,14 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     let kroot = inputs::extract(kpin, &cache)?;
     let kernel = Kernel::from_package_root(&kroot)?;
 
+    let mut payload = Vec::new();
+    if opts.with_containerd {
+        progress(opts, "containerd, runc, CNI plugins and their libraries");
+        payload = container_payload(&pins, &cache)?;
+    }
+
     progress(opts, "rootfs.sqsh (mksquashfs)");
-    let rootfs = build_rootfs(&init, &kernel, &opts.out)?;
+    let rootfs = build_rootfs(&init, &kernel, &payload, &opts.out)?;
     arts.rootfs = Some(rootfs.clone());
     if target == Target::Rootfs {
         return Ok(arts);
@@ -245,7 +253,110 @@ fn add_modules(kernel: &Kernel, wanted: &[&str], add: &mut AddFile<'_>) -> Resul
     add("lib/modules/load.order", listing.into_bytes())
 }
 
-fn build_rootfs(init: &Path, kernel: &Kernel, out: &Path) -> Result<PathBuf, ImageError> {
+/// Programs from pinned Debian packages that go in the rootfs: (package, path in it).
+const PAYLOAD: &[(&str, &str)] = &[
+    ("containerd", "usr/bin/containerd"),
+    ("containerd", "usr/bin/containerd-shim-runc-v2"),
+    ("runc", "usr/sbin/runc"),
+    ("containernetworking-plugins", "usr/lib/cni/bridge"),
+    ("containernetworking-plugins", "usr/lib/cni/host-local"),
+    ("containernetworking-plugins", "usr/lib/cni/loopback"),
+    ("containernetworking-plugins", "usr/lib/cni/portmap"),
+];
+
+/// Pinned packages the programs' libraries are taken from, and where libraries live in them.
+const LIBRARY_PACKAGES: &[&str] = &["libc6", "libseccomp2"];
+const LIBRARY_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
+
+/// `rel` inside an extracted package, following symlinks (absolute ones stay in `root`).
+fn resolve_in(root: &Path, rel: &str) -> Option<PathBuf> {
+    let mut p = root.join(rel.trim_start_matches('/'));
+    for _ in 0..16 {
+        let md = std::fs::symlink_metadata(&p).ok()?;
+        if !md.file_type().is_symlink() {
+            return Some(p);
+        }
+        let target = std::fs::read_link(&p).ok()?;
+        p = if target.is_absolute() {
+            root.join(target.strip_prefix("/").ok()?)
+        } else {
+            p.parent()?.join(target)
+        };
+    }
+    None
+}
+
+/// The payload programs plus their shared-library closure, read from their `DT_NEEDED`
+/// entries and `PT_INTERP`: (path in the rootfs, contents). Debian builds these programs
+/// dynamically, so the closure is resolved here from pinned library packages rather than
+/// from whatever the build host has installed.
+fn container_payload(
+    pins: &[inputs::Pin],
+    cache: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut queue: Vec<(String, Vec<u8>)> = Vec::new();
+    for (pkg, rel) in PAYLOAD {
+        let root = inputs::extract(inputs::find(pins, pkg)?, cache)?;
+        let path = resolve_in(&root, rel).ok_or_else(|| ImageError::Io {
+            action: "find",
+            path: format!("{rel} in package {pkg}"),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        let data = std::fs::read(&path).map_err(io_err("read", &path))?;
+        queue.push((rel.to_string(), data));
+    }
+    let lib_roots: Vec<PathBuf> = LIBRARY_PACKAGES
+        .iter()
+        .map(|p| inputs::extract(inputs::find(pins, p)?, cache))
+        .collect::<Result<_, _>>()?;
+    let find_lib = |wanted: &str, by: &str| -> Result<(String, Vec<u8>), ImageError> {
+        let candidates: Vec<String> = if wanted.starts_with('/') {
+            vec![wanted.trim_start_matches('/').to_string()]
+        } else {
+            LIBRARY_DIRS
+                .iter()
+                .map(|d| format!("{d}/{wanted}"))
+                .collect()
+        };
+        for root in &lib_roots {
+            for c in &candidates {
+                if let Some(p) = resolve_in(root, c) {
+                    let data = std::fs::read(&p).map_err(io_err("read", &p))?;
+                    return Ok((c.clone(), data));
+                }
+            }
+        }
+        Err(ImageError::MissingLibrary {
+            binary: by.to_string(),
+            library: wanted.to_string(),
+        })
+    };
+    while let Some((rel, data)) = queue.pop() {
+        let dynamic = crate::elf::dynamic(&data).map_err(|e| ImageError::Io {
+            action: "read ELF of",
+            path: format!("{rel}: {e}"),
+            source: std::io::ErrorKind::InvalidData.into(),
+        })?;
+        for lib in dynamic.interpreter.iter().chain(dynamic.needed.iter()) {
+            let (lib_rel, lib_data) = find_lib(lib, &rel)?;
+            if files.iter().chain(queue.iter()).all(|(r, _)| *r != lib_rel) && lib_rel != rel {
+                queue.push((lib_rel, lib_data));
+            }
+        }
+        files.push((rel, data));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    files.dedup_by(|a, b| a.0 == b.0);
+    Ok(files)
+}
+
+fn build_rootfs(
+    init: &Path,
+    kernel: &Kernel,
+    payload: &[(String, Vec<u8>)],
+    out: &Path,
+) -> Result<PathBuf, ImageError> {
     tools::need("mksquashfs", "squashfs-tools")?;
     let staging = out.join(".rootfs-staging");
     let _ = std::fs::remove_dir_all(&staging);
@@ -280,6 +391,11 @@ fn build_rootfs(init: &Path, kernel: &Kernel, out: &Path) -> Result<PathBuf, Ima
     add_modules(kernel, NODE_MODULES, &mut |rel, data| {
         write_file(&staging.join(rel), &data, 0o644)
     })?;
+    // Programs, libraries and the loader all need exec permission (the kernel maps the
+    // loader with open_exec).
+    for (rel, data) in payload {
+        write_file(&staging.join(rel), data, 0o755)?;
+    }
     // The root is read-only: files that change at run time live on /system and are linked.
     for name in ["resolv.conf", "hosts", "hostname", "machine-id"] {
         let link = staging.join("etc").join(name);

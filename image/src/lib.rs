@@ -9,6 +9,7 @@
 
 pub mod build;
 pub mod cpio;
+pub mod elf;
 pub mod inputs;
 pub mod kernel;
 pub mod qemu;
@@ -53,6 +54,8 @@ pub enum ImageError {
         version: String,
         stderr: String,
     },
+    #[error("{binary} needs {library}, which no pinned library package provides")]
+    MissingLibrary { binary: String, library: String },
     #[error("kernel module {0:?} is neither built in nor in modules.dep")]
     UnknownModule(String),
     #[error("the rootfs holds a shell or package manager: {0}; Basalt has none")]

@@ -23,6 +23,7 @@ fn artifacts() -> &'static Artifacts {
             init: None,
             extra_cmdline: vec!["basalt.reboot_delay=1".into()],
             verbose: false,
+            with_containerd: true,
         };
         basalt_image::build(Target::All, &opts).unwrap()
     })
@@ -74,6 +75,16 @@ fn assert_boots(boot: Boot, name: &str) {
         "{name}:\n{console}"
     );
     assert!(!console.contains("FATAL"), "{name}:\n{console}");
+    // containerd and runc from the rootfs run: their shared-library closure is complete.
+    vm.wait_for("basalt: /usr/sbin/runc: runc version 1.1.5", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        vm.console().contains(
+            "basalt: /usr/bin/containerd: containerd github.com/containerd/containerd 1.6.20"
+        ),
+        "{name}:\n{}",
+        vm.console()
+    );
     eprintln!(
         "{name}: PID 1 running {:.1} s after QEMU started",
         last.as_secs_f64()
@@ -190,6 +201,7 @@ fn builds_are_reproducible_and_the_rootfs_has_no_shell() {
         init: a.init.clone(),
         extra_cmdline: vec!["basalt.reboot_delay=1".into()],
         verbose: false,
+        with_containerd: true,
     };
     let b = basalt_image::build(Target::All, &opts).unwrap();
     for (x, y) in [
@@ -206,7 +218,18 @@ fn builds_are_reproducible_and_the_rootfs_has_no_shell() {
         );
     }
     let files = basalt_image::build::check_rootfs(a.rootfs.as_ref().unwrap()).unwrap();
-    assert!(files.contains(&"/sbin/init".to_string()), "{files:?}");
+    for f in [
+        "/sbin/init",
+        "/usr/bin/containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/lib64/ld-linux-x86-64.so.2",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libseccomp.so.2",
+    ] {
+        assert!(files.contains(&f.to_string()), "{f} missing from {files:?}");
+    }
     assert!(files.iter().any(|f| f.ends_with("/load.order")));
     // And the check does catch a shell.
     let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,34 @@ pub fn run() -> ! {
         }
     });
 
+    // Prove the container runtime in the rootfs runs (its library closure is complete). The
+    // supervisor that starts it for real comes with issue 4.
+    std::thread::spawn(|| {
+        for (prog, arg) in [
+            ("/usr/bin/containerd", "--version"),
+            ("/usr/sbin/runc", "--version"),
+        ] {
+            if !std::path::Path::new(prog).exists() {
+                continue;
+            }
+            match std::process::Command::new(prog).arg(arg).output() {
+                Ok(o) if o.status.success() => {
+                    let out = String::from_utf8_lossy(&o.stdout);
+                    log::line(&format!(
+                        "{prog}: {}",
+                        out.lines().next().unwrap_or_default()
+                    ));
+                }
+                Ok(o) => log::line(&format!(
+                    "{prog} {arg} failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => log::line(&format!("cannot run {prog}: {e}")),
+            }
+        }
+    });
+
     if cmdline.poweroff_when_up {
         log::line("basalt.test=poweroff: powering off");
         power_off();

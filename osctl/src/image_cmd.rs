@@ -32,6 +32,9 @@ pub struct ImageArgs {
     /// Extra kernel arguments for the ISO and PXE entries; may repeat.
     #[arg(long = "extra-cmdline")]
     extra_cmdline: Vec<String>,
+    /// Leave containerd, runc and the CNI plugins out of the rootfs.
+    #[arg(long)]
+    without_containerd: bool,
 }
 
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
         init: args.init,
         extra_cmdline: args.extra_cmdline,
         verbose: true,
+        with_containerd: !args.without_containerd,
     };
     let arts = basalt_image::build(target, &opts).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     print_line(&format!("{:<16} {:>12}  sha256", "artifact", "bytes"));
