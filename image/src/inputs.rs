@@ -156,6 +156,40 @@ pub fn find<'a>(pins: &'a [Pin], prefix: &str) -> Result<&'a Pin, ImageError> {
         })
 }
 
+/// The archive's current candidate for each pinned package, as `inputs.lock` lines
+/// (`osctl image pin`): the way to move the pins when Debian drops a version.
+pub fn current_candidates(pins: &[Pin]) -> Result<Vec<Pin>, ImageError> {
+    tools::need("apt-cache", "apt")?;
+    let mut out = Vec::new();
+    for pin in pins {
+        let policy = tools::run(Command::new("apt-cache").args(["policy", &pin.package]))?;
+        let version = policy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate: "))
+            .filter(|v| *v != "(none)")
+            .ok_or_else(|| ImageError::Download {
+                package: pin.package.clone(),
+                version: "candidate".into(),
+                stderr: "apt-cache has no candidate (run apt-get update)".into(),
+            })?
+            .to_string();
+        let show = tools::run(
+            Command::new("apt-cache").args(["show", &format!("{}={version}", pin.package)]),
+        )?;
+        let sha256 = show
+            .lines()
+            .find_map(|l| l.strip_prefix("SHA256: "))
+            .unwrap_or_default()
+            .to_string();
+        out.push(Pin {
+            package: pin.package.clone(),
+            version,
+            sha256,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,8 @@ use crate::{error_chain, print_line};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum What {
+    /// Print inputs.lock lines for the archive's current versions (does not build).
+    Pin,
     Rootfs,
     Initramfs,
     Iso,
@@ -21,7 +23,7 @@ pub enum What {
     after_help = "Examples:\n  osctl image all --out _out/image\n  osctl image iso --out _out/image --extra-cmdline basalt.debug"
 )]
 pub struct ImageArgs {
-    /// What to build: rootfs, initramfs, iso, pxe or all.
+    /// What to build: rootfs, initramfs, iso, pxe or all (or pin: print current pins).
     what: What,
     /// Output directory.
     #[arg(long, default_value = "_out/image")]
@@ -39,6 +41,20 @@ pub struct ImageArgs {
 
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     let target = match args.what {
+        What::Pin => {
+            let pins =
+                basalt_image::inputs::lock().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            let now = basalt_image::inputs::current_candidates(&pins)
+                .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            for (old, new) in pins.iter().zip(&now) {
+                let mark = if old == new { "" } else { "   # changed" };
+                print_line(&format!(
+                    "{} {} {}{mark}",
+                    new.package, new.version, new.sha256
+                ));
+            }
+            return Ok(());
+        }
         What::Rootfs => Target::Rootfs,
         What::Initramfs => Target::Initramfs,
         What::Iso => Target::Iso,
