@@ -84,15 +84,23 @@ pub fn fetch(pin: &Pin, cache: &Path) -> Result<PathBuf, ImageError> {
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let tmp = dir.join(format!(".download-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
-        let out = Command::new("apt-get")
-            .args([
-                "download",
-                "-q",
-                &format!("{}={}", pin.package, pin.version),
-            ])
-            .current_dir(&tmp)
-            .output()
-            .map_err(io_err("run apt-get in", &tmp))?;
+        let download = || {
+            Command::new("apt-get")
+                .args([
+                    "download",
+                    "-q",
+                    &format!("{}={}", pin.package, pin.version),
+                ])
+                .current_dir(&tmp)
+                .output()
+                .map_err(io_err("run apt-get in", &tmp))
+        };
+        let mut out = download()?;
+        if !out.status.success() && nix_is_root() {
+            // The package lists may be missing or stale on a fresh machine: refresh once.
+            let _ = Command::new("apt-get").args(["update", "-qq"]).output();
+            out = download()?;
+        }
         if !out.status.success() {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(ImageError::Download {
