@@ -180,15 +180,7 @@ impl Store {
     /// Creates or updates `id` as `owner`. An unchanged spec and labels change nothing (no
     /// version bump, no event), which is what keeps level-triggered controllers from looping.
     pub fn apply<T: Spec>(&self, owner: &str, id: &str, spec: T) -> Result<(), StoreError> {
-        self.write(
-            &Kind::of::<T>(),
-            id,
-            owner,
-            Write::Apply {
-                spec: Arc::new(spec),
-                labels: None,
-            },
-        )
+        self.apply_with(owner, id, spec, None)
     }
 
     /// Like [`Store::apply`], also setting the labels.
@@ -199,15 +191,18 @@ impl Store {
         spec: T,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        self.write(
-            &Kind::of::<T>(),
-            id,
-            owner,
-            Write::Apply {
-                spec: Arc::new(spec),
-                labels: Some(labels),
-            },
-        )
+        self.apply_with(owner, id, spec, Some(labels))
+    }
+
+    fn apply_with<T: Spec>(
+        &self,
+        owner: &str,
+        id: &str,
+        spec: T,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), StoreError> {
+        let spec = Arc::new(spec);
+        self.write(&Kind::of::<T>(), id, owner, Write::Apply { spec, labels })
     }
 
     /// Creates `id`, failing if it exists.
