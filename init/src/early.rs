@@ -57,16 +57,7 @@ pub enum EarlyError {
     Exec(#[source] std::io::Error),
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+use basalt_resources::error_chain as chain;
 
 /// Runs early boot; never returns.
 pub fn run() -> ! {

@@ -93,16 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// An error and its sources, each once, joined by ": ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut src = err.source();
-    while let Some(e) = src {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        src = e.source();
-    }
-    s
-}
+pub use basalt_resources::error_chain;
 
 #[allow(clippy::print_stdout)]
 pub fn print_line(s: &str) {

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::backoff::Backoff;
+use crate::error_chain;
 use crate::resource::{Kind, Metadata, Phase, Spec};
 use crate::store::{Store, StoreError, Watch};
 
@@ -363,15 +364,4 @@ fn drain(watches: &mut [Watch]) {
             }
         }
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }

@@ -1,0 +1,19 @@
+//! The machine API: what init serves on its unix socket and apid carries over the network.
+//!
+//! The `.proto` files under `proto/` are the contract; this crate only holds the code tonic
+//! generates from them. It must not grow logic: servers live in `init` and `apid`, clients in
+//! `osctl`.
+
+#![forbid(unsafe_code)]
+#![allow(missing_debug_implementations, clippy::all)]
+
+pub mod machine {
+    //! `basalt.machine.v1`.
+    tonic::include_proto!("basalt.machine.v1");
+}
+
+/// Where init serves the machine API on a node.
+pub const INIT_SOCKET: &str = "/system/run/init/machine.sock";
+
+/// The TCP port apid listens on.
+pub const APID_PORT: u16 = 50000;
