@@ -17,3 +17,18 @@ pub const INIT_SOCKET: &str = "/system/run/init/machine.sock";
 
 /// The TCP port apid listens on.
 pub const APID_PORT: u16 = 50000;
+
+/// A gRPC channel to a unix socket (the URI is a placeholder: every connection dials `path`).
+pub fn unix_channel(path: impl Into<std::path::PathBuf>) -> tonic::transport::Channel {
+    let path: std::path::PathBuf = path.into();
+    tonic::transport::Endpoint::from_static("http://unix.invalid").connect_with_connector_lazy(
+        tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }),
+    )
+}

@@ -25,6 +25,30 @@ pub enum Boot {
     },
 }
 
+/// What the VM has besides its boot media.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub memory_mib: u32,
+    /// TCP ports forwarded from the host's loopback to the guest (host, guest), through QEMU's
+    /// user-mode network (the guest is 10.0.2.15, its gateway 10.0.2.2).
+    pub forward: Vec<(u16, u16)>,
+    /// A raw disk image attached as a virtio disk.
+    pub disk: Option<PathBuf>,
+    /// Let a guest reboot restart it in place (else QEMU exits on reboot).
+    pub allow_reboot: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            memory_mib: 512,
+            forward: Vec::new(),
+            disk: None,
+            allow_reboot: false,
+        }
+    }
+}
+
 /// A running VM.
 #[derive(Debug)]
 pub struct Vm {
@@ -59,6 +83,24 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 impl Vm {
     /// Starts QEMU; `workdir` receives the console log (and UEFI variables).
     pub fn start(boot: &Boot, workdir: &Path, memory_mib: u32) -> Result<Vm, VmError> {
+        Vm::start_with(
+            boot,
+            workdir,
+            &VmOptions {
+                memory_mib,
+                ..VmOptions::default()
+            },
+        )
+    }
+
+    /// Starts QEMU with a network, a disk or reboots as `opts` says.
+    pub fn start_with(boot: &Boot, workdir: &Path, opts: &VmOptions) -> Result<Vm, VmError> {
+        let memory_mib = opts.memory_mib;
+        let hostfwd: String = opts
+            .forward
+            .iter()
+            .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+            .collect();
         tools::need("qemu-system-x86_64", "qemu-system-x86").map_err(VmError::Start)?;
         std::fs::create_dir_all(workdir)
             .map_err(|e| VmError::Start(io_err("create", workdir)(e)))?;
@@ -79,17 +121,15 @@ impl Vm {
             "1",
         ])
         .args(["-m", &memory_mib.to_string()])
-        .args([
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-            "-nodefaults",
-        ])
+        .args(["-display", "none", "-monitor", "none", "-nodefaults"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .args(["-device", "virtio-rng-pci"])
+        .args(if opts.allow_reboot {
+            &[][..]
+        } else {
+            &["-no-reboot"][..]
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -122,7 +162,7 @@ impl Vm {
             }
             Boot::Pxe { dir } => {
                 cmd.arg("-netdev").arg(format!(
-                    "user,id=n0,tftp={},bootfile=boot.ipxe",
+                    "user,id=n0,tftp={},bootfile=boot.ipxe{hostfwd}",
                     dir.display()
                 ));
                 cmd.args(["-device", "virtio-net-pci,netdev=n0,bootindex=1"]);
@@ -139,6 +179,14 @@ impl Vm {
                     .arg("-append")
                     .arg(cmdline);
             }
+        }
+        if !matches!(boot, Boot::Pxe { .. }) && !opts.forward.is_empty() {
+            cmd.arg("-netdev").arg(format!("user,id=n0{hostfwd}"));
+            cmd.args(["-device", "virtio-net-pci,netdev=n0"]);
+        }
+        if let Some(disk) = &opts.disk {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", disk.display()));
         }
         let child = cmd.spawn().map_err(|e| {
             VmError::Start(ImageError::Tool {

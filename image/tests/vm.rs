@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use basalt_image::qemu::{Boot, Vm};
+use basalt_image::qemu::{Boot, Vm, VmOptions};
 use basalt_image::{Artifacts, BuildOptions, Target};
 use basalt_testkit::{Tier, tier};
 
@@ -75,16 +75,12 @@ fn assert_boots(boot: Boot, name: &str) {
         "{name}:\n{console}"
     );
     assert!(!console.contains("FATAL"), "{name}:\n{console}");
-    // containerd and runc from the rootfs run: their shared-library closure is complete.
-    vm.wait_for("basalt: /usr/sbin/runc: runc version 1.1.5", BOOT_TIMEOUT)
-        .unwrap();
-    assert!(
-        vm.console().contains(
-            "basalt: /usr/bin/containerd: containerd github.com/containerd/containerd 1.6.20"
-        ),
-        "{name}:\n{}",
-        vm.console()
-    );
+    // containerd from the rootfs runs under the supervisor and answers its API (its
+    // shared-library closure is complete, its generated config is good).
+    vm.wait_for("basalt: service containerd: healthy", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    vm.wait_for("basalt: maintenance mode: no config", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     eprintln!(
         "{name}: PID 1 running {:.1} s after QEMU started",
         last.as_secs_f64()
@@ -250,4 +246,349 @@ fn builds_are_reproducible_and_the_rootfs_has_no_shell() {
         err,
         "the rootfs holds a shell or package manager: /bin/sh; Basalt has none"
     );
+}
+
+mod node {
+    //! The node through its API: maintenance mode, apply-config, services, restart on kill,
+    //! reboot with the config kept, a tried config reverted, an invalid config refused.
+
+    use super::*;
+    use basalt_api::machine as pb;
+    use basalt_api::machine::machine_client::MachineClient;
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    const CP: &str = include_str!("../../config/testdata/valid/controlplane.yaml");
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn apply(data: &str, mode: pb::ApplyMode, try_secs: u32) -> pb::ApplyConfigurationRequest {
+        pb::ApplyConfigurationRequest {
+            data: data.as_bytes().to_vec(),
+            mode: mode as i32,
+            dry_run: false,
+            try_timeout_seconds: try_secs,
+        }
+    }
+
+    /// Retries `f` until it succeeds (apid restarts when the config changes; QEMU's port
+    /// forward accepts before the guest listens).
+    async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match f().await {
+                Ok(v) => return v,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{what}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    async fn services(c: &mut MachineClient<Channel>) -> Result<Vec<pb::ServiceInfo>, String> {
+        c.service_list(pb::ServiceListRequest {})
+            .await
+            .map(|r| r.into_inner().services)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn healthy(c: &mut MachineClient<Channel>, id: &str) -> Result<pb::ServiceInfo, String> {
+        let s = services(c).await?;
+        s.into_iter()
+            .find(|s| s.id == id && s.state == "running" && s.health == "healthy")
+            .ok_or_else(|| format!("{id} not running and healthy yet"))
+    }
+
+    async fn labels(c: &mut MachineClient<Channel>) -> Result<String, String> {
+        c.get(pb::GetRequest {
+            r#type: "machineconfig".into(),
+            id: "MachineConfig".into(),
+            namespace: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().spec_json)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn node_lifecycle_through_the_api() {
+        if !tier(Tier::Vm, "node_lifecycle_through_the_api") {
+            return;
+        }
+        let a = artifacts();
+        let dir = workdir("node");
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("state.img");
+        let _ = std::fs::remove_file(&disk);
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "BASALT-STATE"])
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfs.ext4 failed");
+        let port = free_port();
+        let _g = vm_lock();
+        let mut vm = Vm::start_with(
+            &Boot::Kernel {
+                vmlinuz: a.vmlinuz.clone().unwrap(),
+                initramfs: a.initramfs.clone().unwrap(),
+                cmdline: format!(
+                    "{} basalt.reboot_delay=1 ip=10.0.2.15::10.0.2.2:255.255.255.0:node1:eth0:off",
+                    basalt_image::build::BASE_CMDLINE
+                ),
+            },
+            &dir,
+            &VmOptions {
+                memory_mib: 1024,
+                forward: vec![(port, basalt_api::APID_PORT)],
+                disk: Some(disk),
+                allow_reboot: true,
+            },
+        )
+        .unwrap();
+        vm.wait_for("basalt: maintenance mode: no config", BOOT_TIMEOUT)
+            .unwrap();
+        let console = vm.console();
+        assert!(
+            console.contains("basalt: state: /dev/vda on /system/state"),
+            "{console}"
+        );
+        assert!(
+            console.contains("basalt: network: eth0 10.0.2.15/24 via 10.0.2.2"),
+            "{console}"
+        );
+        assert!(
+            console.contains("10.0.2.15:50000"),
+            "the banner names the address"
+        );
+
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect_lazy();
+            let mut c = MachineClient::new(channel);
+            let v = until("version in maintenance", BOOT_TIMEOUT, || {
+                let mut c = c.clone();
+                async move {
+                    c.version(pb::VersionRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+            assert_eq!(v.mode, "maintenance");
+            assert!(v.kernel.starts_with("6.1."), "{v:?}");
+            let e = c.service_list(pb::ServiceListRequest {}).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+            // An invalid config: every problem returned, nothing changed.
+            let bad = CP
+                .replace("type: controlplane", "type: boss")
+                .replace("name: demo", "name: -x-");
+            let e = c
+                .apply_configuration(apply(&bad, pb::ApplyMode::NoReboot, 0))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(
+                e.message().contains("config has 2 problems"),
+                "{}",
+                e.message()
+            );
+            let v = c.version(pb::VersionRequest {}).await.unwrap().into_inner();
+            assert_eq!(v.mode, "maintenance");
+
+            let r = c
+                .apply_configuration(apply(CP, pb::ApplyMode::NoReboot, 0))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.summary, "applied live and saved");
+
+            // apid comes back out of maintenance mode; containerd and apid run and are healthy.
+            let t0 = std::time::Instant::now();
+            let ctd = until("containerd healthy", BOOT_TIMEOUT, || {
+                let mut c = c.clone();
+                async move { healthy(&mut c, "containerd").await }
+            })
+            .await;
+            until("apid healthy", BOOT_TIMEOUT, || {
+                let mut c = c.clone();
+                async move { healthy(&mut c, "apid").await }
+            })
+            .await;
+            eprintln!(
+                "services healthy {:.1} s after the config",
+                t0.elapsed().as_secs_f64()
+            );
+            let images = c
+                .images(pb::ImagesRequest {
+                    namespace: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(images.images.is_empty(), "{images:?}");
+
+            // kill -9 of containerd: restarted within its back-off.
+            let r = c
+                .service_kill(pb::ServiceKillRequest {
+                    id: "containerd".into(),
+                    signal: "KILL".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                r.summary,
+                format!("SIGKILL sent to service containerd (pid {})", ctd.pid)
+            );
+            let t = std::time::Instant::now();
+            let again = until("containerd back", Duration::from_secs(60), || {
+                let mut c = c.clone();
+                let old = ctd.pid;
+                async move {
+                    let s = healthy(&mut c, "containerd").await?;
+                    if s.pid != old {
+                        Ok(s)
+                    } else {
+                        Err("same pid".into())
+                    }
+                }
+            })
+            .await;
+            eprintln!(
+                "containerd restarted and healthy {:.1} s after kill -9",
+                t.elapsed().as_secs_f64()
+            );
+            assert_eq!(again.restarts, 1);
+            let backoff = again
+                .events
+                .iter()
+                .find(|e| e.state == "backing-off")
+                .unwrap();
+            assert!(
+                backoff
+                    .message
+                    .starts_with("killed by SIGKILL; restarting in 250 ms"),
+                "{backoff:?}"
+            );
+
+            // Logs of a service, through apid.
+            let mut logs = c
+                .logs(pb::LogsRequest {
+                    id: "containerd".into(),
+                    follow: false,
+                    tail_lines: 500,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut lines = Vec::new();
+            while let Some(l) = logs.message().await.unwrap() {
+                lines.push(l.line);
+            }
+            assert!(
+                lines.iter().any(|l| l == "exited (killed by SIGKILL)"),
+                "{lines:?}"
+            );
+
+            // A tried config comes back out after its timeout.
+            let tried = CP.replacen(
+                "type: controlplane\n",
+                "type: controlplane\nnodeLabels:\n  zone: tried\n",
+                1,
+            );
+            let r = c
+                .apply_configuration(apply(&tried, pb::ApplyMode::Try, 5))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                r.summary.starts_with("applied live for 5.0 s"),
+                "{}",
+                r.summary
+            );
+            assert!(labels(&mut c).await.unwrap().contains("tried"));
+            until("try reverted", Duration::from_secs(60), || {
+                let mut c = c.clone();
+                async move {
+                    let l = labels(&mut c).await?;
+                    if l.contains("tried") {
+                        Err("not yet".into())
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+
+            // Reboot through the API: the node comes back with the same config.
+            let r = c.reboot(pb::RebootRequest {}).await.unwrap().into_inner();
+            assert_eq!(r.summary, "reboot sequence started");
+        });
+        vm.wait_for("basalt: sequence reboot: step 4/4: reboot", BOOT_TIMEOUT)
+            .unwrap();
+        let boots = || vm_console_count(&dir, "basalt: PID 1 running");
+        let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+        while boots() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no second boot:\n{}",
+                vm.console()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        rt.block_on(async {
+            let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect_lazy();
+            let c = MachineClient::new(channel);
+            let v = until("version after reboot", BOOT_TIMEOUT, || {
+                let mut c = c.clone();
+                async move {
+                    c.version(pb::VersionRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+            assert_eq!(v.mode, "running", "the config survived the reboot");
+            assert!(v.uptime_seconds < 120);
+            until("containerd healthy after reboot", BOOT_TIMEOUT, || {
+                let mut c = c.clone();
+                async move { healthy(&mut c, "containerd").await }
+            })
+            .await;
+        });
+        let console = vm.console();
+        assert!(
+            console.contains("basalt: config loaded from /system/state/config/config.yaml"),
+            "{console}"
+        );
+        assert!(!console.contains("FATAL"), "{console}");
+    }
+
+    fn vm_console_count(dir: &Path, needle: &str) -> usize {
+        std::fs::read_to_string(dir.join("console.log"))
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    }
 }

@@ -8,6 +8,14 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 static KMSG: Mutex<Option<std::fs::File>> = Mutex::new(None);
+/// PID 1's own log ring, kept for the API (`osctl logs init`).
+static RING: std::sync::OnceLock<std::sync::Arc<crate::logring::LogRing>> =
+    std::sync::OnceLock::new();
+
+/// From now on every line is also kept in `ring`.
+pub fn keep_in(ring: std::sync::Arc<crate::logring::LogRing>) {
+    let _ = RING.set(ring);
+}
 static START: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Opens `/dev/kmsg`; call once `/dev` is mounted. Before that, lines go to the console only.
@@ -32,6 +40,9 @@ pub fn elapsed_ms() -> u128 {
 
 /// Logs one line: `basalt: <msg>`.
 pub fn line(msg: &str) {
+    if let Some(r) = RING.get() {
+        r.push(msg);
+    }
     let text = format!("basalt: {msg}");
     let mut kmsg = KMSG.lock().unwrap_or_else(|p| p.into_inner());
     let echoed = match kmsg.as_mut() {

@@ -3,28 +3,40 @@
 //! - `/init` (in the initramfs): early boot — mount the pseudo-filesystems, load modules, verify
 //!   and mount the read-only root, `switch_root`, exec `/sbin/init`.
 //! - `/sbin/init` (on the root): PID 1.
+//! - `apid`: the network gateway of the machine API, run by PID 1's supervisor.
 //!
 //! It must never exit while it is PID 1: a fatal error is logged and the machine reboots.
 //! It must not grow a shell or anything that interprets user input beyond the machine API.
 
+mod api;
+mod apid;
 mod cgroup;
 mod cmdline;
+mod configstate;
+mod containerd;
 mod early;
 mod log;
 mod logring;
 mod loopdev;
 mod mounts;
+mod net;
+mod node;
 mod pid1;
 mod process;
 mod reaper;
+mod sequence;
 mod supervisor;
+mod sysinfo;
+mod tasks;
 
 pub use basalt_resources::error_chain;
 
 fn main() {
-    let argv0 = std::env::args().next().unwrap_or_default();
+    let args: Vec<String> = std::env::args().collect();
+    let argv0 = args.first().cloned().unwrap_or_default();
     match argv0.as_str() {
         "/init" => early::run(),
+        "apid" => apid::run(&args[1..]),
         _ => pid1::run(),
     }
 }

@@ -6,6 +6,8 @@ pub struct Mount {
     pub point: String,
     pub fstype: String,
     pub read_only: bool,
+    /// What is mounted: a device, or the filesystem's name for pseudo-filesystems.
+    pub source: String,
 }
 
 /// Parses mountinfo text (see proc(5)); later mounts over the same point win.
@@ -25,6 +27,7 @@ pub fn parse(text: &str) -> Vec<Mount> {
             point: unescape(point),
             fstype: (*fstype).to_string(),
             read_only: opts.split(',').any(|o| o == "ro"),
+            source: fields.get(sep + 2).map(|s| unescape(s)).unwrap_or_default(),
         };
         out.retain(|x| x.point != m.point);
         out.push(m);
@@ -55,7 +58,8 @@ mod tests {
             Mount {
                 point: "/".into(),
                 fstype: "squashfs".into(),
-                read_only: true
+                read_only: true,
+                source: "/dev/loop0".into(),
             }
         );
         assert_eq!(
@@ -63,7 +67,8 @@ mod tests {
             Mount {
                 point: "/var".into(),
                 fstype: "tmpfs".into(),
-                read_only: false
+                read_only: false,
+                source: "tmpfs".into(),
             }
         );
         assert_eq!(m[3].point, "/my dir");

@@ -1,16 +1,29 @@
-//! PID 1 proper, on the read-only root.
+//! PID 1 proper, on the read-only root: the composition root of the node.
 //!
-//! For now it reports the mounts and then reaps children and waits for a shutdown signal; the
-//! supervisor, the controllers and the machine API arrive with the init issue (4).
+//! It reaps every process, turns SIGTERM/SIGINT/SIGPWR into the shutdown sequence, and never
+//! exits: a failure it cannot recover from is logged and the machine reboots. It runs the boot
+//! sequence (cgroups, state disk, config, modules, boot network), the supervisor with
+//! containerd and apid, and the machine API on its unix socket.
 
-use std::error::Error as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use basalt_resources::Store;
 
-use crate::cmdline::Cmdline;
-use crate::log;
-use crate::mounts;
+use crate::api::Api;
+use crate::cmdline::{Cmdline, Platform};
+use crate::configstate::ConfigState;
+use crate::logring::Logs;
+use crate::node::{End, Node, Paths};
+use crate::process::ProcessSpec;
+use crate::sequence::{RealPower, Sequencer};
+use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
+use crate::{cgroup, containerd, log, mounts, net, reaper, tasks};
+
+/// Filesystem label of the disk that keeps state across reboots when no install exists yet.
+pub const STATE_LABEL: &str = "BASALT-STATE";
+const STATE_MOUNT: &str = "/system/state";
 
 pub fn run() -> ! {
     log::open_kmsg();
@@ -20,58 +33,291 @@ pub fn run() -> ! {
         std::process::exit(1);
     }
     log::line("PID 1 running");
-    let (cmdline, _) =
+    std::panic::set_hook(Box::new(|info| {
+        log::line(&format!("panic: {info}"));
+    }));
+    reaper::reap_every_child();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("init")
+        .enable_all()
+        .build();
+    match rt {
+        Ok(rt) => {
+            rt.block_on(main());
+            log::line("PID 1's main task ended; rebooting");
+        }
+        Err(e) => log::line(&format!("cannot start the runtime: {e}; rebooting")),
+    }
+    crate::early::fatal_reboot(10)
+}
+
+async fn main() {
+    let booted = Instant::now();
+    let (cmdline, bad) =
         Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    for b in bad {
+        log::line(&format!("kernel argument ignored: {b}"));
+    }
     report_mounts();
-    // The node's other modules are on the root; loading them (~40 ms each under TCG) does not
-    // hold up PID 1.
-    std::thread::spawn(|| {
-        let t = std::time::Instant::now();
-        match crate::early::load_modules(crate::early::LOAD_ORDER) {
-            Ok(n) => log::line(&format!(
-                "node modules loaded ({n} modules in {} ms)",
-                t.elapsed().as_millis()
-            )),
-            Err(e) => log::line(&format!(
-                "cannot load node modules: {e}: {}",
-                e.source().map(ToString::to_string).unwrap_or_default()
-            )),
+    reaper::ensure_running();
+
+    let cgroups = match cgroup::setup() {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            log::line(&format!("services run without cgroups: {e}"));
+            None
+        }
+    };
+    let logs = Logs::new(Some("/var/log".into()), 2000, 1 << 20);
+    log::keep_in(logs.ring("init"));
+    let store = Store::default();
+    let sup = Supervisor::new(store.clone(), logs.clone(), cgroups);
+
+    // Modules first: the state disk and the network card need their drivers.
+    let t = Instant::now();
+    match tokio::task::spawn_blocking(|| crate::early::load_modules(crate::early::LOAD_ORDER)).await
+    {
+        Ok(Ok(n)) => log::line(&format!(
+            "node modules loaded ({n} modules in {} ms)",
+            t.elapsed().as_millis()
+        )),
+        Ok(Err(e)) => log::line(&format!(
+            "cannot load node modules: {}",
+            basalt_resources::error_chain(&e)
+        )),
+        Err(e) => log::line(&format!("module loading panicked: {e}")),
+    }
+
+    let state_dir = state_dir();
+    let mode = match cmdline.platform {
+        Platform::Metal => basalt_config::Mode::Metal,
+        Platform::Container => basalt_config::Mode::Container,
+    };
+    let config = ConfigState::new(state_dir.clone(), mode, store.clone());
+    for note in config.load_at_boot() {
+        log::line(&note);
+    }
+    let node = Node {
+        store: store.clone(),
+        logs: logs.clone(),
+        sup: sup.clone(),
+        config: config.clone(),
+        seq: Sequencer::new(store.clone()),
+        power: Arc::new(RealPower),
+        paths: Paths {
+            state: state_dir,
+            wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
+        },
+        booted,
+    };
+
+    let api = Api::new(node.clone(), Path::new(containerd::SOCKET));
+    tasks::supervise("machine-api", move || {
+        let api = api.clone();
+        async move {
+            if let Err(e) = crate::api::serve(api, Path::new(basalt_api::INIT_SOCKET)).await {
+                log::line(&format!("machine API: {e}"));
+            }
         }
     });
 
-    // Prove the container runtime in the rootfs runs (its library closure is complete). The
-    // supervisor that starts it for real comes with issue 4.
-    std::thread::spawn(|| {
-        for (prog, arg) in [
-            ("/usr/bin/containerd", "--version"),
-            ("/usr/sbin/runc", "--version"),
-        ] {
-            if !std::path::Path::new(prog).exists() {
-                continue;
-            }
-            match std::process::Command::new(prog).arg(arg).output() {
-                Ok(o) if o.status.success() => {
-                    let out = String::from_utf8_lossy(&o.stdout);
-                    log::line(&format!(
-                        "{prog}: {}",
-                        out.lines().next().unwrap_or_default()
-                    ));
-                }
-                Ok(o) => log::line(&format!(
-                    "{prog} {arg} failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
+    // The boot network: the kernel's ip= argument, until networkd exists.
+    let s2 = sup.clone();
+    let ip = cmdline.ip.clone();
+    tokio::spawn(async move {
+        match ip.as_deref().map(net::IpArg::parse) {
+            None => {}
+            Some(Err(e)) => log::line(&e.to_string()),
+            Some(Ok(arg)) => match net::apply(&arg, Duration::from_secs(30)).await {
+                Ok(()) => log::line(&format!(
+                    "network: {} {}/{}{}",
+                    arg.device,
+                    arg.address,
+                    arg.prefix,
+                    arg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
                 )),
-                Err(e) => log::line(&format!("cannot run {prog}: {e}")),
+                Err(e) => log::line(&format!(
+                    "boot network: {}",
+                    basalt_resources::error_chain(&e)
+                )),
+            },
+        }
+        s2.set_condition(supervisor::NETWORK, true);
+    });
+
+    // No time sync yet (its own issue): the clock from the RTC is what there is.
+    sup.set_condition(supervisor::TIME, true);
+
+    if Path::new("/usr/bin/containerd").exists() {
+        match containerd::prepare() {
+            Ok(()) => {
+                sup.add(containerd::service(containerd::SOCKET.into()))
+                    .await
+            }
+            Err(e) => log::line(&format!("containerd not started: cannot prepare it: {e}")),
+        }
+    }
+
+    // apid follows the config: maintenance mode without one.
+    let s3 = sup.clone();
+    let changes = config.subscribe();
+    tasks::supervise("config-watch", move || {
+        let sup = s3.clone();
+        let mut changes = changes.clone();
+        async move {
+            let mut last: Option<bool> = None;
+            loop {
+                let configured = changes.borrow_and_update().is_some();
+                if last != Some(configured) {
+                    if last.is_some() {
+                        // Let the reply to the ApplyConfiguration that got us here leave
+                        // through the apid about to be replaced.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    sup.set_condition(supervisor::CONFIG, configured);
+                    sup.add(apid_service(!configured)).await;
+                    if !configured {
+                        // The banner names the node's addresses: wait for the boot network.
+                        sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
+                            .await;
+                        maintenance_banner();
+                    } else {
+                        log::line("config present: leaving maintenance mode");
+                    }
+                    last = Some(configured);
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
             }
         }
     });
 
     if cmdline.poweroff_when_up {
-        log::line("basalt.test=poweroff: powering off");
-        power_off();
+        let n = node.clone();
+        tokio::spawn(async move {
+            n.sup
+                .wait_for("containerd", Duration::from_secs(120), |s, h| {
+                    s == supervisor::State::Running && h == supervisor::HealthState::Healthy
+                })
+                .await;
+            log::line("basalt.test=poweroff: powering off");
+            let _ = n.spawn_sequence("shutdown", n.shutdown_steps(End::PowerOff));
+        });
     }
-    serve_signals()
+
+    serve_signals(node).await;
+}
+
+/// Mounts the state disk (an ext4 filesystem labelled BASALT-STATE) if one is attached, so the
+/// config survives reboots; else state lives on `/var` (tmpfs: gone at reboot).
+fn state_dir() -> PathBuf {
+    let fallback = PathBuf::from("/var/lib/basalt");
+    let Some(dev) = find_by_label(Path::new("/sys/class/block"), STATE_LABEL) else {
+        return fallback;
+    };
+    let _ = std::fs::create_dir_all(STATE_MOUNT);
+    match nix::mount::mount(
+        Some(dev.as_path()),
+        STATE_MOUNT,
+        Some("ext4"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        Ok(()) => {
+            log::line(&format!("state: {} on {STATE_MOUNT}", dev.display()));
+            PathBuf::from(STATE_MOUNT).join("config")
+        }
+        Err(e) => {
+            log::line(&format!(
+                "cannot mount state disk {}: {e}; state is not kept across reboots",
+                dev.display()
+            ));
+            fallback
+        }
+    }
+}
+
+/// The first block device whose ext2/3/4 superblock carries `label`.
+pub fn find_by_label(class_block: &Path, label: &str) -> Option<PathBuf> {
+    use std::io::{Read as _, Seek as _};
+    let mut names: Vec<String> = std::fs::read_dir(class_block)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|n| {
+        let dev = Path::new("/dev").join(&n);
+        let mut f = std::fs::File::open(&dev).ok()?;
+        let mut sb = [0u8; 136];
+        f.seek(std::io::SeekFrom::Start(1024)).ok()?;
+        f.read_exact(&mut sb).ok()?;
+        (ext_label(&sb)? == label).then_some(dev)
+    })
+}
+
+/// The volume label of an ext2/3/4 superblock (the 1024 bytes at offset 1024).
+fn ext_label(sb: &[u8]) -> Option<String> {
+    if sb.get(0x38..0x3a)? != [0x53, 0xef] {
+        return None;
+    }
+    let raw = sb.get(0x78..0x88)?;
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+fn apid_service(maintenance: bool) -> ServiceDef {
+    let mut args = Vec::new();
+    if maintenance {
+        args.push("--maintenance".to_string());
+    }
+    let process = ProcessSpec {
+        program: "/sbin/init".into(),
+        arg0: Some("apid".into()),
+        args,
+        env: vec![("PATH".into(), "/usr/bin:/usr/sbin".into())],
+        // apid binds an unprivileged port and talks to a socket its uid owns: it keeps no
+        // capability.
+        keep_caps: Some(Vec::new()),
+        ..ProcessSpec::default()
+    };
+    let mut def = ServiceDef::new("apid", process);
+    def.depends = vec![Dependency::Condition(supervisor::NETWORK)];
+    def.stop_timeout = Duration::from_secs(5);
+    def.health = Some(Health {
+        check: Arc::new(|| {
+            Box::pin(async {
+                tokio::net::TcpStream::connect(("127.0.0.1", basalt_api::APID_PORT))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("port {}: {e}", basalt_api::APID_PORT))
+            })
+        }),
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+    });
+    def
+}
+
+fn maintenance_banner() {
+    let addrs = net::addresses();
+    log::line(&format!(
+        "maintenance mode: no config; apply one with `osctl apply-config --insecure -n <address> -f <file>` on {}",
+        if addrs.is_empty() {
+            "(no address yet)".to_string()
+        } else {
+            addrs
+                .iter()
+                .map(|a| format!("{a}:{}", basalt_api::APID_PORT))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
 }
 
 /// Reports how `/`, `/var` and friends are mounted, and proves it by writing.
@@ -106,44 +352,43 @@ fn report_mounts() {
     ));
 }
 
-fn power_off() -> ! {
-    nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-    crate::early::fatal_reboot(5)
-}
-
-/// Reaps every child and turns SIGTERM/SIGINT/SIGPWR into a power-off.
-fn serve_signals() -> ! {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGPWR,
-    ] {
-        set.add(s);
-    }
-    if set.thread_block().is_err() {
-        log::line("cannot block signals; rebooting");
-        crate::early::fatal_reboot(5);
-    }
+/// SIGTERM, SIGINT and SIGPWR start the shutdown sequence.
+async fn serve_signals(node: Node) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut pwr)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::from_raw(nix::libc::SIGPWR)),
+    ) else {
+        log::line("cannot listen for signals");
+        std::future::pending::<()>().await;
+        return;
+    };
     loop {
-        match set.wait() {
-            Ok(Signal::SIGCHLD) => reap(),
-            Ok(s) => {
-                log::line(&format!("{s} received: shutting down"));
-                power_off();
-            }
-            Err(_) => {}
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = pwr.recv() => "SIGPWR",
+        };
+        log::line(&format!("{which} received: shutting down"));
+        if let Err(e) = node.spawn_sequence("shutdown", node.shutdown_steps(End::PowerOff)) {
+            log::line(&e.to_string());
         }
     }
 }
 
-fn reap() {
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ext4_label_from_a_superblock() {
+        let mut sb = [0u8; 136];
+        sb[0x38] = 0x53;
+        sb[0x39] = 0xef;
+        sb[0x78..0x78 + STATE_LABEL.len()].copy_from_slice(STATE_LABEL.as_bytes());
+        assert_eq!(ext_label(&sb).as_deref(), Some(STATE_LABEL));
+        sb[0x38] = 0;
+        assert_eq!(ext_label(&sb), None);
     }
 }

@@ -45,6 +45,8 @@ pub enum ProcessError {
 #[derive(Debug, Clone, Default)]
 pub struct ProcessSpec {
     pub program: PathBuf,
+    /// `argv[0]`, when it is not the program's path (the multicall binary's modes).
+    pub arg0: Option<String>,
     pub args: Vec<String>,
     /// The whole environment (nothing is inherited from init).
     pub env: Vec<(String, String)>,
@@ -80,6 +82,9 @@ pub fn start(spec: &ProcessSpec, log: Arc<LogRing>) -> Result<Running, ProcessEr
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .process_group(0);
+    if let Some(a) = &spec.arg0 {
+        cmd.arg0(a);
+    }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
@@ -132,7 +137,12 @@ pub fn start(spec: &ProcessSpec, log: Arc<LogRing>) -> Result<Running, ProcessEr
             }
         }
         for &(res, soft, hard) in &rlimits {
-            setrlimit(res, soft, hard)?;
+            if setrlimit(res, soft, hard).is_err() {
+                // Not allowed to raise the hard limit here (a container, a lower nr_open):
+                // go as high as the current hard limit.
+                let (_, cur_hard) = nix::sys::resource::getrlimit(res)?;
+                setrlimit(res, soft.min(cur_hard), hard.min(cur_hard))?;
+            }
         }
         Ok(())
     };
@@ -202,11 +212,6 @@ impl Running {
                 self.wait().await
             }
         }
-    }
-
-    /// Sends a signal to the main process only.
-    pub fn signal(&self, sig: Signal) {
-        let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), sig);
     }
 
     /// SIGKILL for everything still in the process group and the cgroup.

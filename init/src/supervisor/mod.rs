@@ -157,6 +157,8 @@ pub enum SupervisorError {
     Unknown(String),
     #[error("service {0:?} is shutting down")]
     Gone(String),
+    #[error("service {0:?} has no running process")]
+    NotRunning(String),
 }
 
 enum Command {
@@ -218,10 +220,6 @@ impl Supervisor {
         });
     }
 
-    pub fn condition(&self, name: &str) -> bool {
-        self.conditions.borrow().contains(name)
-    }
-
     /// Adds a service and starts it (once its dependencies are met). A service with the same id
     /// is stopped and replaced.
     pub async fn add(self: &Arc<Self>, def: ServiceDef) {
@@ -257,13 +255,20 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::Unknown(id.to_string()))
     }
 
-    pub fn ids(&self) -> Vec<String> {
-        self.services
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+    /// Sends `sig` to a running service's main process; what follows is up to its restart
+    /// policy, as if the process had died on its own.
+    pub fn signal(&self, id: &str, sig: nix::sys::signal::Signal) -> Result<i32, SupervisorError> {
+        self.sender(id)?;
+        let pid = self
+            .store
+            .get::<ServiceStatus>(id)
+            .map(|(_, s)| s)
+            .filter(|s| s.state == State::Running && s.pid > 0)
+            .map(|s| s.pid)
+            .ok_or_else(|| SupervisorError::NotRunning(id.to_string()))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .map_err(|_| SupervisorError::NotRunning(id.to_string()))?;
+        Ok(pid)
     }
 
     pub async fn start(&self, id: &str) -> Result<(), SupervisorError> {
@@ -319,6 +324,14 @@ impl Supervisor {
             crate::log::line(&format!("stopping service {id}"));
             let _ = self.stop(&id).await;
         }
+    }
+
+    /// Waits until a condition is on, or `timeout` passes; true if it is on.
+    pub async fn wait_condition(&self, name: &str, timeout: Duration) -> bool {
+        let mut rx = self.conditions.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| c.contains(name)))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The state and health of one service.
@@ -540,7 +553,7 @@ async fn run_service(
             }
         };
         if let Next::Stopped(done) = next {
-            rep.set(State::Stopped, "stopped by request");
+            rep.set(State::Stopped, "by request");
             if let Some(d) = done {
                 let _ = d.send(());
             }
@@ -565,7 +578,7 @@ async fn run_service(
                             None => return,
                             Some(Next::Go) => {}
                             Some(Next::Stopped(done)) => {
-                                rep.set(State::Stopped, "stopped by request");
+                                rep.set(State::Stopped, "by request");
                                 if let Some(d) = done {
                                     let _ = d.send(());
                                 }
@@ -614,13 +627,16 @@ async fn run_service(
                 } => {
                     if let Some(h) = &def.health {
                         let r = tokio::time::timeout(h.timeout, (h.check)()).await;
-                        match r {
-                            Ok(Ok(())) => rep.set_health(HealthState::Healthy, None),
-                            Ok(Err(e)) => rep.set_health(HealthState::Unhealthy, Some(e)),
-                            Err(_) => rep.set_health(
-                                HealthState::Unhealthy,
-                                Some(format!("no answer in {}", fmt_duration(h.timeout))),
-                            ),
+                        let failure = match r {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e),
+                            Err(_) => Some(format!("no answer in {}", fmt_duration(h.timeout))),
+                        };
+                        match failure {
+                            None => rep.set_health(HealthState::Healthy, None),
+                            // Until its first good check a service is starting up, not sick.
+                            Some(_) if rep.status.health == HealthState::Unknown => {}
+                            Some(e) => rep.set_health(HealthState::Unhealthy, Some(e)),
                         }
                     }
                 }
@@ -639,7 +655,7 @@ async fn run_service(
                     policy.reset();
                     rep.set(State::Stopped, format!("{exit}; restarting by request"));
                 } else {
-                    rep.set(State::Stopped, format!("stopped by request ({exit})"));
+                    rep.set(State::Stopped, format!("by request ({exit})"));
                     want = false;
                 }
                 let _ = done.send(());
@@ -657,7 +673,7 @@ async fn run_service(
                             None => return,
                             Some(Next::Go) => {}
                             Some(Next::Stopped(done)) => {
-                                rep.set(State::Stopped, "stopped by request");
+                                rep.set(State::Stopped, "by request");
                                 if let Some(d) = done {
                                     let _ = d.send(());
                                 }

@@ -206,12 +206,10 @@ async fn a_service_waits_for_its_dependencies_to_be_healthy() {
     ];
     sup.add(quick(app)).await;
     sup.add(quick(db)).await;
-    assert!(
-        sup.wait_for("db", T, |s, h| s == State::Running
-            && h == HealthState::Unhealthy)
-            .await
-    );
+    assert!(sup.wait_for("db", T, |s, _| s == State::Running).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Failing checks before the first good one: still starting up.
+    assert_eq!(sup.state("db").unwrap().1, HealthState::Unknown);
     let st = status(&sup, "app");
     assert_eq!(st.state, State::Waiting);
     assert_eq!(st.message, "waiting for service db, network-ready");
@@ -224,6 +222,13 @@ async fn a_service_waits_for_its_dependencies_to_be_healthy() {
     assert_eq!(status(&sup, "app").message, "waiting for network-ready");
     sup.set_condition(NETWORK, true);
     assert!(sup.wait_for("app", T, |s, _| s == State::Running).await);
+    // After a good check, a failing one is unhealthy; a running dependent stays up.
+    std::fs::remove_file(&flag).unwrap();
+    assert!(
+        sup.wait_for("db", T, |_, h| h == HealthState::Unhealthy)
+            .await
+    );
+    assert_eq!(status(&sup, "app").state, State::Running);
     assert_eq!(sup.stop_order(), ["app", "db"]);
     sup.stop_all().await;
     assert_eq!(status(&sup, "app").state, State::Stopped);

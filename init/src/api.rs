@@ -1,0 +1,628 @@
+//! The machine API server: init answers `basalt.machine.v1.Machine` on a unix socket (apid
+//! carries it over the network). Every error becomes a gRPC status in [`ApiError`]'s one
+//! `From` impl.
+
+use std::path::Path;
+use std::pin::Pin;
+
+use basalt_api::machine as pb;
+use basalt_api::machine::machine_server::{Machine, MachineServer};
+use basalt_resources::{EventKind, Kind, Resource};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::configstate::{ApplyError, ApplyMode};
+use crate::containerd;
+use crate::logring::Entry;
+use crate::node::{End, Node};
+use crate::sequence::SequenceError;
+use crate::supervisor::SupervisorError;
+
+/// Everything the API can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Service(#[from] SupervisorError),
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error("unknown resource type {0:?} (osctl get rd lists them)")]
+    UnknownType(String),
+    #[error("no {kind} {id:?}")]
+    NoResource { kind: String, id: String },
+    #[error("no log {0:?}: known logs are {1}")]
+    NoLog(String, String),
+    #[error("containerd")]
+    Containerd(#[source] tonic::Status),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("cannot read {what}")]
+    Read {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = basalt_resources::error_chain(&e);
+        match &e {
+            ApiError::Apply(ApplyError::Invalid(_)) | ApiError::BadRequest(_) => {
+                Status::invalid_argument(msg)
+            }
+            ApiError::Apply(ApplyError::NeedsReboot(_)) => Status::failed_precondition(msg),
+            ApiError::Apply(ApplyError::Persist { .. }) | ApiError::Read { .. } => {
+                Status::internal(msg)
+            }
+            ApiError::Service(SupervisorError::Unknown(_))
+            | ApiError::UnknownType(_)
+            | ApiError::NoResource { .. }
+            | ApiError::NoLog(..) => Status::not_found(msg),
+            ApiError::Service(SupervisorError::NotRunning(_)) => Status::failed_precondition(msg),
+            ApiError::Service(SupervisorError::Gone(_)) | ApiError::Containerd(_) => {
+                Status::unavailable(msg)
+            }
+            ApiError::Sequence(SequenceError::Busy { .. }) => Status::aborted(msg),
+            ApiError::Sequence(SequenceError::Failed { .. }) => Status::internal(msg),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+/// Resource kinds that exist from boot, so `get`/`watch` work before the first one is written.
+const KNOWN: &[(&str, &str)] = &[
+    ("runtime", "Service"),
+    ("runtime", "Sequence"),
+    ("config", "MachineConfig"),
+];
+
+/// The API over a [`Node`].
+#[derive(Debug, Clone)]
+pub struct Api {
+    node: Node,
+    containerd_socket: std::path::PathBuf,
+}
+
+impl Api {
+    pub fn new(node: Node, containerd_socket: &Path) -> Self {
+        Api {
+            node,
+            containerd_socket: containerd_socket.to_path_buf(),
+        }
+    }
+
+    pub fn into_server(self) -> MachineServer<Api> {
+        MachineServer::new(self)
+    }
+
+    /// Finds a kind by a user's word for it: type name, plural, or short form, any case.
+    fn kind(&self, word: &str, namespace: &str) -> std::result::Result<Kind, ApiError> {
+        let w = word.to_ascii_lowercase();
+        let w = match w.as_str() {
+            "svc" | "services" => "service".to_string(),
+            "mc" | "machineconfigs" | "config" => "machineconfig".to_string(),
+            "seq" | "sequences" => "sequence".to_string(),
+            _ => w,
+        };
+        let mut kinds: Vec<Kind> = KNOWN
+            .iter()
+            .map(|(ns, t)| Kind {
+                namespace: ns.to_string(),
+                type_: t.to_string(),
+            })
+            .collect();
+        kinds.extend(self.node.store.kinds());
+        kinds
+            .into_iter()
+            .filter(|k| namespace.is_empty() || k.namespace == namespace)
+            .find(|k| {
+                let t = k.type_.to_ascii_lowercase();
+                t == w || format!("{t}s") == w || format!("{t}es") == w
+            })
+            .ok_or_else(|| ApiError::UnknownType(word.to_string()))
+    }
+
+    fn resource(r: &Resource) -> pb::Resource {
+        pb::Resource {
+            namespace: r.metadata.namespace.clone(),
+            r#type: r.metadata.type_.clone(),
+            id: r.metadata.id.clone(),
+            version: r.metadata.version,
+            owner: r.metadata.owner.clone(),
+            phase: serde_json::to_value(r.metadata.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            spec_json: r.spec.to_json().to_string(),
+            labels: r.metadata.labels.clone().into_iter().collect(),
+        }
+    }
+
+    fn containerd(&self) -> containerd::Client {
+        containerd::Client::new(&self.containerd_socket)
+    }
+
+    fn sequence(
+        &self,
+        name: &str,
+        end: Option<End>,
+        graceful: bool,
+    ) -> Result<pb::SequenceResponse> {
+        let steps = match end {
+            Some(end) => self.node.shutdown_steps(end),
+            None => self.node.reset_steps(graceful),
+        };
+        self.node
+            .spawn_sequence(name, steps)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::SequenceResponse {
+            sequence: name.to_string(),
+            summary: format!("{name} sequence started"),
+        }))
+    }
+}
+
+fn line(e: Entry) -> pb::LogLine {
+    pb::LogLine {
+        time_ms: e.time_ms,
+        line: e.line,
+    }
+}
+
+/// The kernel log as lines, from `/dev/kmsg` (non-blocking: what is there now).
+fn read_kmsg() -> std::io::Result<Vec<pb::LogLine>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open("/dev/kmsg")?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Some(l) = parse_kmsg(&String::from_utf8_lossy(&buf[..n])) {
+                    out.push(l);
+                }
+            }
+            // EPIPE: a record was overwritten before we read it; go on.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// `"6,123,4567890,-;text"` → the text, with the boot-relative microseconds as time.
+fn parse_kmsg(rec: &str) -> Option<pb::LogLine> {
+    let (head, text) = rec.split_once(';')?;
+    let usec: i64 = head.split(',').nth(2)?.parse().ok()?;
+    Some(pb::LogLine {
+        time_ms: usec / 1000,
+        line: text.lines().next().unwrap_or_default().to_string(),
+    })
+}
+
+#[tonic::async_trait]
+impl Machine for Api {
+    async fn version(&self, _: Request<pb::VersionRequest>) -> Result<pb::VersionResponse> {
+        let uname = nix::sys::utsname::uname().ok();
+        Ok(Response::new(pb::VersionResponse {
+            tag: env!("CARGO_PKG_VERSION").to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            kernel: uname
+                .as_ref()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            mode: if self.node.config.active().is_some() {
+                "running".into()
+            } else {
+                "maintenance".into()
+            },
+            hostname: uname
+                .as_ref()
+                .map(|u| u.nodename().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            uptime_seconds: self.node.booted.elapsed().as_secs(),
+        }))
+    }
+
+    async fn apply_configuration(
+        &self,
+        req: Request<pb::ApplyConfigurationRequest>,
+    ) -> Result<pb::ApplyConfigurationResponse> {
+        let r = req.into_inner();
+        let text = String::from_utf8(r.data)
+            .map_err(|_| ApiError::BadRequest("the config is not UTF-8 text".into()))?;
+        let mode = match pb::ApplyMode::try_from(r.mode) {
+            Ok(pb::ApplyMode::NoReboot) => ApplyMode::NoReboot,
+            Ok(pb::ApplyMode::Staged) => ApplyMode::Staged,
+            Ok(pb::ApplyMode::Reboot) => ApplyMode::Reboot,
+            Ok(pb::ApplyMode::Try) => ApplyMode::Try(std::time::Duration::from_secs(
+                if r.try_timeout_seconds == 0 {
+                    60
+                } else {
+                    u64::from(r.try_timeout_seconds)
+                },
+            )),
+            Err(_) => {
+                return Err(ApiError::BadRequest(format!("unknown apply mode {}", r.mode)).into());
+            }
+        };
+        let out = self
+            .node
+            .config
+            .apply(&text, mode, r.dry_run)
+            .map_err(ApiError::from)?;
+        if out.reboot {
+            self.sequence("reboot", Some(End::Reboot), true)?;
+        }
+        Ok(Response::new(pb::ApplyConfigurationResponse {
+            summary: out.summary,
+            config_diff: out.config_diff,
+            resource_changes: out.resource_changes,
+            needs_reboot: out.needs_reboot,
+        }))
+    }
+
+    async fn service_list(
+        &self,
+        _: Request<pb::ServiceListRequest>,
+    ) -> Result<pb::ServiceListResponse> {
+        let services = self
+            .node
+            .store
+            .list::<crate::supervisor::ServiceStatus>()
+            .into_iter()
+            .map(|(m, s)| pb::ServiceInfo {
+                id: m.id,
+                state: s.state.to_string(),
+                health: match s.health {
+                    crate::supervisor::HealthState::None => String::new(),
+                    h => serde_json::to_value(h)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                },
+                message: s.message,
+                pid: s.pid,
+                restarts: s.restarts,
+                events: s
+                    .events
+                    .into_iter()
+                    .map(|e| pb::ServiceEvent {
+                        state: e.state.to_string(),
+                        message: e.message,
+                        time_ms: e.time_ms,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ServiceListResponse { services }))
+    }
+
+    async fn service_start(&self, req: Request<pb::ServiceRequest>) -> Result<pb::ServiceResponse> {
+        let id = req.into_inner().id;
+        self.node.sup.start(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ServiceResponse {
+            summary: format!("service {id} started"),
+        }))
+    }
+
+    async fn service_stop(&self, req: Request<pb::ServiceRequest>) -> Result<pb::ServiceResponse> {
+        let id = req.into_inner().id;
+        self.node.sup.stop(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ServiceResponse {
+            summary: format!("service {id} stopped"),
+        }))
+    }
+
+    async fn service_restart(
+        &self,
+        req: Request<pb::ServiceRequest>,
+    ) -> Result<pb::ServiceResponse> {
+        let id = req.into_inner().id;
+        self.node.sup.restart(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ServiceResponse {
+            summary: format!("service {id} restarted"),
+        }))
+    }
+
+    async fn service_kill(
+        &self,
+        req: Request<pb::ServiceKillRequest>,
+    ) -> Result<pb::ServiceResponse> {
+        let r = req.into_inner();
+        let name = if r.signal.is_empty() {
+            "SIGKILL".to_string()
+        } else {
+            r.signal.to_ascii_uppercase()
+        };
+        let name = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
+        let sig: nix::sys::signal::Signal = name
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("unknown signal {:?}", r.signal)))?;
+        let pid = self.node.sup.signal(&r.id, sig).map_err(ApiError::from)?;
+        Ok(Response::new(pb::ServiceResponse {
+            summary: format!("{sig} sent to service {} (pid {pid})", r.id),
+        }))
+    }
+
+    type LogsStream = BoxStream<pb::LogLine>;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Self::LogsStream> {
+        let r = req.into_inner();
+        let ring = self
+            .node
+            .logs
+            .get(&r.id)
+            .ok_or_else(|| ApiError::NoLog(r.id.clone(), self.node.logs.ids().join(", ")))?;
+        let n = r.tail_lines as usize;
+        if !r.follow {
+            let lines: Vec<_> = ring.tail(n).into_iter().map(|e| Ok(line(e))).collect();
+            return Ok(Response::new(Box::pin(futures::stream::iter(lines))));
+        }
+        let (snapshot, rx) = ring.follow(n);
+        let head = futures::stream::iter(snapshot.into_iter().map(|e| Ok(line(e))));
+        let tail = futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => return Some((Ok(line(e)), rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let note = pb::LogLine {
+                            time_ms: crate::logring::now_ms(),
+                            line: format!("[{n} lines dropped: the reader fell behind]"),
+                        };
+                        return Some((Ok(note), rx));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(
+            head, tail,
+        ))))
+    }
+
+    type DmesgStream = BoxStream<pb::LogLine>;
+
+    async fn dmesg(&self, req: Request<pb::DmesgRequest>) -> Result<Self::DmesgStream> {
+        let r = req.into_inner();
+        let mut lines = read_kmsg().map_err(|source| ApiError::Read {
+            what: "/dev/kmsg".into(),
+            source,
+        })?;
+        if r.tail_lines > 0 {
+            let skip = lines.len().saturating_sub(r.tail_lines as usize);
+            lines.drain(..skip);
+        }
+        let seen = lines.len();
+        let head = futures::stream::iter(lines.into_iter().map(Ok));
+        if !r.follow {
+            return Ok(Response::new(Box::pin(head)));
+        }
+        // Follow by polling: new records are those past the count already sent.
+        let tail = futures::stream::unfold(
+            (seen, std::collections::VecDeque::new()),
+            |(mut seen, mut queue)| async move {
+                loop {
+                    if let Some(l) = queue.pop_front() {
+                        return Some((Ok(l), (seen, queue)));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let all = read_kmsg().unwrap_or_default();
+                    if all.len() > seen {
+                        queue.extend(all.into_iter().skip(seen));
+                        seen += queue.len();
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(
+            head, tail,
+        ))))
+    }
+
+    async fn reboot(&self, _: Request<pb::RebootRequest>) -> Result<pb::SequenceResponse> {
+        self.sequence("reboot", Some(End::Reboot), true)
+    }
+
+    async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<pb::SequenceResponse> {
+        self.sequence("shutdown", Some(End::PowerOff), true)
+    }
+
+    async fn reset(&self, req: Request<pb::ResetRequest>) -> Result<pb::SequenceResponse> {
+        self.sequence("reset", None, req.into_inner().graceful)
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<pb::Resource> {
+        let r = req.into_inner();
+        let kind = self.kind(&r.r#type, &r.namespace)?;
+        let res = self
+            .node
+            .store
+            .get_dyn(&kind, &r.id)
+            .ok_or_else(|| ApiError::NoResource {
+                kind: kind.type_.clone(),
+                id: r.id.clone(),
+            })?;
+        Ok(Response::new(Self::resource(&res)))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<pb::ListResponse> {
+        let r = req.into_inner();
+        let kind = self.kind(&r.r#type, &r.namespace)?;
+        let resources = self
+            .node
+            .store
+            .list_dyn(&kind)
+            .iter()
+            .map(|r| Self::resource(r))
+            .collect();
+        Ok(Response::new(pb::ListResponse { resources }))
+    }
+
+    type WatchStream = BoxStream<pb::WatchEvent>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Self::WatchStream> {
+        let r = req.into_inner();
+        let kind = self.kind(&r.r#type, &r.namespace)?;
+        let since = if r.bootstrap {
+            None
+        } else {
+            Some(self.node.store.revision())
+        };
+        let w = if r.id.is_empty() {
+            self.node.store.watch_kind(kind, since)
+        } else {
+            self.node.store.watch_id(kind, &r.id, since)
+        };
+        let s = futures::stream::unfold(w, |mut w| async move {
+            match w.next().await {
+                Ok(ev) => {
+                    let kind = match ev.kind {
+                        EventKind::Created => "created",
+                        EventKind::Updated => "updated",
+                        EventKind::Destroyed => "destroyed",
+                        EventKind::Bookmark => "bootstrapped",
+                    };
+                    let item = pb::WatchEvent {
+                        kind: kind.into(),
+                        resource: ev.resource.as_deref().map(Api::resource),
+                    };
+                    Some((Ok(item), w))
+                }
+                Err(e) => Some((Err(Status::data_loss(e.to_string())), w)),
+            }
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn containers(
+        &self,
+        req: Request<pb::ContainersRequest>,
+    ) -> Result<pb::ContainersResponse> {
+        let ns = req.into_inner().namespace;
+        let c = self.containerd();
+        let namespaces = if ns.is_empty() {
+            c.namespaces().await.map_err(ApiError::Containerd)?
+        } else {
+            vec![ns]
+        };
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let tasks = c.tasks(&ns).await.map_err(ApiError::Containerd)?;
+            for ct in c.containers(&ns).await.map_err(ApiError::Containerd)? {
+                let task = tasks.iter().find(|t| t.container_id == ct.id);
+                out.push(pb::ContainerInfo {
+                    namespace: ns.clone(),
+                    id: ct.id.clone(),
+                    image: ct.image,
+                    status: task
+                        .map(|t| containerd::task_status(t.status).to_string())
+                        .unwrap_or_else(|| "no task".into()),
+                    pid: task.map(|t| t.pid).unwrap_or(0),
+                });
+            }
+        }
+        Ok(Response::new(pb::ContainersResponse { containers: out }))
+    }
+
+    async fn images(&self, req: Request<pb::ImagesRequest>) -> Result<pb::ImagesResponse> {
+        let ns = req.into_inner().namespace;
+        let c = self.containerd();
+        let namespaces = if ns.is_empty() {
+            c.namespaces().await.map_err(ApiError::Containerd)?
+        } else {
+            vec![ns]
+        };
+        let mut images = Vec::new();
+        for ns in namespaces {
+            for i in c.images(&ns).await.map_err(ApiError::Containerd)? {
+                let t = i.target.unwrap_or_default();
+                images.push(pb::ImageInfo {
+                    namespace: ns.clone(),
+                    name: i.name,
+                    digest: t.digest,
+                    size: t.size,
+                });
+            }
+        }
+        Ok(Response::new(pb::ImagesResponse { images }))
+    }
+
+    async fn run_container(
+        &self,
+        _: Request<pb::RunContainerRequest>,
+    ) -> Result<pb::RunContainerResponse> {
+        Err(Status::unimplemented(
+            "running containers through the API is not built yet",
+        ))
+    }
+
+    async fn memory(&self, _: Request<pb::MemoryRequest>) -> Result<pb::MemoryResponse> {
+        let text = std::fs::read_to_string("/proc/meminfo").map_err(|source| ApiError::Read {
+            what: "/proc/meminfo".into(),
+            source,
+        })?;
+        Ok(Response::new(pb::MemoryResponse {
+            meminfo_kib: crate::sysinfo::meminfo(&text).into_iter().collect(),
+        }))
+    }
+
+    async fn processes(&self, _: Request<pb::ProcessesRequest>) -> Result<pb::ProcessesResponse> {
+        Ok(Response::new(pb::ProcessesResponse {
+            processes: crate::sysinfo::processes(Path::new("/proc")),
+        }))
+    }
+
+    async fn mounts(&self, _: Request<pb::MountsRequest>) -> Result<pb::MountsResponse> {
+        let text =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| ApiError::Read {
+                what: "/proc/self/mountinfo".into(),
+                source,
+            })?;
+        Ok(Response::new(pb::MountsResponse {
+            mounts: crate::sysinfo::mounts(&text),
+        }))
+    }
+
+    async fn disks(&self, _: Request<pb::DisksRequest>) -> Result<pb::DisksResponse> {
+        Ok(Response::new(pb::DisksResponse {
+            disks: crate::sysinfo::disks(Path::new("/sys/class/block")),
+        }))
+    }
+}
+
+/// Serves the API on a unix socket until the task is dropped.
+pub async fn serve(api: Api, socket: &Path) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(api.into_server())
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests;
