@@ -398,6 +398,15 @@ fn build_rootfs(
     for (rel, data) in payload {
         write_file(&staging.join(rel), data, 0o755)?;
     }
+    if !payload.is_empty() {
+        // The test image containerd imports at boot: the node's own binary in its `hello` mode.
+        crate::oci::write_layout(
+            &staging.join(crate::oci::IMAGES_DIR).join("hello"),
+            crate::oci::HELLO_REF,
+            &[("hello", 0o755, &init_bytes)],
+            &["/hello"],
+        )?;
+    }
     // The root is read-only: files that change at run time live on /system and are linked.
     for name in ["resolv.conf", "hosts", "hostname", "machine-id"] {
         let link = staging.join("etc").join(name);

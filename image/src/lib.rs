@@ -12,6 +12,7 @@ pub mod cpio;
 pub mod elf;
 pub mod inputs;
 pub mod kernel;
+pub mod oci;
 pub mod qemu;
 pub mod tools;
 

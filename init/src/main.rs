@@ -3,6 +3,7 @@
 //! - `/init` (in the initramfs): early boot — mount the pseudo-filesystems, load modules, verify
 //!   and mount the read-only root, `switch_root`, exec `/sbin/init`.
 //! - `/sbin/init` (on the root): PID 1.
+//! - `hello`: the program of the test container image (not used on the node itself).
 //! - `apid`: the network gateway of the machine API, run by PID 1's supervisor.
 //!
 //! It must never exit while it is PID 1: a fatal error is logged and the machine reboots.
@@ -15,6 +16,7 @@ mod cmdline;
 mod configstate;
 mod containerd;
 mod early;
+mod hello;
 mod log;
 mod logring;
 mod loopdev;
@@ -34,9 +36,11 @@ pub use basalt_resources::error_chain;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
-    match argv0.as_str() {
-        "/init" => early::run(),
-        "apid" => apid::run(&args[1..]),
+    let base = argv0.rsplit('/').next().unwrap_or_default();
+    match (argv0.as_str(), base) {
+        ("/init", _) => early::run(),
+        (_, "apid") => apid::run(&args[1..]),
+        (_, "hello") => hello::run(&args[1..]),
         _ => pid1::run(),
     }
 }

@@ -335,6 +335,7 @@ impl Supervisor {
     }
 
     /// The state and health of one service.
+    #[cfg(test)]
     pub fn state(&self, id: &str) -> Option<(State, HealthState)> {
         self.states.borrow().get(id).copied()
     }
