@@ -436,14 +436,44 @@ mod node {
                 "services healthy {:.1} s after the config",
                 t0.elapsed().as_secs_f64()
             );
-            let images = c
-                .images(pb::ImagesRequest {
-                    namespace: String::new(),
+            // The test image in the rootfs was imported at boot; run it and read its output.
+            let images = until("hello image imported", Duration::from_secs(120), || {
+                let mut c = c.clone();
+                async move {
+                    let i = c.images(pb::ImagesRequest { namespace: String::new() }).await.map_err(|e| e.to_string())?.into_inner();
+                    if i.images.iter().any(|i| i.name == "basalt.local/hello:v1") { Ok(i) } else { Err(format!("{i:?}")) }
+                }
+            })
+            .await;
+            assert!(images.images[0].digest.starts_with("sha256:"), "{images:?}");
+            let run = c
+                .run_container(pb::RunContainerRequest {
+                    image: "basalt.local/hello:v1".into(),
+                    args: vec!["from".into(), "the".into(), "test".into()],
+                    id: "hello-1".into(),
+                    remove: false,
                 })
                 .await
                 .unwrap()
                 .into_inner();
-            assert!(images.images.is_empty(), "{images:?}");
+            let out = String::from_utf8_lossy(&run.stdout).to_string();
+            assert_eq!(run.exit_code, 0, "{out}{}", String::from_utf8_lossy(&run.stderr));
+            assert!(out.starts_with("hello from a Basalt container\nargs: from the test\npid: 1\nhostname: hello-1\n"), "{out}");
+            let cs = c.containers(pb::ContainersRequest { namespace: String::new() }).await.unwrap().into_inner();
+            assert!(cs.containers.iter().any(|x| x.id == "hello-1" && x.image == "basalt.local/hello:v1"), "{cs:?}");
+            let run = c
+                .run_container(pb::RunContainerRequest {
+                    image: "basalt.local/hello:v1".into(),
+                    args: vec!["--exit".into(), "7".into()],
+                    id: String::new(),
+                    remove: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(run.exit_code, 7);
+            let cs = c.containers(pb::ContainersRequest { namespace: String::new() }).await.unwrap().into_inner();
+            assert_eq!(cs.containers.len(), 1, "the removed run is gone: {cs:?}");
 
             // kill -9 of containerd: restarted within its back-off.
             let r = c

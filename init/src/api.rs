@@ -35,6 +35,8 @@ pub enum ApiError {
     NoLog(String, String),
     #[error("containerd")]
     Containerd(#[source] tonic::Status),
+    #[error(transparent)]
+    Container(crate::containers::ContainerError),
     #[error("{0}")]
     BadRequest(String),
     #[error("cannot read {what}")]
@@ -64,6 +66,10 @@ impl From<ApiError> for Status {
             ApiError::Service(SupervisorError::Gone(_)) | ApiError::Containerd(_) => {
                 Status::unavailable(msg)
             }
+            ApiError::Container(crate::containers::ContainerError::Api { source, .. }) => {
+                Status::new(source.code(), msg)
+            }
+            ApiError::Container(_) => Status::failed_precondition(msg),
             ApiError::Sequence(SequenceError::Busy { .. }) => Status::aborted(msg),
             ApiError::Sequence(SequenceError::Failed { .. }) => Status::internal(msg),
         }
@@ -72,6 +78,9 @@ impl From<ApiError> for Status {
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+/// Where the shim writes a run's output before the API returns it.
+const RUN_IO_DIR: &str = "/var/run/basalt/containers";
 
 /// Resource kinds that exist from boot, so `get`/`watch` work before the first one is written.
 const KNOWN: &[(&str, &str)] = &[
@@ -376,18 +385,16 @@ impl Machine for Api {
         let (snapshot, rx) = ring.follow(n);
         let head = futures::stream::iter(snapshot.into_iter().map(|e| Ok(line(e))));
         let tail = futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) => return Some((Ok(line(e)), rx)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let note = pb::LogLine {
-                            time_ms: crate::logring::now_ms(),
-                            line: format!("[{n} lines dropped: the reader fell behind]"),
-                        };
-                        return Some((Ok(note), rx));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            match rx.recv().await {
+                Ok(e) => Some((Ok(line(e)), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let note = pb::LogLine {
+                        time_ms: crate::logring::now_ms(),
+                        line: format!("[{n} lines dropped: the reader fell behind]"),
+                    };
+                    Some((Ok(note), rx))
                 }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
             }
         });
         Ok(Response::new(Box::pin(futures::StreamExt::chain(
@@ -564,11 +571,33 @@ impl Machine for Api {
 
     async fn run_container(
         &self,
-        _: Request<pb::RunContainerRequest>,
+        req: Request<pb::RunContainerRequest>,
     ) -> Result<pb::RunContainerResponse> {
-        Err(Status::unimplemented(
-            "running containers through the API is not built yet",
-        ))
+        let r = req.into_inner();
+        if r.image.is_empty() {
+            return Err(ApiError::BadRequest("no image given".into()).into());
+        }
+        let id = if r.id.is_empty() {
+            format!("run-{}", crate::logring::now_ms())
+        } else {
+            r.id
+        };
+        let out = crate::containers::run(
+            &self.containerd(),
+            &r.image,
+            &r.args,
+            &id,
+            Path::new(RUN_IO_DIR),
+            r.remove,
+        )
+        .await
+        .map_err(ApiError::Container)?;
+        Ok(Response::new(pb::RunContainerResponse {
+            id,
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }))
     }
 
     async fn memory(&self, _: Request<pb::MemoryRequest>) -> Result<pb::MemoryResponse> {

@@ -198,6 +198,212 @@ pub mod proto {
         #[prost(message, repeated, tag = "1")]
         pub namespaces: Vec<Namespace>,
     }
+
+    // --- content ---
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InfoRequest {
+        #[prost(string, tag = "1")]
+        pub digest: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InfoResponse {}
+
+    /// WriteAction: STAT = 0, WRITE = 1, COMMIT = 2.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteContentRequest {
+        #[prost(int32, tag = "1")]
+        pub action: i32,
+        #[prost(string, tag = "2")]
+        pub r#ref: String,
+        #[prost(int64, tag = "3")]
+        pub total: i64,
+        #[prost(string, tag = "4")]
+        pub expected: String,
+        #[prost(int64, tag = "5")]
+        pub offset: i64,
+        #[prost(bytes = "vec", tag = "6")]
+        pub data: Vec<u8>,
+        #[prost(map = "string, string", tag = "7")]
+        pub labels: std::collections::HashMap<String, String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ReadContentRequest {
+        #[prost(string, tag = "1")]
+        pub digest: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ReadContentResponse {
+        #[prost(int64, tag = "1")]
+        pub offset: i64,
+        #[prost(bytes = "vec", tag = "2")]
+        pub data: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteContentResponse {
+        #[prost(int32, tag = "1")]
+        pub action: i32,
+        #[prost(int64, tag = "4")]
+        pub offset: i64,
+        #[prost(string, tag = "6")]
+        pub digest: String,
+    }
+
+    // --- snapshots and diff ---
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Mount {
+        #[prost(string, tag = "1")]
+        pub r#type: String,
+        #[prost(string, tag = "2")]
+        pub source: String,
+        #[prost(string, repeated, tag = "4")]
+        pub options: Vec<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PrepareSnapshotRequest {
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        #[prost(string, tag = "2")]
+        pub key: String,
+        #[prost(string, tag = "3")]
+        pub parent: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PrepareSnapshotResponse {
+        #[prost(message, repeated, tag = "1")]
+        pub mounts: Vec<Mount>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CommitSnapshotRequest {
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        #[prost(string, tag = "2")]
+        pub name: String,
+        #[prost(string, tag = "3")]
+        pub key: String,
+    }
+
+    /// Stat and Remove take the same two fields.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SnapshotKey {
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        #[prost(string, tag = "2")]
+        pub key: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ApplyRequest {
+        #[prost(message, optional, tag = "1")]
+        pub diff: Option<Descriptor>,
+        #[prost(message, repeated, tag = "2")]
+        pub mounts: Vec<Mount>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ApplyResponse {
+        #[prost(message, optional, tag = "1")]
+        pub applied: Option<Descriptor>,
+    }
+
+    // --- leases, images, containers, tasks ---
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Lease {
+        #[prost(string, tag = "1")]
+        pub id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateLeaseResponse {
+        #[prost(message, optional, tag = "1")]
+        pub lease: Option<Lease>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageRecord {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(map = "string, string", tag = "2")]
+        pub labels: std::collections::HashMap<String, String>,
+        #[prost(message, optional, tag = "3")]
+        pub target: Option<Descriptor>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageMessage {
+        #[prost(message, optional, tag = "1")]
+        pub image: Option<ImageRecord>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NameRequest {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Runtime {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerRecord {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(string, tag = "3")]
+        pub image: String,
+        #[prost(message, optional, tag = "4")]
+        pub runtime: Option<Runtime>,
+        #[prost(message, optional, tag = "5")]
+        pub spec: Option<prost_types::Any>,
+        #[prost(string, tag = "6")]
+        pub snapshotter: String,
+        #[prost(string, tag = "7")]
+        pub snapshot_key: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerMessage {
+        #[prost(message, optional, tag = "1")]
+        pub container: Option<ContainerRecord>,
+    }
+
+    /// Every request keyed by one id in field 1 (container delete, task start/wait/delete).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct IdRequest {
+        #[prost(string, tag = "1")]
+        pub id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateTaskRequest {
+        #[prost(string, tag = "1")]
+        pub container_id: String,
+        #[prost(message, repeated, tag = "3")]
+        pub rootfs: Vec<Mount>,
+        #[prost(string, tag = "4")]
+        pub stdin: String,
+        #[prost(string, tag = "5")]
+        pub stdout: String,
+        #[prost(string, tag = "6")]
+        pub stderr: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WaitResponse {
+        #[prost(uint32, tag = "1")]
+        pub exit_status: u32,
+    }
 }
 
 /// A task's status, by containerd's enum.
@@ -216,16 +422,19 @@ pub fn task_status(n: i32) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct Client {
     channel: Channel,
+    /// Sent with every call, so what is written is not collected before it is referenced.
+    lease: Option<String>,
 }
 
 impl Client {
     pub fn new(socket: &Path) -> Self {
         Client {
             channel: basalt_api::unix_channel(socket),
+            lease: None,
         }
     }
 
-    async fn call<Req, Resp>(
+    pub(crate) async fn call<Req, Resp>(
         &self,
         path: &'static str,
         namespace: Option<&str>,
@@ -246,11 +455,32 @@ impl Client {
         {
             r.metadata_mut().insert("containerd-namespace", v);
         }
+        if let Some(l) = &self.lease
+            && let Ok(v) = l.parse()
+        {
+            r.metadata_mut().insert("containerd-lease", v);
+        }
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         let path = http::uri::PathAndQuery::from_static(path);
         grpc.unary(r, path, codec)
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// The same client with every call under `lease`.
+    pub fn with_lease(&self, lease: &str) -> Client {
+        Client {
+            channel: self.channel.clone(),
+            lease: Some(lease.to_string()),
+        }
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub(crate) fn lease(&self) -> Option<&str> {
+        self.lease.as_deref()
     }
 
     pub async fn version(&self) -> Result<proto::VersionResponse, tonic::Status> {
@@ -320,6 +550,65 @@ mod tests {
         assert!(t.contains("\"io.containerd.grpc.v1.cri\""));
     }
 
+    /// An OCI layout with one static program, built with the host's gcc and tar.
+    fn host_layout(dir: &Path, scratch: &Path) {
+        use sha2::Digest as _;
+        let src = scratch.join("t.c");
+        std::fs::write(
+            &src,
+            "#include <stdio.h>\n#include <unistd.h>\nint main(int c, char **v) {\n\
+             printf(\"hi\"); for (int i = 1; i < c; i++) printf(\" %s\", v[i]);\n\
+             printf(\" pid=%d\\n\", getpid()); return 3; }\n",
+        )
+        .unwrap();
+        let root = scratch.join("layer");
+        std::fs::create_dir_all(&root).unwrap();
+        let st = std::process::Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(root.join("t"))
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "gcc -static failed (libc6-dev has the static libc)"
+        );
+        let tar_path = scratch.join("layer.tar");
+        let st = std::process::Command::new("tar")
+            .args(["--owner=0", "--group=0", "-cf"])
+            .arg(&tar_path)
+            .args(["-C"])
+            .arg(&root)
+            .arg("t")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| -> (String, usize) {
+            let hex: String = sha2::Sha256::digest(data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            std::fs::write(blobs.join(&hex), data).unwrap();
+            (format!("sha256:{hex}"), data.len())
+        };
+        let (ld, ls) = put(&std::fs::read(&tar_path).unwrap());
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/t"], "Cmd": ["default"]},
+            "rootfs": {"type": "layers", "diff_ids": [ld]}});
+        let (cd, cs) = put(config.to_string().as_bytes());
+        let manifest = serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]});
+        let (md, ms) = put(manifest.to_string().as_bytes());
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+            "annotations": {"org.opencontainers.image.ref.name": "basalt.local/t:v1"}}]});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    }
+
     /// The client against a real containerd when the host has one (the VM tier covers the
     /// node); the Debian package is what the image ships.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,6 +662,57 @@ mod tests {
         assert!(c.images(NAMESPACE).await.unwrap().is_empty());
         assert!(c.containers(NAMESPACE).await.unwrap().is_empty());
         assert!(c.tasks(NAMESPACE).await.unwrap().is_empty());
+
+        // Import a layout and run it. The program is a static C binary built here (the node's
+        // own test image is exercised in the VM tier).
+        let layouts = dir.path().join("images");
+        host_layout(&layouts.join("t"), dir.path());
+        let names = crate::containers::import_all(&c, &layouts).await.unwrap();
+        assert_eq!(names, ["basalt.local/t:v1"]);
+        // Importing again changes nothing.
+        assert!(
+            crate::containers::import_all(&c, &layouts)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let imgs = c.images(NAMESPACE).await.unwrap();
+        assert_eq!(imgs.len(), 1);
+        let out = crate::containers::run(
+            &c,
+            "basalt.local/t:v1",
+            &["one".into(), "two".into()],
+            "t1",
+            &dir.path().join("io"),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hi one two pid=1\n",
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.exit_code, 3);
+        let cs = c.containers(NAMESPACE).await.unwrap();
+        assert_eq!(cs.len(), 1);
+        assert_eq!(cs[0].id, "t1");
+        crate::containers::run(
+            &c,
+            "basalt.local/t:v1",
+            &[],
+            "t2",
+            &dir.path().join("io"),
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            c.containers(NAMESPACE).await.unwrap().len(),
+            1,
+            "t2 was removed"
+        );
         sup.stop_all().await;
     }
 }

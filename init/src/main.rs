@@ -15,6 +15,7 @@ mod cgroup;
 mod cmdline;
 mod configstate;
 mod containerd;
+mod containers;
 mod early;
 mod hello;
 mod log;

@@ -15,8 +15,6 @@ use crate::supervisor::Supervisor;
 /// Where things are on this node (tests point them into a temporary directory).
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// Persistent state: the config.
-    pub state: PathBuf,
     /// What a reset wipes besides the config (`/var/lib`: containerd's images and containers).
     pub wipe_on_reset: Vec<PathBuf>,
 }
@@ -75,8 +73,22 @@ impl Node {
     }
 
     /// Reboot or shutdown: stop services (dependents first), sync, unmount, then `reboot(2)`.
+    /// A `try` config still waiting for confirmation is not saved, and the step says so.
     pub fn shutdown_steps(&self, end: End) -> Vec<Step> {
-        let mut steps = vec![self.stop_services_step()];
+        let config = self.config.clone();
+        let mut steps = vec![
+            Step::new("check config", move || async move {
+                Ok(match config.active() {
+                    Some(_) if !config.persisted() => {
+                        "the tried config was not confirmed: the node boots with the previous one"
+                    }
+                    Some(_) => "the config is saved",
+                    None => "no config",
+                }
+                .to_string())
+            }),
+            self.stop_services_step(),
+        ];
         steps.extend(self.end_steps(end));
         steps
     }

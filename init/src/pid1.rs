@@ -106,7 +106,6 @@ async fn main() {
         seq: Sequencer::new(store.clone()),
         power: Arc::new(RealPower),
         paths: Paths {
-            state: state_dir,
             wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
         },
         booted,
@@ -153,7 +152,8 @@ async fn main() {
         match containerd::prepare() {
             Ok(()) => {
                 sup.add(containerd::service(containerd::SOCKET.into()))
-                    .await
+                    .await;
+                tokio::spawn(import_images(sup.clone()));
             }
             Err(e) => log::line(&format!("containerd not started: cannot prepare it: {e}")),
         }
@@ -208,6 +208,33 @@ async fn main() {
     }
 
     serve_signals(node).await;
+}
+
+/// Imports the OCI image layouts shipped in the rootfs once containerd is healthy.
+async fn import_images(sup: Arc<Supervisor>) {
+    let up = sup
+        .wait_for("containerd", Duration::from_secs(300), |s, h| {
+            s == supervisor::State::Running && h == supervisor::HealthState::Healthy
+        })
+        .await;
+    if !up {
+        log::line("images not imported: containerd did not become healthy");
+        return;
+    }
+    let t = Instant::now();
+    let client = containerd::Client::new(Path::new(containerd::SOCKET));
+    match crate::containers::import_all(&client, Path::new(crate::containers::IMAGES_DIR)).await {
+        Ok(names) if names.is_empty() => {}
+        Ok(names) => log::line(&format!(
+            "images imported into containerd: {} ({} ms)",
+            names.join(", "),
+            t.elapsed().as_millis()
+        )),
+        Err(e) => log::line(&format!(
+            "cannot import images: {}",
+            basalt_resources::error_chain(&e)
+        )),
+    }
 }
 
 /// Mounts the state disk (an ext4 filesystem labelled BASALT-STATE) if one is attached, so the

@@ -71,8 +71,8 @@ pub fn mounts(mountinfo: &str) -> Vec<pb::MountInfo> {
         .map(|m| {
             let (size, avail) = nix::sys::statvfs::statvfs(m.point.as_str())
                 .map(|s| {
-                    let f = s.fragment_size() as u64;
-                    (s.blocks() as u64 * f, s.blocks_available() as u64 * f)
+                    let f = s.fragment_size();
+                    (s.blocks() * f, s.blocks_available() * f)
                 })
                 .unwrap_or((0, 0));
             pb::MountInfo {

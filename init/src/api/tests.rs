@@ -19,7 +19,7 @@ use crate::supervisor::{ServiceDef, Supervisor};
 const CP: &str = include_str!("../../../config/testdata/valid/controlplane.yaml");
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     client: MachineClient<tonic::transport::Channel>,
     power: Arc<FakePower>,
     node: Node,
@@ -45,7 +45,6 @@ async fn fixture() -> Fixture {
         seq: Sequencer::new(store),
         power: power.clone(),
         paths: Paths {
-            state: dir.path().join("state"),
             wipe_on_reset: vec![data],
         },
         booted: Instant::now(),
@@ -70,7 +69,7 @@ async fn fixture() -> Fixture {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Fixture {
-        _dir: dir,
+        dir,
         client: MachineClient::new(basalt_api::unix_channel(&sock)),
         power,
         node,
@@ -341,10 +340,10 @@ async fn services_logs_and_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_stops_services_then_reboots_and_reset_wipes() {
     let mut f = fixture().await;
-    f.client
-        .apply_configuration(apply(CP, pb::ApplyMode::NoReboot, false))
-        .await
-        .unwrap();
+    // Tried, not confirmed: the reboot says the node comes back without it.
+    let mut req = apply(CP, pb::ApplyMode::Try, false);
+    req.try_timeout_seconds = 600;
+    f.client.apply_configuration(req).await.unwrap();
     assert!(
         f.node
             .sup
@@ -385,6 +384,12 @@ async fn reboot_stops_services_then_reboots_and_reset_wipes() {
         "{}",
         seq.spec_json
     );
+    assert!(
+        seq.spec_json.contains("the tried config was not confirmed"),
+        "{}",
+        seq.spec_json
+    );
+    assert!(!f.dir.path().join("state/config.yaml").exists());
 
     // Reset: the config and the data go, and the machine reboots.
     f.power.calls.lock().unwrap().clear();
@@ -403,14 +408,14 @@ async fn reboot_stops_services_then_reboots_and_reset_wipes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(f.node.config.active().is_none());
-    assert!(!f.node.paths.state.join("config.yaml").exists());
+    assert!(!f.dir.path().join("state/config.yaml").exists());
     assert!(!f.node.paths.wipe_on_reset[0].exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apid_forwards_and_holds_maintenance_mode_to_three_methods() {
     let f = fixture().await;
-    let sock = f._dir.path().join("api.sock");
+    let sock = f.dir.path().join("api.sock");
     for maintenance in [true, false] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

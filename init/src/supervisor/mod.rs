@@ -28,6 +28,13 @@ pub const OWNER: &str = "supervisor";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dependency {
     /// Another service running (and healthy, if it has a check) or finished.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "no node service depends on another yet: kubelet will (issue 9)"
+        )
+    )]
     Service(String),
     /// A node condition: [`NETWORK`], [`CONFIG`], [`TIME`].
     Condition(&'static str),
@@ -206,6 +213,7 @@ impl Supervisor {
         })
     }
 
+    #[cfg(test)]
     pub fn logs(&self) -> &Logs {
         &self.logs
     }
@@ -700,14 +708,12 @@ async fn run_service(
 async fn sleep_or_command(d: Duration, rx: &mut mpsc::Receiver<Command>) -> Option<Next> {
     let sleep = tokio::time::sleep(d);
     tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            () = &mut sleep => return Some(Next::Go),
-            c = rx.recv() => match c? {
-                Command::Start => return Some(Next::Go),
-                Command::Restart(done) => { let _ = done.send(()); return Some(Next::Go); }
-                Command::Stop(done) => return Some(Next::Stopped(Some(done))),
-            }
+    tokio::select! {
+        () = &mut sleep => Some(Next::Go),
+        c = rx.recv() => match c? {
+            Command::Start => Some(Next::Go),
+            Command::Restart(done) => { let _ = done.send(()); Some(Next::Go) }
+            Command::Stop(done) => Some(Next::Stopped(Some(done))),
         }
     }
 }
