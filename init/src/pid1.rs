@@ -340,7 +340,10 @@ fn maintenance_banner() {
         } else {
             addrs
                 .iter()
-                .map(|a| format!("{a}:{}", basalt_api::APID_PORT))
+                .map(|a| match a.contains(':') {
+                    true => format!("[{a}]:{}", basalt_api::APID_PORT),
+                    false => format!("{a}:{}", basalt_api::APID_PORT),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         }
