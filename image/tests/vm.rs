@@ -570,8 +570,13 @@ mod node {
             let r = c.reboot(pb::RebootRequest {}).await.unwrap().into_inner();
             assert_eq!(r.summary, "reboot sequence started");
         });
-        vm.wait_for("basalt: sequence reboot: step 4/4: reboot", BOOT_TIMEOUT)
+        vm.wait_for("basalt: sequence reboot: step 5/5: reboot", BOOT_TIMEOUT)
             .unwrap();
+        assert!(
+            vm.console()
+                .contains("sequence reboot: check config: the config is saved"),
+            "the try was reverted, so the saved config is the one in use"
+        );
         let boots = || vm_console_count(&dir, "basalt: PID 1 running");
         let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
         while boots() < 2 {
