@@ -1,12 +1,16 @@
 //! The machine API: what init serves on its unix socket and apid carries over the network.
 //!
-//! The `.proto` files under `proto/` are the contract; this crate only holds the code tonic
-//! generates from them. It must not grow logic: servers live in `init` and `apid`, clients in
-//! `osctl`.
+//! The `.proto` files under `proto/` are the contract; this crate holds the code tonic
+//! generates from them, the role table ([`auth`]) and how both ends speak TLS ([`tls`]) —
+//! what a client and a server must agree on. It must not grow other logic: servers live in
+//! `init` and `apid`, clients in `osctl`.
 
 #![forbid(unsafe_code)]
-#![allow(missing_debug_implementations, clippy::all)]
 
+pub mod auth;
+pub mod tls;
+
+#[allow(missing_debug_implementations, clippy::all)]
 pub mod machine {
     //! `basalt.machine.v1`.
     tonic::include_proto!("basalt.machine.v1");

@@ -98,11 +98,11 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
         Some(s) => s.clone(),
         None => new_secrets()?,
     };
-    let os_key = secrets.certs.os.key.clone().ok_or_else(|| {
-        GenerateError::Secrets(
+    if secrets.certs.os.key.is_none() {
+        return Err(GenerateError::Secrets(
             "certs.os.key is missing: the OS CA key signs the admin certificate".into(),
-        )
-    })?;
+        ));
+    }
     if secrets.certs.kubernetes.key.is_none() || secrets.certs.etcd.is_none() {
         return Err(GenerateError::Secrets(
             "it must hold the Kubernetes and etcd CA keys (use the bundle gen secrets wrote)"
@@ -174,30 +174,53 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
     let worker =
         Config::from_documents(worker_docs, Mode::Metal).map_err(GenerateError::Invalid)?;
 
-    let os_ca = CertAndKey {
-        crt: secrets.certs.os.crt.clone(),
-        key: os_key,
-    };
-    let admin = pki::issue(&os_ca, "admin", &["os:admin"], &[], Usage::Client, 365)?;
-    let name = opts.cluster_name.to_string();
-    let client = ClientConfig {
-        context: Some(name.clone()),
-        contexts: BTreeMap::from([(
-            name,
-            Context {
-                endpoints: vec![opts.endpoint.host.clone()],
-                nodes: Vec::new(),
-                ca: secrets.certs.os.crt.clone(),
-                crt: admin.crt,
-                key: admin.key,
-            },
-        )]),
-    };
+    let client = client_config(
+        &secrets,
+        &opts.cluster_name.to_string(),
+        vec![opts.endpoint.host.clone()],
+        "os:admin",
+        365,
+    )?;
     Ok(Generated {
         controlplane,
         worker,
         client,
         secrets,
+    })
+}
+
+/// A client config with one context, `name`, holding a certificate for `role` (`os:admin`,
+/// `os:operator`, `os:reader`) issued from the OS CA in `secrets`, valid for `days` days.
+pub fn client_config(
+    secrets: &SecretsConfig,
+    name: &str,
+    endpoints: Vec<String>,
+    role: &str,
+    days: i64,
+) -> Result<ClientConfig, GenerateError> {
+    let key = secrets.certs.os.key.clone().ok_or_else(|| {
+        GenerateError::Secrets(
+            "certs.os.key is missing: only the OS CA key can sign client certificates".into(),
+        )
+    })?;
+    let os_ca = CertAndKey {
+        crt: secrets.certs.os.crt.clone(),
+        key,
+    };
+    let cn = role.strip_prefix("os:").unwrap_or(role);
+    let cert = pki::issue(&os_ca, cn, &[role], &[], Usage::Client, days)?;
+    Ok(ClientConfig {
+        context: Some(name.to_string()),
+        contexts: BTreeMap::from([(
+            name.to_string(),
+            Context {
+                endpoints,
+                nodes: Vec::new(),
+                ca: secrets.certs.os.crt.clone(),
+                crt: cert.crt,
+                key: cert.key,
+            },
+        )]),
     })
 }
 

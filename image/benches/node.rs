@@ -56,10 +56,9 @@ fn main() {
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (procs, mem) = rt.block_on(async {
-        let ch = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_lazy();
-        let mut c = MachineClient::new(ch);
+        let endpoint = format!("127.0.0.1:{port}");
+        let insecure = basalt_api::tls::insecure_client_config();
+        let mut c = MachineClient::new(basalt_api::tls::channel(&endpoint, insecure).unwrap());
         let mut tries = 0;
         loop {
             let r = c
@@ -71,7 +70,12 @@ fn main() {
                 })
                 .await;
             match r {
-                Ok(_) => break,
+                Ok(_) => {
+                    c = MachineClient::new(
+                        basalt_api::tls::channel(&endpoint, admin_tls()).unwrap(),
+                    );
+                    break;
+                }
                 Err(e) if tries < 60 => {
                     tries += 1;
                     let _ = e;
@@ -139,4 +143,18 @@ fn main() {
         mib(kib("MemAvailable")),
         mib(kib("MemTotal") - kib("MemAvailable"))
     );
+}
+
+/// A TLS client config with an admin certificate from the OS CA of the config applied.
+fn admin_tls() -> std::sync::Arc<rustls::ClientConfig> {
+    let cfg = basalt_config::Config::parse(CP, basalt_config::Mode::Metal).unwrap();
+    let cc =
+        basalt_config::generate::client_config(cfg.secrets(), "bench", Vec::new(), "os:admin", 1)
+            .unwrap();
+    let ctx = &cc.contexts["bench"];
+    let id = basalt_api::tls::Identity {
+        crt: ctx.crt.0.as_str().to_string(),
+        key: ctx.key.0.as_str().to_string(),
+    };
+    basalt_api::tls::client_config(ctx.ca.0.as_str(), &id).unwrap()
 }

@@ -260,6 +260,27 @@ mod node {
 
     const CP: &str = include_str!("../../config/testdata/valid/controlplane.yaml");
 
+    /// A client for a node in maintenance mode (TLS, the node not checked).
+    fn insecure_client(port: u16) -> MachineClient<Channel> {
+        let cfg = basalt_api::tls::insecure_client_config();
+        MachineClient::new(basalt_api::tls::channel(&format!("127.0.0.1:{port}"), cfg).unwrap())
+    }
+
+    /// A client with a certificate for `role` from the OS CA of the test config, as
+    /// `osctl gen config` makes them.
+    fn client(port: u16, role: &str) -> MachineClient<Channel> {
+        let cfg = basalt_config::Config::parse(CP, basalt_config::Mode::Metal).unwrap();
+        let cc = basalt_config::generate::client_config(cfg.secrets(), "vm", Vec::new(), role, 1)
+            .unwrap();
+        let ctx = &cc.contexts["vm"];
+        let id = basalt_api::tls::Identity {
+            crt: ctx.crt.0.as_str().to_string(),
+            key: ctx.key.0.as_str().to_string(),
+        };
+        let tls = basalt_api::tls::client_config(ctx.ca.0.as_str(), &id).unwrap();
+        MachineClient::new(basalt_api::tls::channel(&format!("127.0.0.1:{port}"), tls).unwrap())
+    }
+
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -375,10 +396,7 @@ mod node {
 
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect_lazy();
-            let mut c = MachineClient::new(channel);
+            let mut c = insecure_client(port);
             let v = until("version in maintenance", BOOT_TIMEOUT, || {
                 let mut c = c.clone();
                 async move {
@@ -418,6 +436,9 @@ mod node {
                 .into_inner();
             assert_eq!(r.summary, "applied live and saved");
 
+            // From now on: mutual TLS with certificates from the config's OS CA.
+            let mut c = client(port, "os:admin");
+
             // apid comes back out of maintenance mode; containerd and apid run and are healthy.
             let t0 = std::time::Instant::now();
             let ctd = until("containerd healthy", BOOT_TIMEOUT, || {
@@ -433,6 +454,15 @@ mod node {
             eprintln!(
                 "services healthy {:.1} s after the config",
                 t0.elapsed().as_secs_f64()
+            );
+            // A reader may look but not reboot, and is told which role it needs.
+            let mut reader = client(port, "os:reader");
+            assert!(reader.service_list(pb::ServiceListRequest {}).await.is_ok());
+            let e = reader.reboot(pb::RebootRequest {}).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied);
+            assert_eq!(
+                e.message(),
+                "Reboot needs role os:operator or higher; this caller has os:reader"
             );
             // The test image in the rootfs was imported at boot; run it and read its output.
             let images = until("hello image imported", Duration::from_secs(120), || {
@@ -588,10 +618,7 @@ mod node {
             std::thread::sleep(Duration::from_millis(500));
         }
         rt.block_on(async {
-            let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect_lazy();
-            let c = MachineClient::new(channel);
+            let c = client(port, "os:admin");
             let v = until("version after reboot", BOOT_TIMEOUT, || {
                 let mut c = c.clone();
                 async move {

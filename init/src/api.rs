@@ -135,7 +135,11 @@ impl Api {
             .ok_or_else(|| ApiError::UnknownType(word.to_string()))
     }
 
-    fn resource(r: &Resource) -> pb::Resource {
+    fn resource(r: &Resource, redact: bool) -> pb::Resource {
+        let mut spec = r.spec.to_json();
+        if redact {
+            redact_secrets(&r.metadata.type_, &r.metadata.id, &mut spec);
+        }
         pb::Resource {
             namespace: r.metadata.namespace.clone(),
             r#type: r.metadata.type_.clone(),
@@ -146,7 +150,7 @@ impl Api {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            spec_json: r.spec.to_json().to_string(),
+            spec_json: spec.to_string(),
             labels: r.metadata.labels.clone().into_iter().collect(),
         }
     }
@@ -454,6 +458,7 @@ impl Machine for Api {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<pb::Resource> {
+        let redact = !is_admin(&req);
         let r = req.into_inner();
         let kind = self.kind(&r.r#type, &r.namespace)?;
         let res = self
@@ -464,10 +469,11 @@ impl Machine for Api {
                 kind: kind.type_.clone(),
                 id: r.id.clone(),
             })?;
-        Ok(Response::new(Self::resource(&res)))
+        Ok(Response::new(Self::resource(&res, redact)))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<pb::ListResponse> {
+        let redact = !is_admin(&req);
         let r = req.into_inner();
         let kind = self.kind(&r.r#type, &r.namespace)?;
         let resources = self
@@ -475,7 +481,7 @@ impl Machine for Api {
             .store
             .list_dyn(&kind)
             .iter()
-            .map(|r| Self::resource(r))
+            .map(|r| Self::resource(r, redact))
             .collect();
         Ok(Response::new(pb::ListResponse { resources }))
     }
@@ -483,6 +489,7 @@ impl Machine for Api {
     type WatchStream = BoxStream<pb::WatchEvent>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Self::WatchStream> {
+        let redact = !is_admin(&req);
         let r = req.into_inner();
         let kind = self.kind(&r.r#type, &r.namespace)?;
         let since = if r.bootstrap {
@@ -495,7 +502,7 @@ impl Machine for Api {
         } else {
             self.node.store.watch_id(kind, &r.id, since)
         };
-        let s = futures::stream::unfold(w, |mut w| async move {
+        let s = futures::stream::unfold(w, move |mut w| async move {
             match w.next().await {
                 Ok(ev) => {
                     let kind = match ev.kind {
@@ -506,7 +513,7 @@ impl Machine for Api {
                     };
                     let item = pb::WatchEvent {
                         kind: kind.into(),
-                        resource: ev.resource.as_deref().map(Api::resource),
+                        resource: ev.resource.as_deref().map(|r| Api::resource(r, redact)),
                     };
                     Some((Ok(item), w))
                 }
@@ -655,3 +662,54 @@ pub async fn serve(api: Api, socket: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether the caller is an admin. apid sets the role header on every call it passes on; a
+/// call without one came straight to init's socket, which only root on the node can open.
+fn is_admin<T>(req: &Request<T>) -> bool {
+    req.metadata()
+        .get(basalt_api::auth::ROLE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|r| {
+            basalt_api::auth::Role::from_organization(r) == Some(basalt_api::auth::Role::Admin)
+        })
+}
+
+/// What non-admins see of secrets: the whole `Secrets` config document, and elsewhere every
+/// field whose name says it holds a private key, secret or token.
+pub(crate) fn redact_secrets(type_: &str, id: &str, spec: &mut serde_json::Value) {
+    const REDACTED: &str = "(redacted)";
+    fn all(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = REDACTED.into(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(all),
+            serde_json::Value::Object(o) => o.values_mut().for_each(all),
+            _ => {}
+        }
+    }
+    fn secret_name(k: &str) -> bool {
+        let k = k.to_ascii_lowercase();
+        !k.contains("public")
+            && (k == "key" || k.ends_with("key") || k.contains("secret") || k.contains("token"))
+    }
+    fn fields(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Array(a) => a.iter_mut().for_each(fields),
+            serde_json::Value::Object(o) => {
+                for (k, v) in o.iter_mut() {
+                    if secret_name(k) {
+                        all(v);
+                    } else {
+                        fields(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    use basalt_resources::Spec as _;
+    if type_ == crate::configstate::ConfigDocument::TYPE && id == "Secrets" {
+        all(spec);
+    } else {
+        fields(spec);
+    }
+}

@@ -19,7 +19,7 @@ use crate::node::{End, Node, Paths};
 use crate::process::ProcessSpec;
 use crate::sequence::{RealPower, Sequencer};
 use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
-use crate::{cgroup, containerd, log, mounts, net, reaper, tasks};
+use crate::{apid, cgroup, containerd, log, mounts, net, reaper, tasks};
 
 /// Filesystem label of the disk that keeps state across reboots when no install exists yet.
 pub const STATE_LABEL: &str = "BASALT-STATE";
@@ -159,33 +159,60 @@ async fn main() {
         }
     }
 
-    // apid follows the config: maintenance mode without one.
+    // apid follows the config: maintenance mode without one; with one, a certificate issued
+    // from the config's OS CA (again when the CA or the certSANs change).
     let s3 = sup.clone();
     let changes = config.subscribe();
     tasks::supervise("config-watch", move || {
         let sup = s3.clone();
         let mut changes = changes.clone();
         async move {
-            let mut last: Option<bool> = None;
+            // What apid was last started for: None = maintenance, Some(CA + SANs).
+            let mut last: Option<Option<String>> = None;
             loop {
-                let configured = changes.borrow_and_update().is_some();
-                if last != Some(configured) {
+                let cfg = changes.borrow_and_update().clone();
+                let want = cfg.as_ref().map(|c| {
+                    format!(
+                        "{}{:?}",
+                        c.secrets().certs.os.crt.0.as_str(),
+                        c.machine().cert_sans
+                    )
+                });
+                if last.as_ref() != Some(&want) {
                     if last.is_some() {
                         // Let the reply to the ApplyConfiguration that got us here leave
                         // through the apid about to be replaced.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                    sup.set_condition(supervisor::CONFIG, configured);
-                    sup.add(apid_service(!configured)).await;
-                    if !configured {
-                        // The banner names the node's addresses: wait for the boot network.
-                        sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
-                            .await;
-                        maintenance_banner();
-                    } else {
-                        log::line("config present: leaving maintenance mode");
+                    sup.set_condition(supervisor::CONFIG, cfg.is_some());
+                    match &cfg {
+                        None => {
+                            sup.add(apid_service(true)).await;
+                            // The banner names the node's addresses: wait for the boot network.
+                            sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
+                                .await;
+                            maintenance_banner();
+                        }
+                        Some(c) => {
+                            if last.as_ref().is_some_and(Option::is_none) {
+                                log::line("config present: leaving maintenance mode");
+                            }
+                            sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
+                                .await;
+                            let issued = apid::Pki::issue(c, &net::addresses()).and_then(|p| {
+                                p.write(Path::new(apid::PKI_DIR))
+                                    .map_err(|e| format!("cannot write {}: {e}", apid::PKI_DIR))
+                            });
+                            match issued {
+                                Ok(()) => {
+                                    log::line("apid certificate issued from the OS CA");
+                                    sup.add(apid_service(false)).await;
+                                }
+                                Err(e) => log::line(&format!("apid not started: {e}")),
+                            }
+                        }
                     }
-                    last = Some(configured);
+                    last = Some(want);
                 }
                 if changes.changed().await.is_err() {
                     return;

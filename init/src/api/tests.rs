@@ -412,61 +412,292 @@ async fn reboot_stops_services_then_reboots_and_reset_wipes() {
     assert!(!f.node.paths.wipe_on_reset[0].exists());
 }
 
+/// An OS CA and certificates from it, as `osctl gen config` and init make them.
+struct TestPki {
+    ca: basalt_config::pki::CertAndKey,
+}
+
+impl TestPki {
+    fn new() -> TestPki {
+        TestPki {
+            ca: basalt_config::pki::new_ca("basalt-os", Some("basalt"), 1).unwrap(),
+        }
+    }
+
+    fn issue(&self, orgs: &[&str], days: i64, usage: basalt_config::pki::Usage) -> Identity {
+        let c = basalt_config::pki::issue(
+            &self.ca,
+            "test",
+            orgs,
+            &["127.0.0.1".into(), "localhost".into()],
+            usage,
+            days,
+        )
+        .unwrap();
+        Identity {
+            crt: c.crt.0.as_str().to_string(),
+            key: c.key.0.as_str().to_string(),
+        }
+    }
+
+    fn client(&self, role: &str) -> Identity {
+        self.issue(&[role], 30, basalt_config::pki::Usage::Client)
+    }
+
+    /// The directory apid reads: the CA and a node certificate.
+    fn write_node(&self, dir: &std::path::Path) {
+        let node = self.issue(
+            &[basalt_api::auth::IMPERSONATOR],
+            30,
+            basalt_config::pki::Usage::ServerAndClient,
+        );
+        crate::apid::Pki {
+            ca: self.ca.crt.0.as_str().to_string(),
+            node,
+        }
+        .write(dir)
+        .unwrap();
+    }
+}
+
+use basalt_api::tls::{self, Identity};
+
+async fn start_apid(
+    init_socket: std::path::PathBuf,
+    maintenance: bool,
+    pki: std::path::PathBuf,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::result::Result<(), String>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let o = crate::apid::Options {
+        listen: addr,
+        init_socket,
+        maintenance,
+        pki,
+    };
+    (addr, tokio::spawn(crate::apid::serve_on(listener, o)))
+}
+
+fn tls_client(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> MachineClient<tonic::transport::Channel> {
+    MachineClient::new(tls::channel(&addr.to_string(), cfg).unwrap())
+}
+
+fn with_node<T>(msg: T, node: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert(basalt_api::auth::NODE_HEADER, node.parse().unwrap());
+    r
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apid_forwards_and_holds_maintenance_mode_to_three_methods() {
+async fn apid_in_maintenance_mode_is_tls_without_client_certificates_and_three_methods() {
     let f = fixture().await;
     let sock = f.dir.path().join("api.sock");
-    for maintenance in [true, false] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let o = crate::apid::Options {
-            listen: addr,
-            init_socket: sock.clone(),
-            maintenance,
-        };
-        let server = tokio::spawn(crate::apid::serve_on(listener, o));
-        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+    let (addr, server) = start_apid(sock, true, f.dir.path().join("none")).await;
+    let mut c = tls_client(addr, tls::insecure_client_config());
+    let v = c.version(pb::VersionRequest {}).await.unwrap().into_inner();
+    assert_eq!(v.mode, "maintenance");
+    let e = c.service_list(pb::ServiceListRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("not available in maintenance mode"),
+        "{}",
+        e.message()
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apid_requires_a_certificate_from_the_os_ca_and_enforces_roles() {
+    let mut f = fixture().await;
+    f.client
+        .apply_configuration(apply(CP, pb::ApplyMode::NoReboot, false))
+        .await
+        .unwrap();
+    let pki = TestPki::new();
+    let pki_dir = f.dir.path().join("pki");
+    pki.write_node(&pki_dir);
+    let ca = pki.ca.crt.0.as_str().to_string();
+    let (addr, server) = start_apid(f.dir.path().join("api.sock"), false, pki_dir).await;
+
+    // Admin: reads, streams, and sees secrets.
+    let mut admin = tls_client(
+        addr,
+        tls::client_config(&ca, &pki.client("os:admin")).unwrap(),
+    );
+    let v = admin
+        .version(pb::VersionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.mode, "running");
+    let mut st = admin
+        .logs(pb::LogsRequest {
+            id: "sleeper".into(),
+            follow: true,
+            tail_lines: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    f.node.logs.ring("sleeper").push("through apid");
+    loop {
+        if st.message().await.unwrap().unwrap().line == "through apid" {
+            break;
+        }
+    }
+    let secrets = |c: &mut MachineClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.get(pb::GetRequest {
+                r#type: "machineconfig".into(),
+                id: "Secrets".into(),
+                namespace: String::new(),
+            })
+            .await
             .unwrap()
-            .connect()
+            .into_inner()
+            .spec_json
+        }
+    };
+    let full = secrets(&mut admin).await;
+    assert!(full.contains("BEGIN"), "{full}");
+
+    // Reader: reads, but secrets are redacted and control is denied, naming both roles.
+    let mut reader = tls_client(
+        addr,
+        tls::client_config(&ca, &pki.client("os:reader")).unwrap(),
+    );
+    let red = secrets(&mut reader).await;
+    assert!(
+        !red.contains("BEGIN") && red.contains("(redacted)"),
+        "{red}"
+    );
+    let e = reader.reboot(pb::RebootRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(
+        e.message(),
+        "Reboot needs role os:operator or higher; this caller has os:reader"
+    );
+    // Operator: service control yes, reset no.
+    let mut op = tls_client(
+        addr,
+        tls::client_config(&ca, &pki.client("os:operator")).unwrap(),
+    );
+    op.service_restart(pb::ServiceRequest {
+        id: "sleeper".into(),
+    })
+    .await
+    .unwrap();
+    let e = op
+        .reset(pb::ResetRequest { graceful: true })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("needs role os:admin"),
+        "{}",
+        e.message()
+    );
+    assert!(f.power.calls.lock().unwrap().is_empty());
+
+    // Refused at the handshake: no certificate, an expired one, one from another CA.
+    let mut anon = tls_client(addr, tls::insecure_client_config());
+    assert!(anon.version(pb::VersionRequest {}).await.is_err());
+    let expired = pki.issue(&["os:admin"], -1, basalt_config::pki::Usage::Client);
+    let mut old = tls_client(addr, tls::client_config(&ca, &expired).unwrap());
+    assert!(old.version(pb::VersionRequest {}).await.is_err());
+    let other = TestPki::new();
+    let mut foreign = tls_client(
+        addr,
+        tls::client_config(&ca, &other.client("os:admin")).unwrap(),
+    );
+    assert!(foreign.version(pb::VersionRequest {}).await.is_err());
+    // And a client that does not trust this node's CA refuses the node.
+    let mut wrong_ca = tls_client(
+        addr,
+        tls::client_config(other.ca.crt.0.as_str(), &pki.client("os:admin")).unwrap(),
+    );
+    assert!(wrong_ca.version(pb::VersionRequest {}).await.is_err());
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apid_proxies_one_hop_to_the_node_named_in_metadata_with_the_callers_role() {
+    let (mut f1, mut f2) = (fixture().await, fixture().await);
+    for f in [&mut f1, &mut f2] {
+        f.client
+            .apply_configuration(apply(CP, pb::ApplyMode::NoReboot, false))
             .await
             .unwrap();
-        let mut c = MachineClient::new(ch);
-        let v = c.version(pb::VersionRequest {}).await.unwrap().into_inner();
-        assert_eq!(v.mode, "maintenance");
-        let r = c.service_list(pb::ServiceListRequest {}).await;
-        if maintenance {
-            let e = r.unwrap_err();
-            assert_eq!(e.code(), Code::PermissionDenied);
-            assert!(
-                e.message().contains("not available in maintenance mode"),
-                "{}",
-                e.message()
-            );
-        } else {
-            assert!(
-                r.unwrap()
-                    .into_inner()
-                    .services
-                    .iter()
-                    .any(|s| s.id == "sleeper")
-            );
-            // Streams pass through too.
-            let mut st = c
-                .logs(pb::LogsRequest {
-                    id: "sleeper".into(),
-                    follow: true,
-                    tail_lines: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            f.node.logs.ring("sleeper").push("through apid");
-            loop {
-                if st.message().await.unwrap().unwrap().line == "through apid" {
-                    break;
-                }
-            }
-        }
-        server.abort();
     }
+    let pki = TestPki::new();
+    let ca = pki.ca.crt.0.as_str().to_string();
+    let (d1, d2) = (f1.dir.path().join("pki"), f2.dir.path().join("pki"));
+    pki.write_node(&d1);
+    pki.write_node(&d2);
+    let (a1, s1) = start_apid(f1.dir.path().join("api.sock"), false, d1).await;
+    let (a2, s2) = start_apid(f2.dir.path().join("api.sock"), false, d2).await;
+    f2.node.logs.ring("sleeper").push("on node two");
+
+    let node2 = a2.to_string();
+    let mut admin = tls_client(
+        a1,
+        tls::client_config(&ca, &pki.client("os:admin")).unwrap(),
+    );
+    let mut st = admin
+        .logs(with_node(
+            pb::LogsRequest {
+                id: "sleeper".into(),
+                follow: false,
+                tail_lines: 100,
+            },
+            &node2,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(l) = st.message().await.unwrap() {
+        lines.push(l.line);
+    }
+    assert!(lines.iter().any(|l| l == "on node two"), "{lines:?}");
+
+    // The target enforces the caller's role, not the proxying node's.
+    let mut reader = tls_client(
+        a1,
+        tls::client_config(&ca, &pki.client("os:reader")).unwrap(),
+    );
+    let e = reader
+        .reboot(with_node(pb::RebootRequest {}, &node2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let r = reader
+        .get(with_node(
+            pb::GetRequest {
+                r#type: "machineconfig".into(),
+                id: "Secrets".into(),
+                namespace: String::new(),
+            },
+            &node2,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.spec_json.contains("(redacted)"), "{}", r.spec_json);
+    // Unreachable nodes say so, by name.
+    let e = admin
+        .version(with_node(pb::VersionRequest {}, "127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("node 127.0.0.1:1"), "{}", e.message());
+    s1.abort();
+    s2.abort();
 }
