@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // osctl prints replies as JSON and YAML.
+        .message_attribute(".", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
     Ok(())
 }

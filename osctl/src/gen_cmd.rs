@@ -55,6 +55,32 @@ pub enum GenCommand {
         /// The file to write.
         #[arg(short = 'o', long, default_value = "secrets.yaml")]
         output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate a client config with a certificate for a role, from a secrets bundle or a
+    /// machine config that holds the OS CA key.
+    #[command(
+        after_help = "Examples:\n  osctl gen osconfig --secrets _out/controlplane.yaml --role os:reader -e 10.5.0.2 -o reader.osconfig\n  osctl --osconfig reader.osconfig services"
+    )]
+    Osconfig {
+        /// A secrets bundle (gen secrets) or a machine config with its Secrets document.
+        #[arg(long)]
+        secrets: PathBuf,
+        /// os:admin, os:operator or os:reader.
+        #[arg(long, default_value = "os:admin", value_parser = ["os:admin", "os:operator", "os:reader"])]
+        role: String,
+        /// The context's name.
+        #[arg(long, default_value = "basalt")]
+        name: String,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// The file to write.
+        #[arg(short = 'o', long, default_value = "osconfig")]
+        output: PathBuf,
+        /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
     },
@@ -74,7 +100,7 @@ pub fn load_patch(arg: &str) -> anyhow::Result<Patch> {
 }
 
 /// Writes a file atomically (write, fsync, rename), refusing to overwrite unless `force`.
-fn write_file(path: &Path, contents: &str, force: bool, mode: u32) -> anyhow::Result<()> {
+pub fn write_file(path: &Path, contents: &str, force: bool, mode: u32) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if path.exists() && !force {
@@ -121,7 +147,8 @@ fn apply_patches(cfg: Config, patches: &[String], which: &str) -> anyhow::Result
     Ok(cfg)
 }
 
-pub fn run(cmd: GenCommand) -> anyhow::Result<()> {
+/// `endpoints`: the global `-e` flag, for the contexts written.
+pub fn run(cmd: GenCommand, endpoints: &[String]) -> anyhow::Result<()> {
     match cmd {
         GenCommand::Config {
             name,
@@ -182,6 +209,27 @@ pub fn run(cmd: GenCommand) -> anyhow::Result<()> {
             let secrets = generate::new_secrets().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
             write_file(&output, &generate::secrets_to_yaml(&secrets), force, 0o600)?;
             print_line(&format!("created {}", output.display()));
+            Ok(())
+        }
+        GenCommand::Osconfig {
+            secrets,
+            role,
+            name,
+            days,
+            output,
+            force,
+        } => {
+            let text = std::fs::read_to_string(&secrets)
+                .with_context(|| format!("cannot read {}", secrets.display()))?;
+            let bundle = generate::parse_secrets(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", secrets.display(), error_chain(&e)))?;
+            let cfg = generate::client_config(&bundle, &name, endpoints.to_vec(), &role, days)
+                .map_err(|e| anyhow::anyhow!("{}: {}", secrets.display(), error_chain(&e)))?;
+            write_file(&output, &cfg.to_yaml(), force, 0o600)?;
+            print_line(&format!(
+                "created {} (context {name:?}, role {role})",
+                output.display()
+            ));
             Ok(())
         }
         GenCommand::Schema => {

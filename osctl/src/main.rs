@@ -1,13 +1,18 @@
-//! `osctl`, the Basalt CLI: generates and checks configs today; talks to nodes over the
-//! machine API as that API arrives. It holds no node logic: anything a node does belongs in
-//! the node's crates.
+//! `osctl`, the Basalt CLI: generates and checks configs, builds images, and drives nodes over
+//! the machine API (mutual TLS to apid). It holds no node logic: anything a node does belongs
+//! in the node's crates.
 
 #![forbid(unsafe_code)]
 // Argument enums are parsed once per run; their size does not matter.
 #![allow(clippy::large_enum_variant)]
 
+mod api_cmd;
+mod client;
+mod config_cmd;
+mod docs;
 mod gen_cmd;
 mod image_cmd;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +23,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "osctl", version, about = "Drive Basalt nodes and clusters")]
 struct Cli {
+    #[command(flatten)]
+    global: client::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +48,16 @@ enum Command {
         patches: Vec<String>,
     },
     /// Build boot images: rootfs.sqsh, initramfs, ISO, PXE assets.
+    #[command(after_help = "Example:\n  osctl image all --out _out/image")]
     Image(image_cmd::ImageArgs),
+    /// Manage the client config: contexts, endpoints, nodes.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    #[command(flatten)]
+    Api(api_cmd::ApiCommand),
+    /// Print this command reference as Markdown (docs/osctl.md is made with it).
+    #[command(hide = true)]
+    Docs,
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  osctl completion bash > /etc/bash_completion.d/osctl")]
     Completion { shell: clap_complete::Shell },
@@ -60,7 +76,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Gen(cmd) => gen_cmd::run(cmd),
+        Command::Gen(cmd) => gen_cmd::run(cmd, &cli.global.endpoints),
+        Command::Config(cmd) => config_cmd::run(&cli.global, cmd),
+        Command::Api(cmd) => api_cmd::run(&cli.global, cmd),
+        Command::Docs => {
+            use clap::CommandFactory;
+            output::stdout(&docs::markdown(&Cli::command()));
+            Ok(())
+        }
         Command::Image(args) => image_cmd::run(args),
         Command::Validate {
             config,

@@ -239,3 +239,171 @@ fn container_mode_and_bad_arguments() {
     let o = osctl(dir.path(), &["gen", "schema"]);
     assert!(text(&o).0.contains("\"LinkConfigDocument\""));
 }
+
+#[test]
+fn the_command_reference_is_current_and_every_command_has_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = osctl(dir.path(), &["docs"]);
+    assert!(o.status.success());
+    let generated = text(&o).0;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/osctl.md");
+    let on_disk = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        generated == on_disk,
+        "docs/osctl.md is stale: run `cargo run -p osctl -- docs > docs/osctl.md`"
+    );
+    // Every leaf command section ends with an example block.
+    let sections: Vec<&str> = generated.split("\n## ").skip(2).collect();
+    for s in generated.split("\n### ").skip(1).chain(sections) {
+        let title = s.lines().next().unwrap_or_default();
+        if s.contains("```\nExample") || !s.contains("```\nosctl") {
+            continue;
+        }
+        panic!("{title}: no example in its help");
+    }
+}
+
+#[test]
+fn client_config_contexts_endpoints_nodes_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("client.yaml");
+    let cfg_s = cfg.to_str().unwrap();
+    // Nothing there yet: the error says how to make one.
+    let o = osctl(dir.path(), &["--osconfig", cfg_s, "services"]);
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("no client config at") && err.contains("osctl gen config"),
+        "{err}"
+    );
+    let o = osctl(
+        dir.path(),
+        &["gen", "config", "demo", "https://10.5.0.2:6443"],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = osctl(
+        dir.path(),
+        &["--osconfig", cfg_s, "config", "merge", "osconfig"],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("merged context \"demo\""));
+    // Merging again keeps both, renamed.
+    let o = osctl(
+        dir.path(),
+        &["--osconfig", cfg_s, "config", "merge", "osconfig"],
+    );
+    assert!(text(&o).0.contains("\"demo-1\""), "{:?}", text(&o));
+    let o = osctl(
+        dir.path(),
+        &["--osconfig", cfg_s, "config", "context", "demo"],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = osctl(
+        dir.path(),
+        &[
+            "--osconfig",
+            cfg_s,
+            "config",
+            "endpoint",
+            "10.5.0.2",
+            "10.5.0.3",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = osctl(
+        dir.path(),
+        &["--osconfig", cfg_s, "config", "node", "10.5.0.4"],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = osctl(dir.path(), &["--osconfig", cfg_s, "config", "contexts"]);
+    let out = text(&o).0;
+    assert!(
+        out.lines().any(|l| l.starts_with('*')
+            && l.contains("demo ")
+            && l.contains("10.5.0.2,10.5.0.3")
+            && l.contains("10.5.0.4")),
+        "{out}"
+    );
+    let o = osctl(dir.path(), &["--osconfig", cfg_s, "config", "info"]);
+    let out = text(&o).0;
+    assert!(out.contains("Roles:           os:admin"), "{out}");
+    // OSCONFIG works as --osconfig does.
+    let o = Command::new(env!("CARGO_BIN_EXE_osctl"))
+        .args(["config", "info"])
+        .env("OSCONFIG", &cfg)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        text(&o).0.contains("Current context: demo"),
+        "{:?}",
+        text(&o)
+    );
+    let o = osctl(
+        dir.path(),
+        &["--osconfig", cfg_s, "config", "context", "nope"],
+    );
+    assert!(text(&o).1.contains("no context \"nope\""), "{:?}", text(&o));
+
+    // A reader's client config from the cluster's secrets.
+    let o = osctl(
+        dir.path(),
+        &[
+            "-e",
+            "10.5.0.2",
+            "gen",
+            "osconfig",
+            "--secrets",
+            "controlplane.yaml",
+            "--role",
+            "os:reader",
+            "-o",
+            "reader",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = osctl(dir.path(), &["--osconfig", "reader", "config", "info"]);
+    let out = text(&o).0;
+    assert!(
+        out.contains("Roles:           os:reader") && out.contains("Endpoints:       10.5.0.2"),
+        "{out}"
+    );
+    // A worker config carries the OS CA key too; a file with no Secrets is refused by name.
+    let o = osctl(
+        dir.path(),
+        &["gen", "osconfig", "--secrets", "osconfig", "-o", "x"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("osconfig"), "{:?}", text(&o));
+}
+
+#[test]
+fn unreachable_nodes_are_named_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = osctl(
+        dir.path(),
+        &["gen", "config", "demo", "https://10.5.0.2:6443"],
+    );
+    assert!(o.status.success());
+    // Port 1 on loopback: nothing listens.
+    let o = osctl(
+        dir.path(),
+        &[
+            "--osconfig",
+            "osconfig",
+            "-e",
+            "127.0.0.1:1",
+            "-n",
+            "127.0.0.1:1,localhost:1",
+            "version",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("127.0.0.1:1: error:") && err.contains("localhost:1: error:"),
+        "{err}"
+    );
+    assert!(err.contains("nothing answers there"), "{err}");
+    assert!(err.contains("2 of 2 nodes failed"), "{err}");
+}

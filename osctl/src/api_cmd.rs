@@ -1,0 +1,947 @@
+//! The commands that talk to nodes over the machine API.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow};
+use basalt_api::machine as pb;
+use clap::{ArgAction, Subcommand, ValueEnum};
+use futures::StreamExt as _;
+
+use crate::client::{self, Global, Target};
+use crate::output::{self, Format, Out, Table, stdout};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ApplyMode {
+    /// Apply live and save; fails if a changed field needs a reboot.
+    NoReboot,
+    /// Save; the node takes it at its next boot.
+    Staged,
+    /// Apply live without saving; the node goes back to its config after --timeout unless
+    /// a no-reboot apply confirms it.
+    Try,
+    /// Save, then reboot.
+    Reboot,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Print the client's version and each node's.
+    #[command(
+        after_help = "Examples:\n  osctl version -n 10.5.0.2\n  osctl version --insecure -n 10.5.0.2   # a node in maintenance mode"
+    )]
+    Version {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Send a machine config to nodes.
+    #[command(
+        name = "apply-config",
+        after_help = "Examples:\n  osctl apply-config --insecure -n 10.5.0.2 -f controlplane.yaml   # first config, maintenance mode\n  osctl apply-config -n 10.5.0.2 -f controlplane.yaml --dry-run\n  osctl apply-config -n 10.5.0.2 -f controlplane.yaml -m try --timeout 2m"
+    )]
+    ApplyConfig {
+        /// The config file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// How the node takes it.
+        #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::NoReboot)]
+        mode: ApplyMode,
+        /// Show what would change (the config diff, the resources) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With -m try: how long until the node goes back (e.g. 90s, 2m; default 1m).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<u32>,
+    },
+    /// List resources of a type, or show one; -w to follow changes.
+    #[command(
+        after_help = "Examples:\n  osctl get services\n  osctl get machineconfig Secrets -o yaml\n  osctl get svc -w"
+    )]
+    Get {
+        /// The resource type: its name, plural or short form (svc, mc, sequence, ...).
+        resource: String,
+        /// One resource by id.
+        id: Option<String>,
+        /// Only this namespace.
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// Print the resources, then every change as it happens.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// List the node's services with their state and health.
+    #[command(after_help = "Example:\n  osctl services -n 10.5.0.2,10.5.0.3")]
+    Services {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Show one service, or start, stop or restart it.
+    #[command(
+        after_help = "Examples:\n  osctl service containerd\n  osctl service containerd restart"
+    )]
+    Service {
+        /// The service id.
+        name: String,
+        /// What to do; without one, show the service and its recent events.
+        action: Option<ServiceAction>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Print a service's log (or init's: `osctl logs init`).
+    #[command(after_help = "Examples:\n  osctl logs containerd --tail 20\n  osctl logs apid -f")]
+    Logs {
+        /// The service id, or init.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines kept (0: all of them).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// Print the kernel log.
+    #[command(after_help = "Examples:\n  osctl dmesg --tail 50\n  osctl dmesg -f")]
+    Dmesg {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines (0: all).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// List containers (containerd, every namespace unless one is named).
+    #[command(after_help = "Example:\n  osctl containers --namespace system")]
+    Containers {
+        #[arg(long, default_value = "")]
+        namespace: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// List container images.
+    #[command(after_help = "Example:\n  osctl images")]
+    Images {
+        #[arg(long, default_value = "")]
+        namespace: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Show memory use (from /proc/meminfo).
+    #[command(after_help = "Example:\n  osctl memory -n 10.5.0.2")]
+    Memory {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// List processes, largest resident memory first.
+    #[command(after_help = "Example:\n  osctl processes")]
+    Processes {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// List mounts with their size and free space.
+    #[command(after_help = "Example:\n  osctl mounts")]
+    Mounts {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// List disks (works in maintenance mode with --insecure).
+    #[command(after_help = "Example:\n  osctl disks --insecure -n 10.5.0.2")]
+    Disks {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Reboot nodes: stop services, sync, unmount, reboot.
+    #[command(after_help = "Example:\n  osctl reboot -n 10.5.0.3")]
+    Reboot,
+    /// Power nodes off.
+    #[command(after_help = "Example:\n  osctl shutdown -n 10.5.0.3")]
+    Shutdown,
+    /// Wipe nodes' config and data and reboot them into maintenance mode.
+    #[command(
+        after_help = "Examples:\n  osctl reset -n 10.5.0.3\n  osctl reset -n 10.5.0.3 --graceful=false   # do not wait for services to stop"
+    )]
+    Reset {
+        /// Stop services in order first (false: kill them at once).
+        #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        graceful: bool,
+    },
+}
+
+/// `90`, `90s`, `2m`, `1h` → seconds.
+fn parse_duration(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.strip_suffix('h') {
+        Some(n) => (n, 3600),
+        None => match s.strip_suffix('m') {
+            Some(n) => (n, 60),
+            None => (s.strip_suffix('s').unwrap_or(s), 1),
+        },
+    };
+    num.parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a duration like 90s, 2m or 1h"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn run(g: &Global, cmd: ApiCommand) -> anyhow::Result<()> {
+    // Channels are made inside the runtime: they need its reactor.
+    runtime()?.block_on(async {
+        let targets = client::targets(g)?;
+        run_async(&targets, cmd).await
+    })
+}
+
+async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
+    match cmd {
+        ApiCommand::Version { out } => {
+            if out.output == Format::Table {
+                stdout(&format!("Client: osctl {}\n", env!("CARGO_PKG_VERSION")));
+            }
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .version(t.req(pb::VersionRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(out.output, r, |v| {
+                let mut t = Table::new(&["TAG", "ARCH", "KERNEL", "MODE", "HOSTNAME", "UPTIME"]);
+                t.row(vec![
+                    v.tag.clone(),
+                    v.arch.clone(),
+                    v.kernel.clone(),
+                    v.mode.clone(),
+                    v.hostname.clone(),
+                    output::age(v.uptime_seconds),
+                ]);
+                t
+            })
+        }
+        ApiCommand::ApplyConfig {
+            file,
+            mode,
+            dry_run,
+            timeout,
+        } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mode = match mode {
+                ApplyMode::NoReboot => pb::ApplyMode::NoReboot,
+                ApplyMode::Staged => pb::ApplyMode::Staged,
+                ApplyMode::Try => pb::ApplyMode::Try,
+                ApplyMode::Reboot => pb::ApplyMode::Reboot,
+            };
+            let req = pb::ApplyConfigurationRequest {
+                data,
+                mode: mode as i32,
+                dry_run,
+                try_timeout_seconds: timeout.unwrap_or(0),
+            };
+            let r = client::each(targets, |t| {
+                let req = req.clone();
+                async move {
+                    t.client
+                        .clone()
+                        .apply_configuration(t.req(req))
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+            let many = r.len() > 1;
+            let mut failed = 0;
+            for (node, res) in &r {
+                let p = if many {
+                    format!("{node}: ")
+                } else {
+                    String::new()
+                };
+                match res {
+                    Ok(a) => {
+                        stdout(&format!("{p}{}\n", a.summary));
+                        for c in &a.resource_changes {
+                            stdout(&format!("{p}  {c}\n"));
+                        }
+                        for f in &a.needs_reboot {
+                            stdout(&format!("{p}  needs a reboot: {f}\n"));
+                        }
+                        if dry_run && !a.config_diff.is_empty() {
+                            stdout(&a.config_diff);
+                            if !a.config_diff.ends_with('\n') {
+                                stdout("\n");
+                            }
+                        }
+                    }
+                    Err(s) => {
+                        failed += 1;
+                        output::stderr(&format!("{node}: error: {}", client::explain(s)));
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!(
+                    "{file}: {failed} of {} nodes refused the config",
+                    r.len(),
+                    file = file.display()
+                );
+            }
+            Ok(())
+        }
+        ApiCommand::Get {
+            resource,
+            id,
+            namespace,
+            watch,
+            out,
+        } => get(targets, resource, id, namespace, watch, out.output).await,
+        ApiCommand::Services { out } => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .service_list(t.req(pb::ServiceListRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(out.output, r, |l| {
+                let mut t =
+                    Table::new(&["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MESSAGE"]);
+                for s in &l.services {
+                    t.row(service_row(s));
+                }
+                t
+            })
+        }
+        ApiCommand::Service { name, action, out } => {
+            let Some(action) = action else {
+                let r = client::each(targets, |t| {
+                    let name = name.clone();
+                    async move {
+                        let l = t
+                            .client
+                            .clone()
+                            .service_list(t.req(pb::ServiceListRequest {}))
+                            .await?
+                            .into_inner();
+                        let ids: Vec<_> = l.services.iter().map(|s| s.id.clone()).collect();
+                        l.services
+                            .into_iter()
+                            .find(|s| s.id == name)
+                            .ok_or_else(|| {
+                                tonic::Status::not_found(format!(
+                                    "no service {name:?} (services: {})",
+                                    ids.join(", ")
+                                ))
+                            })
+                    }
+                })
+                .await;
+                if out.output != Format::Table {
+                    return output::results(out.output, r, |_| Table::default());
+                }
+                let many = r.len() > 1;
+                let mut failed = 0;
+                for (node, res) in &r {
+                    match res {
+                        Ok(s) => {
+                            if many {
+                                stdout(&format!("NODE: {node}\n"));
+                            }
+                            let mut t = Table::new(&[
+                                "SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MESSAGE",
+                            ]);
+                            t.row(service_row(s));
+                            stdout(&t.render());
+                            stdout("EVENTS\n");
+                            for e in &s.events {
+                                stdout(&format!(
+                                    "  {}  {}  {}\n",
+                                    clock(e.time_ms),
+                                    e.state,
+                                    e.message
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            output::stderr(&format!("{node}: error: {}", client::explain(e)));
+                        }
+                    }
+                }
+                if failed > 0 {
+                    anyhow::bail!("{failed} of {} nodes failed", r.len());
+                }
+                return Ok(());
+            };
+            let r = client::each(targets, |t| {
+                let req = pb::ServiceRequest { id: name.clone() };
+                async move {
+                    let mut c = t.client.clone();
+                    match action {
+                        ServiceAction::Start => c.service_start(t.req(req)).await,
+                        ServiceAction::Stop => c.service_stop(t.req(req)).await,
+                        ServiceAction::Restart => c.service_restart(t.req(req)).await,
+                    }
+                    .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+            output::results(out.output, r, |s| {
+                let mut t = Table::new(&["RESULT"]);
+                t.row(vec![s.summary.clone()]);
+                t
+            })
+        }
+        ApiCommand::Logs { name, follow, tail } => {
+            let req = pb::LogsRequest {
+                id: name,
+                follow,
+                tail_lines: tail,
+            };
+            lines(targets, move |t| {
+                let req = req.clone();
+                async move { Ok(t.client.clone().logs(t.req(req)).await?.into_inner()) }
+            })
+            .await
+        }
+        ApiCommand::Dmesg { follow, tail } => {
+            let req = pb::DmesgRequest {
+                follow,
+                tail_lines: tail,
+            };
+            lines(targets, move |t| async move {
+                Ok(t.client.clone().dmesg(t.req(req)).await?.into_inner())
+            })
+            .await
+        }
+        ApiCommand::Containers { namespace, out } => {
+            let r = client::each(targets, |t| {
+                let req = pb::ContainersRequest {
+                    namespace: namespace.clone(),
+                };
+                async move {
+                    t.client
+                        .clone()
+                        .containers(t.req(req))
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+            output::results(out.output, r, |l| {
+                let mut t = Table::new(&["NAMESPACE", "ID", "IMAGE", "STATUS", "PID"]);
+                for c in &l.containers {
+                    t.row(vec![
+                        c.namespace.clone(),
+                        c.id.clone(),
+                        c.image.clone(),
+                        c.status.clone(),
+                        pid(c.pid as i32),
+                    ]);
+                }
+                t
+            })
+        }
+        ApiCommand::Images { namespace, out } => {
+            let r = client::each(targets, |t| {
+                let req = pb::ImagesRequest {
+                    namespace: namespace.clone(),
+                };
+                async move {
+                    t.client
+                        .clone()
+                        .images(t.req(req))
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+            output::results(out.output, r, |l| {
+                let mut t = Table::new(&["NAMESPACE", "IMAGE", "DIGEST", "SIZE"]);
+                for i in &l.images {
+                    t.row(vec![
+                        i.namespace.clone(),
+                        i.name.clone(),
+                        i.digest.chars().take(19).collect(),
+                        output::bytes(i.size.max(0) as u64),
+                    ]);
+                }
+                t
+            })
+        }
+        ApiCommand::Memory { out } => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .memory(t.req(pb::MemoryRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(out.output, r, |m| {
+                let f = |k: &str| m.meminfo_kib.get(k).copied().unwrap_or(0) * 1024;
+                let mut t = Table::new(&[
+                    "TOTAL",
+                    "USED",
+                    "FREE",
+                    "AVAILABLE",
+                    "BUFFERS",
+                    "CACHED",
+                    "SHARED",
+                ]);
+                let used = f("MemTotal").saturating_sub(f("MemAvailable"));
+                t.row(
+                    [
+                        f("MemTotal"),
+                        used,
+                        f("MemFree"),
+                        f("MemAvailable"),
+                        f("Buffers"),
+                        f("Cached"),
+                        f("Shmem"),
+                    ]
+                    .map(output::bytes)
+                    .to_vec(),
+                );
+                t
+            })
+        }
+        ApiCommand::Processes { out } => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .processes(t.req(pb::ProcessesRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(out.output, r, |l| {
+                let mut ps = l.processes.clone();
+                ps.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid)));
+                let mut t = Table::new(&[
+                    "PID",
+                    "PPID",
+                    "STATE",
+                    "THREADS",
+                    "RSS",
+                    "CPU-TICKS",
+                    "COMMAND",
+                ]);
+                for p in ps {
+                    let cmd = if p.args.is_empty() {
+                        format!("[{}]", p.command)
+                    } else {
+                        p.args.chars().take(80).collect()
+                    };
+                    t.row(vec![
+                        p.pid.to_string(),
+                        p.ppid.to_string(),
+                        p.state,
+                        p.threads.to_string(),
+                        output::bytes(p.rss_bytes),
+                        p.cpu_ticks.to_string(),
+                        cmd,
+                    ]);
+                }
+                t
+            })
+        }
+        ApiCommand::Mounts { out } => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .mounts(t.req(pb::MountsRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(out.output, r, |l| {
+                let mut t =
+                    Table::new(&["SOURCE", "MOUNTPOINT", "TYPE", "MODE", "SIZE", "AVAILABLE"]);
+                for m in &l.mounts {
+                    t.row(vec![
+                        m.source.clone(),
+                        m.point.clone(),
+                        m.fstype.clone(),
+                        if m.read_only { "ro" } else { "rw" }.into(),
+                        size_or_dash(m.size_bytes),
+                        size_or_dash(m.available_bytes),
+                    ]);
+                }
+                t
+            })
+        }
+        ApiCommand::Disks { out } => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .disks(t.req(pb::DisksRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(out.output, r, |l| {
+                let mut t = Table::new(&[
+                    "DEVICE",
+                    "SIZE",
+                    "MODEL",
+                    "SERIAL",
+                    "LABEL",
+                    "RO",
+                    "ROTATIONAL",
+                ]);
+                for d in &l.disks {
+                    t.row(vec![
+                        format!("/dev/{}", d.name),
+                        output::bytes(d.size_bytes),
+                        d.model.clone(),
+                        d.serial.clone(),
+                        d.label.clone(),
+                        d.read_only.to_string(),
+                        d.rotational.to_string(),
+                    ]);
+                }
+                t
+            })
+        }
+        ApiCommand::Reboot => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .reboot(t.req(pb::RebootRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(Format::Table, r, sequence_table)
+        }
+        ApiCommand::Shutdown => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .shutdown(t.req(pb::ShutdownRequest {}))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(Format::Table, r, sequence_table)
+        }
+        ApiCommand::Reset { graceful } => {
+            let r = client::each(targets, |t| async move {
+                t.client
+                    .clone()
+                    .reset(t.req(pb::ResetRequest { graceful }))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            output::results(Format::Table, r, sequence_table)
+        }
+    }
+}
+
+fn sequence_table(s: &pb::SequenceResponse) -> Table {
+    let mut t = Table::new(&["SEQUENCE", "RESULT"]);
+    t.row(vec![s.sequence.clone(), s.summary.clone()]);
+    t
+}
+
+fn service_row(s: &pb::ServiceInfo) -> Vec<String> {
+    vec![
+        s.id.clone(),
+        s.state.clone(),
+        if s.health.is_empty() {
+            "-".into()
+        } else {
+            s.health.clone()
+        },
+        pid(s.pid),
+        s.restarts.to_string(),
+        s.message.clone(),
+    ]
+}
+
+fn pid(p: i32) -> String {
+    if p > 0 { p.to_string() } else { "-".into() }
+}
+
+fn size_or_dash(n: u64) -> String {
+    if n == 0 { "-".into() } else { output::bytes(n) }
+}
+
+/// A wall-clock time (UTC) from milliseconds since the epoch.
+fn clock(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Prints log lines from every target as they come, prefixed with the node when there are
+/// several.
+async fn lines<F, Fut>(targets: &[Target], open: F) -> anyhow::Result<()>
+where
+    F: Fn(Target) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Streaming<pb::LogLine>, tonic::Status>>,
+{
+    let many = targets.len() > 1;
+    let streams = targets.iter().map(|t| {
+        let label = t.label.clone();
+        let fut = open(t.clone());
+        async move {
+            let p = if many {
+                format!("{label}: ")
+            } else {
+                String::new()
+            };
+            let mut s = match fut.await {
+                Ok(s) => s,
+                Err(e) => return Err(format!("{label}: error: {}", client::explain(&e))),
+            };
+            loop {
+                match s.next().await {
+                    Some(Ok(l)) => stdout(&format!("{p}{}\n", l.line)),
+                    Some(Err(e)) => return Err(format!("{label}: error: {}", client::explain(&e))),
+                    None => return Ok(()),
+                }
+            }
+        }
+    });
+    let results = futures::future::join_all(streams).await;
+    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    for f in &failed {
+        output::stderr(f);
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "{} of {} nodes failed",
+            failed.len(),
+            targets.len()
+        ))
+    }
+}
+
+/// A resource as people and programs read it: metadata and the spec as structured data.
+#[derive(Debug, serde::Serialize)]
+struct ResourceView {
+    namespace: String,
+    #[serde(rename = "type")]
+    type_: String,
+    id: String,
+    version: u64,
+    owner: String,
+    phase: String,
+    #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+    labels: std::collections::HashMap<String, String>,
+    spec: serde_json::Value,
+}
+
+impl From<pb::Resource> for ResourceView {
+    fn from(r: pb::Resource) -> Self {
+        ResourceView {
+            spec: serde_json::from_str(&r.spec_json)
+                .unwrap_or(serde_json::Value::String(r.spec_json)),
+            namespace: r.namespace,
+            type_: r.r#type,
+            id: r.id,
+            version: r.version,
+            owner: r.owner,
+            phase: r.phase,
+            labels: r.labels,
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ResourceList {
+    resources: Vec<ResourceView>,
+}
+
+fn resource_row(r: &ResourceView) -> Vec<String> {
+    vec![
+        r.namespace.clone(),
+        r.type_.clone(),
+        r.id.clone(),
+        r.version.to_string(),
+        r.phase.clone(),
+    ]
+}
+
+const RESOURCE_HEADERS: [&str; 5] = ["NAMESPACE", "TYPE", "ID", "VERSION", "PHASE"];
+
+async fn get(
+    targets: &[Target],
+    resource: String,
+    id: Option<String>,
+    namespace: String,
+    watch: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    if watch {
+        let req = pb::WatchRequest {
+            r#type: resource,
+            namespace,
+            id: id.unwrap_or_default(),
+            bootstrap: true,
+        };
+        let many = targets.len() > 1;
+        if format == Format::Table {
+            let mut h = if many { vec!["NODE"] } else { Vec::new() };
+            h.push("EVENT");
+            h.extend(RESOURCE_HEADERS);
+            stdout(Table::new(&h).render().as_str());
+        }
+        let streams = targets.iter().map(|t| {
+            let (t, req) = (t.clone(), req.clone());
+            async move {
+                let mut s = t
+                    .client
+                    .clone()
+                    .watch(t.req(req))
+                    .await
+                    .map_err(|e| format!("{}: error: {}", t.label, client::explain(&e)))?
+                    .into_inner();
+                while let Some(ev) = s.next().await {
+                    let ev =
+                        ev.map_err(|e| format!("{}: error: {}", t.label, client::explain(&e)))?;
+                    let Some(r) = ev.resource else {
+                        continue;
+                    };
+                    let view = ResourceView::from(r);
+                    match format {
+                        Format::Table => {
+                            let mut row = if many {
+                                vec![t.label.clone()]
+                            } else {
+                                Vec::new()
+                            };
+                            row.push(ev.kind.clone());
+                            row.extend(resource_row(&view));
+                            // One line per event; columns are not aligned across events.
+                            stdout(&format!("{}\n", row.join("   ")));
+                        }
+                        f => {
+                            let mut doc = output::labelled(&t.label, &view);
+                            doc["event"] = ev.kind.clone().into();
+                            output::documents(f, &[doc]);
+                        }
+                    }
+                }
+                Ok::<(), String>(())
+            }
+        });
+        let failed: Vec<String> = futures::future::join_all(streams)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        for f in &failed {
+            output::stderr(f);
+        }
+        if !failed.is_empty() {
+            anyhow::bail!("{} of {} nodes failed", failed.len(), targets.len());
+        }
+        return Ok(());
+    }
+    let r = client::each(targets, |t| {
+        let (resource, id, namespace) = (resource.clone(), id.clone(), namespace.clone());
+        async move {
+            let mut c = t.client.clone();
+            let resources = match id {
+                Some(id) => vec![
+                    c.get(t.req(pb::GetRequest {
+                        r#type: resource,
+                        id,
+                        namespace,
+                    }))
+                    .await?
+                    .into_inner(),
+                ],
+                None => {
+                    c.list(t.req(pb::ListRequest {
+                        r#type: resource,
+                        namespace,
+                    }))
+                    .await?
+                    .into_inner()
+                    .resources
+                }
+            };
+            Ok(ResourceList {
+                resources: resources.into_iter().map(ResourceView::from).collect(),
+            })
+        }
+    })
+    .await;
+    if format == Format::Table {
+        return output::results(format, r, |l| {
+            let mut t = Table::new(&RESOURCE_HEADERS);
+            for v in &l.resources {
+                t.row(resource_row(v));
+            }
+            t
+        });
+    }
+    // YAML/JSON: one document per resource, as `kubectl get -o yaml` gives them.
+    let mut failed = 0;
+    let total = r.len();
+    for (node, res) in r {
+        match res {
+            Ok(l) => {
+                let docs: Vec<_> = l
+                    .resources
+                    .iter()
+                    .map(|v| output::labelled(&node, v))
+                    .collect();
+                output::documents(format, &docs);
+            }
+            Err(s) => {
+                failed += 1;
+                output::stderr(&format!("{node}: error: {}", client::explain(&s)));
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {total} nodes failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("2m"), Ok(120));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(clock(0), "1970-01-01 00:00:00.000");
+    }
+}
