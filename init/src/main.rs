@@ -9,30 +9,7 @@
 //! It must never exit while it is PID 1: a fatal error is logged and the machine reboots.
 //! It must not grow a shell or anything that interprets user input beyond the machine API.
 
-mod api;
-mod apid;
-mod cgroup;
-mod cmdline;
-mod configstate;
-mod containerd;
-mod containers;
-mod early;
-mod hello;
-mod log;
-mod logring;
-mod loopdev;
-mod mounts;
-mod net;
-mod node;
-mod pid1;
-mod process;
-mod reaper;
-mod sequence;
-mod supervisor;
-mod sysinfo;
-mod tasks;
-
-pub use basalt_resources::error_chain;
+use basalt_init::{apid, early, hello, pid1};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -129,6 +129,20 @@ async fn main() {
             None => {}
             Some(Err(e)) => log::line(&e.to_string()),
             Some(Ok(arg)) => match net::apply(&arg, Duration::from_secs(30)).await {
+                // The hostname field of ip= names the node, as the kernel's ipconfig does.
+                Ok(()) if arg.hostname.is_some() => {
+                    let h = arg.hostname.clone().unwrap_or_default();
+                    if let Err(e) = nix::unistd::sethostname(&h) {
+                        log::line(&format!("boot network: cannot set the hostname {h:?}: {e}"));
+                    }
+                    log::line(&format!(
+                        "network: {} {}/{}{}; hostname {h}",
+                        arg.device,
+                        arg.address,
+                        arg.prefix,
+                        arg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+                    ));
+                }
                 Ok(()) => log::line(&format!(
                     "network: {} {}/{}{}",
                     arg.device,

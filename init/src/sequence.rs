@@ -37,14 +37,12 @@ impl Power for RealPower {
     }
 }
 
-/// Power for tests: records what was asked.
-#[cfg(test)]
+/// Power for tests and benches: records what was asked, powers nothing.
 #[derive(Debug, Default)]
 pub struct FakePower {
     pub calls: Mutex<Vec<&'static str>>,
 }
 
-#[cfg(test)]
 impl Power for FakePower {
     fn reboot(&self) {
         self.calls

@@ -28,13 +28,6 @@ pub const OWNER: &str = "supervisor";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dependency {
     /// Another service running (and healthy, if it has a check) or finished.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "no node service depends on another yet: kubelet will (issue 9)"
-        )
-    )]
     Service(String),
     /// A node condition: [`NETWORK`], [`CONFIG`], [`TIME`].
     Condition(&'static str),

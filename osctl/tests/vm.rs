@@ -1,0 +1,319 @@
+//! osctl against real nodes: two QEMU VMs (TCG) booted from this tree's images, driven only
+//! through the osctl binary, a Python grpcio client and `openssl s_client`, as a user would.
+//! VM tier: `hack/test` enables it; a plain `cargo test` skips.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use basalt_image::qemu::{Boot, Vm, VmOptions};
+use basalt_image::{BuildOptions, Target};
+use basalt_testkit::{Tier, tier};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_osctl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = run(dir, args);
+    assert!(o.status.success(), "osctl {}: {}", args.join(" "), text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs osctl until its stdout satisfies `pred` (nodes take a moment after a config).
+fn until(dir: &Path, args: &[&str], timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let o = run(dir, args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() && pred(&out) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "osctl {} never got there: {}",
+            args.join(" "),
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn boot(
+    name: &str,
+    a: &basalt_image::Artifacts,
+    port: u16,
+    disk: Option<PathBuf>,
+    dir: &Path,
+) -> Vm {
+    let wd = dir.join(name);
+    std::fs::create_dir_all(&wd).unwrap();
+    Vm::start_with(
+        &Boot::Kernel {
+            vmlinuz: a.vmlinuz.clone().unwrap(),
+            initramfs: a.initramfs.clone().unwrap(),
+            cmdline: format!(
+                "{} basalt.reboot_delay=1 ip=10.0.2.15::10.0.2.2:255.255.255.0:{name}:eth0:off",
+                basalt_image::build::BASE_CMDLINE
+            ),
+        },
+        &wd,
+        &VmOptions {
+            memory_mib: 768,
+            forward: vec![(port, 50000)],
+            disk,
+            allow_reboot: true,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn osctl_drives_two_nodes_through_one_endpoint() {
+    if !tier(Tier::Vm, "osctl_drives_two_nodes_through_one_endpoint") {
+        return;
+    }
+    let python = std::env::var("BASALT_PYTHON")
+        .expect("BASALT_PYTHON (a venv with grpcio, grpcio-tools, pyyaml; hack/test makes it)");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let a = basalt_image::build(
+        Target::All,
+        &BuildOptions {
+            out: tmp.join("vm-images/osctl"),
+            init: None,
+            extra_cmdline: Vec::new(),
+            verbose: false,
+            with_containerd: true,
+        },
+    )
+    .unwrap();
+    let dir = tmp.join("vm-runs/osctl");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("state.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "BASALT-STATE"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let (p1, p2) = (free_port(), free_port());
+    let (e1, e2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    // node1 reaches node2 through QEMU's user network: 10.0.2.2 is the host, where node2's
+    // API port is forwarded. node2's certificate must name that address: certSANs.
+    let n2 = format!("10.0.2.2:{p2}");
+    let mut vm1 = boot("node1", &a, p1, Some(disk), &dir);
+    let mut vm2 = boot("node2", &a, p2, None, &dir);
+
+    ok(&dir, &["gen", "config", "demo", "https://10.0.2.15:6443"]);
+    let cp = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
+    let cp = cp.replacen(
+        "type: controlplane\n",
+        "type: controlplane\ncertSANs:\n  - 10.0.2.2\n",
+        1,
+    );
+    std::fs::write(dir.join("cp.yaml"), cp).unwrap();
+    let osconfig = dir.join("client.yaml");
+    let oc = osconfig.to_str().unwrap();
+    ok(&dir, &["--osconfig", oc, "config", "merge", "osconfig"]);
+    ok(&dir, &["--osconfig", oc, "config", "endpoint", &e1]);
+
+    // Maintenance mode: only --insecure, only three methods.
+    for (vm, e) in [(&mut vm1, &e1), (&mut vm2, &e2)] {
+        vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
+            .unwrap();
+        let v = until(
+            &dir,
+            &["--insecure", "-n", e, "version"],
+            BOOT_TIMEOUT,
+            |o| o.contains("maintenance"),
+        );
+        assert!(v.contains("Client: osctl"), "{v}");
+        let o = run(&dir, &["--insecure", "-n", e, "services"]);
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("not available in maintenance mode"),
+            "{}",
+            text(&o)
+        );
+        let disks = ok(&dir, &["--insecure", "-n", e, "disks"]);
+        assert!(disks.contains("DEVICE"), "{disks}");
+        let out = ok(
+            &dir,
+            &["apply-config", "--insecure", "-n", e, "-f", "cp.yaml"],
+        );
+        assert!(out.contains("applied live and saved"), "{out}");
+    }
+
+    // With the generated client config: mutual TLS.
+    let v = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+        o.contains("running")
+    });
+    assert!(v.contains("node1"), "{v}");
+    let s = until(&dir, &["--osconfig", oc, "services"], BOOT_TIMEOUT, |o| {
+        o.lines()
+            .any(|l| l.starts_with("containerd") && l.contains("running") && l.contains("healthy"))
+    });
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("apid") && l.contains("running")),
+        "{s}"
+    );
+    let mc = ok(&dir, &["--osconfig", oc, "get", "machineconfig"]);
+    assert!(
+        mc.contains("MachineConfig") && mc.contains("Secrets"),
+        "{mc}"
+    );
+    let y = ok(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "get",
+            "services",
+            "containerd",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(y.contains("id: containerd") && y.contains("node: "), "{y}");
+
+    // logs -f streams: the first line arrives, then we stop it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_osctl"))
+        .args(["--osconfig", oc, "logs", "containerd", "-f", "--tail", "5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "logs -f ended by itself"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    // A reader may look, not reboot, and is told which role it needs.
+    ok(
+        &dir,
+        &[
+            "-e",
+            &e1,
+            "gen",
+            "osconfig",
+            "--secrets",
+            "cp.yaml",
+            "--role",
+            "os:reader",
+            "-o",
+            "reader.yaml",
+        ],
+    );
+    ok(&dir, &["--osconfig", "reader.yaml", "services"]);
+    let o = run(&dir, &["--osconfig", "reader.yaml", "reboot"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("Reboot needs role os:operator or higher; this caller has os:reader"),
+        "{}",
+        text(&o)
+    );
+
+    // Through node1's endpoint to node2, and to both at once.
+    let v = until(
+        &dir,
+        &["--osconfig", oc, "-n", &n2, "version"],
+        BOOT_TIMEOUT,
+        |o| o.contains("node2") && o.contains("running"),
+    );
+    assert!(!v.contains("node1"), "{v}");
+    let both = ok(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &format!("10.0.2.15,{n2}"),
+            "version",
+        ],
+    );
+    assert!(
+        both.contains("NODE") && both.contains("node1") && both.contains("node2"),
+        "{both}"
+    );
+
+    // A second client, in Python (grpcio), and openssl's view of the TLS.
+    let py = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/grpc-client.py"))
+        .args(["--endpoint", &e1, "--admin", oc, "--reader"])
+        .arg(dir.join("reader.yaml"))
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "python grpcio client: {}", text(&py));
+    let s_client = |extra: &[&str]| {
+        let o = Command::new("openssl")
+            .args(["s_client", "-connect", &e1])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let tls12 = s_client(&["-tls1_2"]);
+    assert!(tls12.contains("alert protocol version"), "{tls12}");
+    let no_cert = s_client(&["-tls1_3"]);
+    assert!(no_cert.contains("certificate required"), "{no_cert}");
+
+    // Reboot: node1 comes back with its config (saved on the state disk).
+    let out = ok(&dir, &["--osconfig", oc, "reboot"]);
+    assert!(out.contains("reboot sequence started"), "{out}");
+    vm1.wait_for("sequence reboot: step 5/5: reboot", BOOT_TIMEOUT)
+        .unwrap();
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while vm1.console().matches("basalt: PID 1 running").count() < 2 {
+        assert!(Instant::now() < deadline, "node1 did not boot again");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let v = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+        o.contains("running")
+    });
+    assert!(v.contains("node1"), "{v}");
+    drop(vm2);
+}
