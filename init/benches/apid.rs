@@ -60,6 +60,42 @@ struct Run {
     rss_kib: u64,
 }
 
+/// Runs `call` in a loop on `workers` tasks for `secs` seconds, sampling apid's RSS; returns
+/// the sorted latencies, the elapsed seconds and the highest RSS seen (KiB).
+async fn load<F, Fut>(workers: usize, secs: u64, pid: u32, call: F) -> (Vec<Duration>, f64, u64)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let end = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    call().await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut rss = 0;
+    while Instant::now() < end {
+        rss = rss.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort();
+    (lat, t0.elapsed().as_secs_f64(), rss.max(rss_kib(pid)))
+}
+
 fn main() {
     let secs: u64 = std::env::var("BASALT_BENCH_SECS")
         .ok()
@@ -149,33 +185,13 @@ fn main() {
         for conc in [1usize, 16, 64] {
             let c = MachineClient::new(tls::channel(&endpoint, client_cfg.clone()).unwrap());
             c.clone().version(pb::VersionRequest {}).await.unwrap();
-            let end = Instant::now() + Duration::from_secs(secs);
-            let t0 = Instant::now();
-            let workers: Vec<_> = (0..conc)
-                .map(|_| {
-                    let c = c.clone();
-                    tokio::spawn(async move {
-                        let mut lat = Vec::new();
-                        while Instant::now() < end {
-                            let t = Instant::now();
-                            c.clone().version(pb::VersionRequest {}).await.unwrap();
-                            lat.push(t.elapsed());
-                        }
-                        lat
-                    })
-                })
-                .collect();
-            let mut rss = 0;
-            while Instant::now() < end {
-                rss = rss.max(rss_kib(pid));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let mut lat = Vec::new();
-            for w in workers {
-                lat.extend(w.await.unwrap());
-            }
-            let elapsed = t0.elapsed().as_secs_f64();
-            lat.sort();
+            let (lat, elapsed, rss) = load(conc, secs, pid, move || {
+                let mut c = c.clone();
+                async move {
+                    c.version(pb::VersionRequest {}).await.unwrap();
+                }
+            })
+            .await;
             runs.push(Run {
                 what: format!(
                     "Version, {conc} concurrent stream{}",
@@ -185,43 +201,23 @@ fn main() {
                 secs: elapsed,
                 p50: pct(&lat, 0.5),
                 p99: pct(&lat, 0.99),
-                rss_kib: rss.max(rss_kib(pid)),
+                rss_kib: rss,
             });
         }
         // Full handshakes: a new connection (TCP + TLS 1.3 + client certificate) per call,
         // 4 at a time.
-        let end = Instant::now() + Duration::from_secs(secs);
-        let t0 = Instant::now();
-        let workers: Vec<_> = (0..4)
-            .map(|_| {
-                let (endpoint, cfg) = (endpoint.clone(), client_cfg.clone());
-                tokio::spawn(async move {
-                    let mut lat = Vec::new();
-                    while Instant::now() < end {
-                        let t = Instant::now();
-                        let mut c =
-                            MachineClient::new(tls::channel(&endpoint, cfg.clone()).unwrap());
-                        c.version(pb::VersionRequest {}).await.unwrap();
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
-            .collect();
-        let mut rss = 0;
-        while Instant::now() < end {
-            rss = rss.max(rss_kib(pid));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut lat = Vec::new();
-        for w in workers {
-            lat.extend(w.await.unwrap());
-        }
-        lat.sort();
+        let (ep, cfg) = (endpoint.clone(), client_cfg.clone());
+        let (lat, elapsed, rss) = load(4, secs, pid, move || {
+            let mut c = MachineClient::new(tls::channel(&ep, cfg.clone()).unwrap());
+            async move {
+                c.version(pb::VersionRequest {}).await.unwrap();
+            }
+        })
+        .await;
         runs.push(Run {
             what: "new connection + Version, 4 at a time".into(),
             calls: lat.len(),
-            secs: t0.elapsed().as_secs_f64(),
+            secs: elapsed,
             p50: pct(&lat, 0.5),
             p99: pct(&lat, 0.99),
             rss_kib: rss,

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use basalt_api::machine as pb;
+use basalt_api::machine::machine_client::MachineClient;
 use clap::{ArgAction, Subcommand, ValueEnum};
 use futures::StreamExt as _;
+use tonic::transport::Channel;
 
 use crate::client::{self, Global, Target};
 use crate::output::{self, Format, Out, Table, stdout};
@@ -210,12 +212,8 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             if out.output == Format::Table {
                 stdout(&format!("Client: osctl {}\n", env!("CARGO_PKG_VERSION")));
             }
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .version(t.req(pb::VersionRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::VersionRequest {}, |mut c, r| async move {
+                c.version(r).await
             })
             .await;
             output::results(out.output, r, |v| {
@@ -251,15 +249,8 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                 dry_run,
                 try_timeout_seconds: timeout.unwrap_or(0),
             };
-            let r = client::each(targets, |t| {
-                let req = req.clone();
-                async move {
-                    t.client
-                        .clone()
-                        .apply_configuration(t.req(req))
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
+            let r = unary(targets, req, |mut c, r| async move {
+                c.apply_configuration(r).await
             })
             .await;
             let many = r.len() > 1;
@@ -309,12 +300,8 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             out,
         } => get(targets, resource, id, namespace, watch, out.output).await,
         ApiCommand::Services { out } => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .service_list(t.req(pb::ServiceListRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::ServiceListRequest {}, |mut c, r| async move {
+                c.service_list(r).await
             })
             .await;
             output::results(out.output, r, |l| {
@@ -429,18 +416,11 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             .await
         }
         ApiCommand::Containers { namespace, out } => {
-            let r = client::each(targets, |t| {
-                let req = pb::ContainersRequest {
-                    namespace: namespace.clone(),
-                };
-                async move {
-                    t.client
-                        .clone()
-                        .containers(t.req(req))
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+            let r = unary(
+                targets,
+                pb::ContainersRequest { namespace },
+                |mut c, r| async move { c.containers(r).await },
+            )
             .await;
             output::results(out.output, r, |l| {
                 let mut t = Table::new(&["NAMESPACE", "ID", "IMAGE", "STATUS", "PID"]);
@@ -457,18 +437,11 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
         }
         ApiCommand::Images { namespace, out } => {
-            let r = client::each(targets, |t| {
-                let req = pb::ImagesRequest {
-                    namespace: namespace.clone(),
-                };
-                async move {
-                    t.client
-                        .clone()
-                        .images(t.req(req))
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+            let r = unary(
+                targets,
+                pb::ImagesRequest { namespace },
+                |mut c, r| async move { c.images(r).await },
+            )
             .await;
             output::results(out.output, r, |l| {
                 let mut t = Table::new(&["NAMESPACE", "IMAGE", "DIGEST", "SIZE"]);
@@ -484,12 +457,8 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
         }
         ApiCommand::Memory { out } => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .memory(t.req(pb::MemoryRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::MemoryRequest {}, |mut c, r| async move {
+                c.memory(r).await
             })
             .await;
             output::results(out.output, r, |m| {
@@ -521,12 +490,8 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
         }
         ApiCommand::Processes { out } => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .processes(t.req(pb::ProcessesRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::ProcessesRequest {}, |mut c, r| async move {
+                c.processes(r).await
             })
             .await;
             output::results(out.output, r, |l| {
@@ -561,12 +526,8 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
         }
         ApiCommand::Mounts { out } => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .mounts(t.req(pb::MountsRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::MountsRequest {}, |mut c, r| async move {
+                c.mounts(r).await
             })
             .await;
             output::results(out.output, r, |l| {
@@ -586,12 +547,8 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
         }
         ApiCommand::Disks { out } => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .disks(t.req(pb::DisksRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::DisksRequest {}, |mut c, r| async move {
+                c.disks(r).await
             })
             .await;
             output::results(out.output, r, |l| {
@@ -619,39 +576,47 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
         }
         ApiCommand::Reboot => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .reboot(t.req(pb::RebootRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::RebootRequest {}, |mut c, r| async move {
+                c.reboot(r).await
             })
             .await;
             output::results(Format::Table, r, sequence_table)
         }
         ApiCommand::Shutdown => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .shutdown(t.req(pb::ShutdownRequest {}))
-                    .await
-                    .map(tonic::Response::into_inner)
+            let r = unary(targets, pb::ShutdownRequest {}, |mut c, r| async move {
+                c.shutdown(r).await
             })
             .await;
             output::results(Format::Table, r, sequence_table)
         }
         ApiCommand::Reset { graceful } => {
-            let r = client::each(targets, |t| async move {
-                t.client
-                    .clone()
-                    .reset(t.req(pb::ResetRequest { graceful }))
-                    .await
-                    .map(tonic::Response::into_inner)
-            })
+            let r = unary(
+                targets,
+                pb::ResetRequest { graceful },
+                |mut c, r| async move { c.reset(r).await },
+            )
             .await;
             output::results(Format::Table, r, sequence_table)
         }
     }
+}
+
+/// One unary call to every target at once (with each target's `node` metadata).
+async fn unary<Req, Resp, F, Fut>(
+    targets: &[Target],
+    req: Req,
+    call: F,
+) -> Vec<(String, Result<Resp, tonic::Status>)>
+where
+    Req: Clone,
+    F: Fn(MachineClient<Channel>, tonic::Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    client::each(targets, |t| {
+        let fut = call(t.client.clone(), t.req(req.clone()));
+        async move { fut.await.map(tonic::Response::into_inner) }
+    })
+    .await
 }
 
 fn sequence_table(s: &pb::SequenceResponse) -> Table {

@@ -284,8 +284,10 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
         .unwrap();
     assert!(py.status.success(), "python grpcio client: {}", text(&py));
     let s_client = |extra: &[&str]| {
-        let o = Command::new("openssl")
-            .args(["s_client", "-connect", &e1])
+        // -ign_eof: keep reading after stdin ends, until the server closes, so its alert
+        // (which in TLS 1.3 comes after the handshake) is read.
+        let o = Command::new("timeout")
+            .args(["60", "openssl", "s_client", "-ign_eof", "-connect", &e1])
             .args(extra)
             .stdin(Stdio::null())
             .output()
