@@ -124,7 +124,12 @@ fn main() {
         let name = if p.pid == 1 {
             "init (PID 1)".to_string()
         } else {
-            p.command.clone()
+            // argv[0], so the init binary running as apid reads as apid.
+            p.args
+                .split_whitespace()
+                .next()
+                .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+                .unwrap_or_else(|| p.command.clone())
         };
         println!(
             "| {:<23} | {:>4} | {:>9.1} | {:>7} | {:>8} |",
