@@ -87,6 +87,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("runtime", "Service"),
     ("runtime", "Sequence"),
     ("config", "MachineConfig"),
+    ("network", "LinkStatus"),
 ];
 
 /// The API over a [`Node`].
@@ -115,6 +116,7 @@ impl Api {
             "svc" | "services" => "service".to_string(),
             "mc" | "machineconfigs" | "config" => "machineconfig".to_string(),
             "seq" | "sequences" => "sequence".to_string(),
+            "link" | "links" | "linkstatuses" => "linkstatus".to_string(),
             _ => w,
         };
         let mut kinds: Vec<Kind> = KNOWN

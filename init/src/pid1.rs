@@ -19,7 +19,7 @@ use crate::node::{End, Node, Paths};
 use crate::process::ProcessSpec;
 use crate::sequence::{RealPower, Sequencer};
 use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
-use crate::{apid, cgroup, containerd, log, mounts, net, reaper, tasks};
+use crate::{apid, cgroup, containerd, linkstatus, log, mounts, net, reaper, tasks};
 
 /// Filesystem label of the disk that keeps state across reboots when no install exists yet.
 pub const STATE_LABEL: &str = "BASALT-STATE";
@@ -172,6 +172,17 @@ async fn main() {
             Err(e) => log::line(&format!("containerd not started: cannot prepare it: {e}")),
         }
     }
+
+    // What the kernel says of the network links, as LinkStatus resources.
+    let ls_store = store.clone();
+    tasks::supervise("link-status", move || {
+        let store = ls_store.clone();
+        async move {
+            if let Err(e) = linkstatus::run(store).await {
+                log::line(&format!("link status: {e}"));
+            }
+        }
+    });
 
     // apid follows the config: maintenance mode without one; with one, a certificate issued
     // from the config's OS CA (again when the CA or the certSANs change).

@@ -190,6 +190,22 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
             .any(|l| l.starts_with("apid") && l.contains("running")),
         "{s}"
     );
+    let links = ok(&dir, &["--osconfig", oc, "get", "links"]);
+    assert!(
+        links
+            .lines()
+            .any(|l| l.contains("LinkStatus") && l.contains("eth0"))
+            && links.contains(" lo "),
+        "{links}"
+    );
+    let eth0 = ok(
+        &dir,
+        &["--osconfig", oc, "get", "links", "eth0", "-o", "yaml"],
+    );
+    assert!(
+        eth0.contains("operState: up") && eth0.contains("mtu: 1500"),
+        "{eth0}"
+    );
     let mc = ok(&dir, &["--osconfig", oc, "get", "machineconfig"]);
     assert!(
         mc.contains("MachineConfig") && mc.contains("Secrets"),
