@@ -125,36 +125,43 @@ async fn main() {
     let s2 = sup.clone();
     let ip = cmdline.ip.clone();
     tokio::spawn(async move {
-        match ip.as_deref().map(net::IpArg::parse) {
+        match ip.as_deref().map(net::IpConfig::parse) {
             None => {}
             Some(Err(e)) => log::line(&e.to_string()),
-            Some(Ok(arg)) => match net::apply(&arg, Duration::from_secs(30)).await {
-                // The hostname field of ip= names the node, as the kernel's ipconfig does.
-                Ok(()) if arg.hostname.is_some() => {
-                    let h = arg.hostname.clone().unwrap_or_default();
-                    if let Err(e) = nix::unistd::sethostname(&h) {
-                        log::line(&format!("boot network: cannot set the hostname {h:?}: {e}"));
+            Some(Ok(net::IpConfig::Off)) => log::line("network: ip=off: no boot network"),
+            Some(Ok(net::IpConfig::Dhcp { device })) => log::line(&format!(
+                "network: ip= asks for DHCP{}: the DHCP client comes with networkd; no boot network until then",
+                device.map(|d| format!(" on {d}")).unwrap_or_default()
+            )),
+            Some(Ok(net::IpConfig::Static(arg))) => {
+                match net::apply(&arg, Duration::from_secs(30)).await {
+                    // The hostname field of ip= names the node, as the kernel's ipconfig does.
+                    Ok(()) if arg.hostname.is_some() => {
+                        let h = arg.hostname.clone().unwrap_or_default();
+                        if let Err(e) = nix::unistd::sethostname(&h) {
+                            log::line(&format!("boot network: cannot set the hostname {h:?}: {e}"));
+                        }
+                        log::line(&format!(
+                            "network: {} {}/{}{}; hostname {h}",
+                            arg.device,
+                            arg.address,
+                            arg.prefix,
+                            arg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+                        ));
                     }
-                    log::line(&format!(
-                        "network: {} {}/{}{}; hostname {h}",
+                    Ok(()) => log::line(&format!(
+                        "network: {} {}/{}{}",
                         arg.device,
                         arg.address,
                         arg.prefix,
                         arg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
-                    ));
+                    )),
+                    Err(e) => log::line(&format!(
+                        "boot network: {}",
+                        basalt_resources::error_chain(&e)
+                    )),
                 }
-                Ok(()) => log::line(&format!(
-                    "network: {} {}/{}{}",
-                    arg.device,
-                    arg.address,
-                    arg.prefix,
-                    arg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
-                )),
-                Err(e) => log::line(&format!(
-                    "boot network: {}",
-                    basalt_resources::error_chain(&e)
-                )),
-            },
+            }
         }
         s2.set_condition(supervisor::NETWORK, true);
     });
