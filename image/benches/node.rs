@@ -36,14 +36,7 @@ fn main() {
         .unwrap()
         .port();
     let mut vm = Vm::start_with(
-        &Boot::Kernel {
-            vmlinuz: arts.vmlinuz.clone().unwrap(),
-            initramfs: arts.initramfs.clone().unwrap(),
-            cmdline: format!(
-                "{} ip=10.0.2.15::10.0.2.2:255.255.255.0:node1:eth0:off",
-                basalt_image::build::BASE_CMDLINE
-            ),
-        },
+        &Boot::node(&arts, "node1").unwrap(),
         &out.join("run"),
         &VmOptions {
             memory_mib: 1024,

@@ -25,6 +25,37 @@ pub enum Boot {
     },
 }
 
+impl Boot {
+    /// A node as the tests and benches boot one: direct kernel boot with the static address
+    /// QEMU's user network expects (`10.0.2.15`, gateway `10.0.2.2`) on `eth0`, host name
+    /// `hostname`, and a 1 s delay before a reboot after a fatal error.
+    pub fn node(artifacts: &crate::Artifacts, hostname: &str) -> Option<Boot> {
+        Some(Boot::Kernel {
+            vmlinuz: artifacts.vmlinuz.clone()?,
+            initramfs: artifacts.initramfs.clone()?,
+            cmdline: format!(
+                "{} basalt.reboot_delay=1 ip=10.0.2.15::10.0.2.2:255.255.255.0:{hostname}:eth0:off",
+                crate::build::BASE_CMDLINE
+            ),
+        })
+    }
+}
+
+/// Makes `path` a new empty state disk: `mib` MiB of ext4 labelled `BASALT-STATE`, the label
+/// PID 1 mounts at `/system/state`.
+pub fn state_disk(path: &Path, mib: u64) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(path);
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(mib << 20))
+        .map_err(io_err("create", path))?;
+    tools::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "BASALT-STATE"])
+            .arg(path),
+    )
+    .map(|_| ())
+}
+
 /// What the VM has besides its boot media.
 #[derive(Debug, Clone)]
 pub struct VmOptions {

@@ -349,28 +349,11 @@ mod node {
         let dir = workdir("node");
         std::fs::create_dir_all(&dir).unwrap();
         let disk = dir.join("state.img");
-        let _ = std::fs::remove_file(&disk);
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        let st = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "BASALT-STATE"])
-            .arg(&disk)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mkfs.ext4 failed");
+        basalt_image::qemu::state_disk(&disk, 64).unwrap();
         let port = free_port();
         let _g = vm_lock();
         let mut vm = Vm::start_with(
-            &Boot::Kernel {
-                vmlinuz: a.vmlinuz.clone().unwrap(),
-                initramfs: a.initramfs.clone().unwrap(),
-                cmdline: format!(
-                    "{} basalt.reboot_delay=1 ip=10.0.2.15::10.0.2.2:255.255.255.0:node1:eth0:off",
-                    basalt_image::build::BASE_CMDLINE
-                ),
-            },
+            &Boot::node(a, "node1").unwrap(),
             &dir,
             &VmOptions {
                 memory_mib: 1024,

@@ -75,14 +75,7 @@ fn boot(
     let wd = dir.join(name);
     std::fs::create_dir_all(&wd).unwrap();
     Vm::start_with(
-        &Boot::Kernel {
-            vmlinuz: a.vmlinuz.clone().unwrap(),
-            initramfs: a.initramfs.clone().unwrap(),
-            cmdline: format!(
-                "{} basalt.reboot_delay=1 ip=10.0.2.15::10.0.2.2:255.255.255.0:{name}:eth0:off",
-                basalt_image::build::BASE_CMDLINE
-            ),
-        },
+        &Boot::node(a, name).unwrap(),
         &wd,
         &VmOptions {
             memory_mib: 768,
@@ -117,16 +110,7 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("state.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "BASALT-STATE"])
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    basalt_image::qemu::state_disk(&disk, 64).unwrap();
 
     let (p1, p2) = (free_port(), free_port());
     let (e1, e2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));

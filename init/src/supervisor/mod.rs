@@ -576,16 +576,9 @@ async fn run_service(
                             State::BackingOff,
                             format!("{msg}; retrying in {}", fmt_duration(d)),
                         );
-                        match sleep_or_command(d, &mut rx).await {
+                        match back_off(d, &mut rep, &mut rx).await {
                             None => return,
-                            Some(Next::Go) => {}
-                            Some(Next::Stopped(done)) => {
-                                rep.set(State::Stopped, "by request");
-                                if let Some(d) = done {
-                                    let _ = d.send(());
-                                }
-                                want = false;
-                            }
+                            Some(go) => want = go,
                         }
                     }
                     _ => {
@@ -671,16 +664,9 @@ async fn run_service(
                             State::BackingOff,
                             format!("{exit}; restarting in {}", fmt_duration(d)),
                         );
-                        match sleep_or_command(d, &mut rx).await {
+                        match back_off(d, &mut rep, &mut rx).await {
                             None => return,
-                            Some(Next::Go) => {}
-                            Some(Next::Stopped(done)) => {
-                                rep.set(State::Stopped, "by request");
-                                if let Some(d) = done {
-                                    let _ = d.send(());
-                                }
-                                want = false;
-                            }
+                            Some(go) => want = go,
                         }
                     }
                     Decision::Finished => {
@@ -693,6 +679,25 @@ async fn run_service(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Waits out a back-off delay: `Some(true)` to start again, `Some(false)` when stopped by
+/// request meanwhile, `None` when the supervisor is gone.
+async fn back_off(
+    d: Duration,
+    rep: &mut Reporter,
+    rx: &mut mpsc::Receiver<Command>,
+) -> Option<bool> {
+    match sleep_or_command(d, rx).await? {
+        Next::Go => Some(true),
+        Next::Stopped(done) => {
+            rep.set(State::Stopped, "by request");
+            if let Some(d) = done {
+                let _ = d.send(());
+            }
+            Some(false)
         }
     }
 }
