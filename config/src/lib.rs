@@ -10,6 +10,7 @@
 pub mod client;
 pub mod decode;
 pub mod document;
+pub mod files;
 pub mod generate;
 pub mod patch;
 pub mod pki;

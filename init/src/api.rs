@@ -88,6 +88,13 @@ const KNOWN: &[(&str, &str)] = &[
     ("runtime", "Sequence"),
     ("config", "MachineConfig"),
     ("network", "LinkStatus"),
+    ("network", "AddressStatus"),
+    ("network", "RouteStatus"),
+    ("network", "LinkSpec"),
+    ("network", "AddressSpec"),
+    ("network", "RouteSpec"),
+    ("network", "HostnameStatus"),
+    ("network", "ResolverStatus"),
 ];
 
 /// The API over a [`Node`].
@@ -117,6 +124,8 @@ impl Api {
             "mc" | "machineconfigs" | "config" => "machineconfig".to_string(),
             "seq" | "sequences" => "sequence".to_string(),
             "link" | "links" | "linkstatuses" => "linkstatus".to_string(),
+            "address" | "addresses" | "addr" => "addressstatus".to_string(),
+            "route" | "routes" => "routestatus".to_string(),
             _ => w,
         };
         let mut kinds: Vec<Kind> = KNOWN

@@ -5,8 +5,7 @@
 //! controllers reconcile to it and `osctl get machineconfig` shows it.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,27 +88,7 @@ pub struct ConfigState {
     changed: watch::Sender<Option<Arc<Config>>>,
 }
 
-/// Writes a file so that a crash leaves either the old or the new content: write a temporary
-/// file beside it, fsync, rename over, fsync the directory.
-pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
+pub use basalt_config::files::atomic_write;
 
 fn doc_id(d: &Document) -> String {
     let json = d.to_json();

@@ -10,7 +10,6 @@ pub mod containerd;
 pub mod containers;
 pub mod early;
 pub mod hello;
-pub mod linkstatus;
 pub mod log;
 pub mod logring;
 pub mod loopdev;

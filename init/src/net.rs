@@ -1,230 +1,154 @@
-//! The boot network: the kernel's `ip=` argument (its static form) applied over netlink, so the
-//! machine API is reachable before any config exists. This is the lowest layer of the network
-//! config; networkd (its own issue) takes over and merges the machine config on top.
+//! The node's network: networkd's controllers, composed. The default layer and the kernel's
+//! `ip=` (the `cmdline` layer) are published at boot, the machine config's layer follows the
+//! active config, and the `network-ready` condition is set once an address is up (or nothing
+//! asks for one).
 
-use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
+use basalt_config::Config;
+use basalt_networkd::cmdline::IpConfig;
+use basalt_networkd::spec::{AddressSpec, AddressStatus, DhcpSpec, RouteStatus};
+use basalt_networkd::{FilesOptions, Layer, LayerSpecs, publish, sources};
+use basalt_resources::Store;
+use basalt_resources::controller::Runtime;
+use tokio::sync::watch;
 
-/// What the kernel's `ip=` argument asks for, in the kernel's syntax
-/// (`Documentation/admin-guide/nfs/nfsroot.rst`):
-/// `ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>:<ntp0>`,
-/// or the autoconf value alone (`ip=dhcp`, `ip=off`), or dracut's `ip=<device>:dhcp`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IpConfig {
-    /// `off` / `none` alone: no boot network.
-    Off,
-    /// `dhcp`, `on`, `any`, `bootp`, `both`, `rarp`: autoconfiguration, on one device or all.
-    /// The DHCP client is networkd's; until then the boot network is not configured.
-    Dhcp { device: Option<String> },
-    /// A client address with autoconf empty, `off` or `none`.
-    Static(IpArg),
-}
+use crate::supervisor::{self, Supervisor};
+use crate::{log, tasks};
 
-/// A static boot address (IPv4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpArg {
-    pub address: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Option<Ipv4Addr>,
-    pub hostname: Option<String>,
-    /// The kernel takes the first device; the first NIC of a VM or PXE machine is `eth0`
-    /// here (no predictable names in the initramfs), so that is the default.
-    pub device: String,
-    pub dns: Vec<Ipv4Addr>,
-    pub ntp: Vec<Ipv4Addr>,
-}
+/// Where `resolv.conf`, `hosts` and `hostname` go; the rootfs links `/etc/...` here.
+pub const ETC_DIR: &str = "/system/etc";
 
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("ip={0:?}: {1}")]
-    Arg(String, String),
-    #[error("netlink")]
-    Netlink(#[source] std::io::Error),
-    #[error("link {0} did not appear within {1} s")]
-    NoLink(String, u64),
-    #[error("{what} on {link}")]
-    Request {
-        what: &'static str,
-        link: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-}
+/// How long boot waits for a first address before going on without one.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-const AUTOCONF: &[&str] = &["off", "none", "on", "any", "dhcp", "bootp", "rarp", "both"];
-
-impl IpConfig {
-    pub fn parse(v: &str) -> Result<Self, NetError> {
-        let bad = |why: String| NetError::Arg(v.to_string(), why);
-        let auto = |a: &str| -> Result<Option<bool>, NetError> {
-            // Some(true): autoconfiguration; Some(false): static; None: not given.
-            match a {
-                "" => Ok(None),
-                "off" | "none" => Ok(Some(false)),
-                a if AUTOCONF.contains(&a) => Ok(Some(true)),
-                a => Err(bad(format!(
-                    "autoconf {a:?} is not one of {}",
-                    AUTOCONF.join(", ")
-                ))),
-            }
-        };
-        let f: Vec<&str> = v.split(':').collect();
-        match f.as_slice() {
-            // The autoconf value alone; anything else alone is a client address.
-            [a] if a.is_empty() || AUTOCONF.contains(a) => {
-                return match auto(a)? {
-                    Some(false) => Ok(IpConfig::Off),
-                    Some(true) => Ok(IpConfig::Dhcp { device: None }),
-                    None => Err(bad("empty".into())),
-                };
-            }
-            // dracut: <device>:<autoconf>.
-            [dev, a] if !dev.is_empty() && dev.parse::<Ipv4Addr>().is_err() => {
-                return match auto(a)? {
-                    Some(true) => Ok(IpConfig::Dhcp {
-                        device: Some(dev.to_string()),
-                    }),
-                    _ => Err(bad(format!(
-                        "{dev}:{a}: only autoconfiguration (dhcp) names a device this way"
-                    ))),
-                };
-            }
-            _ => {}
+/// Starts networkd for the node.
+pub fn start(
+    store: Store,
+    sup: Arc<Supervisor>,
+    ip: Option<&str>,
+    config: watch::Receiver<Option<Arc<Config>>>,
+) {
+    if let Err(e) = basalt_networkd::publish_defaults(&store) {
+        log::line(&format!("network: the default layer: {e}"));
+    }
+    let cmdline = match ip.map(IpConfig::parse) {
+        None => LayerSpecs::default(),
+        Some(Err(e)) => {
+            log::line(&format!("network: {e}; ignored"));
+            LayerSpecs::default()
         }
-        if f.len() > 10 {
-            return Err(bad(format!(
-                "{} fields; the kernel reads at most 10",
-                f.len()
-            )));
-        }
-        let field = |i: usize| f.get(i).copied().unwrap_or("");
-        let addr = |i: usize, what: &str| -> Result<Option<Ipv4Addr>, NetError> {
-            match field(i) {
-                "" => Ok(None),
-                x => x
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| bad(format!("the {what} {x:?} is not an IPv4 address"))),
+        Some(Ok(c)) => {
+            if c == IpConfig::Off {
+                log::line("network: ip=off: no boot network");
             }
-        };
-        let device = Some(field(5)).filter(|d| !d.is_empty()).map(str::to_string);
-        let client = addr(0, "client address")?;
-        match (auto(field(6))?, client) {
-            (Some(true), _) => return Ok(IpConfig::Dhcp { device }),
-            (_, None) => {
-                return Err(bad(
-                    "a static configuration needs the client address (first field)".into(),
+            sources::from_cmdline(&c)
+        }
+    };
+    if let Err(e) = publish(&store, "cmdline", Layer::Cmdline, &cmdline) {
+        log::line(&format!("network: the cmdline layer: {e}"));
+    }
+
+    let s = store.clone();
+    tasks::supervise("network-config", move || {
+        let store = s.clone();
+        let mut config = config.clone();
+        async move {
+            loop {
+                let specs = config
+                    .borrow_and_update()
+                    .as_deref()
+                    .map(sources::from_config)
+                    .unwrap_or_default();
+                if let Err(e) = publish(&store, "config", Layer::Config, &specs) {
+                    log::line(&format!("network: the config layer: {e}"));
+                }
+                if config.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut rt = Runtime::new(store.clone());
+    let files = FilesOptions {
+        etc_dir: Some(ETC_DIR.into()),
+        set_hostname: true,
+    };
+    match basalt_networkd::register(&mut rt, files) {
+        Ok(()) => {
+            // The runtime's tasks live as long as PID 1.
+            std::mem::forget(rt.start());
+        }
+        Err(e) => log::line(&format!("network: controllers not started: {e}")),
+    }
+
+    let s = store.clone();
+    tasks::supervise("network-status", move || {
+        let store = s.clone();
+        async move {
+            if let Err(e) = basalt_networkd::apply::run_status(store).await {
+                log::line(&format!(
+                    "network status: {}",
+                    basalt_resources::error_chain(&e)
                 ));
             }
-            _ => {}
         }
-        let address = client.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let prefix = match field(3) {
-            // The kernel's default: the address's class.
-            "" => match address.octets()[0] {
-                0..=127 => 8,
-                128..=191 => 16,
-                _ => 24,
-            },
-            m => {
-                let mask: Ipv4Addr = m
-                    .parse()
-                    .map_err(|_| bad(format!("the netmask {m:?} is not an IPv4 mask")))?;
-                let bits = u32::from(mask);
-                if bits.leading_ones() + bits.trailing_zeros() != 32 {
-                    return Err(bad("the netmask is not contiguous".into()));
+    });
+
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        loop {
+            let wanted = store
+                .list::<AddressSpec>()
+                .iter()
+                .any(|(_, a)| a.link != "lo")
+                || !store.list::<DhcpSpec>().is_empty();
+            let have = store
+                .list::<AddressStatus>()
+                .iter()
+                .any(|(_, a)| a.link != "lo" && a.scope == "global");
+            if have || !wanted || start.elapsed() > READY_TIMEOUT {
+                if wanted && !have {
+                    log::line("network: no address within 30 s; going on without one");
                 }
-                bits.leading_ones() as u8
+                break;
             }
-        };
-        Ok(IpConfig::Static(IpArg {
-            address,
-            prefix,
-            gateway: addr(2, "gateway")?,
-            hostname: Some(field(4)).filter(|h| !h.is_empty()).map(str::to_string),
-            device: device.unwrap_or_else(|| "eth0".into()),
-            dns: [addr(7, "first DNS server")?, addr(8, "second DNS server")?]
-                .into_iter()
-                .flatten()
-                .collect(),
-            ntp: addr(9, "NTP server")?.into_iter().collect(),
-        }))
-    }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for line in summary(&store) {
+            log::line(&format!("network: {line}"));
+        }
+        sup.set_condition(supervisor::NETWORK, true);
+    });
 }
 
-/// Brings `lo` and the argument's device up with its address and default route. Waits up to
-/// `wait` for the device (its driver may still be loading).
-pub async fn apply(arg: &IpArg, wait: Duration) -> Result<(), NetError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Netlink)?;
-    tokio::spawn(conn);
-    let index = |name: String| {
-        let handle = handle.clone();
-        async move {
-            handle
-                .link()
-                .get()
-                .match_name(name)
-                .execute()
-                .try_next()
-                .await
-                .ok()
-                .flatten()
-                .map(|l| l.header.index)
-        }
-    };
-    let req = |what, link: &str| {
-        let link = link.to_string();
-        move |source| NetError::Request { what, link, source }
-    };
-    if let Some(lo) = index("lo".into()).await {
-        handle
-            .link()
-            .set(rtnetlink::LinkUnspec::new_with_index(lo).up().build())
-            .execute()
-            .await
-            .map_err(req("set up", "lo"))?;
-    }
-    let start = tokio::time::Instant::now();
-    let idx = loop {
-        if let Some(i) = index(arg.device.clone()).await {
-            break i;
-        }
-        if start.elapsed() > wait {
-            return Err(NetError::NoLink(arg.device.clone(), wait.as_secs()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    handle
-        .link()
-        .set(rtnetlink::LinkUnspec::new_with_index(idx).up().build())
-        .execute()
-        .await
-        .map_err(req("set up", &arg.device))?;
-    match handle
-        .address()
-        .add(idx, arg.address.into(), arg.prefix)
-        .execute()
-        .await
-    {
-        Ok(()) => {}
-        // Already there (a second boot sequence, or the kernel did it).
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -nix::libc::EEXIST => {}
-        Err(e) => return Err(req("add address", &arg.device)(e)),
-    }
-    if let Some(gw) = arg.gateway {
-        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gw)
-            .output_interface(idx)
-            .build();
-        match handle.route().add(route).execute().await {
-            Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -nix::libc::EEXIST => {}
-            Err(e) => return Err(req("add default route", &arg.device)(e)),
-        }
-    }
-    Ok(())
+/// One line per link with addresses: `eth0 10.0.2.15/24 via 10.0.2.2`.
+pub fn summary(store: &Store) -> Vec<String> {
+    let addrs = store.list::<AddressStatus>();
+    let routes = store.list::<RouteStatus>();
+    let mut links: Vec<&str> = addrs
+        .iter()
+        .filter(|(_, a)| a.link != "lo" && a.scope == "global")
+        .map(|(_, a)| a.link.as_str())
+        .collect();
+    links.dedup();
+    links
+        .into_iter()
+        .map(|l| {
+            let a: Vec<String> = addrs
+                .iter()
+                .filter(|(_, a)| a.link == l && a.scope == "global")
+                .map(|(_, a)| a.address.to_string())
+                .collect();
+            let gw: Vec<String> = routes
+                .iter()
+                .filter(|(_, r)| r.link == l && r.destination.prefix_len() == 0)
+                .filter_map(|(_, r)| r.gateway.map(|g| format!(" via {g}")))
+                .collect();
+            format!("{l} {}{}", a.join(", "), gw.concat())
+        })
+        .collect()
 }
 
 /// Every non-loopback IPv4/IPv6 address, as text, for the maintenance banner.
@@ -243,94 +167,4 @@ pub fn addresses() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn static_of(v: &str) -> IpArg {
-        match IpConfig::parse(v).unwrap() {
-            IpConfig::Static(a) => a,
-            other => panic!("{v}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn static_ip_argument() {
-        let a = static_of("10.0.2.15::10.0.2.2:255.255.255.0:node1:eth0:off");
-        assert_eq!(a.address, Ipv4Addr::new(10, 0, 2, 15));
-        assert_eq!(a.prefix, 24);
-        assert_eq!(a.gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
-        assert_eq!(a.hostname.as_deref(), Some("node1"));
-        assert_eq!(a.device, "eth0");
-        let b = static_of("192.168.1.5:::255.255.0.0");
-        assert_eq!((b.prefix, b.gateway, b.device.as_str()), (16, None, "eth0"));
-        let e = IpConfig::parse("10.0.0.1::10.0.0.254:255.0.255.0::eth0:off").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "ip=\"10.0.0.1::10.0.0.254:255.0.255.0::eth0:off\": the netmask is not contiguous"
-        );
-    }
-
-    /// The forms nfsroot.rst documents, and dracut's device:dhcp.
-    #[test]
-    fn the_kernels_documented_forms() {
-        assert_eq!(
-            IpConfig::parse("dhcp").unwrap(),
-            IpConfig::Dhcp { device: None }
-        );
-        for a in ["on", "any", "bootp", "rarp", "both"] {
-            assert_eq!(IpConfig::parse(a).unwrap(), IpConfig::Dhcp { device: None });
-        }
-        assert_eq!(IpConfig::parse("off").unwrap(), IpConfig::Off);
-        assert_eq!(IpConfig::parse("none").unwrap(), IpConfig::Off);
-        assert_eq!(
-            IpConfig::parse("::::::dhcp").unwrap(),
-            IpConfig::Dhcp { device: None }
-        );
-        assert_eq!(
-            IpConfig::parse(":::::eth1:dhcp").unwrap(),
-            IpConfig::Dhcp {
-                device: Some("eth1".into())
-            }
-        );
-        assert_eq!(
-            IpConfig::parse("eth2:dhcp").unwrap(),
-            IpConfig::Dhcp {
-                device: Some("eth2".into())
-            }
-        );
-        // Autoconf empty with a client address: static, the netmask from the address class.
-        assert_eq!(static_of("10.1.2.3").prefix, 8);
-        assert_eq!(static_of("172.16.0.9").prefix, 16);
-        assert_eq!(static_of("192.168.7.7").prefix, 24);
-        // All ten fields.
-        let a = static_of(
-            "192.168.1.10:192.168.1.2:192.168.1.1:255.255.255.0:myhost:eth0:none:192.168.1.53:192.168.1.54:192.168.1.123",
-        );
-        assert_eq!(
-            a.dns,
-            [
-                Ipv4Addr::new(192, 168, 1, 53),
-                Ipv4Addr::new(192, 168, 1, 54)
-            ]
-        );
-        assert_eq!(a.ntp, [Ipv4Addr::new(192, 168, 1, 123)]);
-        assert_eq!(a.hostname.as_deref(), Some("myhost"));
-    }
-
-    #[test]
-    fn bad_ip_arguments_say_what_is_wrong() {
-        let err = |v: &str| IpConfig::parse(v).unwrap_err().to_string();
-        assert_eq!(
-            err("1.2.3.4::::::sometimes"),
-            "ip=\"1.2.3.4::::::sometimes\": autoconf \"sometimes\" is not one of off, none, on, any, dhcp, bootp, rarp, both"
-        );
-        assert!(err("::::::off").contains("needs the client address"));
-        assert!(err("10.0.0.x").contains("\"10.0.0.x\" is not an IPv4 address"));
-        assert!(err("10.0.0.1::10.0.0.1:255.0.0.0::eth0:off:bogus").contains("first DNS server"));
-        assert!(err("eth0:off").contains("only autoconfiguration"));
-        assert!(err("1:2:3:4:5:6:7:8:9:10:11").contains("at most 10"));
-    }
 }

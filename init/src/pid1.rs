@@ -19,7 +19,7 @@ use crate::node::{End, Node, Paths};
 use crate::process::ProcessSpec;
 use crate::sequence::{RealPower, Sequencer};
 use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
-use crate::{apid, cgroup, containerd, linkstatus, log, mounts, net, reaper, tasks};
+use crate::{apid, cgroup, containerd, log, mounts, net, reaper, tasks};
 
 /// Filesystem label of the disk that keeps state across reboots when no install exists yet.
 pub const STATE_LABEL: &str = "BASALT-STATE";
@@ -121,50 +121,13 @@ async fn main() {
         }
     });
 
-    // The boot network: the kernel's ip= argument, until networkd exists.
-    let s2 = sup.clone();
-    let ip = cmdline.ip.clone();
-    tokio::spawn(async move {
-        match ip.as_deref().map(net::IpConfig::parse) {
-            None => {}
-            Some(Err(e)) => log::line(&e.to_string()),
-            Some(Ok(net::IpConfig::Off)) => log::line("network: ip=off: no boot network"),
-            Some(Ok(net::IpConfig::Dhcp { device })) => log::line(&format!(
-                "network: ip= asks for DHCP{}: the DHCP client comes with networkd; no boot network until then",
-                device.map(|d| format!(" on {d}")).unwrap_or_default()
-            )),
-            Some(Ok(net::IpConfig::Static(arg))) => {
-                match net::apply(&arg, Duration::from_secs(30)).await {
-                    // The hostname field of ip= names the node, as the kernel's ipconfig does.
-                    Ok(()) if arg.hostname.is_some() => {
-                        let h = arg.hostname.clone().unwrap_or_default();
-                        if let Err(e) = nix::unistd::sethostname(&h) {
-                            log::line(&format!("boot network: cannot set the hostname {h:?}: {e}"));
-                        }
-                        log::line(&format!(
-                            "network: {} {}/{}{}; hostname {h}",
-                            arg.device,
-                            arg.address,
-                            arg.prefix,
-                            arg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
-                        ));
-                    }
-                    Ok(()) => log::line(&format!(
-                        "network: {} {}/{}{}",
-                        arg.device,
-                        arg.address,
-                        arg.prefix,
-                        arg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
-                    )),
-                    Err(e) => log::line(&format!(
-                        "boot network: {}",
-                        basalt_resources::error_chain(&e)
-                    )),
-                }
-            }
-        }
-        s2.set_condition(supervisor::NETWORK, true);
-    });
+    // The network: networkd's controllers, from the defaults, ip= and the config.
+    net::start(
+        store.clone(),
+        sup.clone(),
+        cmdline.ip.as_deref(),
+        config.subscribe(),
+    );
 
     // No time sync yet (its own issue): the clock from the RTC is what there is.
     sup.set_condition(supervisor::TIME, true);
@@ -179,17 +142,6 @@ async fn main() {
             Err(e) => log::line(&format!("containerd not started: cannot prepare it: {e}")),
         }
     }
-
-    // What the kernel says of the network links, as LinkStatus resources.
-    let ls_store = store.clone();
-    tasks::supervise("link-status", move || {
-        let store = ls_store.clone();
-        async move {
-            if let Err(e) = linkstatus::run(store).await {
-                log::line(&format!("link status: {e}"));
-            }
-        }
-    });
 
     // apid follows the config: maintenance mode without one; with one, a certificate issued
     // from the config's OS CA (again when the CA or the certSANs change).

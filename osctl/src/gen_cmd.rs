@@ -101,39 +101,14 @@ pub fn load_patch(arg: &str) -> anyhow::Result<Patch> {
 
 /// Writes a file atomically (write, fsync, rename), refusing to overwrite unless `force`.
 pub fn write_file(path: &Path, contents: &str, force: bool, mode: u32) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     if path.exists() && !force {
         bail!(
             "{} already exists (use --force to overwrite)",
             path.display()
         );
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    basalt_config::files::atomic_write(path, contents.as_bytes(), mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn apply_patches(cfg: Config, patches: &[String], which: &str) -> anyhow::Result<Config> {

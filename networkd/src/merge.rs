@@ -1,0 +1,109 @@
+//! The merge: of every id, the highest layer's spec wins. One more rule keeps layers from
+//! mixing on a link: the addresses and routes of a link come only from the layer that won the
+//! link itself (and from DHCP, which runs because some layer asked for it). So a machine
+//! config that configures `eth0` replaces what `ip=` said about `eth0` instead of adding to it.
+
+use std::collections::BTreeMap;
+
+use basalt_resources::Kind;
+use basalt_resources::controller::{Context, Controller, Output, ReconcileError};
+use futures::future::BoxFuture;
+
+use crate::sources::layered_kinds;
+use crate::spec::*;
+
+/// Of each id, the spec of the highest layer (the first in id order among equals).
+pub fn merge<T: NetSpec>(
+    layered: impl IntoIterator<Item = Layered<T>>,
+) -> BTreeMap<String, (Layer, T)> {
+    let mut out: BTreeMap<String, (Layer, T)> = BTreeMap::new();
+    for l in layered {
+        let id = l.spec.id();
+        match out.get(&id) {
+            Some((have, _)) if *have >= l.layer => {}
+            _ => {
+                out.insert(id, (l.layer, l.spec));
+            }
+        }
+    }
+    out
+}
+
+/// Drops addresses and routes from layers below the one that won their link.
+pub fn on_winning_layer<T: NetSpec>(
+    merged: BTreeMap<String, (Layer, T)>,
+    links: &BTreeMap<String, (Layer, LinkSpec)>,
+    link_of: impl Fn(&T) -> &str,
+) -> BTreeMap<String, T> {
+    merged
+        .into_iter()
+        .filter(|(_, (layer, spec))| match links.get(link_of(spec)) {
+            Some((won, _)) => *layer == Layer::Dhcp || layer >= won,
+            None => true,
+        })
+        .map(|(id, (_, spec))| (id, spec))
+        .collect()
+}
+
+fn layered<T: NetSpec>(cx: &Context) -> Vec<Layered<T>> {
+    // List order is id order, so equal layers resolve the same way every pass.
+    cx.list::<Layered<T>>()
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
+}
+
+fn plain<T: NetSpec>(cx: &Context) -> Result<(), ReconcileError> {
+    let merged = merge(layered::<T>(cx));
+    cx.sync(merged.into_iter().map(|(id, (_, s))| (id, s)).collect())?;
+    Ok(())
+}
+
+/// Writes the merged specs (namespace `network`) from the layered ones.
+#[derive(Debug, Default)]
+pub struct MergeController;
+
+impl Controller for MergeController {
+    fn name(&self) -> &str {
+        "network.Merge"
+    }
+    fn inputs(&self) -> Vec<Kind> {
+        layered_kinds()
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![
+            Output::exclusive::<LinkSpec>(),
+            Output::exclusive::<AddressSpec>(),
+            Output::exclusive::<RouteSpec>(),
+            Output::exclusive::<RuleSpec>(),
+            Output::exclusive::<DhcpSpec>(),
+            Output::exclusive::<HostnameSpec>(),
+            Output::exclusive::<ResolverSpec>(),
+            Output::exclusive::<TimeServerSpec>(),
+        ]
+    }
+    fn reconcile<'a>(
+        &'a mut self,
+        cx: &'a mut Context,
+    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(async move {
+            let links = merge(layered::<LinkSpec>(cx));
+            let addresses = on_winning_layer(merge(layered::<AddressSpec>(cx)), &links, |a| {
+                a.link.as_str()
+            });
+            let routes =
+                on_winning_layer(merge(layered::<RouteSpec>(cx)), &links, |r| r.link.as_str());
+            let dhcp =
+                on_winning_layer(merge(layered::<DhcpSpec>(cx)), &links, |d| d.link.as_str());
+            cx.sync(links.into_iter().map(|(id, (_, s))| (id, s)).collect())?;
+            cx.sync(addresses)?;
+            cx.sync(routes)?;
+            cx.sync(dhcp)?;
+            plain::<RuleSpec>(cx)?;
+            plain::<HostnameSpec>(cx)?;
+            plain::<ResolverSpec>(cx)?;
+            plain::<TimeServerSpec>(cx)?;
+            Ok(())
+        })
+    }
+}

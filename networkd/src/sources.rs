@@ -1,0 +1,326 @@
+//! The sources of network config, each turned into one layer's specs: built-in defaults, the
+//! kernel command line, the machine config (DHCP leases are the DHCP client's, in `dhcp`).
+//! Everything here is pure: a source in, specs out; [`publish`] writes them to the store.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use basalt_config::types::Prefix;
+use basalt_config::{Config, Document, v1alpha1};
+use basalt_resources::{Kind, Store, StoreError};
+
+use crate::cmdline::IpConfig;
+use crate::spec::*;
+
+/// The metric of a route nobody gave one: the kernel's default for IPv6, used for both.
+pub const DEFAULT_METRIC: u32 = 1024;
+
+/// Everything one source says, before it becomes layered resources.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerSpecs {
+    pub links: Vec<LinkSpec>,
+    pub addresses: Vec<AddressSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub rules: Vec<RuleSpec>,
+    pub dhcp: Vec<DhcpSpec>,
+    pub hostname: Option<HostnameSpec>,
+    pub resolvers: Option<ResolverSpec>,
+    pub time_servers: Option<TimeServerSpec>,
+}
+
+fn prefix(addr: IpAddr, len: u8) -> Prefix {
+    Prefix::new(addr, len).expect("callers pass a length within the family's width")
+}
+
+/// The default route's destination for a gateway's family.
+pub fn default_destination(gw: IpAddr) -> Prefix {
+    match gw {
+        IpAddr::V4(_) => prefix(Ipv4Addr::UNSPECIFIED.into(), 0),
+        IpAddr::V6(_) => prefix(Ipv6Addr::UNSPECIFIED.into(), 0),
+    }
+}
+
+/// Built in: the loopback link up, with its addresses.
+pub fn defaults() -> LayerSpecs {
+    LayerSpecs {
+        links: vec![LinkSpec {
+            name: "lo".into(),
+            kind: LinkKind::Physical,
+            selector: None,
+            up: true,
+            mtu: None,
+            master: None,
+        }],
+        addresses: vec![
+            AddressSpec {
+                link: "lo".into(),
+                address: prefix(Ipv4Addr::LOCALHOST.into(), 8),
+            },
+            AddressSpec {
+                link: "lo".into(),
+                address: prefix(Ipv6Addr::LOCALHOST.into(), 128),
+            },
+        ],
+        ..LayerSpecs::default()
+    }
+}
+
+fn physical(name: &str) -> LinkSpec {
+    LinkSpec {
+        name: name.to_string(),
+        kind: LinkKind::Physical,
+        selector: None,
+        up: true,
+        mtu: None,
+        master: None,
+    }
+}
+
+/// The kernel command line's `ip=`.
+pub fn from_cmdline(ip: &IpConfig) -> LayerSpecs {
+    let mut out = LayerSpecs::default();
+    match ip {
+        IpConfig::Off => {}
+        IpConfig::Dhcp { device } => {
+            // Without a device the kernel tries every one; the first NIC of a VM or PXE machine
+            // is eth0 here, and DHCP on a NIC with no cable would only wait.
+            let link = device.clone().unwrap_or_else(|| "eth0".into());
+            out.links.push(physical(&link));
+            out.dhcp.push(DhcpSpec { link });
+        }
+        IpConfig::Static(a) => {
+            out.links.push(physical(&a.device));
+            out.addresses.push(AddressSpec {
+                link: a.device.clone(),
+                address: prefix(a.address.into(), a.prefix),
+            });
+            if let Some(gw) = a.gateway {
+                out.routes.push(RouteSpec {
+                    link: a.device.clone(),
+                    destination: default_destination(gw.into()),
+                    gateway: Some(gw.into()),
+                    source: None,
+                    metric: DEFAULT_METRIC,
+                    table: MAIN_TABLE,
+                });
+            }
+            out.hostname = a.hostname.as_deref().map(hostname);
+            if !a.dns.is_empty() {
+                out.resolvers = Some(ResolverSpec {
+                    nameservers: a.dns.iter().map(|d| IpAddr::V4(*d)).collect(),
+                    search_domains: Vec::new(),
+                });
+            }
+            if !a.ntp.is_empty() {
+                out.time_servers = Some(TimeServerSpec {
+                    servers: a.ntp.iter().map(ToString::to_string).collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A fully qualified name split into the host and its domain.
+pub fn hostname(fqdn: &str) -> HostnameSpec {
+    match fqdn.split_once('.') {
+        Some((h, d)) if !d.is_empty() => HostnameSpec {
+            hostname: h.to_string(),
+            domain: Some(d.to_string()),
+        },
+        _ => HostnameSpec {
+            hostname: fqdn.trim_end_matches('.').to_string(),
+            domain: None,
+        },
+    }
+}
+
+fn routes(link: &str, rs: &[v1alpha1::RouteConfig]) -> impl Iterator<Item = RouteSpec> {
+    rs.iter().map(move |r| RouteSpec {
+        link: link.to_string(),
+        destination: r.destination.network(),
+        gateway: r.gateway,
+        source: r.source,
+        metric: r.metric,
+        table: MAIN_TABLE,
+    })
+}
+
+/// The machine config's network documents. The config has been validated, so members,
+/// parents and gateways are consistent; a member link without its own `LinkConfig` is
+/// configured as a plain physical link.
+pub fn from_config(c: &Config) -> LayerSpecs {
+    let mut out = LayerSpecs::default();
+    let mut links: BTreeMap<String, LinkSpec> = BTreeMap::new();
+    let mut masters: BTreeMap<String, String> = BTreeMap::new();
+    let l3 = |out: &mut LayerSpecs,
+              name: &str,
+              addrs: &[Prefix],
+              rs: &[v1alpha1::RouteConfig],
+              dhcp: bool| {
+        out.addresses.extend(addrs.iter().map(|a| AddressSpec {
+            link: name.to_string(),
+            address: *a,
+        }));
+        out.routes.extend(routes(name, rs));
+        if dhcp {
+            out.dhcp.push(DhcpSpec {
+                link: name.to_string(),
+            });
+        }
+    };
+    for d in c.documents() {
+        let spec = match d {
+            Document::Link(l) => {
+                l3(&mut out, l.name.as_str(), &l.addresses, &l.routes, l.dhcp);
+                LinkSpec {
+                    name: l.name.to_string(),
+                    kind: if l.dummy {
+                        LinkKind::Dummy
+                    } else {
+                        LinkKind::Physical
+                    },
+                    selector: l.selector.as_ref().map(|s| Selector {
+                        hardware_addr: s.hardware_addr.as_ref().map(ToString::to_string),
+                        driver: s.driver.clone(),
+                    }),
+                    up: l.up,
+                    mtu: l.mtu,
+                    master: None,
+                }
+            }
+            Document::Bond(b) => {
+                l3(&mut out, b.name.as_str(), &b.addresses, &b.routes, b.dhcp);
+                for m in &b.links {
+                    masters.insert(m.to_string(), b.name.to_string());
+                }
+                LinkSpec {
+                    name: b.name.to_string(),
+                    kind: LinkKind::Bond {
+                        mode: serde_json::to_value(b.mode)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        miimon: b.miimon,
+                    },
+                    selector: None,
+                    up: b.up,
+                    mtu: b.mtu,
+                    master: None,
+                }
+            }
+            Document::Vlan(v) => {
+                l3(&mut out, v.name.as_str(), &v.addresses, &v.routes, v.dhcp);
+                LinkSpec {
+                    name: v.name.to_string(),
+                    kind: LinkKind::Vlan {
+                        parent: v.parent.to_string(),
+                        id: v.vlan_id,
+                    },
+                    selector: None,
+                    up: v.up,
+                    mtu: v.mtu,
+                    master: None,
+                }
+            }
+            Document::Bridge(b) => {
+                l3(&mut out, b.name.as_str(), &b.addresses, &b.routes, b.dhcp);
+                for m in &b.links {
+                    masters.insert(m.to_string(), b.name.to_string());
+                }
+                LinkSpec {
+                    name: b.name.to_string(),
+                    kind: LinkKind::Bridge { stp: b.stp },
+                    selector: None,
+                    up: b.up,
+                    mtu: b.mtu,
+                    master: None,
+                }
+            }
+            Document::Hostname(h) => {
+                out.hostname = h.hostname.as_ref().map(|n| hostname(n.as_str()));
+                continue;
+            }
+            Document::Resolver(r) => {
+                out.resolvers = Some(ResolverSpec {
+                    nameservers: r.nameservers.clone(),
+                    search_domains: r.search_domains.iter().map(|d| d.to_string()).collect(),
+                });
+                continue;
+            }
+            Document::Time(t) => {
+                if !t.disabled {
+                    out.time_servers = Some(TimeServerSpec {
+                        servers: t.servers.clone(),
+                    });
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        links.insert(spec.name.clone(), spec);
+    }
+    for (member, master) in masters {
+        links
+            .entry(member.clone())
+            .or_insert_with(|| physical(&member))
+            .master = Some(master);
+    }
+    out.links = links.into_values().collect();
+    out
+}
+
+fn sync<T: NetSpec>(
+    store: &Store,
+    owner: &str,
+    layer: Layer,
+    specs: impl IntoIterator<Item = T>,
+) -> Result<(), StoreError> {
+    let desired: BTreeMap<String, Layered<T>> = specs
+        .into_iter()
+        .map(|spec| (format!("{owner}/{}", spec.id()), Layered { layer, spec }))
+        .collect();
+    for (id, s) in &desired {
+        store.apply(owner, id, s.clone())?;
+    }
+    let kind = Kind::of::<Layered<T>>();
+    for r in store.list_dyn(&kind) {
+        if r.metadata.owner == owner && !desired.contains_key(&r.metadata.id) {
+            store.destroy(&kind, &r.metadata.id, owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the layered specs that `owner` wrote exactly `specs` (ids `<owner>/<id>`). Each source
+/// has its own owner (`default`, `cmdline`, `config`, `dhcp-<link>`).
+pub fn publish(
+    store: &Store,
+    owner: &str,
+    layer: Layer,
+    specs: &LayerSpecs,
+) -> Result<(), StoreError> {
+    sync(store, owner, layer, specs.links.clone())?;
+    sync(store, owner, layer, specs.addresses.clone())?;
+    sync(store, owner, layer, specs.routes.clone())?;
+    sync(store, owner, layer, specs.rules.clone())?;
+    sync(store, owner, layer, specs.dhcp.clone())?;
+    sync(store, owner, layer, specs.hostname.clone())?;
+    sync(store, owner, layer, specs.resolvers.clone())?;
+    sync(store, owner, layer, specs.time_servers.clone())?;
+    Ok(())
+}
+
+/// Every layered kind, for watching.
+pub fn layered_kinds() -> Vec<Kind> {
+    vec![
+        Kind::of::<Layered<LinkSpec>>(),
+        Kind::of::<Layered<AddressSpec>>(),
+        Kind::of::<Layered<RouteSpec>>(),
+        Kind::of::<Layered<RuleSpec>>(),
+        Kind::of::<Layered<DhcpSpec>>(),
+        Kind::of::<Layered<HostnameSpec>>(),
+        Kind::of::<Layered<ResolverSpec>>(),
+        Kind::of::<Layered<TimeServerSpec>>(),
+    ]
+}
