@@ -116,6 +116,28 @@ impl Api {
         MachineServer::new(self)
     }
 
+    /// The netlink operations networkd would run for the config `text` (already validated),
+    /// against the kernel as it is now.
+    async fn network_plan(&self, text: &str) -> (Vec<String>, Vec<String>) {
+        let Ok(c) = basalt_config::Config::parse(text, self.node.config.mode()) else {
+            return (Vec::new(), Vec::new());
+        };
+        let specs = basalt_networkd::sources::from_config(&c);
+        let desired = basalt_networkd::merge::desired_if(
+            &self.node.store,
+            "config",
+            basalt_networkd::Layer::Config,
+            &specs,
+        );
+        match basalt_networkd::apply::plan_now(&desired).await {
+            Ok(p) => (p.ops.iter().map(ToString::to_string).collect(), p.waiting),
+            Err(e) => (
+                Vec::new(),
+                vec![format!("no plan: {}", basalt_resources::error_chain(&e))],
+            ),
+        }
+    }
+
     /// Finds a kind by a user's word for it: type name, plural, or short form, any case.
     fn kind(&self, word: &str, namespace: &str) -> std::result::Result<Kind, ApiError> {
         let w = word.to_ascii_lowercase();
@@ -288,11 +310,18 @@ impl Machine for Api {
         if out.reboot {
             self.sequence("reboot", Some(End::Reboot), true)?;
         }
+        let (network_plan, network_waiting) = if r.dry_run {
+            self.network_plan(&text).await
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(Response::new(pb::ApplyConfigurationResponse {
             summary: out.summary,
             config_diff: out.config_diff,
             resource_changes: out.resource_changes,
             needs_reboot: out.needs_reboot,
+            network_plan,
+            network_waiting,
         }))
     }
 

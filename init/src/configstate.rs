@@ -179,6 +179,11 @@ impl ConfigState {
         }
     }
 
+    /// The mode configs are checked in (metal or container).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// Watches the active config (`None` in maintenance mode).
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Config>>> {
         self.changed.subscribe()

@@ -71,11 +71,14 @@ pub fn start(
         }
     });
     let mut rt = Runtime::new(store.clone());
-    let files = FilesOptions {
-        etc_dir: Some(ETC_DIR.into()),
-        set_hostname: true,
+    let opts = basalt_networkd::Options {
+        files: FilesOptions {
+            etc_dir: Some(ETC_DIR.into()),
+            set_hostname: true,
+        },
+        dhcp: Default::default(),
     };
-    match basalt_networkd::register(&mut rt, files) {
+    match basalt_networkd::register(&mut rt, opts) {
         Ok(()) => {
             // The runtime's tasks live as long as PID 1.
             std::mem::forget(rt.start());

@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod cmdline;
+pub mod dhcp;
 pub mod files;
 pub mod merge;
 pub mod netlink;
@@ -28,11 +29,19 @@ pub use files::FilesOptions;
 pub use sources::{LayerSpecs, publish};
 pub use spec::Layer;
 
+/// How networkd runs on this node (or in this test).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub files: FilesOptions,
+    pub dhcp: dhcp::Timing,
+}
+
 /// Registers networkd's controllers with a runtime.
-pub fn register(rt: &mut Runtime, files: FilesOptions) -> Result<(), RuntimeError> {
+pub fn register(rt: &mut Runtime, opts: Options) -> Result<(), RuntimeError> {
     rt.register(Box::new(merge::MergeController))?;
     rt.register(Box::new(apply::ApplyController::default()))?;
-    rt.register(Box::new(files::FilesController::new(files)))?;
+    rt.register(Box::new(files::FilesController::new(opts.files)))?;
+    rt.register(Box::new(dhcp::DhcpController::new(opts.dhcp)))?;
     Ok(())
 }
 

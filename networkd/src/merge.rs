@@ -45,6 +45,48 @@ pub fn on_winning_layer<T: NetSpec>(
         .collect()
 }
 
+/// The links, addresses and routes the plan is made from, merged from layered specs.
+pub fn desired(
+    links: Vec<Layered<LinkSpec>>,
+    addresses: Vec<Layered<AddressSpec>>,
+    routes: Vec<Layered<RouteSpec>>,
+) -> crate::plan::Desired {
+    let links = merge(links);
+    let addresses = on_winning_layer(merge(addresses), &links, |a| a.link.as_str());
+    let routes = on_winning_layer(merge(routes), &links, |r| r.link.as_str());
+    crate::plan::Desired {
+        links: links.into_iter().map(|(id, (_, s))| (id, s)).collect(),
+        addresses: addresses.into_values().collect(),
+        routes: routes.into_values().collect(),
+    }
+}
+
+/// What the plan would be if `owner`'s layer said `specs` instead: the dry run of a config.
+pub fn desired_if(
+    store: &basalt_resources::Store,
+    owner: &str,
+    layer: Layer,
+    specs: &crate::LayerSpecs,
+) -> crate::plan::Desired {
+    fn others<T: NetSpec>(store: &basalt_resources::Store, owner: &str) -> Vec<Layered<T>> {
+        store
+            .list::<Layered<T>>()
+            .into_iter()
+            .filter(|(m, _)| m.owner != owner)
+            .map(|(_, s)| s)
+            .collect()
+    }
+    fn with<T: NetSpec>(mut v: Vec<Layered<T>>, layer: Layer, new: &[T]) -> Vec<Layered<T>> {
+        v.extend(new.iter().cloned().map(|spec| Layered { layer, spec }));
+        v
+    }
+    desired(
+        with(others(store, owner), layer, &specs.links),
+        with(others(store, owner), layer, &specs.addresses),
+        with(others(store, owner), layer, &specs.routes),
+    )
+}
+
 fn layered<T: NetSpec>(cx: &Context) -> Vec<Layered<T>> {
     // List order is id order, so equal layers resolve the same way every pass.
     cx.list::<Layered<T>>()

@@ -45,7 +45,7 @@ where
                 Duration::from_millis(500),
                 2,
             ));
-            basalt_networkd::register(&mut runtime, FilesOptions::default()).unwrap();
+            basalt_networkd::register(&mut runtime, options()).unwrap();
             let handle = runtime.start();
             let s = store.clone();
             tokio::spawn(async move { basalt_networkd::apply::run_status(s).await });
@@ -56,6 +56,16 @@ where
     .join();
     if let Err(p) = result {
         std::panic::resume_unwind(p);
+    }
+}
+
+fn options() -> basalt_networkd::Options {
+    basalt_networkd::Options {
+        files: FilesOptions::default(),
+        dhcp: basalt_networkd::dhcp::Timing {
+            first_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(2),
+        },
     }
 }
 
@@ -322,4 +332,180 @@ routes:
         })
         .await;
     });
+}
+
+/// A DHCP server: dnsmasq in a named namespace of its own, on the far end of a veth pair.
+/// Dropping it stops dnsmasq and removes the namespace.
+struct Dnsmasq {
+    ns: String,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Dnsmasq {
+    /// Makes `client_link` here and its peer `s0` (10.77.0.1/24) in the server's namespace.
+    fn new(client_link: &str) -> Self {
+        let ns = format!("basalt-dhcp-{}", std::process::id());
+        ip(&format!("netns add {ns}"));
+        ip(&format!(
+            "link add {client_link} type veth peer name s0 netns {ns}"
+        ));
+        ip(&format!("-n {ns} addr add 10.77.0.1/24 dev s0"));
+        ip(&format!("-n {ns} link set s0 up"));
+        ip(&format!("-n {ns} link set lo up"));
+        let mut d = Dnsmasq {
+            ns,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        d.start();
+        d
+    }
+
+    fn start(&mut self) {
+        let dir = self.dir.path();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "dnsmasq",
+                "--no-daemon",
+                "--conf-file=/dev/null",
+            ])
+            .args([
+                "--port=0",
+                "--interface=s0",
+                "--bind-interfaces",
+                "--user=root",
+            ])
+            .arg("--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m")
+            .arg("--dhcp-option=option:router,10.77.0.1")
+            .arg("--dhcp-option=option:dns-server,10.77.0.53")
+            .arg("--dhcp-option=option:domain-name,test.internal")
+            .arg("--dhcp-option=option:ntp-server,10.77.0.123")
+            // Short renewal times so the test sees a renewal and a rebind.
+            .arg("--dhcp-option=option:T1,3")
+            .arg("--dhcp-option=option:T2,5")
+            .arg("--log-dhcp")
+            .arg(format!("--log-facility={}", dir.join("log").display()))
+            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .spawn()
+            .expect("start dnsmasq (Debian's dnsmasq-base)");
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // `ip netns exec` execs dnsmasq, so killing the child killed dnsmasq.
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(what)).count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn dhcp_address(store: &Store, link: &str) -> Option<String> {
+    store
+        .list::<AddressStatus>()
+        .into_iter()
+        .map(|(_, a)| a)
+        .find(|a| a.link == link && a.address.to_string().starts_with("10.77.0."))
+        .map(|a| a.address.to_string())
+}
+
+#[tokio::test]
+async fn dhcp_against_dnsmasq_lease_renewal_server_gone_and_release() {
+    in_netns(
+        "dhcp_against_dnsmasq_lease_renewal_server_gone_and_release",
+        |store| async move {
+            let mut server = Dnsmasq::new("h0");
+            let c = config(
+                "apiVersion: v1alpha1
+kind: LinkConfig
+name: h0
+dhcp: true
+",
+            );
+            publish(&store, "config", Layer::Config, &sources::from_config(&c)).unwrap();
+            until("a lease", LONG, || dhcp_address(&store, "h0").is_some()).await;
+            let addr = dhcp_address(&store, "h0").unwrap();
+            assert!(addr.ends_with("/24"), "{addr}");
+            until("the default route from the lease", LONG, || {
+                store.list::<RouteStatus>().iter().any(|(_, r)| {
+                    r.link == "h0"
+                        && r.destination.prefix_len() == 0
+                        && r.gateway == Some("10.77.0.1".parse().unwrap())
+                })
+            })
+            .await;
+            assert!(ip("route show default").contains("via 10.77.0.1 dev h0"));
+            let r = store
+                .get::<basalt_networkd::spec::ResolverSpec>("resolvers")
+                .expect("resolvers from the lease")
+                .1;
+            assert_eq!(
+                r.nameservers,
+                ["10.77.0.53".parse::<std::net::IpAddr>().unwrap()]
+            );
+            assert_eq!(r.search_domains, ["test.internal"]);
+            let t = store
+                .get::<basalt_networkd::spec::TimeServerSpec>("timeservers")
+                .unwrap()
+                .1;
+            assert_eq!(t.servers, ["10.77.0.123"]);
+
+            // Renewal at T1 (3 s): the server acknowledges the same address again.
+            let acks = server.count("DHCPACK(s0)");
+            assert_eq!(acks, 1, "{}", server.log());
+            until("a renewal", LONG, || server.count("DHCPACK(s0)") > acks).await;
+            assert_eq!(dhcp_address(&store, "h0").as_deref(), Some(addr.as_str()));
+
+            // The server goes away: past T1 and T2 the address stays (the lease runs 2 min).
+            server.stop();
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            assert_eq!(dhcp_address(&store, "h0").as_deref(), Some(addr.as_str()));
+            assert!(ip("-br addr show dev h0").contains(addr.as_str()));
+            // It comes back: the rebinding client (broadcasting now) gets its lease again.
+            let before = server.count("DHCPACK(s0)");
+            server.start();
+            let waited = tokio::time::timeout(
+                LONG,
+                until("a rebind", LONG, || server.count("DHCPACK(s0)") > before),
+            )
+            .await;
+            assert!(waited.is_ok(), "no rebind; dnsmasq says:\n{}", server.log());
+            assert_eq!(dhcp_address(&store, "h0").as_deref(), Some(addr.as_str()));
+
+            // DHCP off: the lease is released and its address removed.
+            let c = config(
+                "apiVersion: v1alpha1
+kind: LinkConfig
+name: h0
+",
+            );
+            publish(&store, "config", Layer::Config, &sources::from_config(&c)).unwrap();
+            until("the release", LONG, || server.count("DHCPRELEASE(s0)") > 0).await;
+            until("the address gone", LONG, || {
+                dhcp_address(&store, "h0").is_none()
+            })
+            .await;
+            assert!(!ip("-br addr show dev h0").contains("10.77.0."));
+        },
+    );
 }

@@ -270,6 +270,19 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                         for f in &a.needs_reboot {
                             stdout(&format!("{p}  needs a reboot: {f}\n"));
                         }
+                        if dry_run && (!a.network_plan.is_empty() || !a.network_waiting.is_empty())
+                        {
+                            stdout(&format!(
+                                "{p}network plan ({} operations):\n",
+                                a.network_plan.len()
+                            ));
+                            for op in &a.network_plan {
+                                stdout(&format!("{p}  ip {op}\n"));
+                            }
+                            for w in &a.network_waiting {
+                                stdout(&format!("{p}  waiting: {w}\n"));
+                            }
+                        }
                         if dry_run && !a.config_diff.is_empty() {
                             stdout(&a.config_diff);
                             if !a.config_diff.ends_with('\n') {

@@ -132,6 +132,31 @@ async fn maintenance_then_a_config_through_the_api() {
     );
     assert!(f.node.config.active().is_none());
 
+    // The dry run's network plan: the exact operations, in order, against this host's kernel
+    // (read only), and what would wait. (The fixture runs no networkd, so no other layer.)
+    let net = format!(
+        "{CP}\n---\napiVersion: v1alpha1\nkind: LinkConfig\nname: lo\naddresses: [127.0.0.1/8, 127.0.0.77/8]\n---\napiVersion: v1alpha1\nkind: LinkConfig\nname: basalt-none0\naddresses: [10.99.0.1/24]\n"
+    );
+    let dry = f
+        .client
+        .apply_configuration(apply(&net, pb::ApplyMode::NoReboot, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        dry.network_plan
+            .contains(&"address add 127.0.0.77/8 dev lo".to_string()),
+        "{:?}",
+        dry.network_plan
+    );
+    assert!(
+        dry.network_waiting
+            .contains(&"link basalt-none0 is not present".to_string()),
+        "{:?}",
+        dry.network_waiting
+    );
+    assert!(f.node.config.active().is_none());
+
     let ok = f
         .client
         .apply_configuration(apply(CP, pb::ApplyMode::NoReboot, false))
