@@ -67,6 +67,9 @@ pub struct VmOptions {
     pub disk: Option<PathBuf>,
     /// Let a guest reboot restart it in place (else QEMU exits on reboot).
     pub allow_reboot: bool,
+    /// More network cards (eth1, eth2, ...) after the first, each on a QEMU user network of its
+    /// own that reaches nothing (`restrict=on`): links to bond, bridge or VLAN in tests.
+    pub extra_nics: u32,
 }
 
 impl Default for VmOptions {
@@ -76,6 +79,7 @@ impl Default for VmOptions {
             forward: Vec::new(),
             disk: None,
             allow_reboot: false,
+            extra_nics: 0,
         }
     }
 }
@@ -214,6 +218,11 @@ impl Vm {
         if !matches!(boot, Boot::Pxe { .. }) && !opts.forward.is_empty() {
             cmd.arg("-netdev").arg(format!("user,id=n0{hostfwd}"));
             cmd.args(["-device", "virtio-net-pci,netdev=n0"]);
+        }
+        for i in 1..=opts.extra_nics {
+            cmd.arg("-netdev").arg(format!("user,id=x{i},restrict=on"));
+            cmd.arg("-device")
+                .arg(format!("virtio-net-pci,netdev=x{i}"));
         }
         if let Some(disk) = &opts.disk {
             cmd.arg("-drive")

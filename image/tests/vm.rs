@@ -360,6 +360,7 @@ mod node {
                 forward: vec![(port, basalt_api::APID_PORT)],
                 disk: Some(disk),
                 allow_reboot: true,
+                extra_nics: 0,
             },
         )
         .unwrap();

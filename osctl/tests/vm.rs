@@ -82,9 +82,32 @@ fn boot(
             forward: vec![(port, 50000)],
             disk,
             allow_reboot: true,
+            extra_nics: 0,
         },
     )
     .unwrap()
+}
+
+/// The images, built once for every test here (tests run in parallel threads).
+fn images() -> basalt_image::Artifacts {
+    static IMAGES: std::sync::Mutex<Option<basalt_image::Artifacts>> = std::sync::Mutex::new(None);
+    let mut built = IMAGES.lock().unwrap_or_else(|p| p.into_inner());
+    built
+        .get_or_insert_with(|| {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            basalt_image::build(
+                Target::All,
+                &BuildOptions {
+                    out: tmp.join("vm-images/osctl"),
+                    init: None,
+                    extra_cmdline: Vec::new(),
+                    verbose: false,
+                    with_containerd: true,
+                },
+            )
+            .unwrap()
+        })
+        .clone()
 }
 
 #[test]
@@ -95,17 +118,7 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
     let python = std::env::var("BASALT_PYTHON")
         .expect("BASALT_PYTHON (a venv with grpcio, grpcio-tools, pyyaml; hack/test makes it)");
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let a = basalt_image::build(
-        Target::All,
-        &BuildOptions {
-            out: tmp.join("vm-images/osctl"),
-            init: None,
-            extra_cmdline: Vec::new(),
-            verbose: false,
-            with_containerd: true,
-        },
-    )
-    .unwrap();
+    let a = images();
     let dir = tmp.join("vm-runs/osctl");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -318,4 +331,180 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
     });
     assert!(v.contains("node1"), "{v}");
     drop(vm2);
+}
+
+/// networkd on a real node: eth0 by DHCP from QEMU's user network (`ip=dhcp`), then a config
+/// that keeps DHCP on eth0 and adds static links the host's kernel cannot make (a bond of two
+/// more NICs, a VLAN on it, a dummy link). The dry run shows the plan; `osctl get` shows both
+/// paths, DHCP's and the config's, as the kernel has them and as layers.
+#[test]
+fn networkd_dhcp_and_static_on_a_node() {
+    if !tier(Tier::Vm, "networkd_dhcp_and_static_on_a_node") {
+        return;
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let a = images();
+    let dir = tmp.join("vm-runs/networkd");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let e = format!("127.0.0.1:{port}");
+    let boot = Boot::Kernel {
+        vmlinuz: a.vmlinuz.clone().unwrap(),
+        initramfs: a.initramfs.clone().unwrap(),
+        cmdline: format!(
+            "{} basalt.reboot_delay=1 ip=dhcp",
+            basalt_image::build::BASE_CMDLINE
+        ),
+    };
+    let mut vm = Vm::start_with(
+        &boot,
+        &dir,
+        &VmOptions {
+            memory_mib: 768,
+            forward: vec![(port, 50000)],
+            disk: None,
+            allow_reboot: false,
+            extra_nics: 2,
+        },
+    )
+    .unwrap();
+    // QEMU's DHCP server gives 10.0.2.15; the banner names it.
+    vm.wait_for("on 10.0.2.15:50000", BOOT_TIMEOUT).unwrap();
+    assert!(
+        vm.console()
+            .contains("basalt: network: eth0 10.0.2.15/24 via 10.0.2.2"),
+        "{}",
+        vm.console()
+    );
+
+    ok(&dir, &["gen", "config", "net", "https://10.0.2.15:6443"]);
+    let cp = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
+    let net = "---
+apiVersion: v1alpha1
+kind: LinkConfig
+name: eth0
+dhcp: true
+---
+apiVersion: v1alpha1
+kind: LinkConfig
+name: dummy0
+dummy: true
+addresses: [192.168.77.1/24]
+---
+apiVersion: v1alpha1
+kind: BondConfig
+name: bond0
+mode: active-backup
+links: [eth1, eth2]
+addresses: [192.168.88.1/24]
+---
+apiVersion: v1alpha1
+kind: VLANConfig
+name: bond0.10
+parent: bond0
+vlanID: 10
+addresses: [192.168.10.1/24]
+";
+    std::fs::write(dir.join("net.yaml"), format!("{cp}{net}")).unwrap();
+
+    // The dry run: the plan, in order, and nothing applied.
+    let dry = ok(
+        &dir,
+        &[
+            "apply-config",
+            "--insecure",
+            "-n",
+            &e,
+            "-f",
+            "net.yaml",
+            "--dry-run",
+        ],
+    );
+    let pos = |what: &str| {
+        dry.find(what)
+            .unwrap_or_else(|| panic!("{what:?} not in the plan:\n{dry}"))
+    };
+    assert!(
+        pos("ip link add bond0 type bond mode active-backup miimon 100")
+            < pos("ip link set eth1 master bond0")
+    );
+    assert!(pos("ip link set eth2 master bond0") < pos("ip link set bond0 up"));
+    assert!(
+        pos("ip link add link bond0 name bond0.10 type vlan id 10")
+            < pos("ip address add 192.168.10.1/24 dev bond0.10")
+    );
+    pos("ip link add dummy0 type dummy");
+
+    let out = ok(
+        &dir,
+        &["apply-config", "--insecure", "-n", &e, "-f", "net.yaml"],
+    );
+    assert!(out.contains("applied live and saved"), "{out}");
+    let osconfig = dir.join("client.yaml");
+    let oc = osconfig.to_str().unwrap();
+    ok(&dir, &["--osconfig", oc, "config", "merge", "osconfig"]);
+    ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
+
+    let addrs = until(
+        &dir,
+        &["--osconfig", oc, "get", "addresses"],
+        BOOT_TIMEOUT,
+        |o| {
+            [
+                "eth0/10.0.2.15/24",
+                "dummy0/192.168.77.1/24",
+                "bond0/192.168.88.1/24",
+                "bond0.10/192.168.10.1/24",
+            ]
+            .iter()
+            .all(|a| o.contains(a))
+        },
+    );
+    assert!(addrs.contains("AddressStatus"), "{addrs}");
+    // Which path each came by: DHCP's layer and the config's.
+    let layers = ok(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "get",
+            "addressspecs",
+            "--namespace",
+            "network-config",
+        ],
+    );
+    assert!(layers.contains("dhcp-eth0/eth0/10.0.2.15/24"), "{layers}");
+    assert!(layers.contains("config/dummy0/192.168.77.1/24"), "{layers}");
+    let y = ok(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "get",
+            "addressspecs",
+            "dhcp-eth0/eth0/10.0.2.15/24",
+            "--namespace",
+            "network-config",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(y.contains("layer: dhcp"), "{y}");
+    // The bond's members, as the kernel has them.
+    let bond = ok(
+        &dir,
+        &["--osconfig", oc, "get", "links", "bond0", "-o", "yaml"],
+    );
+    let index = bond
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("index: "))
+        .unwrap_or_else(|| panic!("{bond}"))
+        .to_string();
+    for m in ["eth1", "eth2"] {
+        let l = ok(&dir, &["--osconfig", oc, "get", "links", m, "-o", "yaml"]);
+        assert!(l.contains(&format!("masterIndex: {index}")), "{l}");
+    }
+    let routes = ok(&dir, &["--osconfig", oc, "get", "routes"]);
+    assert!(routes.contains("eth0/0.0.0.0/0/10.0.2.2/1024"), "{routes}");
 }

@@ -50,7 +50,8 @@ fn socket_for(link: &str) -> Result<tokio::net::UdpSocket, std::io::Error> {
     tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
-/// The link's MAC, once the link exists.
+/// The link's MAC, once the link exists and is up (sending before would only fail and wait
+/// for a retry).
 async fn mac_of(link: &str) -> Option<[u8; 6]> {
     let h = crate::netlink::connect().ok()?;
     let m = h
@@ -62,7 +63,7 @@ async fn mac_of(link: &str) -> Option<[u8; 6]> {
         .await
         .ok()
         .flatten()?;
-    let l = crate::netlink::link(&m)?;
+    let l = crate::netlink::link(&m).filter(|l| l.up)?;
     let bytes: Vec<u8> = l
         .hardware_addr
         .split(':')
@@ -141,7 +142,7 @@ pub async fn run(
         if let Some(m) = mac_of(&link).await {
             break m;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let sock = socket_for(&link).map_err(|source| DhcpError::Socket {
         link: link.clone(),
