@@ -173,6 +173,17 @@ fn boot() -> Result<Never, (EarlyError, u64)> {
 
 /// Loads the modules `order_file` lists (paths under /lib/modules, dependencies first);
 /// one that is already loaded counts as loaded. Returns how many.
+/// Parameters a module is loaded with. The bonding and dummy drivers otherwise make a `bond0`
+/// and a `dummy0` of their own at load time, which networkd did not make and would not touch,
+/// so a config that names them could not get the kind and mode it asks for.
+fn module_params(path: &str) -> &'static std::ffi::CStr {
+    match path.rsplit('/').next().unwrap_or_default() {
+        "bonding.ko" => c"max_bonds=0",
+        "dummy.ko" => c"numdummies=0",
+        _ => c"",
+    }
+}
+
 pub fn load_modules(order_file: &str) -> Result<usize, EarlyError> {
     let order = match std::fs::read_to_string(order_file) {
         Ok(s) => s,
@@ -195,7 +206,7 @@ pub fn load_modules(order_file: &str) -> Result<usize, EarlyError> {
             path: path.display().to_string(),
             source,
         })?;
-        match finit_module(&file, c"", ModuleInitFlags::empty()) {
+        match finit_module(&file, module_params(rel), ModuleInitFlags::empty()) {
             Ok(()) | Err(nix::Error::EEXIST) => n += 1,
             Err(source) => {
                 return Err(EarlyError::Module {
@@ -313,5 +324,19 @@ fn free_initramfs(dir: &Path) {
         } else {
             let _ = std::fs::remove_file(&p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bonding_and_dummy_make_no_links_of_their_own() {
+        let p = |m| super::module_params(m).to_str().unwrap_or_default();
+        assert_eq!(
+            p("6.1.0-56-cloud-amd64/kernel/drivers/net/bonding/bonding.ko"),
+            "max_bonds=0"
+        );
+        assert_eq!(p("x/kernel/drivers/net/dummy.ko"), "numdummies=0");
+        assert_eq!(p("x/kernel/drivers/net/virtio_net.ko"), "");
     }
 }

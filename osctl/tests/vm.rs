@@ -378,6 +378,12 @@ fn networkd_dhcp_and_static_on_a_node() {
         vm.console()
     );
 
+    until(
+        &dir,
+        &["--insecure", "-n", &e, "version"],
+        BOOT_TIMEOUT,
+        |o| o.contains("maintenance"),
+    );
     ok(&dir, &["gen", "config", "net", "https://10.0.2.15:6443"]);
     let cp = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
     let net = "---
