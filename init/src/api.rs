@@ -90,6 +90,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("network", "LinkStatus"),
     ("network", "AddressStatus"),
     ("network", "RouteStatus"),
+    ("network", "RuleStatus"),
     ("network", "LinkSpec"),
     ("network", "AddressSpec"),
     ("network", "RouteSpec"),
@@ -148,6 +149,7 @@ impl Api {
             "link" | "links" | "linkstatuses" => "linkstatus".to_string(),
             "address" | "addresses" | "addr" => "addressstatus".to_string(),
             "route" | "routes" => "routestatus".to_string(),
+            "rule" | "rules" => "rulestatus".to_string(),
             _ => w,
         };
         let mut kinds: Vec<Kind> = KNOWN

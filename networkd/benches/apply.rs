@@ -87,6 +87,7 @@ async fn bench() {
         links: [("bench0".to_string(), link("bench0"))].into(),
         addresses: addresses("bench0", N, 100),
         routes: routes("bench0", N),
+        rules: Vec::new(),
     };
     let h = netlink::connect().unwrap();
     let mut ours = Vec::new();

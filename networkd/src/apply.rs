@@ -35,6 +35,11 @@ pub fn desired(store: &Store) -> Desired {
             .into_iter()
             .map(|(_, s)| s)
             .collect(),
+        rules: store
+            .list::<RuleSpec>()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect(),
     }
 }
 
@@ -94,6 +99,8 @@ impl Controller for ApplyController {
             Kind::of::<LinkStatus>(),
             Kind::of::<AddressStatus>(),
             Kind::of::<RouteStatus>(),
+            Kind::of::<RuleSpec>(),
+            Kind::of::<RuleStatus>(),
         ]
     }
     fn outputs(&self) -> Vec<Output> {
@@ -221,9 +228,27 @@ pub async fn refresh_status(h: &Handle, store: &Store) -> Result<(), NetlinkErro
             },
         );
     }
+    let rules: BTreeMap<String, RuleStatus> = netlink::observe_rules(h)
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                format!(
+                    "{}/{}",
+                    if r.rule.ipv6 { "inet6" } else { "inet" },
+                    r.rule.priority
+                ),
+                RuleStatus {
+                    rule: r.rule,
+                    protocol: netlink::protocol_name(r.protocol),
+                },
+            )
+        })
+        .collect();
     sync_kind(store, ls);
     sync_kind(store, as_);
     sync_kind(store, rs);
+    sync_kind(store, rules);
     Ok(())
 }
 
@@ -237,6 +262,8 @@ pub async fn run_status(store: Store) -> Result<(), NetlinkError> {
         G::Ipv6Ifaddr,
         G::Ipv4Route,
         G::Ipv6Route,
+        G::Ipv4Rule,
+        G::Ipv6Rule,
     ])
     .map_err(NetlinkError::Socket)?;
     tokio::spawn(conn);

@@ -50,6 +50,7 @@ pub fn desired(
     links: Vec<Layered<LinkSpec>>,
     addresses: Vec<Layered<AddressSpec>>,
     routes: Vec<Layered<RouteSpec>>,
+    rules: Vec<Layered<RuleSpec>>,
 ) -> crate::plan::Desired {
     let links = merge(links);
     let addresses = on_winning_layer(merge(addresses), &links, |a| a.link.as_str());
@@ -58,6 +59,7 @@ pub fn desired(
         links: links.into_iter().map(|(id, (_, s))| (id, s)).collect(),
         addresses: addresses.into_values().collect(),
         routes: routes.into_values().collect(),
+        rules: merge(rules).into_values().map(|(_, r)| r).collect(),
     }
 }
 
@@ -84,6 +86,7 @@ pub fn desired_if(
         with(others(store, owner), layer, &specs.links),
         with(others(store, owner), layer, &specs.addresses),
         with(others(store, owner), layer, &specs.routes),
+        with(others(store, owner), layer, &specs.rules),
     )
 }
 

@@ -18,8 +18,10 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, LinkBond, LinkBridge, LinkDummy, LinkUnspec, LinkVlan, LinkWireguard};
 
-use crate::plan::{ALIAS, Observed, ObservedAddress, ObservedLink, ObservedRoute, Op, RouteOp};
-use crate::spec::LinkKind;
+use crate::plan::{
+    ALIAS, Observed, ObservedAddress, ObservedLink, ObservedRoute, ObservedRule, Op, RouteOp,
+};
+use crate::spec::{LinkKind, RuleSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -252,7 +254,53 @@ pub async fn observe(h: &Handle) -> Result<Observed, NetlinkError> {
         links: links.iter().filter_map(link).collect(),
         addresses: addrs.iter().filter_map(address).collect(),
         routes: observe_routes(h).await?,
+        rules: observe_rules(h).await?,
     })
+}
+
+/// Every policy routing rule, both families.
+pub async fn observe_rules(h: &Handle) -> Result<Vec<ObservedRule>, NetlinkError> {
+    use rtnetlink::packet_route::rule::{RuleAttribute, RuleFlags, RuleMessage};
+    let mut out = Vec::new();
+    for v in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+        let msgs: Vec<RuleMessage> = h
+            .rule()
+            .get(v.clone())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::List {
+                what: "rules",
+                source,
+            })?;
+        for m in msgs {
+            let mut r = RuleSpec {
+                priority: 0,
+                ipv6: matches!(v, rtnetlink::IpVersion::V6),
+                fwmark: None,
+                fwmask: None,
+                invert: m.header.flags.contains(RuleFlags::Invert),
+                table: u32::from(m.header.table),
+            };
+            let mut protocol = 0u8;
+            for a in &m.attributes {
+                match a {
+                    RuleAttribute::Priority(p) => r.priority = *p,
+                    RuleAttribute::FwMark(x) => r.fwmark = Some(*x),
+                    RuleAttribute::FwMask(x) => r.fwmask = Some(*x),
+                    RuleAttribute::Table(t) => r.table = *t,
+                    RuleAttribute::Protocol(p) => protocol = (*p).into(),
+                    _ => {}
+                }
+            }
+            if r.fwmark == Some(0) && r.fwmask.is_none_or(|k| k == 0) {
+                r.fwmark = None;
+                r.fwmask = None;
+            }
+            out.push(ObservedRule { rule: r, protocol });
+        }
+    }
+    Ok(out)
 }
 
 /// Every route of every table, both families.
@@ -314,6 +362,33 @@ pub fn link_status(m: &LinkMessage) -> Option<(String, crate::spec::LinkStatus)>
             driver: l.driver,
         },
     ))
+}
+
+fn rule_message(r: &RuleSpec) -> rtnetlink::packet_route::rule::RuleMessage {
+    use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+    let mut m = RuleMessage::default();
+    m.header.family = if r.ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.action = RuleAction::ToTable;
+    if r.invert {
+        m.header.flags |= RuleFlags::Invert;
+    }
+    if let Ok(t) = u8::try_from(r.table) {
+        m.header.table = t;
+    }
+    m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    if let Some(x) = r.fwmark {
+        m.attributes.push(RuleAttribute::FwMark(x));
+        m.attributes
+            .push(RuleAttribute::FwMask(r.fwmask.unwrap_or(u32::MAX)));
+    }
+    m.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::Static));
+    m
 }
 
 fn invalid<E: std::fmt::Display>(op: &Op) -> impl Fn(E) -> NetlinkError + Copy + '_ {
@@ -497,6 +572,18 @@ impl Executor {
                 let msg = self.route_message(r, op).await?;
                 h.route().del(msg).execute().await.map_err(failed)
             }
+            Op::RuleAdd(r) => {
+                let msg = rule_message(r);
+                let mut req = h.rule().add();
+                *req.message_mut() = msg;
+                req.execute().await.map_err(failed)
+            }
+            Op::RuleDel(r) => h
+                .rule()
+                .del(rule_message(r))
+                .execute()
+                .await
+                .map_err(failed),
         }
     }
 

@@ -58,12 +58,33 @@ pub struct ObservedRoute {
     pub protocol: u8,
 }
 
+/// A policy routing rule as the kernel has it, in the same form as a [`RuleSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedRule {
+    pub rule: RuleSpec,
+    pub protocol: u8,
+}
+
 /// What the kernel has.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     pub links: Vec<ObservedLink>,
     pub addresses: Vec<ObservedAddress>,
     pub routes: Vec<ObservedRoute>,
+    pub rules: Vec<ObservedRule>,
+}
+
+/// A rule with the kernel's defaults filled in, so specs and dumps compare equal: a mark
+/// without a mask is matched in full.
+pub fn normalized(r: &RuleSpec) -> RuleSpec {
+    let mut r = r.clone();
+    if r.fwmark.is_some() && r.fwmask.is_none() {
+        r.fwmask = Some(u32::MAX);
+    }
+    if r.fwmark.is_none() && r.fwmask == Some(u32::MAX) {
+        r.fwmask = None;
+    }
+    r
 }
 
 impl Observed {
@@ -103,6 +124,28 @@ pub enum Op {
     AddressDel { link: String, address: Prefix },
     RouteAdd(RouteOp),
     RouteDel(RouteOp),
+    RuleAdd(RuleSpec),
+    RuleDel(RuleSpec),
+}
+
+/// `ip rule` syntax (an IPv6 rule is shown with `-6` first, as `ip -6 rule` takes it).
+fn rule_text(r: &RuleSpec) -> String {
+    let mut s = String::new();
+    if r.invert {
+        s.push_str("not ");
+    }
+    s.push_str("from all");
+    if let Some(m) = r.fwmark {
+        s.push_str(&format!(" fwmark {m:#x}"));
+        if let Some(k) = r.fwmask.filter(|k| *k != u32::MAX) {
+            s.push_str(&format!("/{k:#x}"));
+        }
+    }
+    s.push_str(&format!(
+        " lookup {} priority {} proto static",
+        r.table, r.priority
+    ));
+    s
 }
 
 impl fmt::Display for RouteOp {
@@ -155,6 +198,18 @@ impl fmt::Display for Op {
             Op::AddressDel { link, address } => write!(f, "address del {address} dev {link}"),
             Op::RouteAdd(r) => write!(f, "route add {r}"),
             Op::RouteDel(r) => write!(f, "route del {r}"),
+            Op::RuleAdd(r) => write!(
+                f,
+                "{}rule add {}",
+                if r.ipv6 { "-6 " } else { "" },
+                rule_text(r)
+            ),
+            Op::RuleDel(r) => write!(
+                f,
+                "{}rule del {}",
+                if r.ipv6 { "-6 " } else { "" },
+                rule_text(r)
+            ),
         }
     }
 }
@@ -173,6 +228,7 @@ pub struct Desired {
     pub links: BTreeMap<String, LinkSpec>,
     pub addresses: Vec<AddressSpec>,
     pub routes: Vec<RouteSpec>,
+    pub rules: Vec<RuleSpec>,
 }
 
 fn selected<'o>(sel: &Selector, obs: &'o Observed) -> Option<&'o ObservedLink> {
@@ -526,6 +582,20 @@ pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, String> {
     let mut new: Vec<&RouteOp> = want.iter().filter(|r| !have.contains(r)).collect();
     new.sort_by_key(|r| r.gateway.is_some());
     p.ops.extend(new.into_iter().cloned().map(Op::RouteAdd));
+
+    // Rules last: they send traffic to tables whose routes are in place by now. Only rules of
+    // protocol static are networkd's to remove.
+    let want: Vec<RuleSpec> = desired.rules.iter().map(normalized).collect();
+    let have: Vec<RuleSpec> = obs.rules.iter().map(|r| normalized(&r.rule)).collect();
+    for r in &obs.rules {
+        let n = normalized(&r.rule);
+        if r.protocol == PROTO_STATIC && !want.contains(&n) {
+            p.ops.push(Op::RuleDel(n));
+        }
+    }
+    for r in want.iter().filter(|r| !have.contains(r)) {
+        p.ops.push(Op::RuleAdd(r.clone()));
+    }
     Ok(p)
 }
 

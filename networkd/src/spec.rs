@@ -348,6 +348,20 @@ impl Spec for RouteStatus {
     const NAMESPACE: &'static str = "network";
 }
 
+/// A policy routing rule the kernel has (id = `inet/<priority>` or `inet6/<priority>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleStatus {
+    #[serde(flatten)]
+    pub rule: RuleSpec,
+    pub protocol: String,
+}
+
+impl Spec for RuleStatus {
+    const TYPE: &'static str = "RuleStatus";
+    const NAMESPACE: &'static str = "network";
+}
+
 /// The hostname in effect (id `hostname`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -509,3 +509,71 @@ name: h0
         },
     );
 }
+
+#[tokio::test]
+async fn policy_rules_route_into_their_table_and_come_back() {
+    in_netns(
+        "policy_rules_route_into_their_table_and_come_back",
+        |store| async move {
+            ip("link add r0 type veth peer name r1");
+            let specs = basalt_networkd::LayerSpecs {
+                links: vec![basalt_networkd::spec::LinkSpec {
+                    name: "r0".into(),
+                    kind: basalt_networkd::spec::LinkKind::Physical,
+                    selector: None,
+                    up: true,
+                    mtu: None,
+                    master: None,
+                }],
+                addresses: vec![basalt_networkd::spec::AddressSpec {
+                    link: "r0".into(),
+                    address: "10.60.0.2/24".parse().unwrap(),
+                }],
+                routes: vec![basalt_networkd::spec::RouteSpec {
+                    link: "r0".into(),
+                    destination: "0.0.0.0/0".parse().unwrap(),
+                    gateway: Some("10.60.0.1".parse().unwrap()),
+                    source: None,
+                    metric: 1024,
+                    table: 180,
+                }],
+                // KubeSpan's kind of rule: what is not marked goes to the mesh's table.
+                rules: vec![basalt_networkd::spec::RuleSpec {
+                    priority: 32500,
+                    ipv6: false,
+                    fwmark: Some(0x20),
+                    fwmask: Some(0x20),
+                    invert: true,
+                    table: 180,
+                }],
+                ..Default::default()
+            };
+            publish(&store, "test", Layer::Config, &specs).unwrap();
+            let want = "32500:\tnot from all fwmark 0x20/0x20 lookup 180 proto static";
+            until("the rule", LONG, || ip("rule show").contains(want)).await;
+            assert!(
+                ip("route show table 180").contains("default via 10.60.0.1 dev r0 proto static")
+            );
+            until("the rule's status", LONG, || {
+                store
+                    .get::<basalt_networkd::spec::RuleStatus>("inet/32500")
+                    .is_some_and(|(_, r)| r.protocol == "static" && r.rule.invert)
+            })
+            .await;
+            ip("rule del priority 32500");
+            until("the rule back", Duration::from_secs(1), || {
+                ip("rule show").contains(want)
+            })
+            .await;
+            // Gone from the specs: removed (it is networkd's: protocol static).
+            publish(
+                &store,
+                "test",
+                Layer::Config,
+                &basalt_networkd::LayerSpecs::default(),
+            )
+            .unwrap();
+            until("the rule gone", LONG, || !ip("rule show").contains("32500")).await;
+        },
+    );
+}

@@ -37,6 +37,7 @@ fn desired(links: Vec<LinkSpec>, addrs: &[(&str, &str)], routes: Vec<RouteSpec>)
             })
             .collect(),
         routes,
+        rules: Vec::new(),
     }
 }
 
@@ -125,6 +126,7 @@ fn in_sync_means_no_operations() {
                 protocol: 2,
             },
         ],
+        rules: Vec::new(),
     };
     assert_eq!(plan(&d, &obs).unwrap(), Plan::default());
 }
@@ -376,4 +378,77 @@ fn a_dependency_cycle_is_an_error_not_a_hang() {
     );
     let err = plan(&desired(vec![a, b], &[], vec![]), &Observed::default()).unwrap_err();
     assert!(err.contains("cycle: a → b → a"), "{err}");
+}
+
+#[test]
+fn rules_come_after_the_routes_of_their_table_and_only_static_ones_are_removed() {
+    let mut d = desired(
+        vec![link("eth0", LinkKind::Physical)],
+        &[("eth0", "10.0.0.5/24")],
+        vec![],
+    );
+    d.routes.push(RouteSpec {
+        table: 180,
+        ..default_route("eth0", "10.0.0.1")
+    });
+    let rule = RuleSpec {
+        priority: 32500,
+        ipv6: false,
+        fwmark: Some(0x20),
+        fwmask: Some(0x20),
+        invert: true,
+        table: 180,
+    };
+    d.rules.push(rule.clone());
+    let main = |priority, table| ObservedRule {
+        rule: RuleSpec {
+            priority,
+            ipv6: false,
+            fwmark: None,
+            fwmask: None,
+            invert: false,
+            table,
+        },
+        protocol: 2,
+    };
+    let obs = Observed {
+        links: vec![hw(2, "eth0", true)],
+        rules: vec![
+            main(0, 255),
+            main(32766, MAIN_TABLE),
+            ObservedRule {
+                rule: RuleSpec {
+                    fwmark: Some(7),
+                    fwmask: None,
+                    ..main(100, 9).rule
+                },
+                protocol: PROTO_STATIC,
+            },
+        ],
+        ..Observed::default()
+    };
+    assert_eq!(
+        lines(&plan(&d, &obs).unwrap()),
+        [
+            "address add 10.0.0.5/24 dev eth0",
+            "route add 0.0.0.0/0 via 10.0.0.1 dev eth0 metric 1024 table 180 proto static",
+            "rule del from all fwmark 0x7 lookup 9 priority 100 proto static",
+            "rule add not from all fwmark 0x20/0x20 lookup 180 priority 32500 proto static",
+        ]
+    );
+    // In place (the kernel reports the mask it stores): nothing to do for rules.
+    let obs = Observed {
+        rules: vec![ObservedRule {
+            rule: rule.clone(),
+            protocol: PROTO_STATIC,
+        }],
+        ..obs
+    };
+    assert!(
+        !lines(&plan(&d, &obs).unwrap())
+            .iter()
+            .any(|l| l.contains("rule")),
+        "{:?}",
+        plan(&d, &obs).unwrap()
+    );
 }
