@@ -58,7 +58,9 @@ fn assert_boots(boot: Boot, name: &str) {
         assert!(t >= last, "{name}: {m} came out of order");
         last = t;
     }
-    vm.wait_for("basalt: root is", BOOT_TIMEOUT).unwrap();
+    // The whole line: the console file is read while QEMU is still writing it.
+    vm.wait_for("basalt: root is read-only; /var is writable", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", vm.console()));
     let console = vm.console();
     let mounts = console
         .lines()
