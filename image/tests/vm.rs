@@ -586,7 +586,7 @@ mod node {
             let r = c.reboot(pb::RebootRequest {}).await.unwrap().into_inner();
             assert_eq!(r.summary, "reboot sequence started");
         });
-        vm.wait_for("basalt: sequence reboot: step 5/5: reboot", BOOT_TIMEOUT)
+        vm.wait_for("basalt: sequence reboot: step 6/6: reboot", BOOT_TIMEOUT)
             .unwrap();
         assert!(
             vm.console()

@@ -115,6 +115,7 @@ fn main() {
     let store = basalt_resources::Store::default();
     let logs = Logs::new(None, 100, 0);
     let node = Node {
+        leases: Default::default(),
         store: store.clone(),
         logs: logs.clone(),
         sup: Supervisor::new(store.clone(), logs, None),

@@ -27,6 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn start(
     store: Store,
     sup: Arc<Supervisor>,
+    leases: basalt_networkd::dhcp::Leases,
     ip: Option<&str>,
     config: watch::Receiver<Option<Arc<Config>>>,
 ) {
@@ -77,6 +78,7 @@ pub fn start(
             set_hostname: true,
         },
         dhcp: Default::default(),
+        leases,
     };
     match basalt_networkd::register(&mut rt, opts) {
         Ok(()) => {

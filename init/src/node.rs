@@ -29,6 +29,8 @@ pub struct Node {
     pub power: Arc<dyn Power>,
     pub paths: Paths,
     pub booted: Instant,
+    /// networkd's DHCP clients: their leases are released at shutdown.
+    pub leases: basalt_networkd::dhcp::Leases,
 }
 
 /// What a shutdown-like sequence ends with.
@@ -88,9 +90,23 @@ impl Node {
                 .to_string())
             }),
             self.stop_services_step(),
+            self.release_leases_step(),
         ];
         steps.extend(self.end_steps(end));
         steps
+    }
+
+    fn release_leases_step(&self) -> Step {
+        let leases = self.leases.clone();
+        Step::new("release DHCP leases", move || async move {
+            let links = leases.release_all().await;
+            Ok(if links.is_empty() {
+                "none".to_string()
+            } else {
+                format!("released on {}", links.join(", "))
+            })
+        })
+        .may_fail()
     }
 
     /// Reset: forget the config and the node's data, then reboot into maintenance mode.

@@ -98,6 +98,7 @@ async fn main() {
     for note in config.load_at_boot() {
         log::line(&note);
     }
+    let leases = basalt_networkd::dhcp::Leases::default();
     let node = Node {
         store: store.clone(),
         logs: logs.clone(),
@@ -105,6 +106,7 @@ async fn main() {
         config: config.clone(),
         seq: Sequencer::new(store.clone()),
         power: Arc::new(RealPower),
+        leases: leases.clone(),
         paths: Paths {
             wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
         },
@@ -125,6 +127,7 @@ async fn main() {
     net::start(
         store.clone(),
         sup.clone(),
+        leases,
         cmdline.ip.as_deref(),
         config.subscribe(),
     );

@@ -34,6 +34,8 @@ pub use spec::Layer;
 pub struct Options {
     pub files: FilesOptions,
     pub dhcp: dhcp::Timing,
+    /// The DHCP clients, for releasing their leases at shutdown.
+    pub leases: dhcp::Leases,
 }
 
 /// Registers networkd's controllers with a runtime.
@@ -41,7 +43,7 @@ pub fn register(rt: &mut Runtime, opts: Options) -> Result<(), RuntimeError> {
     rt.register(Box::new(merge::MergeController))?;
     rt.register(Box::new(apply::ApplyController::default()))?;
     rt.register(Box::new(files::FilesController::new(opts.files)))?;
-    rt.register(Box::new(dhcp::DhcpController::new(opts.dhcp)))?;
+    rt.register(Box::new(dhcp::DhcpController::new(opts.dhcp, opts.leases)))?;
     Ok(())
 }
 

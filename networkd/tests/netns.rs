@@ -25,7 +25,7 @@ fn config(network: &str) -> Config {
 /// Runs `body` in a new network namespace with networkd started on a fresh store.
 fn in_netns<F, Fut>(test: &str, body: F)
 where
-    F: FnOnce(Store) -> Fut + Send + 'static,
+    F: FnOnce(Store, basalt_networkd::dhcp::Leases) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     if !basalt_testkit::tier(basalt_testkit::Tier::Privileged, test) {
@@ -45,11 +45,13 @@ where
                 Duration::from_millis(500),
                 2,
             ));
-            basalt_networkd::register(&mut runtime, options()).unwrap();
+            let opts = options();
+            let leases = opts.leases.clone();
+            basalt_networkd::register(&mut runtime, opts).unwrap();
             let handle = runtime.start();
             let s = store.clone();
             tokio::spawn(async move { basalt_networkd::apply::run_status(s).await });
-            body(store).await;
+            body(store, leases).await;
             handle.shutdown();
         });
     })
@@ -66,6 +68,7 @@ fn options() -> basalt_networkd::Options {
             first_retry: Duration::from_millis(500),
             max_retry: Duration::from_secs(2),
         },
+        leases: Default::default(),
     }
 }
 
@@ -105,7 +108,7 @@ fn has_address(store: &Store, link: &str, addr: &str) -> bool {
 
 #[tokio::test]
 async fn static_addresses_and_routes() {
-    in_netns("static_addresses_and_routes", |store| async move {
+    in_netns("static_addresses_and_routes", |store, _| async move {
         ip("link add v0 type veth peer name v1");
         let c = config(
             "apiVersion: v1alpha1
@@ -159,7 +162,7 @@ routes:
 
 #[tokio::test]
 async fn a_bridge_with_its_ports() {
-    in_netns("a_bridge_with_its_ports", |store| async move {
+    in_netns("a_bridge_with_its_ports", |store, _| async move {
         ip("link add p0 type veth peer name p0peer");
         ip("link add p1 type veth peer name p1peer");
         let c = config(
@@ -206,7 +209,7 @@ name: p0
 async fn changing_the_config_moves_addresses_without_flapping_other_links() {
     in_netns(
         "changing_the_config_moves_addresses_without_flapping_other_links",
-        |store| async move {
+        |store, _| async move {
             ip("link add a0 type veth peer name a1");
             ip("link add b0 type veth peer name b1");
             let before = config(
@@ -290,7 +293,7 @@ addresses: [10.2.0.2/24, 10.1.0.2/24]
 
 #[tokio::test]
 async fn drift_is_repaired() {
-    in_netns("drift_is_repaired", |store| async move {
+    in_netns("drift_is_repaired", |store, _| async move {
         ip("link add d0 type veth peer name d1");
         let c = config(
             "apiVersion: v1alpha1
@@ -391,6 +394,8 @@ impl Dnsmasq {
             .arg(format!("--log-facility={}", dir.join("log").display()))
             .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
+            // It logs to stderr as well as to the file the test reads.
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start dnsmasq (Debian's dnsmasq-base)");
         self.child = Some(child);
@@ -433,7 +438,7 @@ fn dhcp_address(store: &Store, link: &str) -> Option<String> {
 async fn dhcp_against_dnsmasq_lease_renewal_server_gone_and_release() {
     in_netns(
         "dhcp_against_dnsmasq_lease_renewal_server_gone_and_release",
-        |store| async move {
+        |store, leases| async move {
             let mut server = Dnsmasq::new("h0");
             let c = config(
                 "apiVersion: v1alpha1
@@ -492,6 +497,39 @@ dhcp: true
             assert!(waited.is_ok(), "no rebind; dnsmasq says:\n{}", server.log());
             assert_eq!(dhcp_address(&store, "h0").as_deref(), Some(addr.as_str()));
 
+            // Shutdown's step: every lease released, the address gone with it.
+            assert_eq!(leases.release_all().await, ["h0"]);
+            until("the release", LONG, || server.count("DHCPRELEASE(s0)") == 1).await;
+            until("the address gone", LONG, || {
+                dhcp_address(&store, "h0").is_none()
+            })
+            .await;
+
+            // The controller starts a client again when the specs change: DHCP off, then on.
+            let c = config(
+                "apiVersion: v1alpha1
+kind: LinkConfig
+name: h0
+",
+            );
+            publish(&store, "config", Layer::Config, &sources::from_config(&c)).unwrap();
+            until("DHCP off", LONG, || {
+                store.get::<basalt_networkd::spec::DhcpSpec>("h0").is_none()
+            })
+            .await;
+            let c = config(
+                "apiVersion: v1alpha1
+kind: LinkConfig
+name: h0
+dhcp: true
+",
+            );
+            publish(&store, "config", Layer::Config, &sources::from_config(&c)).unwrap();
+            until("a lease again", LONG, || {
+                dhcp_address(&store, "h0").is_some()
+            })
+            .await;
+
             // DHCP off: the lease is released and its address removed.
             let c = config(
                 "apiVersion: v1alpha1
@@ -500,7 +538,10 @@ name: h0
 ",
             );
             publish(&store, "config", Layer::Config, &sources::from_config(&c)).unwrap();
-            until("the release", LONG, || server.count("DHCPRELEASE(s0)") > 0).await;
+            until("the second release", LONG, || {
+                server.count("DHCPRELEASE(s0)") == 2
+            })
+            .await;
             until("the address gone", LONG, || {
                 dhcp_address(&store, "h0").is_none()
             })
@@ -514,7 +555,7 @@ name: h0
 async fn policy_rules_route_into_their_table_and_come_back() {
     in_netns(
         "policy_rules_route_into_their_table_and_come_back",
-        |store| async move {
+        |store, _| async move {
             ip("link add r0 type veth peer name r1");
             let specs = basalt_networkd::LayerSpecs {
                 links: vec![basalt_networkd::spec::LinkSpec {

@@ -319,7 +319,7 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
     // Reboot: node1 comes back with its config (saved on the state disk).
     let out = ok(&dir, &["--osconfig", oc, "reboot"]);
     assert!(out.contains("reboot sequence started"), "{out}");
-    vm1.wait_for("sequence reboot: step 5/5: reboot", BOOT_TIMEOUT)
+    vm1.wait_for("sequence reboot: step 6/6: reboot", BOOT_TIMEOUT)
         .unwrap();
     let deadline = Instant::now() + BOOT_TIMEOUT;
     while vm1.console().matches("basalt: PID 1 running").count() < 2 {

@@ -34,6 +34,7 @@ async fn fixture() -> Fixture {
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("x")).unwrap();
     let node = Node {
+        leases: Default::default(),
         store: store.clone(),
         logs,
         sup: sup.clone(),

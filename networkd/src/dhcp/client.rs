@@ -205,19 +205,41 @@ pub async fn run(
     }
 }
 
+type Running =
+    std::collections::BTreeMap<String, (oneshot::Sender<()>, tokio::task::JoinHandle<()>)>;
+
+/// The running DHCP clients, shared by the controller and whoever must release the leases at
+/// shutdown.
+#[derive(Debug, Clone, Default)]
+pub struct Leases(std::sync::Arc<tokio::sync::Mutex<Running>>);
+
+impl Leases {
+    /// Stops every client; each sends its server a RELEASE. Returns the links.
+    pub async fn release_all(&self) -> Vec<String> {
+        let running = std::mem::take(&mut *self.0.lock().await);
+        let mut links = Vec::new();
+        for (link, (stop, task)) in running {
+            let _ = stop.send(());
+            let _ = task.await;
+            links.push(link);
+        }
+        links
+    }
+}
+
 /// Runs a DHCP client on every link a merged `DhcpSpec` names; a link dropped from the specs
 /// has its lease released.
 #[derive(Debug, Default)]
 pub struct DhcpController {
     timing: Timing,
-    running: std::collections::BTreeMap<String, (oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    running: Leases,
 }
 
 impl DhcpController {
-    pub fn new(timing: Timing) -> Self {
+    pub fn new(timing: Timing, leases: Leases) -> Self {
         DhcpController {
             timing,
-            running: Default::default(),
+            running: leases,
         }
     }
 }
@@ -243,20 +265,20 @@ impl basalt_resources::controller::Controller for DhcpController {
                 .into_iter()
                 .map(|(_, d)| d.link)
                 .collect();
-            let gone: Vec<String> = self
-                .running
+            let mut running = self.running.0.lock().await;
+            let gone: Vec<String> = running
                 .keys()
                 .filter(|l| !want.contains(*l))
                 .cloned()
                 .collect();
             for l in gone {
-                if let Some((stop, task)) = self.running.remove(&l) {
+                if let Some((stop, task)) = running.remove(&l) {
                     let _ = stop.send(());
                     let _ = task.await;
                 }
             }
             for l in want {
-                if self.running.get(&l).is_some_and(|(_, t)| !t.is_finished()) {
+                if running.get(&l).is_some_and(|(_, t)| !t.is_finished()) {
                     continue;
                 }
                 let (tx, rx) = oneshot::channel();
@@ -268,7 +290,7 @@ impl basalt_resources::controller::Controller for DhcpController {
                         warn!(error = %basalt_resources::error_chain(&e), "DHCP client stopped");
                     }
                 });
-                self.running.insert(l, (tx, task));
+                running.insert(l, (tx, task));
             }
             Ok(())
         })

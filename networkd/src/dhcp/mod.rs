@@ -14,7 +14,7 @@ use std::time::Duration;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable as _, Encodable as _};
 
-pub use client::{DhcpController, DhcpError, lease_specs, run};
+pub use client::{DhcpController, DhcpError, Leases, lease_specs, run};
 
 /// What a lease gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
