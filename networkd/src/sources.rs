@@ -12,6 +12,9 @@ use basalt_resources::{Kind, Store, StoreError};
 use crate::cmdline::IpConfig;
 use crate::spec::*;
 
+/// The WireGuard link KubeSpan's mesh runs over.
+pub const KUBESPAN_LINK: &str = "kubespan";
+
 /// The metric of a route nobody gave one: the kernel's default for IPv6, used for both.
 pub const DEFAULT_METRIC: u32 = 1024;
 
@@ -248,6 +251,15 @@ pub fn from_config(c: &Config) -> LayerSpecs {
                 });
                 continue;
             }
+            // The mesh's link; KubeSpan configures its keys, peers, address and routes.
+            Document::KubeSpan(k) if k.enabled => LinkSpec {
+                name: KUBESPAN_LINK.into(),
+                kind: LinkKind::Wireguard,
+                selector: None,
+                up: true,
+                mtu: Some(k.mtu),
+                master: None,
+            },
             Document::Time(t) => {
                 if !t.disabled {
                     out.time_servers = Some(TimeServerSpec {
@@ -323,4 +335,106 @@ pub fn layered_kinds() -> Vec<Kind> {
         Kind::of::<Layered<ResolverSpec>>(),
         Kind::of::<Layered<TimeServerSpec>>(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_network_config_as_specs() {
+        // network.yaml leaves its secrets out; take controlplane.yaml's.
+        let cp = include_str!("../../config/testdata/valid/controlplane.yaml");
+        let secrets = cp
+            .split("\n---\n")
+            .find(|d| d.contains("kind: Secrets"))
+            .unwrap();
+        let text = format!(
+            "{}\n---\n{secrets}",
+            include_str!("../../config/testdata/valid/network.yaml")
+        );
+        let c = Config::parse(&text, basalt_config::Mode::Metal)
+            .unwrap_or_else(|e| panic!("{}", basalt_resources::error_chain(&e)));
+        let s = from_config(&c);
+        let link = |n: &str| s.links.iter().find(|l| l.name == n).unwrap();
+        assert_eq!(
+            link("bond0").kind,
+            LinkKind::Bond {
+                mode: "active-backup".into(),
+                miimon: 100
+            }
+        );
+        assert_eq!(link("bond0").mtu, Some(9000));
+        assert_eq!(link("eth0").master.as_deref(), Some("bond0"));
+        assert_eq!(
+            link("eth0")
+                .selector
+                .as_ref()
+                .unwrap()
+                .hardware_addr
+                .as_deref(),
+            Some("52:54:00:12:34:56")
+        );
+        assert_eq!(link("dummy0").kind, LinkKind::Dummy);
+        assert_eq!(link("dummy0").master.as_deref(), Some("br0"));
+        assert_eq!(
+            link("bond0.100").kind,
+            LinkKind::Vlan {
+                parent: "bond0".into(),
+                id: 100
+            }
+        );
+        assert_eq!(link(KUBESPAN_LINK).kind, LinkKind::Wireguard);
+        assert_eq!(link(KUBESPAN_LINK).mtu, Some(1420));
+        assert_eq!(
+            s.dhcp,
+            [DhcpSpec {
+                link: "bond0.100".into()
+            }]
+        );
+        let v6 = s.routes.iter().find(|r| r.destination.is_ipv6()).unwrap();
+        assert_eq!(
+            (v6.metric, v6.gateway),
+            (2048, Some("fd00:5::1".parse().unwrap()))
+        );
+        assert_eq!(
+            s.hostname,
+            Some(HostnameSpec {
+                hostname: "node1".into(),
+                domain: None
+            })
+        );
+        assert_eq!(s.resolvers.unwrap().search_domains, ["example.com"]);
+        assert_eq!(s.time_servers.unwrap().servers, ["10.5.0.1"]);
+    }
+
+    #[test]
+    fn the_cmdline_layer() {
+        let ip = IpConfig::parse(
+            "10.0.2.15::10.0.2.2:255.255.255.0:node1.example.com:eth0:off:10.0.2.3",
+        )
+        .unwrap();
+        let s = from_cmdline(&ip);
+        assert_eq!(s.addresses[0].address.to_string(), "10.0.2.15/24");
+        assert_eq!(s.routes[0].gateway, Some("10.0.2.2".parse().unwrap()));
+        assert_eq!(
+            s.hostname,
+            Some(HostnameSpec {
+                hostname: "node1".into(),
+                domain: Some("example.com".into())
+            })
+        );
+        assert_eq!(
+            s.resolvers.unwrap().nameservers,
+            ["10.0.2.3".parse::<IpAddr>().unwrap()]
+        );
+        let d = from_cmdline(&IpConfig::parse("eth1:dhcp").unwrap());
+        assert_eq!(
+            d.dhcp,
+            [DhcpSpec {
+                link: "eth1".into()
+            }]
+        );
+        assert!(from_cmdline(&IpConfig::Off).links.is_empty());
+    }
 }

@@ -411,6 +411,11 @@ name: bond0.10
 parent: bond0
 vlanID: 10
 addresses: [192.168.10.1/24]
+---
+apiVersion: v1alpha1
+kind: KubeSpanConfig
+enabled: true
+mtu: 1380
 ";
     std::fs::write(dir.join("net.yaml"), format!("{cp}{net}")).unwrap();
 
@@ -441,6 +446,7 @@ addresses: [192.168.10.1/24]
             < pos("ip address add 192.168.10.1/24 dev bond0.10")
     );
     pos("ip link add dummy0 type dummy");
+    assert!(pos("ip link add kubespan type wireguard") < pos("ip link set kubespan mtu 1380"));
 
     let out = ok(
         &dir,
@@ -511,6 +517,16 @@ addresses: [192.168.10.1/24]
         let l = ok(&dir, &["--osconfig", oc, "get", "links", m, "-o", "yaml"]);
         assert!(l.contains(&format!("masterIndex: {index}")), "{l}");
     }
+    // KubeSpan's WireGuard link, made by networkd with the mesh's MTU (the VM kernel has the
+    // wireguard driver; this host's does not).
+    let wg = ok(
+        &dir,
+        &["--osconfig", oc, "get", "links", "kubespan", "-o", "yaml"],
+    );
+    assert!(
+        wg.contains("kind: wireguard") && wg.contains("mtu: 1380"),
+        "{wg}"
+    );
     let routes = ok(&dir, &["--osconfig", oc, "get", "routes"]);
     assert!(routes.contains("eth0/0.0.0.0/0/10.0.2.2/1024"), "{routes}");
 }
