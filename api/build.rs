@@ -1,7 +1,10 @@
 //! Compiles the protos with protox (pure Rust), so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/basalt/machine/v1/machine.proto"];
+    let protos = [
+        "proto/basalt/machine/v1/machine.proto",
+        "proto/basalt/discovery/v1/discovery.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

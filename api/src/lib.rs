@@ -1,4 +1,5 @@
-//! The machine API: what init serves on its unix socket and apid carries over the network.
+//! The machine API (what init serves on its unix socket and apid carries over the network)
+//! and the discovery API (what KubeSpan's nodes and the discovery server speak).
 //!
 //! The `.proto` files under `proto/` are the contract; this crate holds the code tonic
 //! generates from them, the role table ([`auth`]) and how both ends speak TLS ([`tls`]) —
@@ -15,6 +16,15 @@ pub mod machine {
     //! `basalt.machine.v1`.
     tonic::include_proto!("basalt.machine.v1");
 }
+
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod discovery {
+    //! `basalt.discovery.v1`: the open discovery service KubeSpan's nodes meet through.
+    tonic::include_proto!("basalt.discovery.v1");
+}
+
+/// The discovery service's default port.
+pub const DISCOVERY_PORT: u16 = 3000;
 
 /// Where init serves the machine API on a node.
 pub const INIT_SOCKET: &str = "/system/run/init/machine.sock";

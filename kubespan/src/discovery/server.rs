@@ -1,0 +1,270 @@
+//! The gRPC face of the registry.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use basalt_api::discovery as pb;
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::registry::{
+    AffiliateView, Change, Limits, RateLimiter, Registry, RegistryError, Snapshot,
+};
+
+fn status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::TooManyAffiliates { .. }
+        | RegistryError::TooManyClusters { .. }
+        | RegistryError::RateLimited(_) => Status::resource_exhausted(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+fn affiliate(v: AffiliateView) -> pb::Affiliate {
+    pb::Affiliate {
+        id: v.id,
+        data: v.data,
+        observed_addresses: v.observed.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The service: one registry, one rate limiter, one clock.
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    reg: Arc<Mutex<Registry>>,
+    limiter: Arc<Mutex<RateLimiter>>,
+    origin: Instant,
+}
+
+impl DiscoveryService {
+    pub fn new(reg: Registry) -> Self {
+        DiscoveryService {
+            reg: Arc::new(Mutex::new(reg)),
+            // 20 requests a second per address, bursts of 100: a node updates every few seconds.
+            limiter: Arc::new(Mutex::new(RateLimiter::new(20.0, 100.0))),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn reg(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.reg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit<T>(&self, r: &Request<T>) -> Result<Option<IpAddr>, Status> {
+        let from = r.remote_addr().map(|a| a.ip());
+        if let Some(ip) = from {
+            self.limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(self.now(), ip)
+                .map_err(status)?;
+        }
+        Ok(from)
+    }
+
+    /// Drops expired records; run every second.
+    pub fn expire(&self) -> usize {
+        let now = self.now();
+        self.reg().expire(now)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let now = self.now();
+        self.reg().snapshot(now, SystemTime::now())
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for DiscoveryService {
+    async fn update(
+        &self,
+        r: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let from = self.admit(&r)?;
+        let m = r.into_inner();
+        let now = self.now();
+        self.reg()
+            .update(
+                now,
+                &m.cluster_id,
+                &m.affiliate_id,
+                m.data,
+                Duration::from_secs(u64::from(m.ttl_seconds)),
+                from,
+            )
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateResponse {
+            observed_address: from.map(|f| f.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        r: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.admit(&r)?;
+        let m = r.into_inner();
+        self.reg()
+            .delete(&m.cluster_id, &m.affiliate_id)
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn list(
+        &self,
+        r: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.admit(&r)?;
+        let m = r.into_inner();
+        let now = self.now();
+        let list = self.reg().list(now, &m.cluster_id).map_err(status)?;
+        Ok(Response::new(pb::ListResponse {
+            affiliates: list.into_iter().map(affiliate).collect(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        r: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.admit(&r)?;
+        let cluster = r.into_inner().cluster_id;
+        let now = self.now();
+        let (list, mut rx) = self.reg().watch(now, &cluster).map_err(status)?;
+        let me = self.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let send_all = |list: Vec<AffiliateView>| {
+                let mut v: Vec<pb::WatchResponse> = list
+                    .into_iter()
+                    .map(|a| pb::WatchResponse {
+                        kind: pb::watch_response::Kind::Updated as i32,
+                        affiliate: Some(affiliate(a)),
+                    })
+                    .collect();
+                v.push(pb::WatchResponse {
+                    kind: pb::watch_response::Kind::SnapshotDone as i32,
+                    affiliate: None,
+                });
+                v
+            };
+            for m in send_all(list) {
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let msg = match rx.recv().await {
+                    Ok(Change::Updated(a)) => vec![pb::WatchResponse {
+                        kind: pb::watch_response::Kind::Updated as i32,
+                        affiliate: Some(affiliate(a)),
+                    }],
+                    Ok(Change::Deleted(id)) => vec![pb::WatchResponse {
+                        kind: pb::watch_response::Kind::Deleted as i32,
+                        affiliate: Some(pb::Affiliate {
+                            id,
+                            ..Default::default()
+                        }),
+                    }],
+                    // Fell behind: everything again (updates are idempotent for a watcher).
+                    Err(RecvError::Lagged(_)) => {
+                        let now = me.now();
+                        match me.reg().list(now, &cluster) {
+                            Ok(l) => send_all(l),
+                            Err(_) => return,
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                for m in msg {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+}
+
+/// Serves discovery on `listener` until `shutdown` resolves; expires records every second and,
+/// with a snapshot path, saves the registry every `every` and at shutdown (and loads it first).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    snapshot: Option<(PathBuf, Duration)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let reg = match &snapshot {
+        Some((path, _)) => match std::fs::read(path) {
+            Ok(bytes) => {
+                let s: Snapshot = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: not a discovery snapshot: {e}", path.display()))?;
+                let (reg, dropped) =
+                    Registry::restore(limits, &s, Duration::ZERO, SystemTime::now());
+                info!(path = %path.display(), records = reg.len(), dropped, "snapshot loaded");
+                reg
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::new(limits),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        },
+        None => Registry::new(limits),
+    };
+    let svc = DiscoveryService::new(reg);
+    let bg = svc.clone();
+    let snap = snapshot.clone();
+    let ticker = tokio::spawn(async move {
+        let mut last_save = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            bg.expire();
+            if let Some((path, every)) = &snap
+                && last_save.elapsed() >= *every
+            {
+                save(&bg, path);
+                last_save = tokio::time::Instant::now();
+            }
+        }
+    });
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    info!(?addr, "discovery serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(pb::discovery_server::DiscoveryServer::new(svc.clone()))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| format!("discovery server: {e}"));
+    ticker.abort();
+    if let Some((path, _)) = &snapshot {
+        save(&svc, path);
+    }
+    result
+}
+
+fn save(svc: &DiscoveryService, path: &std::path::Path) {
+    let s = svc.snapshot();
+    match serde_json::to_vec(&s) {
+        Ok(bytes) => {
+            if let Err(e) = basalt_config::files::atomic_write(path, &bytes, 0o600) {
+                warn!(path = %path.display(), error = %e, "snapshot not saved");
+            }
+        }
+        Err(e) => warn!(error = %e, "snapshot not encoded"),
+    }
+}

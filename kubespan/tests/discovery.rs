@@ -1,0 +1,204 @@
+//! The discovery server over real gRPC on loopback: two nodes of a cluster publish sealed
+//! records and see each other (with the address the server observed), a watcher gets the
+//! changes, a node of another cluster sees nothing and cannot read them, bad requests are
+//! refused, and a restart from the snapshot keeps the records.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use basalt_api::discovery as pb;
+use basalt_api::discovery::discovery_client::DiscoveryClient;
+use basalt_config::types::Key32;
+use basalt_kubespan::affiliate::{Affiliate, Sealer};
+use basalt_kubespan::discovery::{Limits, serve};
+
+async fn start(
+    snapshot: Option<std::path::PathBuf>,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(
+        l,
+        Limits::default(),
+        snapshot.map(|p| (p, Duration::from_secs(3600))),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    (url, tx, task)
+}
+
+fn node(name: &str) -> Affiliate {
+    Affiliate {
+        hostname: name.into(),
+        public_key: format!("{name}-key"),
+        mesh_address: "fd00::1".parse().unwrap(),
+        node_addresses: vec!["10.5.0.2".parse().unwrap()],
+        endpoints: vec!["10.5.0.2:51820".parse().unwrap()],
+        pod_cidrs: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn nodes_meet_through_the_server_which_sees_only_ciphertext() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("discovery.json");
+    let (url, stop, task) = start(Some(snap.clone())).await;
+    let mut c = DiscoveryClient::connect(url.clone()).await.unwrap();
+    let sealer = Sealer::new(&Key32::from_bytes([3; 32]));
+
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            cluster_id: "cluster-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.kind, pb::watch_response::Kind::SnapshotDone as i32);
+
+    for n in ["node1", "node2"] {
+        let r = c
+            .update(pb::UpdateRequest {
+                cluster_id: "cluster-1".into(),
+                affiliate_id: n.into(),
+                data: sealer.seal(&node(n)),
+                ttl_seconds: 60,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.observed_address, "127.0.0.1");
+    }
+    for n in ["node1", "node2"] {
+        let m = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let a = m.affiliate.unwrap();
+        assert_eq!(a.id, n);
+        assert_eq!(sealer.open(&a.data).unwrap(), node(n));
+        assert_eq!(a.observed_addresses, ["127.0.0.1"]);
+    }
+    // Another cluster sees none of it; and another cluster's key opens nothing.
+    let other = c
+        .list(pb::ListRequest {
+            cluster_id: "cluster-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.affiliates.is_empty());
+    let list = c
+        .list(pb::ListRequest {
+            cluster_id: "cluster-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.affiliates.len(), 2);
+    let stranger = Sealer::new(&Key32::from_bytes([4; 32]));
+    assert!(stranger.open(&list.affiliates[0].data).is_err());
+    let raw = String::from_utf8_lossy(&list.affiliates[0].data);
+    assert!(!raw.contains("node1") && !raw.contains("10.5.0.2"));
+
+    // Bad requests are refused with what is wrong, and change nothing.
+    let e = c
+        .update(pb::UpdateRequest {
+            cluster_id: "cluster-1".into(),
+            affiliate_id: "node3".into(),
+            data: vec![0; 100_000],
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("at most 16384"), "{}", e.message());
+    let e = c
+        .update(pb::UpdateRequest {
+            cluster_id: "../../etc".into(),
+            affiliate_id: "x".into(),
+            data: b"x".to_vec(),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("cluster id"), "{}", e.message());
+
+    // A node leaves: the watcher hears it.
+    c.delete(pb::DeleteRequest {
+        cluster_id: "cluster-1".into(),
+        affiliate_id: "node2".into(),
+    })
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.kind, pb::watch_response::Kind::Deleted as i32);
+    assert_eq!(m.affiliate.unwrap().id, "node2");
+
+    // Stop (the snapshot is saved), start again from it: node1 is still there.
+    drop(watch);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(snap.exists());
+    let (url, stop, task) = start(Some(snap)).await;
+    let mut c = DiscoveryClient::connect(url).await.unwrap();
+    let list = c
+        .list(pb::ListRequest {
+            cluster_id: "cluster-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = list.affiliates.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["node1"]);
+    assert_eq!(
+        sealer.open(&list.affiliates[0].data).unwrap(),
+        node("node1")
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn records_expire_without_refresh() {
+    let (url, stop, task) = start(None).await;
+    let mut c = DiscoveryClient::connect(url).await.unwrap();
+    c.update(pb::UpdateRequest {
+        cluster_id: "c".into(),
+        affiliate_id: "n".into(),
+        data: b"sealed".to_vec(),
+        ttl_seconds: 1,
+    })
+    .await
+    .unwrap();
+    let n = |c: &mut DiscoveryClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.list(pb::ListRequest {
+                cluster_id: "c".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .affiliates
+            .len()
+        }
+    };
+    assert_eq!(n(&mut c).await, 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(n(&mut c).await, 0);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
