@@ -11,3 +11,4 @@
 pub mod affiliate;
 pub mod discovery;
 pub mod identity;
+pub mod peer;
