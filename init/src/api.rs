@@ -91,6 +91,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("network", "AddressStatus"),
     ("network", "RouteStatus"),
     ("network", "RuleStatus"),
+    ("kubespan", "KubeSpanIdentity"),
     ("network", "LinkSpec"),
     ("network", "AddressSpec"),
     ("network", "RouteSpec"),

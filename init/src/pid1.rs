@@ -132,6 +132,8 @@ async fn main() {
         config.subscribe(),
     );
 
+    crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
+
     // No time sync yet (its own issue): the clock from the RTC is what there is.
     sup.set_condition(supervisor::TIME, true);
 
