@@ -383,6 +383,10 @@ impl Dnsmasq {
                 "--user=root",
             ])
             .arg("--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m")
+            // The only server on its segment: it answers a rebinding client even when its lease
+            // file lost the lease (without this a restarted dnsmasq stays silent, RFC 2131's
+            // non-authoritative behaviour — seen once in CI).
+            .arg("--dhcp-authoritative")
             .arg("--dhcp-option=option:router,10.77.0.1")
             .arg("--dhcp-option=option:dns-server,10.77.0.53")
             .arg("--dhcp-option=option:domain-name,test.internal")
