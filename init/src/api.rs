@@ -92,6 +92,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("network", "RouteStatus"),
     ("network", "RuleStatus"),
     ("kubespan", "KubeSpanIdentity"),
+    ("kubespan", "KubeSpanPeerSpec"),
     ("network", "LinkSpec"),
     ("network", "AddressSpec"),
     ("network", "RouteSpec"),

@@ -1,14 +1,17 @@
 //! KubeSpan on the node, as far as it is built: with `KubeSpanConfig.enabled`, the node's key
-//! pair (created once, kept in the state directory), its `KubeSpanIdentity`, and the mesh
-//! address on networkd's `kubespan` link (a layer of its own, owner `kubespan`). Peers and the
-//! data plane come with the rest of KubeSpan (docs/kubespan.md).
+//! pair (created once, kept in the state directory), its `KubeSpanIdentity`, the mesh address on
+//! networkd's `kubespan` link (a layer of its own, owner `kubespan`), and — with discovery
+//! enabled — the node published to the discovery server and every other node as a
+//! `KubeSpanPeerSpec`. The data plane comes with the rest of KubeSpan (docs/kubespan.md).
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use basalt_config::Config;
+use basalt_kubespan::client::ClientConfig;
 use basalt_kubespan::identity::{KeyPair, KubeSpanIdentity};
-use basalt_networkd::spec::AddressSpec;
+use basalt_networkd::spec::{AddressSpec, AddressStatus};
 use basalt_networkd::{Layer, LayerSpecs, publish, sources::KUBESPAN_LINK};
 use basalt_resources::{Kind, Store};
 use tokio::sync::watch;
@@ -24,7 +27,11 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
         let key_path = state_dir.join("kubespan.key");
         let mut config = config.clone();
         async move {
+            let mut client: Option<tokio::task::JoinHandle<()>> = None;
             loop {
+                if let Some(c) = client.take() {
+                    c.abort();
+                }
                 let cfg = config.borrow_and_update().clone();
                 let enabled = cfg
                     .as_deref()
@@ -45,6 +52,7 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
                             if let Err(e) = store.apply(OWNER, "local", id) {
                                 log::line(&format!("kubespan: identity not published: {e}"));
                             }
+                            client = discovery(&store, &c, keys);
                         }
                         Err(e) => {
                             log::line(&format!("kubespan: {}", basalt_resources::error_chain(&e)))
@@ -52,6 +60,10 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
                     },
                     None => {
                         let _ = store.destroy(&Kind::of::<KubeSpanIdentity>(), "local", OWNER);
+                        let kind = Kind::of::<basalt_kubespan::peer::KubeSpanPeerSpec>();
+                        for r in store.list_dyn(&kind) {
+                            let _ = store.destroy(&kind, &r.metadata.id, &r.metadata.owner);
+                        }
                     }
                 }
                 if let Err(e) = publish(&store, OWNER, Layer::Config, &layer) {
@@ -63,4 +75,50 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
             }
         }
     });
+}
+
+/// How long the discovery server keeps this node's record; refreshed every third of it.
+const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+
+/// Runs the discovery client when the config enables discovery, retrying after failures.
+fn discovery(store: &Store, c: &Config, keys: KeyPair) -> Option<tokio::task::JoinHandle<()>> {
+    let d = c.documents().find_map(|d| match d {
+        basalt_config::Document::Discovery(d) if d.enabled => d.endpoint.clone(),
+        _ => None,
+    })?;
+    let ks = c.kubespan()?;
+    let s = store.clone();
+    let cfg = ClientConfig {
+        endpoint: format!("{}://{}:{}", d.scheme, d.host, d.port),
+        cluster_id: c.cluster().id.clone(),
+        cluster_secret: c.secrets().cluster_secret.clone(),
+        keys,
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        addresses: Arc::new(move || {
+            s.list::<AddressStatus>()
+                .into_iter()
+                .map(|(_, a)| a)
+                .filter(|a| a.scope == "global" && a.link != "lo" && a.link != KUBESPAN_LINK)
+                .map(|a| a.address.addr())
+                .collect()
+        }),
+        pod_cidrs: Vec::new(),
+        with_pod_networks: ks.advertise_pod_networks,
+        ttl: DISCOVERY_TTL,
+    };
+    let store = store.clone();
+    Some(tokio::spawn(async move {
+        loop {
+            match basalt_kubespan::client::run(store.clone(), cfg.clone()).await {
+                Ok(()) => return,
+                Err(e) => log::line(&format!(
+                    "kubespan: discovery: {}; retrying in 5 s",
+                    basalt_resources::error_chain(&e)
+                )),
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }))
 }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod affiliate;
+pub mod client;
 pub mod discovery;
 pub mod identity;
 pub mod peer;

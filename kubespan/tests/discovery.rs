@@ -202,3 +202,84 @@ async fn records_expire_without_refresh() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+fn client_config(
+    url: &str,
+    secret: u8,
+    name: &str,
+    addr: &str,
+) -> basalt_kubespan::client::ClientConfig {
+    let addr: std::net::IpAddr = addr.parse().unwrap();
+    basalt_kubespan::client::ClientConfig {
+        endpoint: url.to_string(),
+        cluster_id: Key32::from_bytes([9; 32]),
+        cluster_secret: Key32::from_bytes([secret; 32]),
+        keys: basalt_kubespan::identity::KeyPair::generate(),
+        hostname: name.into(),
+        addresses: std::sync::Arc::new(move || vec![addr]),
+        pod_cidrs: vec!["10.244.0.0/24".into()],
+        with_pod_networks: false,
+        ttl: Duration::from_secs(3),
+    }
+}
+
+/// Nodes publish through the client, each gets the others as peers (with the observed
+/// address), a node with the wrong secret is never a peer, and a node that stops is dropped
+/// when its record expires.
+#[tokio::test]
+async fn nodes_become_each_others_peers_through_the_client() {
+    use basalt_kubespan::peer::KubeSpanPeerSpec;
+    use basalt_resources::Store;
+    let (url, stop, task) = start(None).await;
+    let (s1, s2, s3) = (Store::default(), Store::default(), Store::default());
+    let c1 = client_config(&url, 1, "node1", "10.5.0.2");
+    let c2 = client_config(&url, 1, "node2", "10.5.0.3");
+    let intruder = client_config(&url, 2, "intruder", "10.5.0.66");
+    let k2 = c2.keys.public_base64();
+    let t1 = tokio::spawn(basalt_kubespan::client::run(s1.clone(), c1));
+    let t2 = tokio::spawn(basalt_kubespan::client::run(s2.clone(), c2));
+    let t3 = tokio::spawn(basalt_kubespan::client::run(s3.clone(), intruder));
+    let peers = |s: &Store| {
+        let mut v: Vec<String> = s
+            .list::<KubeSpanPeerSpec>()
+            .into_iter()
+            .map(|(_, p)| p.hostname)
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(peers(&s1) == ["node2"] && peers(&s2) == ["node1"]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?} {:?}",
+            peers(&s1),
+            peers(&s2)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = s1.get::<KubeSpanPeerSpec>(&k2).unwrap().1;
+    let allowed: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(allowed[1..], ["10.5.0.3/32"]);
+    assert!(allowed[0].starts_with("fd") && allowed[0].ends_with("/128"));
+    assert_eq!(
+        p.endpoints,
+        [
+            "10.5.0.3:51820".parse().unwrap(),
+            "127.0.0.1:51820".parse().unwrap()
+        ]
+    );
+    // The intruder (another secret) sees no one it can read, and no one sees it.
+    assert!(peers(&s3).is_empty());
+    // node2 stops: gone from node1's peers once its record expires (3 s TTL).
+    t2.abort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !peers(&s1).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", peers(&s1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t1.abort();
+    t3.abort();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

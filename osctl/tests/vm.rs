@@ -384,6 +384,23 @@ fn networkd_dhcp_and_static_on_a_node() {
         BOOT_TIMEOUT,
         |o| o.contains("maintenance"),
     );
+    // A discovery server in this process; the node reaches it through QEMU's user network at
+    // 10.0.2.2 (the host). A second "node" in this process publishes itself too.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let dport = listener.local_addr().unwrap().port();
+    let (stop_discovery, stopped) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(basalt_kubespan::discovery::serve(
+        listener,
+        basalt_kubespan::discovery::Limits::default(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
     ok(&dir, &["gen", "config", "net", "https://10.0.2.15:6443"]);
     let cp = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
     let net = "---
@@ -416,8 +433,36 @@ apiVersion: v1alpha1
 kind: KubeSpanConfig
 enabled: true
 mtu: 1380
-";
+---
+apiVersion: v1alpha1
+kind: DiscoveryConfig
+enabled: true
+endpoint: http://10.0.2.2:DPORT
+"
+    .replace("DPORT", &dport.to_string());
     std::fs::write(dir.join("net.yaml"), format!("{cp}{net}")).unwrap();
+    let parsed = basalt_config::Config::parse(
+        &std::fs::read_to_string(dir.join("net.yaml")).unwrap(),
+        basalt_config::Mode::Metal,
+    )
+    .unwrap();
+    let peer_store = basalt_resources::Store::default();
+    let peer_keys = basalt_kubespan::identity::KeyPair::generate();
+    let peer_key = peer_keys.public_base64();
+    rt.spawn(basalt_kubespan::client::run(
+        peer_store.clone(),
+        basalt_kubespan::client::ClientConfig {
+            endpoint: format!("http://127.0.0.1:{dport}"),
+            cluster_id: parsed.cluster().id.clone(),
+            cluster_secret: parsed.secrets().cluster_secret.clone(),
+            keys: peer_keys,
+            hostname: "test-peer".into(),
+            addresses: std::sync::Arc::new(|| vec!["192.0.2.10".parse().unwrap()]),
+            pod_cidrs: Vec::new(),
+            with_pod_networks: false,
+            ttl: Duration::from_secs(60),
+        },
+    ));
 
     // The dry run: the plan, in order, and nothing applied.
     let dry = ok(
@@ -527,6 +572,66 @@ mtu: 1380
         wg.contains("kind: wireguard") && wg.contains("mtu: 1380"),
         "{wg}"
     );
+    // The node's KubeSpan identity, and its mesh address on that link.
+    let id = ok(
+        &dir,
+        &["--osconfig", oc, "get", "kubespanidentity", "-o", "yaml"],
+    );
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    let address = field(&id, "address: ");
+    let node_key = field(&id, "publicKey: ");
+    assert!(address.starts_with("fd"), "{id}");
+    until(
+        &dir,
+        &["--osconfig", oc, "get", "addresses"],
+        BOOT_TIMEOUT,
+        |o| o.contains(&format!("kubespan/{address}/64")),
+    );
+    // Discovery: the node has the test's peer, and the test's peer has the node (its mesh
+    // address as the node says it), through the server that saw only ciphertext.
+    let peers = until(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "get",
+            "kubespanpeerspecs",
+            &peer_key,
+            "-o",
+            "yaml",
+        ],
+        BOOT_TIMEOUT,
+        |o| o.contains("hostname: test-peer"),
+    );
+    assert!(peers.contains("192.0.2.10/32"), "{peers}");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let seen = peer_store
+            .get::<basalt_kubespan::peer::KubeSpanPeerSpec>(&node_key)
+            .map(|(_, p)| p);
+        if let Some(p) = seen {
+            assert_eq!(p.mesh_address.to_string(), address);
+            assert!(
+                p.endpoints
+                    .iter()
+                    .any(|e| e.ip().to_string() == "10.0.2.15"),
+                "{p:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test's peer never saw the node"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = stop_discovery.send(());
     let routes = ok(&dir, &["--osconfig", oc, "get", "routes"]);
     assert!(routes.contains("eth0/0.0.0.0/0/10.0.2.2/1024"), "{routes}");
 }

@@ -1,0 +1,185 @@
+//! The node's side of discovery: publish this node's sealed affiliate record (refreshed well
+//! within its TTL), watch the cluster, and keep one `KubeSpanPeerSpec` per other node.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use basalt_api::discovery as pb;
+use basalt_api::discovery::discovery_client::DiscoveryClient;
+use basalt_config::types::Key32;
+use basalt_resources::{Kind, Store};
+use tracing::{info, warn};
+
+use crate::affiliate::{Affiliate, Sealer};
+use crate::identity::{KeyPair, KubeSpanIdentity, affiliate_id, discovery_cluster_id};
+use crate::peer::{KubeSpanPeerSpec, PORT, peer_spec};
+
+/// Owner of the peer specs.
+pub const OWNER: &str = "kubespan.discovery";
+
+/// What the client needs to know.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `http://host:port` of the discovery server.
+    pub endpoint: String,
+    pub cluster_id: Key32,
+    pub cluster_secret: Key32,
+    pub keys: KeyPair,
+    pub hostname: String,
+    /// The node's own addresses now (asked at every refresh).
+    pub addresses: Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
+    pub pod_cidrs: Vec<String>,
+    pub with_pod_networks: bool,
+    /// How long the server keeps the record; it is refreshed every third of it.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the discovery server at {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the discovery server refused {what}: {status}")]
+    Rpc {
+        what: &'static str,
+        status: tonic::Status,
+    },
+}
+
+fn affiliate(cfg: &ClientConfig) -> Affiliate {
+    let id = KubeSpanIdentity::new(&cfg.keys, &cfg.cluster_id);
+    let addresses = (cfg.addresses)();
+    Affiliate {
+        hostname: cfg.hostname.clone(),
+        public_key: id.public_key,
+        mesh_address: id
+            .address
+            .parse()
+            .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        endpoints: addresses
+            .iter()
+            .map(|a| SocketAddr::new(*a, PORT))
+            .collect(),
+        node_addresses: addresses,
+        pod_cidrs: cfg.pod_cidrs.clone(),
+    }
+}
+
+fn publish_peers(
+    store: &Store,
+    peers: &BTreeMap<String, (Affiliate, Vec<IpAddr>)>,
+    cfg: &ClientConfig,
+) {
+    let desired: BTreeMap<String, KubeSpanPeerSpec> = peers
+        .values()
+        .map(|(a, observed)| {
+            let p = peer_spec(a, observed, cfg.with_pod_networks);
+            (p.public_key.clone(), p)
+        })
+        .collect();
+    for (id, p) in &desired {
+        if let Err(e) = store.apply(OWNER, id, p.clone()) {
+            warn!(error = %e, "peer spec not written");
+        }
+    }
+    let kind = Kind::of::<KubeSpanPeerSpec>();
+    for r in store.list_dyn(&kind) {
+        if r.metadata.owner == OWNER && !desired.contains_key(&r.metadata.id) {
+            let _ = store.destroy(&kind, &r.metadata.id, OWNER);
+        }
+    }
+}
+
+/// Publishes and watches until an error; the caller retries with back-off.
+pub async fn run(store: Store, cfg: ClientConfig) -> Result<(), ClientError> {
+    let mut c = DiscoveryClient::connect(cfg.endpoint.clone())
+        .await
+        .map_err(|source| ClientError::Connect {
+            endpoint: cfg.endpoint.clone(),
+            source,
+        })?;
+    let cluster = discovery_cluster_id(&cfg.cluster_id);
+    let me = affiliate_id(&cfg.keys.public());
+    let sealer = Sealer::new(&cfg.cluster_secret);
+    let update = |c: &mut DiscoveryClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        let req = pb::UpdateRequest {
+            cluster_id: cluster.clone(),
+            affiliate_id: me.clone(),
+            data: sealer.seal(&affiliate(&cfg)),
+            ttl_seconds: cfg.ttl.as_secs().clamp(1, 1800) as u32,
+        };
+        async move {
+            c.update(req)
+                .await
+                .map(|r| r.into_inner().observed_address)
+                .map_err(|status| ClientError::Rpc {
+                    what: "an update",
+                    status,
+                })
+        }
+    };
+    let observed = update(&mut c).await?;
+    info!(server = %cfg.endpoint, observed = %observed, "published to discovery");
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            cluster_id: cluster.clone(),
+        })
+        .await
+        .map_err(|status| ClientError::Rpc {
+            what: "a watch",
+            status,
+        })?
+        .into_inner();
+    let mut peers: BTreeMap<String, (Affiliate, Vec<IpAddr>)> = BTreeMap::new();
+    let mut refresh = tokio::time::interval((cfg.ttl / 3).max(Duration::from_secs(1)));
+    refresh.tick().await;
+    loop {
+        tokio::select! {
+            _ = refresh.tick() => {
+                update(&mut c).await?;
+            }
+            m = watch.message() => {
+                let m = m.map_err(|status| ClientError::Rpc { what: "the watch", status })?;
+                let Some(m) = m else {
+                    return Err(ClientError::Rpc { what: "the watch", status: tonic::Status::unavailable("the watch ended") });
+                };
+                let Some(a) = m.affiliate else { continue };
+                if a.id == me {
+                    continue;
+                }
+                if m.kind == pb::watch_response::Kind::Deleted as i32 {
+                    peers.remove(&a.id);
+                } else {
+                    match sealer.open(&a.data) {
+                        Ok(aff) => {
+                            let observed = a
+                                .observed_addresses
+                                .iter()
+                                .filter_map(|o| o.parse().ok())
+                                .collect();
+                            peers.insert(a.id, (aff, observed));
+                        }
+                        // Not of this cluster's secret: someone else's garbage, never a peer.
+                        Err(e) => warn!(affiliate = %a.id, error = %e, "record ignored"),
+                    }
+                }
+                publish_peers(&store, &peers, &cfg);
+            }
+        }
+    }
+}
