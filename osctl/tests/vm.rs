@@ -581,7 +581,7 @@ endpoint: http://10.0.2.2:DPORT
         text.lines()
             .find_map(|l| l.trim().strip_prefix(name))
             .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .trim_matches('\'')
+            .trim_matches(|c| c == '\'' || c == '"')
             .to_string()
     };
     let address = field(&id, "address: ");
