@@ -82,8 +82,8 @@ pub fn start(
     };
     match basalt_networkd::register(&mut rt, opts) {
         Ok(()) => {
-            // The runtime's tasks live as long as PID 1.
-            std::mem::forget(rt.start());
+            // Dropping the handle leaves the controllers running: they live as long as PID 1.
+            drop(rt.start());
         }
         Err(e) => log::line(&format!("network: controllers not started: {e}")),
     }

@@ -364,6 +364,14 @@ pub fn link_status(m: &LinkMessage) -> Option<(String, crate::spec::LinkStatus)>
     ))
 }
 
+/// One `RTM_SETLINK` with what `b` says.
+async fn set(
+    h: &Handle,
+    b: rtnetlink::LinkMessageBuilder<LinkUnspec>,
+) -> Result<(), rtnetlink::Error> {
+    h.link().set(b.build()).execute().await
+}
+
 fn rule_message(r: &RuleSpec) -> rtnetlink::packet_route::rule::RuleMessage {
     use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
     let mut m = RuleMessage::default();
@@ -503,42 +511,32 @@ impl Executor {
             }
             Op::LinkDown { name } => {
                 let i = self.index(name, op).await?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(i).down().build())
-                    .execute()
+                set(&h, LinkUnspec::new_with_index(i).down())
                     .await
                     .map_err(failed)
             }
             Op::LinkUp { name } => {
                 let i = self.index(name, op).await?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(i).up().build())
-                    .execute()
+                set(&h, LinkUnspec::new_with_index(i).up())
                     .await
                     .map_err(failed)
             }
             Op::LinkMtu { name, mtu } => {
                 let i = self.index(name, op).await?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(i).mtu(*mtu).build())
-                    .execute()
+                set(&h, LinkUnspec::new_with_index(i).mtu(*mtu))
                     .await
                     .map_err(failed)
             }
             Op::LinkMaster { name, master } => {
                 let i = self.index(name, op).await?;
                 let m = self.index(master, op).await?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(i).controller(m).build())
-                    .execute()
+                set(&h, LinkUnspec::new_with_index(i).controller(m))
                     .await
                     .map_err(failed)
             }
             Op::LinkNoMaster { name } => {
                 let i = self.index(name, op).await?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(i).nocontroller().build())
-                    .execute()
+                set(&h, LinkUnspec::new_with_index(i).nocontroller())
                     .await
                     .map_err(failed)
             }

@@ -224,13 +224,3 @@ async fn a_persisted_config_that_no_longer_validates_is_moved_aside() {
     assert!(s.active().is_none());
     assert!(s.dir.join("config.rejected").exists());
 }
-
-#[test]
-fn atomic_write_replaces_whole_files() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("sub/f");
-    atomic_write(&p, b"one", 0o600).unwrap();
-    atomic_write(&p, b"two", 0o600).unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), b"two");
-    assert!(!d.path().join("sub/f.tmp").exists());
-}
