@@ -10,6 +10,7 @@
 
 pub mod affiliate;
 pub mod client;
+pub mod device;
 pub mod discovery;
 pub mod identity;
 pub mod peer;

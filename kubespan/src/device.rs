@@ -1,0 +1,288 @@
+//! The userspace data plane: WireGuard (boringtun's protocol state machine) between a tun
+//! device and a UDP socket, for hosts whose kernel has no `wireguard` module (this build host,
+//! Docker-mode nodes). boringtun's `Tunn` is the protocol with no I/O; this module is the device
+//! layer that owns the tun device, the socket and the timers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use basalt_config::types::Prefix;
+use boringtun::noise::{Packet, Tunn, TunnResult, handshake::parse_handshake_anon};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use tracing::{debug, warn};
+
+use crate::identity::KeyPair;
+
+/// WireGuard's keepalive for peers behind NAT.
+pub const KEEPALIVE: u16 = 25;
+
+/// One peer of the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePeer {
+    pub public_key: [u8; 32],
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<Prefix>,
+}
+
+struct Peer {
+    tunn: Tunn,
+    /// The tunnel's index: the high 24 bits of every receiver index sent to it.
+    index: u32,
+    public_key: [u8; 32],
+    endpoint: Option<SocketAddr>,
+    allowed_ips: Vec<Prefix>,
+}
+
+/// What a peer's tunnel says now: for `KubeSpanPeerStatus` and the health state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub public_key: [u8; 32],
+    pub endpoint: Option<SocketAddr>,
+    pub since_handshake: Option<Duration>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot create the tun device {name}")]
+    Tun {
+        name: String,
+        #[source]
+        source: tun::Error,
+    },
+    #[error("cannot bind UDP port {port}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running userspace WireGuard device; cheap to clone.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Mutex<Vec<Peer>>>,
+    secret: StaticSecret,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").finish_non_exhaustive()
+    }
+}
+
+fn dst_of(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+impl Device {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Peer>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the peer set exactly `peers`, keeping the sessions of peers that stay.
+    pub fn set_peers(&self, peers: &[DevicePeer]) {
+        let mut have = self.lock();
+        have.retain(|p| peers.iter().any(|n| n.public_key == p.public_key));
+        for (i, n) in peers.iter().enumerate() {
+            match have.iter_mut().find(|p| p.public_key == n.public_key) {
+                Some(p) => {
+                    if n.endpoint.is_some() && p.endpoint != n.endpoint {
+                        p.endpoint = n.endpoint;
+                    }
+                    p.allowed_ips = n.allowed_ips.clone();
+                }
+                None => {
+                    let index = ((rand::random::<u32>() >> 8) ^ i as u32) & 0x00ff_ffff;
+                    match Tunn::new(
+                        self.secret.clone(),
+                        PublicKey::from(n.public_key),
+                        None,
+                        Some(KEEPALIVE),
+                        index,
+                        None,
+                    ) {
+                        Ok(tunn) => have.push(Peer {
+                            tunn,
+                            index,
+                            public_key: n.public_key,
+                            endpoint: n.endpoint,
+                            allowed_ips: n.allowed_ips.clone(),
+                        }),
+                        Err(e) => warn!(error = e, "peer not added"),
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Vec<PeerStats> {
+        self.lock()
+            .iter()
+            .map(|p| {
+                let (since, tx, rx, _, _) = p.tunn.stats();
+                PeerStats {
+                    public_key: p.public_key,
+                    endpoint: p.endpoint,
+                    since_handshake: since,
+                    tx_bytes: tx as u64,
+                    rx_bytes: rx as u64,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Creates the tun device `name` (in the calling thread's network namespace) and a UDP socket
+/// on `port`, and runs WireGuard between them until an I/O error. Addresses and routes on the
+/// tun device are networkd's (or the caller's).
+pub async fn run(
+    keys: &KeyPair,
+    name: &str,
+    port: u16,
+    mtu: u16,
+) -> Result<(Device, tokio::task::JoinHandle<Result<(), DeviceError>>), DeviceError> {
+    let mut cfg = tun::Configuration::default();
+    cfg.tun_name(name).mtu(mtu).up();
+    let tun = tun::create_as_async(&cfg).map_err(|source| DeviceError::Tun {
+        name: name.to_string(),
+        source,
+    })?;
+    let udp = tokio::net::UdpSocket::bind(("::", port))
+        .await
+        .map_err(|source| DeviceError::Bind { port, source })?;
+    let secret = StaticSecret::from(keys.private());
+    let dev = Device {
+        inner: Arc::new(Mutex::new(Vec::new())),
+        secret,
+    };
+    let d = dev.clone();
+    let task = tokio::spawn(async move { pump(d, tun, udp).await });
+    Ok((dev, task))
+}
+
+async fn pump(
+    dev: Device,
+    tun: tun::AsyncDevice,
+    udp: tokio::net::UdpSocket,
+) -> Result<(), DeviceError> {
+    let public = PublicKey::from(&dev.secret);
+    let mut from_tun = vec![0u8; 65536];
+    let mut from_udp = vec![0u8; 65536];
+    let mut out = vec![0u8; 65536 + 32];
+    let mut timers = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            n = tun.recv(&mut from_tun) => {
+                let n = n?;
+                let packet = &from_tun[..n];
+                let Some(dst) = dst_of(packet) else { continue };
+                let send = {
+                    let mut peers = dev.lock();
+                    let Some(p) = peers.iter_mut().find(|p| p.allowed_ips.iter().any(|a| a.contains(dst))) else {
+                        continue;
+                    };
+                    match (p.tunn.encapsulate(packet, &mut out), p.endpoint) {
+                        (TunnResult::WriteToNetwork(b), Some(e)) => Some((b.to_vec(), e)),
+                        (TunnResult::Err(e), _) => {
+                            debug!(error = ?e, "encapsulate");
+                            None
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some((b, e)) = send {
+                    let _ = udp.send_to(&b, e).await;
+                }
+            }
+            r = udp.recv_from(&mut from_udp) => {
+                let (n, src) = r?;
+                // The socket is dual-stack: show IPv4 peers as IPv4.
+                let src = match src.ip() {
+                    IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                        Some(v4) => SocketAddr::new(IpAddr::V4(v4), src.port()),
+                        None => src,
+                    },
+                    IpAddr::V4(_) => src,
+                };
+                let datagram = &from_udp[..n];
+                let mut to_net: Vec<Vec<u8>> = Vec::new();
+                let mut to_tun: Vec<Vec<u8>> = Vec::new();
+                {
+                    let mut peers = dev.lock();
+                    // Which peer: by the receiver index for responses and data, by the
+                    // initiator's static key for a handshake initiation.
+                    let idx = match Tunn::parse_incoming_packet(datagram) {
+                        Ok(Packet::HandshakeInit(h)) => parse_handshake_anon(&dev.secret, &public, &h)
+                            .ok()
+                            .and_then(|half| peers.iter().position(|p| p.public_key == half.peer_static_public)),
+                        Ok(Packet::HandshakeResponse(h)) => peers.iter().position(|p| p.index == h.receiver_idx >> 8),
+                        Ok(Packet::PacketCookieReply(c)) => peers.iter().position(|p| p.index == c.receiver_idx >> 8),
+                        Ok(Packet::PacketData(d)) => peers.iter().position(|p| p.index == d.receiver_idx >> 8),
+                        Err(_) => None,
+                    };
+                    let Some(i) = idx else { continue };
+                    let p = &mut peers[i];
+                    let mut first = true;
+                    loop {
+                        let input: &[u8] = if first { datagram } else { &[] };
+                        first = false;
+                        match p.tunn.decapsulate(Some(src.ip()), input, &mut out) {
+                            TunnResult::WriteToNetwork(b) => {
+                                to_net.push(b.to_vec());
+                                // Queued packets follow a completed handshake.
+                                continue;
+                            }
+                            TunnResult::WriteToTunnelV4(b, _) | TunnResult::WriteToTunnelV6(b, _) => {
+                                to_tun.push(b.to_vec());
+                            }
+                            TunnResult::Done => {}
+                            TunnResult::Err(e) => debug!(error = ?e, "decapsulate"),
+                        }
+                        break;
+                    }
+                    // The peer roamed (or was only known by what it sent): answer where it is.
+                    if !to_net.is_empty() || !to_tun.is_empty() {
+                        p.endpoint = Some(src);
+                    }
+                }
+                for b in to_net {
+                    let _ = udp.send_to(&b, src).await;
+                }
+                for b in to_tun {
+                    let _ = tun.send(&b).await;
+                }
+            }
+            _ = timers.tick() => {
+                let mut sends = Vec::new();
+                {
+                    let mut peers = dev.lock();
+                    for p in peers.iter_mut() {
+                        if let TunnResult::WriteToNetwork(b) = p.tunn.update_timers(&mut out)
+                            && let Some(e) = p.endpoint
+                        {
+                            sends.push((b.to_vec(), e));
+                        }
+                    }
+                }
+                for (b, e) in sends {
+                    let _ = udp.send_to(&b, e).await;
+                }
+            }
+        }
+    }
+}
