@@ -624,7 +624,7 @@ pub async fn run(
                 proto::IdRequest { id: id.into() },
             )
             .await?;
-        client
+        let removed = client
             .empty_call(
                 "/containerd.services.snapshots.v1.Snapshots/Remove",
                 format!("snapshot remove {id}"),
@@ -633,7 +633,13 @@ pub async fn run(
                     key: id.into(),
                 },
             )
-            .await?;
+            .await;
+        match removed {
+            // containerd's garbage collector may have taken the snapshot with the container:
+            // gone is what we wanted.
+            Err(ContainerError::Api { source, .. }) if source.code() == tonic::Code::NotFound => {}
+            other => other?,
+        }
     }
     Ok(out)
 }
