@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use basalt_config::Config;
 use basalt_networkd::cmdline::IpConfig;
-use basalt_networkd::spec::{AddressSpec, AddressStatus, DhcpSpec, RouteStatus};
+use basalt_networkd::spec::{AddressSpec, AddressStatus, DhcpSpec, RouteSpec, RouteStatus};
 use basalt_networkd::{FilesOptions, Layer, LayerSpecs, publish, sources};
 use basalt_resources::Store;
 use basalt_resources::controller::Runtime;
@@ -19,6 +19,9 @@ use crate::{log, tasks};
 
 /// Where `resolv.conf`, `hosts` and `hostname` go; the rootfs links `/etc/...` here.
 pub const ETC_DIR: &str = "/system/etc";
+
+/// How long, once an address is up, boot waits for the routes to be in the kernel too.
+const ROUTES_SETTLE: Duration = Duration::from_secs(5);
 
 /// How long boot waits for a first address before going on without one.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,6 +106,7 @@ pub fn start(
 
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
+        let mut settle: Option<Duration> = None;
         loop {
             let wanted = store
                 .list::<AddressSpec>()
@@ -113,7 +117,15 @@ pub fn start(
                 .list::<AddressStatus>()
                 .iter()
                 .any(|(_, a)| a.link != "lo" && a.scope == "global");
-            if have || !wanted || start.elapsed() > READY_TIMEOUT {
+            // With an address, the routes it makes reachable follow within moments: wait for
+            // them too (a little), so what is reported and used next is the whole picture.
+            if have {
+                let since = *settle.get_or_insert(start.elapsed());
+                if routes_in(&store) || start.elapsed() >= since + ROUTES_SETTLE {
+                    break;
+                }
+            }
+            if !wanted || start.elapsed() > READY_TIMEOUT {
                 if wanted && !have {
                     log::line("network: no address within 30 s; going on without one");
                 }
@@ -126,6 +138,20 @@ pub fn start(
         }
         sup.set_condition(supervisor::NETWORK, true);
     });
+}
+
+/// Whether every merged route is in the kernel (as `RouteStatus` says).
+fn routes_in(store: &Store) -> bool {
+    let have = store.list::<RouteStatus>();
+    store.list::<RouteSpec>().iter().all(|(_, r)| {
+        have.iter().any(|(_, h)| {
+            h.link == r.link
+                && h.destination == r.destination.network()
+                && h.gateway == r.gateway
+                && h.metric == r.metric
+                && h.table == r.table
+        })
+    })
 }
 
 /// One line per link with addresses: `eth0 10.0.2.15/24 via 10.0.2.2`.
