@@ -93,6 +93,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("network", "RuleStatus"),
     ("kubespan", "KubeSpanIdentity"),
     ("kubespan", "KubeSpanPeerSpec"),
+    ("kubespan", "KubeSpanPeerStatus"),
     ("network", "LinkSpec"),
     ("network", "AddressSpec"),
     ("network", "RouteSpec"),

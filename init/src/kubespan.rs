@@ -1,124 +1,117 @@
-//! KubeSpan on the node, as far as it is built: with `KubeSpanConfig.enabled`, the node's key
-//! pair (created once, kept in the state directory), its `KubeSpanIdentity`, the mesh address on
-//! networkd's `kubespan` link (a layer of its own, owner `kubespan`), and — with discovery
-//! enabled — the node published to the discovery server and every other node as a
-//! `KubeSpanPeerSpec`. The data plane comes with the rest of KubeSpan (docs/kubespan.md).
+//! KubeSpan on the node: while `KubeSpanConfig.enabled`, the node's key pair (created once,
+//! kept in the state directory) and [`basalt_kubespan::node::run`] — identity, the kernel's
+//! WireGuard on networkd's `kubespan` link, discovery, peers, relay and the mesh routes
+//! (docs/kubespan.md). Disabled: its resources and its networkd layer are removed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use basalt_config::Config;
-use basalt_kubespan::client::ClientConfig;
+use basalt_kubespan::agent::OWNER;
+use basalt_kubespan::device::DeviceOptions;
 use basalt_kubespan::identity::{KeyPair, KubeSpanIdentity};
-use basalt_networkd::spec::{AddressSpec, AddressStatus};
-use basalt_networkd::{Layer, LayerSpecs, publish, sources::KUBESPAN_LINK};
+use basalt_kubespan::node::NodeOptions;
+use basalt_kubespan::peer::{HealthTiming, KubeSpanPeerSpec, KubeSpanPeerStatus};
+use basalt_networkd::{Layer, LayerSpecs, publish};
 use basalt_resources::{Kind, Store};
 use tokio::sync::watch;
 
 use crate::{log, tasks};
 
-const OWNER: &str = "kubespan";
+/// How long the discovery server keeps this node's record; refreshed every third of it.
+const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 
-/// Follows the config: identity and mesh address while KubeSpan is enabled, nothing otherwise.
+/// Follows the config: KubeSpan runs while it is enabled, and is cleared away otherwise.
 pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Arc<Config>>>) {
     tasks::supervise("kubespan", move || {
         let store = store.clone();
         let key_path = state_dir.join("kubespan.key");
         let mut config = config.clone();
         async move {
-            let mut client: Option<tokio::task::JoinHandle<()>> = None;
             loop {
-                if let Some(c) = client.take() {
-                    c.abort();
-                }
                 let cfg = config.borrow_and_update().clone();
-                let enabled = cfg
-                    .as_deref()
-                    .and_then(Config::kubespan)
-                    .is_some_and(|k| k.enabled);
-                let mut layer = LayerSpecs::default();
-                match cfg.filter(|_| enabled) {
-                    Some(c) => match KeyPair::load_or_create(&key_path) {
-                        Ok(keys) => {
-                            let id = KubeSpanIdentity::new(&keys, &c.cluster().id);
-                            match format!("{}/64", id.address).parse() {
-                                Ok(address) => layer.addresses.push(AddressSpec {
-                                    link: KUBESPAN_LINK.into(),
-                                    address,
-                                }),
-                                Err(e) => log::line(&format!("kubespan: mesh address: {e}")),
+                let opts = cfg.as_deref().and_then(|c| match options(c, &key_path) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        log::line(&format!("kubespan: {e}"));
+                        None
+                    }
+                });
+                match opts {
+                    Some(opts) => {
+                        let s = store.clone();
+                        tokio::select! {
+                            r = basalt_kubespan::node::run(s, opts) => {
+                                if let Err(e) = r {
+                                    log::line(&format!("kubespan: {}; restarting in 5 s", basalt_resources::error_chain(&e)));
+                                }
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                continue;
                             }
-                            if let Err(e) = store.apply(OWNER, "local", id) {
-                                log::line(&format!("kubespan: identity not published: {e}"));
-                            }
-                            client = discovery(&store, &c, keys);
-                        }
-                        Err(e) => {
-                            log::line(&format!("kubespan: {}", basalt_resources::error_chain(&e)))
-                        }
-                    },
-                    None => {
-                        let _ = store.destroy(&Kind::of::<KubeSpanIdentity>(), "local", OWNER);
-                        let kind = Kind::of::<basalt_kubespan::peer::KubeSpanPeerSpec>();
-                        for r in store.list_dyn(&kind) {
-                            let _ = store.destroy(&kind, &r.metadata.id, &r.metadata.owner);
+                            c = config.changed() => if c.is_err() { return },
                         }
                     }
-                }
-                if let Err(e) = publish(&store, OWNER, Layer::Config, &layer) {
-                    log::line(&format!("kubespan: the mesh address layer: {e}"));
-                }
-                if config.changed().await.is_err() {
-                    return;
+                    None => {
+                        clear(&store);
+                        if config.changed().await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         }
     });
 }
 
-/// How long the discovery server keeps this node's record; refreshed every third of it.
-const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+/// Removes what KubeSpan published: identity, peers, statuses, its networkd layer.
+fn clear(store: &Store) {
+    let _ = store.destroy(&Kind::of::<KubeSpanIdentity>(), "local", OWNER);
+    for kind in [
+        Kind::of::<KubeSpanPeerSpec>(),
+        Kind::of::<KubeSpanPeerStatus>(),
+    ] {
+        for r in store.list_dyn(&kind) {
+            let _ = store.destroy(&kind, &r.metadata.id, &r.metadata.owner);
+        }
+    }
+    if let Err(e) = publish(store, OWNER, Layer::Config, &LayerSpecs::default()) {
+        log::line(&format!("kubespan: the mesh layer not removed: {e}"));
+    }
+}
 
-/// Runs the discovery client when the config enables discovery, retrying after failures.
-fn discovery(store: &Store, c: &Config, keys: KeyPair) -> Option<tokio::task::JoinHandle<()>> {
-    let d = c.documents().find_map(|d| match d {
-        basalt_config::Document::Discovery(d) if d.enabled => d.endpoint.clone(),
+/// The node's KubeSpan options from the config; `None` when KubeSpan is off.
+fn options(c: &Config, key_path: &std::path::Path) -> Result<Option<NodeOptions>, String> {
+    let Some(ks) = c.kubespan().filter(|k| k.enabled) else {
+        return Ok(None);
+    };
+    let keys = KeyPair::load_or_create(key_path).map_err(|e| basalt_resources::error_chain(&e))?;
+    let discovery = c.documents().find_map(|d| match d {
+        basalt_config::Document::Discovery(d) if d.enabled => d
+            .endpoint
+            .as_ref()
+            .map(|e| format!("{}://{}:{}", e.scheme, e.host, e.port)),
         _ => None,
-    })?;
-    let ks = c.kubespan()?;
-    let s = store.clone();
-    let cfg = ClientConfig {
-        endpoint: format!("{}://{}:{}", d.scheme, d.host, d.port),
+    });
+    Ok(Some(NodeOptions {
         cluster_id: c.cluster().id.clone(),
         cluster_secret: c.secrets().cluster_secret.clone(),
         keys,
         hostname: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        addresses: Arc::new(move || {
-            s.list::<AddressStatus>()
-                .into_iter()
-                .map(|(_, a)| a)
-                .filter(|a| a.scope == "global" && a.link != "lo" && a.link != KUBESPAN_LINK)
-                .map(|a| a.address.addr())
-                .collect()
-        }),
-        pod_cidrs: Vec::new(),
+        discovery,
+        discovery_ttl: DISCOVERY_TTL,
+        device: DeviceOptions {
+            mtu: u16::try_from(ks.mtu).unwrap_or(u16::MAX),
+            ..DeviceOptions::default()
+        },
+        relay: ks.allow_relay,
         with_pod_networks: ks.advertise_pod_networks,
-        ttl: DISCOVERY_TTL,
-    };
-    let store = store.clone();
-    Some(tokio::spawn(async move {
-        loop {
-            match basalt_kubespan::client::run(store.clone(), cfg.clone()).await {
-                Ok(()) => return,
-                Err(e) => log::line(&format!(
-                    "kubespan: discovery: {}; retrying in 5 s",
-                    basalt_resources::error_chain(&e)
-                )),
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
+        pod_cidrs: Vec::new(),
+        timing: HealthTiming {
+            down_after: ks.peer_down_after.get(),
+            ..HealthTiming::default()
+        },
     }))
 }

@@ -24,6 +24,9 @@ pub struct Affiliate {
     pub endpoints: Vec<SocketAddr>,
     /// Pod networks behind it (routed through the mesh when configured).
     pub pod_cidrs: Vec<String>,
+    /// It forwards between peers that cannot reach each other directly.
+    #[serde(default)]
+    pub relay: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -99,6 +102,7 @@ mod tests {
             node_addresses: vec!["10.5.0.2".parse().unwrap()],
             endpoints: vec!["203.0.113.7:51820".parse().unwrap()],
             pod_cidrs: vec!["10.244.1.0/24".into()],
+            relay: false,
         }
     }
 

@@ -9,12 +9,12 @@ use std::time::Duration;
 use basalt_api::discovery as pb;
 use basalt_api::discovery::discovery_client::DiscoveryClient;
 use basalt_config::types::Key32;
-use basalt_resources::{Kind, Store};
+use basalt_resources::Store;
 use tracing::{info, warn};
 
 use crate::affiliate::{Affiliate, Sealer};
 use crate::identity::{KeyPair, KubeSpanIdentity, affiliate_id, discovery_cluster_id};
-use crate::peer::{KubeSpanPeerSpec, PORT, peer_spec};
+use crate::peer::{KubeSpanPeerSpec, peer_spec};
 
 /// Owner of the peer specs.
 pub const OWNER: &str = "kubespan.discovery";
@@ -32,6 +32,10 @@ pub struct ClientConfig {
     pub addresses: Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
     pub pod_cidrs: Vec<String>,
     pub with_pod_networks: bool,
+    /// This node relays for peers that cannot reach each other (`KubeSpanConfig.allowRelay`).
+    pub relay: bool,
+    /// The WireGuard port this node listens on.
+    pub port: u16,
     /// How long the server keeps the record; it is refreshed every third of it.
     pub ttl: Duration,
 }
@@ -72,10 +76,11 @@ fn affiliate(cfg: &ClientConfig) -> Affiliate {
             .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
         endpoints: addresses
             .iter()
-            .map(|a| SocketAddr::new(*a, PORT))
+            .map(|a| SocketAddr::new(*a, cfg.port))
             .collect(),
         node_addresses: addresses,
         pod_cidrs: cfg.pod_cidrs.clone(),
+        relay: cfg.relay,
     }
 }
 
@@ -91,16 +96,8 @@ fn publish_peers(
             (p.public_key.clone(), p)
         })
         .collect();
-    for (id, p) in &desired {
-        if let Err(e) = store.apply(OWNER, id, p.clone()) {
-            warn!(error = %e, "peer spec not written");
-        }
-    }
-    let kind = Kind::of::<KubeSpanPeerSpec>();
-    for r in store.list_dyn(&kind) {
-        if r.metadata.owner == OWNER && !desired.contains_key(&r.metadata.id) {
-            let _ = store.destroy(&kind, &r.metadata.id, OWNER);
-        }
+    if let Err(e) = store.sync_owned(OWNER, &desired) {
+        warn!(error = %e, "peer specs not written");
     }
 }
 
@@ -115,12 +112,12 @@ pub async fn run(store: Store, cfg: ClientConfig) -> Result<(), ClientError> {
     let cluster = discovery_cluster_id(&cfg.cluster_id);
     let me = affiliate_id(&cfg.keys.public());
     let sealer = Sealer::new(&cfg.cluster_secret);
-    let update = |c: &mut DiscoveryClient<tonic::transport::Channel>| {
+    let update = |c: &mut DiscoveryClient<tonic::transport::Channel>, a: &Affiliate| {
         let mut c = c.clone();
         let req = pb::UpdateRequest {
             cluster_id: cluster.clone(),
             affiliate_id: me.clone(),
-            data: sealer.seal(&affiliate(&cfg)),
+            data: sealer.seal(a),
             ttl_seconds: cfg.ttl.as_secs().clamp(1, 1800) as u32,
         };
         async move {
@@ -133,7 +130,9 @@ pub async fn run(store: Store, cfg: ClientConfig) -> Result<(), ClientError> {
                 })
         }
     };
-    let observed = update(&mut c).await?;
+    let mut published = affiliate(&cfg);
+    let observed = update(&mut c, &published).await?;
+    let mut published_at = tokio::time::Instant::now();
     info!(server = %cfg.endpoint, observed = %observed, "published to discovery");
     let mut watch = c
         .watch(pb::WatchRequest {
@@ -146,12 +145,19 @@ pub async fn run(store: Store, cfg: ClientConfig) -> Result<(), ClientError> {
         })?
         .into_inner();
     let mut peers: BTreeMap<String, (Affiliate, Vec<IpAddr>)> = BTreeMap::new();
-    let mut refresh = tokio::time::interval((cfg.ttl / 3).max(Duration::from_secs(1)));
-    refresh.tick().await;
+    // The record is refreshed every third of its TTL, and at once when the node's addresses
+    // change (it roamed), which a check every second notices.
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.tick().await;
     loop {
         tokio::select! {
-            _ = refresh.tick() => {
-                update(&mut c).await?;
+            _ = check.tick() => {
+                let now = affiliate(&cfg);
+                if now != published || published_at.elapsed() >= cfg.ttl / 3 {
+                    update(&mut c, &now).await?;
+                    published = now;
+                    published_at = tokio::time::Instant::now();
+                }
             }
             m = watch.message() => {
                 let m = m.map_err(|status| ClientError::Rpc { what: "the watch", status })?;

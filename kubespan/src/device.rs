@@ -5,17 +5,55 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use basalt_config::types::Prefix;
 use boringtun::noise::{Packet, Tunn, TunnResult, handshake::parse_handshake_anon};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use futures::future::BoxFuture;
 use tracing::{debug, warn};
 
 use crate::identity::KeyPair;
 
 /// WireGuard's keepalive for peers behind NAT.
 pub const KEEPALIVE: u16 = 25;
+
+/// The mark on WireGuard's own UDP packets, so the mesh's routing rule lets them bypass the
+/// mesh (they go to the peers' node addresses, which are routed into the mesh otherwise).
+pub const FWMARK: u32 = 0x51820;
+
+/// A WireGuard device as KubeSpan drives it: the kernel's link, or the userspace one here.
+pub trait DataPlane: Send + Sync {
+    /// Makes the peer set exactly `peers`, keeping the sessions of peers that stay.
+    fn set_peers<'a>(&'a self, peers: &'a [DevicePeer]) -> BoxFuture<'a, Result<(), DeviceError>>;
+    /// Each peer's handshake, traffic and endpoint now.
+    fn stats(&self) -> BoxFuture<'_, Result<Vec<PeerStats>, DeviceError>>;
+}
+
+/// How the device runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceOptions {
+    pub port: u16,
+    pub mtu: u16,
+    /// Seconds between keepalives (WireGuard's persistent keepalive).
+    pub keepalive: u16,
+    /// Marks the device's own UDP packets ([`FWMARK`]).
+    pub fwmark: Option<u32>,
+    /// The cluster's pre-shared key, mixed into every handshake.
+    pub preshared_key: Option<[u8; 32]>,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            port: crate::peer::PORT,
+            mtu: 1420,
+            keepalive: KEEPALIVE,
+            fwmark: Some(FWMARK),
+            preshared_key: None,
+        }
+    }
+}
 
 /// One peer of the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +69,13 @@ struct Peer {
     index: u32,
     public_key: [u8; 32],
     endpoint: Option<SocketAddr>,
+    /// The endpoint last asked for: only a new choice replaces one learned from the peer's
+    /// own packets (it roamed, or is behind a NAT).
+    wanted: Option<SocketAddr>,
     allowed_ips: Vec<Prefix>,
+    /// The endpoint changed: start a handshake there now rather than at the next retry.
+    kick: bool,
+    last_received: Option<Instant>,
 }
 
 /// What a peer's tunnel says now: for `KubeSpanPeerStatus` and the health state machine.
@@ -40,6 +84,8 @@ pub struct PeerStats {
     pub public_key: [u8; 32],
     pub endpoint: Option<SocketAddr>,
     pub since_handshake: Option<Duration>,
+    /// Since the last authenticated packet from the peer (handshake, data or keepalive).
+    pub since_received: Option<Duration>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
 }
@@ -58,8 +104,12 @@ pub enum DeviceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot mark the device's packets")]
+    Mark(#[source] nix::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("the kernel's WireGuard link {link}: {message}")]
+    Kernel { link: String, message: String },
 }
 
 /// A running userspace WireGuard device; cheap to clone.
@@ -67,6 +117,7 @@ pub enum DeviceError {
 pub struct Device {
     inner: Arc<Mutex<Vec<Peer>>>,
     secret: StaticSecret,
+    opts: DeviceOptions,
 }
 
 impl std::fmt::Debug for Device {
@@ -101,8 +152,10 @@ impl Device {
         for (i, n) in peers.iter().enumerate() {
             match have.iter_mut().find(|p| p.public_key == n.public_key) {
                 Some(p) => {
-                    if n.endpoint.is_some() && p.endpoint != n.endpoint {
+                    if n.endpoint.is_some() && p.wanted != n.endpoint {
+                        p.wanted = n.endpoint;
                         p.endpoint = n.endpoint;
+                        p.kick = true;
                     }
                     p.allowed_ips = n.allowed_ips.clone();
                 }
@@ -111,8 +164,8 @@ impl Device {
                     match Tunn::new(
                         self.secret.clone(),
                         PublicKey::from(n.public_key),
-                        None,
-                        Some(KEEPALIVE),
+                        self.opts.preshared_key,
+                        Some(self.opts.keepalive),
                         index,
                         None,
                     ) {
@@ -121,7 +174,10 @@ impl Device {
                             index,
                             public_key: n.public_key,
                             endpoint: n.endpoint,
+                            wanted: n.endpoint,
                             allowed_ips: n.allowed_ips.clone(),
+                            kick: n.endpoint.is_some(),
+                            last_received: None,
                         }),
                         Err(e) => warn!(error = e, "peer not added"),
                     }
@@ -139,6 +195,7 @@ impl Device {
                     public_key: p.public_key,
                     endpoint: p.endpoint,
                     since_handshake: since,
+                    since_received: p.last_received.map(|t| t.elapsed()),
                     tx_bytes: tx as u64,
                     rx_bytes: rx as u64,
                 }
@@ -147,17 +204,42 @@ impl Device {
     }
 }
 
+impl DataPlane for Device {
+    fn set_peers<'a>(&'a self, peers: &'a [DevicePeer]) -> BoxFuture<'a, Result<(), DeviceError>> {
+        Device::set_peers(self, peers);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Vec<PeerStats>, DeviceError>> {
+        Box::pin(std::future::ready(Ok(Device::stats(self))))
+    }
+}
+
+fn src_of(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[12..16].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[8..24].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
 /// Creates the tun device `name` (in the calling thread's network namespace) and a UDP socket
-/// on `port`, and runs WireGuard between them until an I/O error. Addresses and routes on the
+/// on the port, and runs WireGuard between them until an I/O error. Addresses and routes on the
 /// tun device are networkd's (or the caller's).
 pub async fn run(
     keys: &KeyPair,
     name: &str,
-    port: u16,
-    mtu: u16,
+    opts: DeviceOptions,
 ) -> Result<(Device, tokio::task::JoinHandle<Result<(), DeviceError>>), DeviceError> {
+    let port = opts.port;
     let mut cfg = tun::Configuration::default();
-    cfg.tun_name(name).mtu(mtu).up();
+    cfg.tun_name(name).mtu(opts.mtu).up();
     let tun = tun::create_as_async(&cfg).map_err(|source| DeviceError::Tun {
         name: name.to_string(),
         source,
@@ -165,10 +247,15 @@ pub async fn run(
     let udp = tokio::net::UdpSocket::bind(("::", port))
         .await
         .map_err(|source| DeviceError::Bind { port, source })?;
+    if let Some(mark) = opts.fwmark {
+        nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::Mark, &mark)
+            .map_err(DeviceError::Mark)?;
+    }
     let secret = StaticSecret::from(keys.private());
     let dev = Device {
         inner: Arc::new(Mutex::new(Vec::new())),
         secret,
+        opts,
     };
     let d = dev.clone();
     let task = tokio::spawn(async move { pump(d, tun, udp).await });
@@ -238,6 +325,7 @@ async fn pump(
                     let Some(i) = idx else { continue };
                     let p = &mut peers[i];
                     let mut first = true;
+                    let mut heard = false;
                     loop {
                         let input: &[u8] = if first { datagram } else { &[] };
                         first = false;
@@ -248,16 +336,24 @@ async fn pump(
                                 continue;
                             }
                             TunnResult::WriteToTunnelV4(b, _) | TunnResult::WriteToTunnelV6(b, _) => {
-                                to_tun.push(b.to_vec());
+                                // Cryptokey routing: a peer may only send from its allowed IPs.
+                                if src_of(b).is_some_and(|s| p.allowed_ips.iter().any(|a| a.contains(s))) {
+                                    to_tun.push(b.to_vec());
+                                } else {
+                                    debug!("a packet from outside the peer's allowed IPs dropped");
+                                    heard = true;
+                                }
                             }
-                            TunnResult::Done => {}
+                            // A keepalive: the peer is there.
+                            TunnResult::Done => heard = true,
                             TunnResult::Err(e) => debug!(error = ?e, "decapsulate"),
                         }
                         break;
                     }
                     // The peer roamed (or was only known by what it sent): answer where it is.
-                    if !to_net.is_empty() || !to_tun.is_empty() {
+                    if heard || !to_net.is_empty() || !to_tun.is_empty() {
                         p.endpoint = Some(src);
+                        p.last_received = Some(Instant::now());
                     }
                 }
                 for b in to_net {
@@ -272,6 +368,13 @@ async fn pump(
                 {
                     let mut peers = dev.lock();
                     for p in peers.iter_mut() {
+                        if std::mem::take(&mut p.kick)
+                            && let Some(e) = p.endpoint
+                            && let TunnResult::WriteToNetwork(b) =
+                                p.tunn.format_handshake_initiation(&mut out, false)
+                        {
+                            sends.push((b.to_vec(), e));
+                        }
                         if let TunnResult::WriteToNetwork(b) = p.tunn.update_timers(&mut out)
                             && let Some(e) = p.endpoint
                         {

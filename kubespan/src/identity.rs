@@ -151,6 +151,17 @@ pub fn discovery_cluster_id(cluster_id: &Key32) -> String {
     h[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The WireGuard pre-shared key every pair of the cluster's nodes mixes into its handshakes:
+/// derived from the cluster secret, so a node without the secret cannot join the mesh even with
+/// a peer's public key in hand.
+pub fn preshared_key(cluster_secret: &Key32) -> [u8; 32] {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"basalt kubespan"), cluster_secret.bytes());
+    let mut key = [0u8; 32];
+    hk.expand(b"wireguard preshared key v1", &mut key)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    key
+}
+
 /// This node's identity (namespace `kubespan`, id `local`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -9,8 +9,11 @@
 #![forbid(unsafe_code)]
 
 pub mod affiliate;
+pub mod agent;
 pub mod client;
 pub mod device;
 pub mod discovery;
 pub mod identity;
+pub mod kernel;
+pub mod node;
 pub mod peer;

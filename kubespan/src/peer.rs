@@ -27,6 +27,8 @@ pub struct KubeSpanPeerSpec {
     /// Where to reach it, in the order to try: what it advertised, then what the discovery
     /// server saw its updates come from.
     pub endpoints: Vec<SocketAddr>,
+    /// It relays for peers that cannot reach each other directly (`KubeSpanConfig.allowRelay`).
+    pub relay: bool,
 }
 
 impl Spec for KubeSpanPeerSpec {
@@ -59,6 +61,7 @@ pub fn peer_spec(a: &Affiliate, observed: &[IpAddr], with_pod_networks: bool) ->
         mesh_address: a.mesh_address,
         allowed_ips: allowed,
         endpoints,
+        relay: a.relay,
     }
 }
 
@@ -74,7 +77,7 @@ pub enum PeerState {
 /// How long things take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthTiming {
-    /// No handshake for this long: down (`KubeSpanConfig.peerDownAfter`).
+    /// Nothing heard (no handshake, no packet) for this long: down (`KubeSpanConfig.peerDownAfter`).
     pub down_after: Duration,
     /// How long one endpoint gets to handshake before the next is tried. WireGuard retries a
     /// handshake every 5 s, so this covers a few attempts.
@@ -98,8 +101,10 @@ pub struct PeerHealth {
     current: usize,
     /// When the current endpoint was chosen.
     chosen_at: Duration,
+    /// When the peer was first known: a peer never heard from is down this long after.
+    since: Duration,
     state: PeerState,
-    last_handshake: Option<Duration>,
+    last_seen: Option<Duration>,
 }
 
 impl PeerHealth {
@@ -109,8 +114,9 @@ impl PeerHealth {
             endpoints,
             current: 0,
             chosen_at: now,
+            since: now,
             state: PeerState::Unknown,
-            last_handshake: None,
+            last_seen: None,
         }
     }
 
@@ -144,23 +150,21 @@ impl PeerHealth {
         }
     }
 
-    /// Updates the state from the last handshake WireGuard reports (`None`: never); returns the
-    /// endpoint to switch to, if it is time to try another.
-    pub fn tick(&mut self, now: Duration, last_handshake: Option<Duration>) -> Option<SocketAddr> {
-        if last_handshake.is_some() {
-            self.last_handshake = last_handshake;
+    /// Updates the state from when the peer was last heard from (its last handshake, or the
+    /// last packet from it; `None`: never); returns the endpoint to switch to, if it is time to
+    /// try another.
+    pub fn tick(&mut self, now: Duration, last_seen: Option<Duration>) -> Option<SocketAddr> {
+        if let Some(t) = last_seen {
+            self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
         }
-        let fresh = self
-            .last_handshake
-            .is_some_and(|h| now.saturating_sub(h) < self.timing.down_after);
-        if fresh {
-            self.state = PeerState::Up;
-            return None;
-        }
-        // A handshake that is now too old, or none in all this time: down.
-        if self.last_handshake.is_some()
-            || now.saturating_sub(self.chosen_at) >= self.timing.down_after
-        {
+        let heard = self.last_seen.unwrap_or(self.since);
+        if now.saturating_sub(heard) < self.timing.down_after {
+            if self.last_seen.is_some() {
+                self.state = PeerState::Up;
+                return None;
+            }
+        } else {
+            // Heard from once but not for too long, or never in all this time: down.
             self.state = PeerState::Down;
         }
         // Not up: the next endpoint gets its turn.
@@ -188,6 +192,9 @@ pub struct KubeSpanPeerStatus {
     pub last_handshake_seconds_ago: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The peer it is reached through when it cannot be reached directly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 impl Spec for KubeSpanPeerStatus {
@@ -223,6 +230,7 @@ mod tests {
             node_addresses: vec!["10.5.0.3".parse().unwrap()],
             endpoints: vec![ep("10.5.0.3:51820")],
             pod_cidrs: vec!["10.244.2.0/24".into()],
+            relay: true,
         };
         let p = peer_spec(
             &a,
@@ -232,6 +240,7 @@ mod tests {
         let allowed: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
         assert_eq!(allowed, ["fd00::2/128", "10.5.0.3/32", "10.244.2.0/24"]);
         assert_eq!(p.endpoints, [ep("10.5.0.3:51820"), ep("203.0.113.9:51820")]);
+        assert!(p.relay);
         let p = peer_spec(&a, &[], false);
         assert_eq!(p.allowed_ips.len(), 2, "pod networks only when configured");
     }
@@ -265,6 +274,27 @@ mod tests {
         assert_eq!(h.tick(s(160), None), Some(ep("203.0.113.1:51820")));
         // It comes back.
         assert_eq!(h.tick(s(165), Some(s(164))), None);
+        assert_eq!(h.state(), PeerState::Up);
+    }
+
+    #[test]
+    fn never_reached_goes_down_even_while_endpoints_rotate() {
+        let mut h = PeerHealth::new(
+            timing(),
+            vec![ep("10.0.0.1:51820"), ep("203.0.113.1:51820")],
+            s(0),
+        );
+        for t in (0..60).step_by(5) {
+            h.tick(s(t), None);
+            assert_eq!(h.state(), PeerState::Unknown, "at {t} s");
+        }
+        h.tick(s(60), None);
+        assert_eq!(h.state(), PeerState::Down);
+        // A packet from it (no new handshake): up again.
+        h.tick(s(70), Some(s(69)));
+        assert_eq!(h.state(), PeerState::Up);
+        // An older report never moves the last-seen time back.
+        h.tick(s(71), Some(s(1)));
         assert_eq!(h.state(), PeerState::Up);
     }
 

@@ -42,6 +42,7 @@ fn node(name: &str) -> Affiliate {
         node_addresses: vec!["10.5.0.2".parse().unwrap()],
         endpoints: vec!["10.5.0.2:51820".parse().unwrap()],
         pod_cidrs: Vec::new(),
+        relay: false,
     }
 }
 
@@ -219,6 +220,8 @@ fn client_config(
         addresses: std::sync::Arc::new(move || vec![addr]),
         pod_cidrs: vec!["10.244.0.0/24".into()],
         with_pod_networks: false,
+        relay: false,
+        port: 51820,
         ttl: Duration::from_secs(3),
     }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use basalt_kubespan::device::{self, DevicePeer};
+use basalt_kubespan::device::{self, DeviceOptions, DevicePeer};
 use basalt_kubespan::identity::KeyPair;
 
 fn ip(args: &str) {
@@ -81,7 +81,9 @@ fn two_hosts_talk_over_the_userspace_mesh() {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let (dev, task) = device::run(&k, "ks0", 51820, 1420).await.unwrap();
+                let (dev, task) = device::run(&k, "ks0", DeviceOptions::default())
+                    .await
+                    .unwrap();
                 ip(&format!("addr add {mesh}/64 dev ks0"));
                 dev.set_peers(&[DevicePeer {
                     public_key: other_pub,
@@ -153,8 +155,17 @@ fn interop_with_wireguard_go_and_wg() {
     let wgif = format!("wgb{}", pid % 100_000);
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
+    // The cluster's pre-shared key, as a user would give it to `wg`.
+    let psk =
+        basalt_kubespan::identity::preshared_key(&basalt_config::types::Key32::from_bytes([6; 32]));
+    let psk_file = dir.path().join("psk");
     {
         use base64::Engine as _;
+        std::fs::write(
+            &psk_file,
+            base64::engine::general_purpose::STANDARD.encode(psk),
+        )
+        .unwrap();
         std::fs::write(
             &key,
             base64::engine::general_purpose::STANDARD.encode(theirs.private()),
@@ -210,6 +221,8 @@ fn interop_with_wireguard_go_and_wg() {
         "51820",
         "peer",
         &our_pub,
+        "preshared-key",
+        psk_file.to_str().unwrap(),
         "endpoint",
         "10.98.0.1:51820",
         "allowed-ips",
@@ -227,7 +240,16 @@ fn interop_with_wireguard_go_and_wg() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let (dev, task) = device::run(&ours, "ks0", 51820, 1420).await.unwrap();
+            let (dev, task) = device::run(
+                &ours,
+                "ks0",
+                DeviceOptions {
+                    preshared_key: Some(psk),
+                    ..DeviceOptions::default()
+                },
+            )
+            .await
+            .unwrap();
             ip("addr add fd00:98::1/64 dev ks0");
             dev.set_peers(&[DevicePeer {
                 public_key: their_pub,

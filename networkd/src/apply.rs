@@ -142,16 +142,8 @@ impl Controller for ApplyController {
 pub const STATUS_OWNER: &str = "network.Status";
 
 fn sync_kind<T: basalt_resources::Spec>(store: &Store, desired: BTreeMap<String, T>) {
-    for (id, s) in &desired {
-        if let Err(e) = store.apply(STATUS_OWNER, id, s.clone()) {
-            debug!(error = %e, id, "status not written");
-        }
-    }
-    let kind = Kind::of::<T>();
-    for r in store.list_dyn(&kind) {
-        if r.metadata.owner == STATUS_OWNER && !desired.contains_key(&r.metadata.id) {
-            let _ = store.destroy(&kind, &r.metadata.id, STATUS_OWNER);
-        }
+    if let Err(e) = store.sync_owned(STATUS_OWNER, &desired) {
+        debug!(error = %e, "status not written");
     }
 }
 

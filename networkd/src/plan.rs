@@ -371,17 +371,23 @@ pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, String> {
                     }
                     other => other.clone(),
                 };
+                // Where the kernel has no WireGuard, KubeSpan's userspace device is a tun
+                // device of the same name; it stands for the WireGuard link.
+                let userspace_wg = |h: &ObservedLink| {
+                    matches!(kind, LinkKind::Wireguard) && h.kind.as_deref() == Some("tun")
+                };
                 let same = have.is_some_and(|h| {
-                    h.kind.as_deref() == want_kind
-                        && match &kind {
-                            LinkKind::Vlan { parent, id } => h.vlan.is_some_and(|(pi, vid)| {
-                                vid == *id && obs.name_of(pi) == Some(parent.as_str())
-                            }),
-                            LinkKind::Bond { mode, .. } => {
-                                h.bond_mode.as_deref().is_none_or(|m| m == mode)
+                    userspace_wg(h)
+                        || h.kind.as_deref() == want_kind
+                            && match &kind {
+                                LinkKind::Vlan { parent, id } => h.vlan.is_some_and(|(pi, vid)| {
+                                    vid == *id && obs.name_of(pi) == Some(parent.as_str())
+                                }),
+                                LinkKind::Bond { mode, .. } => {
+                                    h.bond_mode.as_deref().is_none_or(|m| m == mode)
+                                }
+                                _ => true,
                             }
-                            _ => true,
-                        }
                 });
                 if let Some(h) = have
                     && !same

@@ -292,16 +292,7 @@ fn sync<T: NetSpec>(
         .into_iter()
         .map(|spec| (format!("{owner}/{}", spec.id()), Layered { layer, spec }))
         .collect();
-    for (id, s) in &desired {
-        store.apply(owner, id, s.clone())?;
-    }
-    let kind = Kind::of::<Layered<T>>();
-    for r in store.list_dyn(&kind) {
-        if r.metadata.owner == owner && !desired.contains_key(&r.metadata.id) {
-            store.destroy(&kind, &r.metadata.id, owner)?;
-        }
-    }
-    Ok(())
+    store.sync_owned(owner, &desired)
 }
 
 /// Makes the layered specs that `owner` wrote exactly `specs` (ids `<owner>/<id>`). Each source

@@ -460,6 +460,8 @@ endpoint: http://10.0.2.2:DPORT
             addresses: std::sync::Arc::new(|| vec!["192.0.2.10".parse().unwrap()]),
             pod_cidrs: Vec::new(),
             with_pod_networks: false,
+            relay: false,
+            port: 51820,
             ttl: Duration::from_secs(60),
         },
     ));

@@ -18,7 +18,7 @@ use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::error_chain;
-use crate::resource::{Kind, Metadata, Phase, Spec};
+use crate::resource::{Kind, Metadata, Spec};
 use crate::store::{Store, StoreError, Watch};
 
 /// What a reconcile pass may fail with; the runtime logs it and retries with back-off.
@@ -139,23 +139,8 @@ impl Context {
     /// Makes the outputs of type `T` owned by this controller exactly `desired`: applies each
     /// and tears down (then destroys, once finalizers allow) every other one it owns.
     pub fn sync<T: Spec>(&self, desired: BTreeMap<String, T>) -> Result<(), RuntimeError> {
-        let kind = Kind::of::<T>();
-        self.check(&kind)?;
-        for (id, spec) in &desired {
-            self.store.apply(&self.name, id, spec.clone())?;
-        }
-        for (md, _) in self.store.list::<T>() {
-            if md.owner != self.name || desired.contains_key(&md.id) {
-                continue;
-            }
-            if md.phase == Phase::Running {
-                self.store.teardown(&kind, &md.id, &self.name)?;
-            }
-            if md.finalizers.is_empty() {
-                self.store.destroy(&kind, &md.id, &self.name)?;
-            }
-        }
-        Ok(())
+        self.check(&Kind::of::<T>())?;
+        Ok(self.store.sync_owned(&self.name, &desired)?)
     }
 
     /// Tears down and destroys one output.

@@ -205,6 +205,33 @@ impl Store {
         self.write(&Kind::of::<T>(), id, owner, Write::Apply { spec, labels })
     }
 
+    /// Makes the resources of type `T` that `owner` owns exactly `desired`: applies each and
+    /// tears down (then destroys, once finalizers allow) every other one it owns. The one way
+    /// every publisher keeps a set of outputs.
+    pub fn sync_owned<T: Spec>(
+        &self,
+        owner: &str,
+        desired: &BTreeMap<String, T>,
+    ) -> Result<(), StoreError> {
+        let kind = Kind::of::<T>();
+        for (id, spec) in desired {
+            self.apply(owner, id, spec.clone())?;
+        }
+        for r in self.list_dyn(&kind) {
+            let md = &r.metadata;
+            if md.owner != owner || desired.contains_key(&md.id) {
+                continue;
+            }
+            if md.phase == Phase::Running {
+                self.teardown(&kind, &md.id, owner)?;
+            }
+            if md.finalizers.is_empty() {
+                self.destroy(&kind, &md.id, owner)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates `id`, failing if it exists.
     pub fn create<T: Spec>(&self, owner: &str, id: &str, spec: T) -> Result<(), StoreError> {
         let kind = Kind::of::<T>();

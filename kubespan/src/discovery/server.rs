@@ -203,6 +203,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     }
 }
 
+/// How long in-flight calls get at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves discovery on `listener` until `shutdown` resolves; expires records every second and,
 /// with a snapshot path, saves the registry every `every` and at shutdown (and loads it first).
 pub async fn serve(
@@ -245,11 +248,23 @@ pub async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(?addr, "discovery serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    // Watches never finish by themselves (every node holds one open), so a graceful shutdown
+    // would wait forever: in-flight calls get a grace period, then the watches are cut.
+    let (fired, mut fired_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = fired.send(true);
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(pb::discovery_server::DiscoveryServer::new(svc.clone()))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| format!("discovery server: {e}"));
+        .serve_with_incoming_shutdown(incoming, signal);
+    let result = tokio::select! {
+        r = server => r.map_err(|e| format!("discovery server: {e}")),
+        _ = async {
+            let _ = fired_rx.wait_for(|f| *f).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    };
     ticker.abort();
     if let Some((path, _)) = &snapshot {
         save(&svc, path);

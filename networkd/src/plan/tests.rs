@@ -452,3 +452,31 @@ fn rules_come_after_the_routes_of_their_table_and_only_static_ones_are_removed()
         plan(&d, &obs).unwrap()
     );
 }
+
+#[test]
+fn kubespans_userspace_tun_device_stands_for_the_wireguard_link() {
+    let d = desired(
+        vec![link("kubespan", LinkKind::Wireguard)],
+        &[("kubespan", "fd00::1/64")],
+        vec![],
+    );
+    let tun = |kind: &str| Observed {
+        links: vec![ObservedLink {
+            kind: Some(kind.into()),
+            ..hw(7, "kubespan", true)
+        }],
+        ..Observed::default()
+    };
+    // A tun device of that name: configured, never replaced.
+    assert_eq!(
+        lines(&plan(&d, &tun("tun")).unwrap()),
+        ["address add fd00::1/64 dev kubespan"]
+    );
+    // Missing: the kernel link is made.
+    assert_eq!(
+        lines(&plan(&d, &Observed::default()).unwrap())[0],
+        "link add kubespan type wireguard"
+    );
+    // Any other kind is not KubeSpan's.
+    assert!(plan(&d, &tun("veth")).is_err());
+}
