@@ -63,6 +63,8 @@ pub struct VmOptions {
     /// TCP ports forwarded from the host's loopback to the guest (host, guest), through QEMU's
     /// user-mode network (the guest is 10.0.2.15, its gateway 10.0.2.2).
     pub forward: Vec<(u16, u16)>,
+    /// UDP ports forwarded the same way (a WireGuard peer on the host reaching the guest).
+    pub forward_udp: Vec<(u16, u16)>,
     /// A raw disk image attached as a virtio disk.
     pub disk: Option<PathBuf>,
     /// Let a guest reboot restart it in place (else QEMU exits on reboot).
@@ -77,6 +79,7 @@ impl Default for VmOptions {
         VmOptions {
             memory_mib: 512,
             forward: Vec::new(),
+            forward_udp: Vec::new(),
             disk: None,
             allow_reboot: false,
             extra_nics: 0,
@@ -135,6 +138,11 @@ impl Vm {
             .forward
             .iter()
             .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+            .chain(
+                opts.forward_udp
+                    .iter()
+                    .map(|(h, g)| format!(",hostfwd=udp:127.0.0.1:{h}-:{g}")),
+            )
             .collect();
         tools::need("qemu-system-x86_64", "qemu-system-x86").map_err(VmError::Start)?;
         std::fs::create_dir_all(workdir)

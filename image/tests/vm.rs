@@ -363,6 +363,7 @@ mod node {
                 disk: Some(disk),
                 allow_reboot: true,
                 extra_nics: 0,
+                forward_udp: Vec::new(),
             },
         )
         .unwrap();

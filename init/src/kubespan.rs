@@ -78,6 +78,12 @@ fn clear(store: &Store) {
     if let Err(e) = publish(store, OWNER, Layer::Config, &LayerSpecs::default()) {
         log::line(&format!("kubespan: the mesh layer not removed: {e}"));
     }
+    if let Err(e) = basalt_kubespan::mss::remove() {
+        log::line(&format!(
+            "kubespan: the MSS clamping table not removed: {}",
+            basalt_resources::error_chain(&e)
+        ));
+    }
 }
 
 /// The node's KubeSpan options from the config; `None` when KubeSpan is off.

@@ -15,5 +15,6 @@ pub mod device;
 pub mod discovery;
 pub mod identity;
 pub mod kernel;
+pub mod mss;
 pub mod node;
 pub mod peer;

@@ -58,6 +58,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TCP MSS clamping")]
+    Mss(#[from] crate::mss::MssError),
     #[error("the identity: {0}")]
     Store(#[from] basalt_resources::StoreError),
 }
@@ -97,6 +99,7 @@ pub async fn run(store: Store, opts: NodeOptions) -> Result<(), NodeError> {
             (Box::new(d), Some(task))
         }
     };
+    crate::mss::install(dev_opts.mtu)?;
     let _client = opts.discovery.clone().map(|endpoint| {
         let cfg = ClientConfig {
             endpoint,

@@ -4,40 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod harness;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use basalt_kubespan::device::{self, DeviceOptions, DevicePeer};
 use basalt_kubespan::identity::KeyPair;
-
-fn ip(args: &str) {
-    let o = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Named namespaces for the test's hosts; removed on drop.
-struct Hosts(Vec<String>);
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-}
+use harness::{Namespaces, enter, ip};
 
 #[test]
 fn two_hosts_talk_over_the_userspace_mesh() {
@@ -49,7 +24,7 @@ fn two_hosts_talk_over_the_userspace_mesh() {
     }
     let pid = std::process::id();
     let (a, b) = (format!("basalt-ks-{pid}-a"), format!("basalt-ks-{pid}-b"));
-    let _hosts = Hosts(vec![a.clone(), b.clone()]);
+    let _hosts = Namespaces(vec![a.clone(), b.clone()]);
     ip(&format!("netns add {a}"));
     ip(&format!("netns add {b}"));
     ip(&format!(
@@ -134,7 +109,7 @@ fn interop_with_wireguard_go_and_wg() {
     }
     let pid = std::process::id();
     let (a, c) = (format!("basalt-wg-{pid}-a"), format!("basalt-wg-{pid}-c"));
-    let _hosts = Hosts(vec![a.clone(), c.clone()]);
+    let _hosts = Namespaces(vec![a.clone(), c.clone()]);
     ip(&format!("netns add {a}"));
     ip(&format!("netns add {c}"));
     ip(&format!(

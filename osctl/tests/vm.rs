@@ -83,6 +83,7 @@ fn boot(
             disk,
             allow_reboot: true,
             extra_nics: 0,
+            forward_udp: Vec::new(),
         },
     )
     .unwrap()
@@ -348,6 +349,12 @@ fn networkd_dhcp_and_static_on_a_node() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
+    // The node's WireGuard port, reachable from the host for the mesh check below.
+    let wg_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let e = format!("127.0.0.1:{port}");
     let boot = Boot::Kernel {
         vmlinuz: a.vmlinuz.clone().unwrap(),
@@ -366,6 +373,7 @@ fn networkd_dhcp_and_static_on_a_node() {
             disk: None,
             allow_reboot: false,
             extra_nics: 2,
+            forward_udp: vec![(wg_port, 51820)],
         },
     )
     .unwrap();
@@ -449,15 +457,19 @@ endpoint: http://10.0.2.2:DPORT
     let peer_store = basalt_resources::Store::default();
     let peer_keys = basalt_kubespan::identity::KeyPair::generate();
     let peer_key = peer_keys.public_base64();
+    let peer_mesh =
+        basalt_kubespan::identity::KubeSpanIdentity::new(&peer_keys, &parsed.cluster().id).address;
     rt.spawn(basalt_kubespan::client::run(
         peer_store.clone(),
         basalt_kubespan::client::ClientConfig {
             endpoint: format!("http://127.0.0.1:{dport}"),
             cluster_id: parsed.cluster().id.clone(),
             cluster_secret: parsed.secrets().cluster_secret.clone(),
-            keys: peer_keys,
+            keys: peer_keys.clone(),
             hostname: "test-peer".into(),
-            addresses: std::sync::Arc::new(|| vec!["192.0.2.10".parse().unwrap()]),
+            // No addresses: the node cannot reach this process except back along the
+            // handshake it starts below (and must send nothing anywhere else).
+            addresses: std::sync::Arc::new(Vec::new),
             pod_cidrs: Vec::new(),
             with_pod_networks: false,
             relay: false,
@@ -611,7 +623,7 @@ endpoint: http://10.0.2.2:DPORT
         BOOT_TIMEOUT,
         |o| o.contains("hostname: test-peer"),
     );
-    assert!(peers.contains("192.0.2.10/32"), "{peers}");
+    assert!(peers.contains(&format!("{peer_mesh}/128")), "{peers}");
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         let seen = peer_store
@@ -633,7 +645,116 @@ endpoint: http://10.0.2.2:DPORT
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The node's kernel WireGuard, for real: a Basalt userspace device in this process (as
+    // root) handshakes with it through QEMU's forwarded UDP port (with the cluster's
+    // pre-shared key), and pings the node's mesh address; the node reports the peer up.
+    if nix::unistd::geteuid().is_root() {
+        kernel_mesh_check(
+            &dir, oc, &rt, &peer_keys, &parsed, &node_key, &address, &peer_key, wg_port,
+        );
+    } else {
+        eprintln!("the kernel WireGuard handshake check needs root (a tun device): skipped");
+    }
     let _ = stop_discovery.send(());
     let routes = ok(&dir, &["--osconfig", oc, "get", "routes"]);
     assert!(routes.contains("eth0/0.0.0.0/0/10.0.2.2/1024"), "{routes}");
+}
+
+/// A userspace WireGuard peer in this process against the node's kernel WireGuard.
+#[allow(clippy::too_many_arguments)]
+fn kernel_mesh_check(
+    dir: &Path,
+    oc: &str,
+    rt: &tokio::runtime::Runtime,
+    keys: &basalt_kubespan::identity::KeyPair,
+    config: &basalt_config::Config,
+    node_key: &str,
+    node_mesh: &str,
+    peer_key: &str,
+    wg_port: u16,
+) {
+    use base64::Engine as _;
+    let name = format!("bks{}", std::process::id() % 100_000);
+    let our_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let opts = basalt_kubespan::device::DeviceOptions {
+        port: our_port,
+        fwmark: None,
+        preshared_key: Some(basalt_kubespan::identity::preshared_key(
+            &config.secrets().cluster_secret,
+        )),
+        ..Default::default()
+    };
+    let (dev, task) = rt
+        .block_on(basalt_kubespan::device::run(keys, &name, opts))
+        .unwrap();
+    struct Stop(tokio::task::JoinHandle<Result<(), basalt_kubespan::device::DeviceError>>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _stop = Stop(task);
+    let our_mesh =
+        basalt_kubespan::identity::KubeSpanIdentity::new(keys, &config.cluster().id).address;
+    let ip = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ip(&["addr", "add", &format!("{our_mesh}/128"), "dev", &name]);
+    ip(&["route", "add", &format!("{node_mesh}/128"), "dev", &name]);
+    let node_pub: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(node_key)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    dev.set_peers(&[basalt_kubespan::device::DevicePeer {
+        public_key: node_pub,
+        endpoint: Some(format!("127.0.0.1:{wg_port}").parse().unwrap()),
+        allowed_ips: vec![format!("{node_mesh}/128").parse().unwrap()],
+    }]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ping = std::process::Command::new("ping")
+            .args(["-6", "-c", "1", "-W", "2", node_mesh])
+            .output()
+            .unwrap();
+        if ping.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ping over the mesh to the node: {:?}\n{}",
+            dev.stats(),
+            std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
+        );
+    }
+    let st = dev.stats();
+    assert!(st[0].since_handshake.is_some(), "{st:?}");
+    let status = until(
+        dir,
+        &[
+            "--osconfig",
+            oc,
+            "get",
+            "kubespanpeerstatuses",
+            peer_key,
+            "-o",
+            "yaml",
+        ],
+        Duration::from_secs(60),
+        |o| o.contains("state: up"),
+    );
+    assert!(status.contains("hostname: test-peer"), "{status}");
+    assert!(status.contains("rxBytes"), "{status}");
 }
