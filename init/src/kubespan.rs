@@ -41,16 +41,31 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
                 match opts {
                     Some(opts) => {
                         let s = store.clone();
-                        tokio::select! {
-                            r = basalt_kubespan::node::run(s, opts) => {
-                                if let Err(e) = r {
-                                    log::line(&format!("kubespan: {}; restarting in 5 s", basalt_resources::error_chain(&e)));
+                        let mine = cfg.as_deref().map(relevant);
+                        let node = basalt_kubespan::node::run(s, opts);
+                        tokio::pin!(node);
+                        // Runs until it fails or a config change touches what it runs with.
+                        loop {
+                            tokio::select! {
+                                r = &mut node => {
+                                    if let Err(e) = r {
+                                        log::line(&format!("kubespan: {}; restarting in 5 s", basalt_resources::error_chain(&e)));
+                                    }
+                                    tokio::time::sleep(Duration::from_secs(5)).await;
+                                    break;
                                 }
-                                tokio::time::sleep(Duration::from_secs(5)).await;
-                                continue;
+                                c = config.changed() => {
+                                    if c.is_err() {
+                                        return;
+                                    }
+                                    let now = config.borrow().as_deref().map(relevant);
+                                    if now != mine {
+                                        break;
+                                    }
+                                }
                             }
-                            c = config.changed() => if c.is_err() { return },
                         }
+                        continue;
                     }
                     None => {
                         clear(&store);
@@ -84,6 +99,27 @@ fn clear(store: &Store) {
             basalt_resources::error_chain(&e)
         ));
     }
+}
+
+/// What KubeSpan runs with, from a config: a change elsewhere does not restart it.
+fn relevant(
+    c: &Config,
+) -> (
+    Option<basalt_config::v1alpha1::KubeSpanConfig>,
+    Option<basalt_config::v1alpha1::DiscoveryConfig>,
+    [u8; 32],
+    [u8; 32],
+) {
+    let discovery = c.documents().find_map(|d| match d {
+        basalt_config::Document::Discovery(d) => Some(d.clone()),
+        _ => None,
+    });
+    (
+        c.kubespan().cloned(),
+        discovery,
+        *c.cluster().id.bytes(),
+        *c.secrets().cluster_secret.bytes(),
+    )
 }
 
 /// The node's KubeSpan options from the config; `None` when KubeSpan is off.

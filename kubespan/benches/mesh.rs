@@ -37,7 +37,10 @@ fn need(tool: &str, package: &str) {
         .arg(tool)
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(found, "this benchmark needs {tool}: apt-get install {package}");
+    assert!(
+        found,
+        "this benchmark needs {tool}: apt-get install {package}"
+    );
 }
 
 /// Throughput (Mbit/s) and ping (average ms) from `client` to `target` in `server`.
