@@ -317,5 +317,8 @@ config_struct! {
         pub enabled: bool = "enabled", default = false;
         /// The discovery server's URL.
         pub endpoint: Option<Endpoint> = "endpoint";
+        /// Run the discovery server on this node too (port 3000; its records kept in the state
+        /// directory across restarts): a cluster can meet at one of its control-plane nodes.
+        pub serve: bool = "serve", default = false;
     }
 }

@@ -17,6 +17,8 @@ use basalt_networkd::{Layer, LayerSpecs, publish};
 use basalt_resources::{Kind, Store};
 use tokio::sync::watch;
 
+use crate::process::ProcessSpec;
+use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
 use crate::{log, tasks};
 
 /// How long the discovery server keeps this node's record; refreshed every third of it.
@@ -156,4 +158,83 @@ fn options(c: &Config, key_path: &std::path::Path) -> Result<Option<NodeOptions>
             ..HealthTiming::default()
         },
     }))
+}
+
+/// The supervisor's id of the discovery server.
+pub const DISCOVERY_SERVICE: &str = "discovery";
+
+/// Runs the discovery server as a service while `DiscoveryConfig.serve` is on: the
+/// `basalt-discovery` personality of this binary, on port 3000, its registry snapshotted in the
+/// state directory so a restart (or a reboot with a state disk) does not drop the mesh.
+pub fn serve_discovery(
+    sup: Arc<Supervisor>,
+    state_dir: PathBuf,
+    config: watch::Receiver<Option<Arc<Config>>>,
+) {
+    tasks::supervise("discovery-server", move || {
+        let sup = sup.clone();
+        let dir = state_dir.join("discovery");
+        let mut config = config.clone();
+        async move {
+            let mut running = false;
+            loop {
+                let want = config.borrow_and_update().as_deref().is_some_and(|c| {
+                    c.documents()
+                        .any(|d| matches!(d, basalt_config::Document::Discovery(d) if d.serve))
+                });
+                if want && !running {
+                    match std::fs::create_dir_all(&dir) {
+                        Ok(()) => {
+                            sup.add(discovery_service(&dir)).await;
+                            running = true;
+                        }
+                        Err(e) => log::line(&format!(
+                            "discovery server not started: cannot create {}: {e}",
+                            dir.display()
+                        )),
+                    }
+                } else if !want && running {
+                    let _ = sup.stop(DISCOVERY_SERVICE).await;
+                    running = false;
+                }
+                if config.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn discovery_service(dir: &std::path::Path) -> ServiceDef {
+    let process = ProcessSpec {
+        program: "/sbin/init".into(),
+        arg0: Some("basalt-discovery".into()),
+        args: vec![
+            "--listen".into(),
+            format!("[::]:{}", basalt_api::DISCOVERY_PORT),
+            "--snapshot".into(),
+            dir.join("snapshot.json").display().to_string(),
+        ],
+        env: vec![("PATH".into(), "/usr/bin:/usr/sbin".into())],
+        // An unprivileged port and a file its uid owns: no capability.
+        keep_caps: Some(Vec::new()),
+        ..ProcessSpec::default()
+    };
+    let mut def = ServiceDef::new(DISCOVERY_SERVICE, process);
+    def.depends = vec![Dependency::Condition(supervisor::NETWORK)];
+    def.stop_timeout = Duration::from_secs(5);
+    def.health = Some(Health {
+        check: Arc::new(|| {
+            Box::pin(async {
+                let port = basalt_api::DISCOVERY_PORT;
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("port {port}: {e}"))
+            })
+        }),
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+    });
+    def
 }

@@ -5,6 +5,8 @@
 //! - `/sbin/init` (on the root): PID 1.
 //! - `hello`: the program of the test container image (not used on the node itself).
 //! - `apid`: the network gateway of the machine API, run by PID 1's supervisor.
+//! - `basalt-discovery`: KubeSpan's discovery server, run by the supervisor with
+//!   `DiscoveryConfig.serve`.
 //!
 //! It must never exit while it is PID 1: a fatal error is logged and the machine reboots.
 //! It must not grow a shell or anything that interprets user input beyond the machine API.
@@ -19,6 +21,7 @@ fn main() {
         ("/init", _) => early::run(),
         (_, "apid") => apid::run(&args[1..]),
         (_, "hello") => hello::run(&args[1..]),
+        (_, "basalt-discovery") => std::process::exit(basalt_kubespan::discovery::cli::run(&args)),
         _ => pid1::run(),
     }
 }

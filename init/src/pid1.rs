@@ -133,6 +133,7 @@ async fn main() {
     );
 
     crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
+    crate::kubespan::serve_discovery(sup.clone(), state_dir.clone(), config.subscribe());
 
     // No time sync yet (its own issue): the clock from the RTC is what there is.
     sup.set_condition(supervisor::TIME, true);

@@ -349,6 +349,8 @@ fn networkd_dhcp_and_static_on_a_node() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
+    // The node's discovery server, reached from this process.
+    let dport = free_port();
     // The node's WireGuard port, reachable from the host for the mesh check below.
     let wg_port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -369,7 +371,7 @@ fn networkd_dhcp_and_static_on_a_node() {
         &dir,
         &VmOptions {
             memory_mib: 768,
-            forward: vec![(port, 50000)],
+            forward: vec![(port, 50000), (dport, 3000)],
             disk: None,
             allow_reboot: false,
             extra_nics: 2,
@@ -392,22 +394,9 @@ fn networkd_dhcp_and_static_on_a_node() {
         BOOT_TIMEOUT,
         |o| o.contains("maintenance"),
     );
-    // A discovery server in this process; the node reaches it through QEMU's user network at
-    // 10.0.2.2 (the host). A second "node" in this process publishes itself too.
+    // The node runs the discovery server as a service (`serve: true`) and meets there; a
+    // second "node" in this process reaches the server through a forwarded port.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let dport = listener.local_addr().unwrap().port();
-    let (stop_discovery, stopped) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(basalt_kubespan::discovery::serve(
-        listener,
-        basalt_kubespan::discovery::Limits::default(),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
 
     ok(&dir, &["gen", "config", "net", "https://10.0.2.15:6443"]);
     let cp = std::fs::read_to_string(dir.join("controlplane.yaml")).unwrap();
@@ -445,9 +434,9 @@ mtu: 1380
 apiVersion: v1alpha1
 kind: DiscoveryConfig
 enabled: true
-endpoint: http://10.0.2.2:DPORT
-"
-    .replace("DPORT", &dport.to_string());
+endpoint: http://10.0.2.15:3000
+serve: true
+";
     std::fs::write(dir.join("net.yaml"), format!("{cp}{net}")).unwrap();
     let parsed = basalt_config::Config::parse(
         &std::fs::read_to_string(dir.join("net.yaml")).unwrap(),
@@ -459,24 +448,29 @@ endpoint: http://10.0.2.2:DPORT
     let peer_key = peer_keys.public_base64();
     let peer_mesh =
         basalt_kubespan::identity::KubeSpanIdentity::new(&peer_keys, &parsed.cluster().id).address;
-    rt.spawn(basalt_kubespan::client::run(
-        peer_store.clone(),
-        basalt_kubespan::client::ClientConfig {
-            endpoint: format!("http://127.0.0.1:{dport}"),
-            cluster_id: parsed.cluster().id.clone(),
-            cluster_secret: parsed.secrets().cluster_secret.clone(),
-            keys: peer_keys.clone(),
-            hostname: "test-peer".into(),
-            // No addresses: the node cannot reach this process except back along the
-            // handshake it starts below (and must send nothing anywhere else).
-            addresses: std::sync::Arc::new(Vec::new),
-            pod_cidrs: Vec::new(),
-            with_pod_networks: false,
-            relay: false,
-            port: 51820,
-            ttl: Duration::from_secs(60),
-        },
-    ));
+    let peer_cfg = basalt_kubespan::client::ClientConfig {
+        endpoint: format!("http://127.0.0.1:{dport}"),
+        cluster_id: parsed.cluster().id.clone(),
+        cluster_secret: parsed.secrets().cluster_secret.clone(),
+        keys: peer_keys.clone(),
+        hostname: "test-peer".into(),
+        // No addresses: the node cannot reach this process except back along the
+        // handshake it starts below (and must send nothing anywhere else).
+        addresses: std::sync::Arc::new(Vec::new),
+        pod_cidrs: Vec::new(),
+        with_pod_networks: false,
+        relay: false,
+        port: 51820,
+        ttl: Duration::from_secs(60),
+    };
+    // The server comes up with the config: retry until it does.
+    let ps = peer_store.clone();
+    rt.spawn(async move {
+        loop {
+            let _ = basalt_kubespan::client::run(ps.clone(), peer_cfg.clone()).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
 
     // The dry run: the plan, in order, and nothing applied.
     let dry = ok(
@@ -655,7 +649,11 @@ endpoint: http://10.0.2.2:DPORT
     } else {
         eprintln!("the kernel WireGuard handshake check needs root (a tun device): skipped");
     }
-    let _ = stop_discovery.send(());
+    // The discovery server is a service of the node (its snapshot in the state directory).
+    until(&dir, &["--osconfig", oc, "services"], BOOT_TIMEOUT, |o| {
+        o.lines()
+            .any(|l| l.starts_with("discovery") && l.contains("running") && l.contains("healthy"))
+    });
     let routes = ok(&dir, &["--osconfig", oc, "get", "routes"]);
     assert!(routes.contains("eth0/0.0.0.0/0/10.0.2.2/1024"), "{routes}");
 }

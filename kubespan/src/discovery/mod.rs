@@ -3,6 +3,7 @@
 //! and the rate limiter are pure (time is passed in) and tested on fake time; the server is a
 //! thin tonic layer over them.
 
+pub mod cli;
 mod registry;
 mod server;
 

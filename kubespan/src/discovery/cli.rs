@@ -1,0 +1,79 @@
+//! The `basalt-discovery` command: its own binary, and the `basalt-discovery` personality of a
+//! node's `/sbin/init` when `DiscoveryConfig.serve` runs it as a service.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "basalt-discovery",
+    version,
+    about = "The open discovery server KubeSpan's nodes meet through"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:3000")]
+    listen: String,
+    /// Keep the registry in this file (saved atomically every --snapshot-every and at exit),
+    /// so a restart does not drop the mesh.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// How often to save the snapshot, in seconds.
+    #[arg(long, default_value_t = 10)]
+    snapshot_every: u64,
+}
+
+async fn serve(a: Args) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    let snapshot = a
+        .snapshot
+        .map(|p| (p, Duration::from_secs(a.snapshot_every.max(1))));
+    super::serve(listener, super::Limits::default(), snapshot, shutdown).await
+}
+
+/// Runs the server with `args` (the program name first); returns the exit code.
+pub fn run(args: &[String]) -> i32 {
+    let a = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("basalt-discovery: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(serve(a)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("basalt-discovery: {e}");
+            1
+        }
+    }
+}
