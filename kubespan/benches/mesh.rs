@@ -14,7 +14,7 @@
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use basalt_kubespan::device::{self, DeviceOptions, DevicePeer};
@@ -22,15 +22,6 @@ use basalt_kubespan::identity::KeyPair;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use harness::*;
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn need(tool: &str, package: &str) {
     let found = Command::new("which")
@@ -111,10 +102,7 @@ fn basalt_pair(a: &str, b: &str) -> BasaltPair {
         pair.stop.push(tx);
         pair.threads.push(std::thread::spawn(move || {
             enter(&ns);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async move {
                 let opts = DeviceOptions {
                     fwmark: None,
@@ -147,24 +135,7 @@ fn wireguard_go_pair(a: &str, b: &str, dir: &std::path::Path) -> Vec<Kill> {
     let mut procs = Vec::new();
     for (i, (ns, other)) in [(a, "10.96.0.2"), (b, "10.96.0.1")].into_iter().enumerate() {
         let wgif = format!("wgb{pid}{i}");
-        procs.push(Kill(
-            Command::new("ip")
-                .args(["netns", "exec", ns, "wireguard-go", "-f", &wgif])
-                .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ));
-        let sock = std::path::PathBuf::from(format!("/var/run/wireguard/{wgif}.sock"));
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "wireguard-go did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        procs.push(wireguard_go(ns, &wgif));
         let key = dir.join(format!("key{i}"));
         std::fs::write(&key, B64.encode(keys[i].private())).unwrap();
         run(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use basalt_kubespan::device::{self, DeviceOptions, DevicePeer};
 use basalt_kubespan::identity::KeyPair;
-use harness::{Namespaces, enter, ip};
+use harness::{Namespaces, enter, ip, runtime, wireguard_go};
 
 #[test]
 fn two_hosts_talk_over_the_userspace_mesh() {
@@ -51,10 +51,7 @@ fn two_hosts_talk_over_the_userspace_mesh() {
         let (ready, done) = (ready.clone(), done.clone());
         threads.push(std::thread::spawn(move || {
             enter(&ns);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async move {
                 let (dev, task) = device::run(&k, "ks0", DeviceOptions::default())
                     .await
@@ -147,33 +144,7 @@ fn interop_with_wireguard_go_and_wg() {
         )
         .unwrap();
     }
-    let mut wg_go = Command::new("ip")
-        .args(["netns", "exec", &c, "wireguard-go", "-f", &wgif])
-        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("wireguard-go (Debian's wireguard-go package)");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let sock = std::path::PathBuf::from(format!("/var/run/wireguard/{wgif}.sock"));
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "wireguard-go did not start"
-        );
-        if let Ok(Some(s)) = wg_go.try_wait() {
-            panic!("wireguard-go exited: {s}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _wg_go = Kill(wg_go);
+    let _wg_go = wireguard_go(&c, &wgif);
     let wg = |args: &[&str]| {
         let o = Command::new("ip")
             .args(["netns", "exec", &c, "wg"])
@@ -210,10 +181,7 @@ fn interop_with_wireguard_go_and_wg() {
     let c2 = c.clone();
     std::thread::spawn(move || {
         enter(&a);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async move {
             let (dev, task) = device::run(
                 &ours,

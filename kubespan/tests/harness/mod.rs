@@ -51,6 +51,14 @@ impl Drop for Namespaces {
     }
 }
 
+/// A runtime for one host's thread (after [`enter`]): sockets it makes are in that namespace.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -101,10 +109,7 @@ impl Cluster {
         let (s, name) = (store.clone(), ns.to_string());
         let thread = std::thread::spawn(move || {
             enter(&name);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async move {
                 basalt_networkd::publish_defaults(&s).unwrap();
                 let mut runtime = Runtime::new(s.clone()).with_backoff(Backoff::new(
@@ -291,10 +296,7 @@ impl Hub {
         let h = hub.clone();
         let server = std::thread::spawn(move || {
             enter(&h);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::bind("10.77.0.1:3000")
                     .await
@@ -355,4 +357,39 @@ impl Drop for Hub {
             let _ = t.join();
         }
     }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's `wireguard-go` in namespace `ns`, making the interface `ifname`; returns once its
+/// control socket is there (`wg` can configure it). Stopped when dropped.
+pub fn wireguard_go(ns: &str, ifname: &str) -> Kill {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
+        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("wireguard-go (Debian's wireguard-go package)");
+    let sock = std::path::PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "wireguard-go did not start"
+        );
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("wireguard-go exited: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Kill(child)
 }
