@@ -56,6 +56,24 @@ pub fn state_disk(path: &Path, mib: u64) -> Result<(), ImageError> {
     .map(|_| ())
 }
 
+/// A network card on a tap device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapNic {
+    pub ifname: String,
+    pub mac: String,
+}
+
+/// The QEMU command line for `boot` with `opts` (the console log goes to
+/// `workdir/console.log`), for callers that run QEMU their own way — a local cluster runs it
+/// detached in its network namespace. The path is a scratch file to keep while QEMU runs.
+pub fn command(
+    boot: &Boot,
+    workdir: &Path,
+    opts: &VmOptions,
+) -> Result<(Command, Option<PathBuf>), VmError> {
+    Vm::build_command(boot, workdir, opts)
+}
+
 /// What the VM has besides its boot media.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -69,6 +87,10 @@ pub struct VmOptions {
     pub disk: Option<PathBuf>,
     /// Let a guest reboot restart it in place (else QEMU exits on reboot).
     pub allow_reboot: bool,
+    /// The first network card on this tap device (which must exist, in QEMU's network
+    /// namespace) with this MAC address, instead of QEMU's user network: a local cluster's
+    /// nodes on one bridge.
+    pub tap: Option<TapNic>,
     /// More network cards (eth1, eth2, ...) after the first, each on a QEMU user network of its
     /// own that reaches nothing (`restrict=on`): links to bond, bridge or VLAN in tests.
     pub extra_nics: u32,
@@ -80,6 +102,7 @@ impl Default for VmOptions {
             memory_mib: 512,
             forward: Vec::new(),
             forward_udp: Vec::new(),
+            tap: None,
             disk: None,
             allow_reboot: false,
             extra_nics: 0,
@@ -133,6 +156,27 @@ impl Vm {
 
     /// Starts QEMU with a network, a disk or reboots as `opts` says.
     pub fn start_with(boot: &Boot, workdir: &Path, opts: &VmOptions) -> Result<Vm, VmError> {
+        let (mut cmd, scratch) = Vm::build_command(boot, workdir, opts)?;
+        let child = cmd.stderr(Stdio::piped()).spawn().map_err(|e| {
+            VmError::Start(ImageError::Tool {
+                tool: "qemu-system-x86_64".into(),
+                status: "not started".into(),
+                stderr: e.to_string(),
+            })
+        })?;
+        Ok(Vm {
+            child,
+            console: workdir.join("console.log"),
+            started: Instant::now(),
+            _scratch: scratch,
+        })
+    }
+
+    fn build_command(
+        boot: &Boot,
+        workdir: &Path,
+        opts: &VmOptions,
+    ) -> Result<(Command, Option<PathBuf>), VmError> {
         let memory_mib = opts.memory_mib;
         let hostfwd: String = opts
             .forward
@@ -223,7 +267,14 @@ impl Vm {
                     .arg(cmdline);
             }
         }
-        if !matches!(boot, Boot::Pxe { .. }) && !opts.forward.is_empty() {
+        if let Some(tap) = &opts.tap {
+            cmd.arg("-netdev").arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                tap.ifname
+            ));
+            cmd.arg("-device")
+                .arg(format!("virtio-net-pci,netdev=n0,mac={}", tap.mac));
+        } else if !matches!(boot, Boot::Pxe { .. }) && !opts.forward.is_empty() {
             cmd.arg("-netdev").arg(format!("user,id=n0{hostfwd}"));
             cmd.args(["-device", "virtio-net-pci,netdev=n0"]);
         }
@@ -236,19 +287,7 @@ impl Vm {
             cmd.arg("-drive")
                 .arg(format!("file={},format=raw,if=virtio", disk.display()));
         }
-        let child = cmd.spawn().map_err(|e| {
-            VmError::Start(ImageError::Tool {
-                tool: "qemu-system-x86_64".into(),
-                status: "not started".into(),
-                stderr: e.to_string(),
-            })
-        })?;
-        Ok(Vm {
-            child,
-            console,
-            started: Instant::now(),
-            _scratch: scratch,
-        })
+        Ok((cmd, scratch))
     }
 
     pub fn console_path(&self) -> &Path {

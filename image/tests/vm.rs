@@ -364,6 +364,7 @@ mod node {
                 allow_reboot: true,
                 extra_nics: 0,
                 forward_udp: Vec::new(),
+                tap: None,
             },
         )
         .unwrap();

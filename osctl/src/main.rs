@@ -8,6 +8,7 @@
 
 mod api_cmd;
 mod client;
+mod cluster_cmd;
 mod config_cmd;
 mod docs;
 mod gen_cmd;
@@ -50,6 +51,9 @@ enum Command {
     /// Build boot images: rootfs.sqsh, initramfs, ISO, PXE assets.
     #[command(after_help = "Example:\n  osctl image all --out _out/image")]
     Image(image_cmd::ImageArgs),
+    /// Local clusters of Basalt nodes: create, show, destroy.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
     /// Manage the client config: contexts, endpoints, nodes.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -85,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image(args) => image_cmd::run(args),
+        Command::Cluster(cmd) => cluster_cmd::run(cmd),
         Command::Validate {
             config,
             mode,

@@ -84,6 +84,7 @@ fn boot(
             allow_reboot: true,
             extra_nics: 0,
             forward_udp: Vec::new(),
+            tap: None,
         },
     )
     .unwrap()
@@ -376,6 +377,7 @@ fn networkd_dhcp_and_static_on_a_node() {
             allow_reboot: false,
             extra_nics: 2,
             forward_udp: vec![(wg_port, 51820)],
+            tap: None,
         },
     )
     .unwrap();

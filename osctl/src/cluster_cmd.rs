@@ -1,0 +1,558 @@
+//! `osctl cluster`: local clusters of Basalt nodes for development.
+//!
+//! The QEMU provisioner: every cluster gets a network namespace of its own (`basalt-<name>`)
+//! holding a bridge, one tap device per node, and the inner end of a veth pair whose outer end
+//! is on the host with the segment's first address — so the host reaches every node directly
+//! and nothing else on the host changes. Nodes are QEMU VMs (TCG unless `BASALT_KVM=1`) run
+//! detached inside that namespace, booted straight from the kernel and initramfs with a static
+//! address on the kernel command line, each with a state disk and a console log in the
+//! cluster's directory (`$BASALT_CLUSTERS/<name>`, default `~/.basalt/clusters/<name>`).
+//! `destroy` kills the VMs, deletes the namespace (bridge, taps and veth go with it) and the
+//! directory. See docs/local-clusters.md.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use basalt_image::qemu::{Boot, TapNic, VmOptions};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::{error_chain, print_line};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provisioner {
+    Qemu,
+    Docker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create a local cluster, boot its nodes, apply their configs and wait until every node
+    /// answers over the API with its config.
+    #[command(
+        after_help = "Example:\n  osctl cluster create --name demo --controlplanes 1 --workers 2"
+    )]
+    Create(CreateArgs),
+    /// Show a local cluster's nodes and whether each answers.
+    Show {
+        #[arg(long, default_value = "basalt")]
+        name: String,
+    },
+    /// Stop a local cluster's nodes and remove everything it made.
+    Destroy {
+        #[arg(long, default_value = "basalt")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The cluster's name (1-10 of a-z, 0-9, -).
+    #[arg(long, default_value = "basalt")]
+    name: String,
+    #[arg(long, value_enum, default_value = "qemu")]
+    provisioner: Provisioner,
+    #[arg(long, default_value_t = 1)]
+    controlplanes: u8,
+    #[arg(long, default_value_t = 1)]
+    workers: u8,
+    /// Turn on KubeSpan (and discovery, served by the first control-plane node).
+    #[arg(long)]
+    with_kubespan: bool,
+    /// The nodes' network: the host gets the first address, nodes the ones after it.
+    #[arg(long, default_value = "10.5.0.0/24")]
+    cidr: String,
+    /// Memory per node, MiB.
+    #[arg(long, default_value_t = 768)]
+    memory: u32,
+    /// State disk per node, MiB.
+    #[arg(long, default_value_t = 256)]
+    disk_size: u64,
+    /// Patches applied to every node's config (inline YAML or @file); may repeat.
+    #[arg(long = "config-patch")]
+    config_patch: Vec<String>,
+}
+
+/// What `destroy` and `show` need to know, written as the cluster is made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    name: String,
+    provisioner: Provisioner,
+    netns: String,
+    host_link: String,
+    host_address: String,
+    nodes: Vec<NodeState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeState {
+    name: String,
+    role: String,
+    address: String,
+    dir: PathBuf,
+    pid: Option<i32>,
+}
+
+fn clusters_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("BASALT_CLUSTERS") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".basalt/clusters")
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn save(dir: &Path, st: &State) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec_pretty(st)?;
+    basalt_config::files::atomic_write(&state_path(dir), &bytes, 0o600)
+        .with_context(|| format!("cannot write {}", state_path(dir).display()))
+}
+
+fn load(name: &str) -> anyhow::Result<(PathBuf, State)> {
+    let dir = clusters_root().join(name);
+    let p = state_path(&dir);
+    let bytes = std::fs::read(&p).with_context(|| {
+        format!(
+            "no cluster {name}: {} cannot be read (osctl cluster create --name {name})",
+            p.display()
+        )
+    })?;
+    let st = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a cluster's state", p.display()))?;
+    Ok((dir, st))
+}
+
+pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Create(a) => create(a),
+        ClusterCommand::Show { name } => show(&name),
+        ClusterCommand::Destroy { name } => destroy(&name),
+    }
+}
+
+fn step(what: &str) {
+    print_line(&format!("==> {what}"));
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 10
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        bail!(
+            "--name {name:?}: 1 to 10 of a-z, 0-9 and - (it names the cluster's network namespace and host link)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command; its stderr in the error when it fails.
+fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} {:?} failed: {}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    sh(Command::new("ip").args(args))
+}
+
+/// This program, for the steps that are other osctl commands.
+fn osctl(args: &[&str]) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
+    sh(Command::new(exe).args(args))
+}
+
+fn segment(cidr: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let p: basalt_config::types::Prefix =
+        cidr.parse().map_err(|e| anyhow!("--cidr {cidr}: {e}"))?;
+    match p.addr() {
+        std::net::IpAddr::V4(a) if p.prefix_len() <= 29 => Ok((a, p.prefix_len())),
+        _ => bail!("--cidr {cidr}: an IPv4 network of at least 8 addresses (/29 or wider)"),
+    }
+}
+
+fn nth(base: Ipv4Addr, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(base) + n)
+}
+
+fn mask(len: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0))
+}
+
+fn create(a: CreateArgs) -> anyhow::Result<()> {
+    check_name(&a.name)?;
+    if a.provisioner == Provisioner::Docker {
+        bail!("--provisioner docker is not built yet (docs/local-clusters.md); use qemu");
+    }
+    if a.controlplanes == 0 {
+        bail!("--controlplanes: at least 1");
+    }
+    let (base, len) = segment(&a.cidr)?;
+    let total = u32::from(a.controlplanes) + u32::from(a.workers);
+    if total + 2 >= 1 << (32 - u32::from(len)) {
+        bail!("--cidr {}: too small for {total} nodes", a.cidr);
+    }
+    let dir = clusters_root().join(&a.name);
+    if state_path(&dir).exists() {
+        bail!(
+            "cluster {} exists ({}): osctl cluster destroy --name {}",
+            a.name,
+            dir.display(),
+            a.name
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let started = Instant::now();
+
+    step("images (kernel, initramfs with the root filesystem)");
+    let arts = basalt_image::build(
+        basalt_image::Target::Initramfs,
+        &basalt_image::BuildOptions {
+            out: clusters_root().join(".images"),
+            init: None,
+            extra_cmdline: Vec::new(),
+            verbose: false,
+            with_containerd: true,
+        },
+    )
+    .map_err(|e| anyhow!("building the images: {}", error_chain(&e)))?;
+    let (vmlinuz, initramfs) = match (arts.vmlinuz, arts.initramfs) {
+        (Some(v), Some(i)) => (v, i),
+        _ => bail!("the image build gave no kernel or initramfs"),
+    };
+
+    let host = nth(base, 1);
+    let nodes: Vec<NodeState> = (0..total)
+        .map(|i| {
+            let cp = i < u32::from(a.controlplanes);
+            let n = if cp {
+                i + 1
+            } else {
+                i + 1 - u32::from(a.controlplanes)
+            };
+            let name = format!(
+                "{}-{}-{n}",
+                a.name,
+                if cp { "controlplane" } else { "worker" }
+            );
+            NodeState {
+                dir: dir.join(&name),
+                name,
+                role: if cp { "controlplane" } else { "worker" }.into(),
+                address: nth(base, 2 + i).to_string(),
+                pid: None,
+            }
+        })
+        .collect();
+
+    step("configs");
+    let endpoint = format!("https://{}:6443", nodes[0].address);
+    let mut gen_args = vec![
+        "gen",
+        "config",
+        a.name.as_str(),
+        endpoint.as_str(),
+        "--output-dir",
+        dir.to_str().context("the cluster directory is not UTF-8")?,
+        "--force",
+    ];
+    if a.with_kubespan {
+        gen_args.push("--with-kubespan");
+    }
+    for p in &a.config_patch {
+        gen_args.push("--config-patch");
+        gen_args.push(p);
+    }
+    osctl(&gen_args)?;
+
+    step(&format!(
+        "network: namespace basalt-{}, bridge, host at {host}/{len}",
+        a.name
+    ));
+    let mut st = State {
+        name: a.name.clone(),
+        provisioner: a.provisioner,
+        netns: format!("basalt-{}", a.name),
+        host_link: format!("bst-{}", a.name),
+        host_address: format!("{host}/{len}"),
+        nodes: nodes.clone(),
+    };
+    save(&dir, &st)?;
+    network_up(&st)?;
+
+    step(&format!("booting {total} nodes"));
+    for i in 0..st.nodes.len() {
+        let n = st.nodes[i].clone();
+        std::fs::create_dir_all(&n.dir)?;
+        let disk = n.dir.join("state.img");
+        basalt_image::qemu::state_disk(&disk, a.disk_size)
+            .map_err(|e| anyhow!("{}: the state disk: {}", n.name, error_chain(&e)))?;
+        let tap = format!("tap{i}");
+        ip(&["-n", &st.netns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ip(&["-n", &st.netns, "link", "set", &tap, "master", "br0", "up"])?;
+        let boot = Boot::Kernel {
+            vmlinuz: vmlinuz.clone(),
+            initramfs: initramfs.clone(),
+            cmdline: format!(
+                "{} basalt.reboot_delay=1 ip={}::{host}:{}:{}:eth0:off",
+                basalt_image::build::BASE_CMDLINE,
+                n.address,
+                mask(len),
+                n.name
+            ),
+        };
+        let opts = VmOptions {
+            memory_mib: a.memory,
+            disk: Some(disk),
+            allow_reboot: true,
+            tap: Some(TapNic {
+                ifname: tap,
+                mac: format!("52:54:00:b5:{:02x}:{:02x}", i / 256, i % 256),
+            }),
+            ..VmOptions::default()
+        };
+        let pid = start_detached(&st.netns, &boot, &n.dir, &opts)
+            .with_context(|| format!("{}: QEMU did not start (see {})", n.name, n.dir.display()))?;
+        st.nodes[i].pid = Some(pid);
+        save(&dir, &st)?;
+    }
+
+    step("waiting for every node's API (maintenance mode)");
+    for n in &st.nodes {
+        wait(n, "the maintenance API", Duration::from_secs(300), || {
+            osctl(&["--insecure", "-n", &n.address, "version"]).is_ok()
+        })?;
+    }
+    step("applying the configs");
+    for n in &st.nodes {
+        let file = dir.join(format!("{}.yaml", n.role));
+        osctl(&[
+            "--insecure",
+            "-n",
+            &n.address,
+            "apply-config",
+            "-f",
+            file.to_str().unwrap_or_default(),
+        ])
+        .with_context(|| format!("{}: apply-config", n.name))?;
+    }
+    step("waiting until every node answers with its config and its services are healthy");
+    let oc = dir.join("osconfig");
+    let oc = oc.to_str().unwrap_or_default();
+    for n in &st.nodes {
+        wait(
+            n,
+            "a healthy configured node",
+            Duration::from_secs(300),
+            || {
+                osctl(&["--osconfig", oc, "-n", &n.address, "services"]).is_ok_and(|s| {
+                    let lines: Vec<&str> =
+                        s.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+                    !lines.is_empty() && lines.iter().all(|l| l.contains("running"))
+                })
+            },
+        )?;
+    }
+    print_line(&format!(
+        "\ncluster {} is up in {:.0} s:",
+        a.name,
+        started.elapsed().as_secs_f64()
+    ));
+    table(&st, oc);
+    print_line(&format!(
+        "\nTalk to it:  osctl --osconfig {oc} -n {} version\n(or: osctl config merge {oc})\nRemove it:   osctl cluster destroy --name {}",
+        st.nodes[0].address, a.name
+    ));
+    Ok(())
+}
+
+fn wait(
+    n: &NodeState,
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > timeout {
+            let console = n.dir.join("console.log");
+            let tail: String = std::fs::read_to_string(&console)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            bail!(
+                "{} ({}): no {what} within {timeout:?}; console log {}:\n{tail}",
+                n.name,
+                n.address,
+                console.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    print_line(&format!(
+        "    {} ({}) after {:.1} s",
+        n.name,
+        n.address,
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn network_up(st: &State) -> anyhow::Result<()> {
+    let ns = &st.netns;
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", ns, "link", "set", "br0", "up"])?;
+    ip(&[
+        "link",
+        "add",
+        &st.host_link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink",
+        "netns",
+        ns,
+    ])?;
+    ip(&["-n", ns, "link", "set", "uplink", "master", "br0", "up"])?;
+    ip(&["addr", "add", &st.host_address, "dev", &st.host_link])?;
+    ip(&["link", "set", &st.host_link, "up"])?;
+    Ok(())
+}
+
+/// Starts QEMU daemonized in the namespace; returns its pid.
+fn start_detached(netns: &str, boot: &Boot, dir: &Path, opts: &VmOptions) -> anyhow::Result<i32> {
+    let (qemu, _scratch) =
+        basalt_image::qemu::command(boot, dir, opts).map_err(|e| anyhow!(error_chain(&e)))?;
+    let pidfile = dir.join("qemu.pid");
+    let _ = std::fs::remove_file(&pidfile);
+    let log = std::fs::File::create(dir.join("qemu.log"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
+        .arg("-daemonize")
+        .arg("-pidfile")
+        .arg(&pidfile)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!(
+            "qemu exited with {status}: {}",
+            std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
+        );
+    }
+    let pid =
+        std::fs::read_to_string(&pidfile).with_context(|| format!("no {}", pidfile.display()))?;
+    pid.trim()
+        .parse()
+        .with_context(|| format!("{}: not a pid", pidfile.display()))
+}
+
+fn alive(pid: Option<i32>) -> bool {
+    pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+}
+
+fn table(st: &State, oc: &str) {
+    print_line(&format!(
+        "{:<28} {:<13} {:<15} {:<8} {}",
+        "NODE", "ROLE", "ADDRESS", "QEMU", "API"
+    ));
+    for n in &st.nodes {
+        let api = match osctl(&["--osconfig", oc, "-n", &n.address, "version"]) {
+            Ok(v) => v
+                .lines()
+                .find(|l| l.contains("running") || l.contains("maintenance"))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|| "answers".into()),
+            Err(_) => "no answer".into(),
+        };
+        print_line(&format!(
+            "{:<28} {:<13} {:<15} {:<8} {}",
+            n.name,
+            n.role,
+            n.address,
+            if alive(n.pid) { "running" } else { "stopped" },
+            api
+        ));
+    }
+}
+
+fn show(name: &str) -> anyhow::Result<()> {
+    let (dir, st) = load(name)?;
+    let oc = dir.join("osconfig");
+    table(&st, oc.to_str().unwrap_or_default());
+    Ok(())
+}
+
+fn destroy(name: &str) -> anyhow::Result<()> {
+    check_name(name)?;
+    let dir = clusters_root().join(name);
+    let st = load(name).map(|(_, st)| st).ok();
+    let netns = format!("basalt-{name}");
+    let host_link = format!("bst-{name}");
+    for n in st.iter().flat_map(|s| &s.nodes) {
+        if let Some(pid) = n.pid.filter(|_| alive(n.pid)) {
+            let p = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while alive(Some(pid)) && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            while alive(Some(pid)) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            print_line(&format!("stopped {}", n.name));
+        }
+    }
+    if Path::new("/run/netns").join(&netns).exists() {
+        ip(&["netns", "del", &netns])?;
+        print_line(&format!("removed network namespace {netns}"));
+    }
+    // Its peer went with the namespace, and the host end with it; only a half-made network
+    // leaves this behind.
+    if ip(&["link", "show", &host_link]).is_ok() {
+        ip(&["link", "del", &host_link])?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        print_line(&format!("removed {}", dir.display()));
+    }
+    if st.is_none() {
+        print_line(&format!(
+            "no state for cluster {name}; removed what was left by name"
+        ));
+    }
+    Ok(())
+}
