@@ -149,6 +149,62 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     Ok(arts)
 }
 
+/// Like [`build`] for the rootfs or the initramfs (with the kernel), but into `root/<key>`,
+/// where the key is a hash of everything they are made from (the init binary, the pinned
+/// inputs, the target and the options): an unchanged build is found there and reused instead
+/// of made again. `opts.out` is ignored.
+pub fn build_cached(
+    target: Target,
+    opts: &BuildOptions,
+    root: &Path,
+) -> Result<Artifacts, ImageError> {
+    if !matches!(target, Target::Rootfs | Target::Initramfs) {
+        return Err(ImageError::Init(format!(
+            "a cached build is for the rootfs or the initramfs, not {target:?}"
+        )));
+    }
+    use sha2::Digest as _;
+    let init = match &opts.init {
+        Some(p) => p.clone(),
+        None => build_init(opts)?,
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(std::fs::read(&init).map_err(io_err("read", &init))?);
+    h.update(include_str!("../inputs.lock"));
+    h.update(format!(
+        "{target:?} {} {:?} {BASE_CMDLINE}",
+        opts.with_containerd, opts.extra_cmdline
+    ));
+    let key: String = h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = root.join(&key);
+    let done = out.join(".done");
+    if done.exists() {
+        progress(opts, &format!("images unchanged: {}", out.display()));
+        let have = |name: &str| Some(out.join(name)).filter(|p| p.exists());
+        return Ok(Artifacts {
+            rootfs: have("rootfs.sqsh"),
+            initramfs: have("initramfs.img"),
+            vmlinuz: have("vmlinuz"),
+            iso: None,
+            pxe_dir: None,
+            init: Some(init),
+        });
+    }
+    let arts = build(
+        target,
+        &BuildOptions {
+            out: out.clone(),
+            init: Some(init),
+            ..opts.clone()
+        },
+    )?;
+    write_file(&done, b"", 0o644)?;
+    Ok(arts)
+}
+
 /// The workspace this crate was built from.
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -78,6 +78,8 @@ pub fn command(
 #[derive(Debug, Clone)]
 pub struct VmOptions {
     pub memory_mib: u32,
+    /// Virtual CPUs (0 counts as 1).
+    pub cpus: u32,
     /// TCP ports forwarded from the host's loopback to the guest (host, guest), through QEMU's
     /// user-mode network (the guest is 10.0.2.15, its gateway 10.0.2.2).
     pub forward: Vec<(u16, u16)>,
@@ -100,6 +102,7 @@ impl Default for VmOptions {
     fn default() -> Self {
         VmOptions {
             memory_mib: 512,
+            cpus: 1,
             forward: Vec::new(),
             forward_udp: Vec::new(),
             tap: None,
@@ -205,7 +208,7 @@ impl Vm {
             "-cpu",
             "max",
             "-smp",
-            "1",
+            &opts.cpus.max(1).to_string(),
         ])
         .args(["-m", &memory_mib.to_string()])
         .args(["-display", "none", "-monitor", "none", "-nodefaults"])

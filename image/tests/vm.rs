@@ -365,6 +365,7 @@ mod node {
                 extra_nics: 0,
                 forward_udp: Vec::new(),
                 tap: None,
+                cpus: 1,
             },
         )
         .unwrap();

@@ -101,14 +101,55 @@ fn publish_peers(
     }
 }
 
+/// A channel to the server whose TCP connections carry KubeSpan's fwmark: the mesh depends on
+/// discovery, so discovery must not depend on the mesh — when the server sits on a peer's node
+/// address (a control-plane node serving it), its traffic takes the underlay, like
+/// WireGuard's own packets, instead of a tunnel that may not be up yet.
+async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(|uri: http::Uri| async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(|c| c == '[' || c == ']');
+            let port = uri.port_u16().unwrap_or(80);
+            let mut last = std::io::Error::other(format!("{host} has no address"));
+            for addr in tokio::net::lookup_host((host, port)).await? {
+                let sock = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                // Best effort: without CAP_NET_ADMIN (a test's client) there is no mark, and
+                // no mesh either.
+                let _ = nix::sys::socket::setsockopt(
+                    &sock,
+                    nix::sys::socket::sockopt::Mark,
+                    &crate::device::FWMARK,
+                );
+                match sock.connect(addr).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }))
+        .await
+}
+
 /// Publishes and watches until an error; the caller retries with back-off.
 pub async fn run(store: Store, cfg: ClientConfig) -> Result<(), ClientError> {
-    let mut c = DiscoveryClient::connect(cfg.endpoint.clone())
+    let channel = connect(&cfg.endpoint)
         .await
         .map_err(|source| ClientError::Connect {
             endpoint: cfg.endpoint.clone(),
             source,
         })?;
+    let mut c = DiscoveryClient::new(channel);
     let cluster = discovery_cluster_id(&cfg.cluster_id);
     let me = affiliate_id(&cfg.keys.public());
     let sealer = Sealer::new(&cfg.cluster_secret);

@@ -69,6 +69,9 @@ pub struct CreateArgs {
     /// Memory per node, MiB.
     #[arg(long, default_value_t = 768)]
     memory: u32,
+    /// Virtual CPUs per node.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
     /// State disk per node, MiB.
     #[arg(long, default_value_t = 256)]
     disk_size: u64,
@@ -224,15 +227,16 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
 
     step("images (kernel, initramfs with the root filesystem)");
-    let arts = basalt_image::build(
+    let arts = basalt_image::build::build_cached(
         basalt_image::Target::Initramfs,
         &basalt_image::BuildOptions {
-            out: clusters_root().join(".images"),
+            out: PathBuf::new(),
             init: None,
             extra_cmdline: Vec::new(),
             verbose: false,
             with_containerd: true,
         },
+        &clusters_root().join(".images"),
     )
     .map_err(|e| anyhow!("building the images: {}", error_chain(&e)))?;
     let (vmlinuz, initramfs) = match (arts.vmlinuz, arts.initramfs) {
@@ -322,6 +326,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         };
         let opts = VmOptions {
             memory_mib: a.memory,
+            cpus: a.cpus,
             disk: Some(disk),
             allow_reboot: true,
             tap: Some(TapNic {

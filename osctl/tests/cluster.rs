@@ -36,6 +36,21 @@ struct Destroy<'a>(&'a Path, &'a str);
 
 impl Drop for Destroy<'_> {
     fn drop(&mut self) {
+        // A failed run keeps the nodes' console logs (destroy removes the cluster's directory).
+        if std::thread::panicking() {
+            let keep = self.0.join(format!("failed-{}", self.1));
+            let _ = std::fs::create_dir_all(&keep);
+            if let Ok(nodes) = std::fs::read_dir(self.0.join(self.1)) {
+                for n in nodes.flatten() {
+                    let log = n.path().join("console.log");
+                    if log.exists() {
+                        let to = keep.join(format!("{}.log", n.file_name().to_string_lossy()));
+                        let _ = std::fs::copy(&log, &to);
+                        eprintln!("console log kept: {}", to.display());
+                    }
+                }
+            }
+        }
         let _ = osctl(self.0, &["cluster", "destroy", "--name", self.1]);
     }
 }
@@ -76,6 +91,7 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
             "2",
             "--cidr",
             "10.231.0.0/24",
+            "--with-kubespan",
         ],
     );
     eprintln!("{out}\ncreated in {:?}", start.elapsed());
@@ -142,6 +158,54 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
     assert!(!a.contains("10.231.0.104"), "{a}");
     let shown = ok(clusters, &["cluster", "show", "--name", &name]);
     assert_eq!(shown.matches("running").count(), 6, "{shown}");
+
+    // KubeSpan: every node has the two others as peers, up (WireGuard handshakes through the
+    // kernel's WireGuard, meeting at the discovery server the control plane runs).
+    for addr in ["10.231.0.2", "10.231.0.3", "10.231.0.4"] {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let st = ok(
+                clusters,
+                &[
+                    "--osconfig",
+                    oc,
+                    "-n",
+                    addr,
+                    "get",
+                    "kubespanpeerstatuses",
+                    "-o",
+                    "yaml",
+                ],
+            );
+            if st.matches("state: up").count() == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr}: not every peer up over KubeSpan:\n{st}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    // A node rebooted comes back with its config (kept on its state disk).
+    ok(clusters, &["--osconfig", oc, "-n", "10.231.0.3", "reboot"]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut went_away = false;
+    loop {
+        let o = osctl(clusters, &["--osconfig", oc, "-n", "10.231.0.3", "version"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !o.status.success() {
+            went_away = true;
+        } else if went_away && text.contains(&format!("{name}-worker-1")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker 1 did not come back with its config after a reboot: {text}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 
     // Destroy leaves nothing.
     drop(guard);

@@ -85,6 +85,7 @@ fn boot(
             extra_nics: 0,
             forward_udp: Vec::new(),
             tap: None,
+            cpus: 1,
         },
     )
     .unwrap()
@@ -378,6 +379,7 @@ fn networkd_dhcp_and_static_on_a_node() {
             extra_nics: 2,
             forward_udp: vec![(wg_port, 51820)],
             tap: None,
+            cpus: 1,
         },
     )
     .unwrap();
