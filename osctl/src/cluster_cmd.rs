@@ -561,3 +561,34 @@ fn destroy(name: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_segment_gives_the_host_the_first_address_and_nodes_the_next() {
+        let (base, len) = segment("10.5.0.0/24").unwrap();
+        assert_eq!((nth(base, 1).to_string(), len), ("10.5.0.1".into(), 24));
+        assert_eq!(nth(base, 2).to_string(), "10.5.0.2");
+        assert_eq!(mask(24).to_string(), "255.255.255.0");
+        assert_eq!(mask(29).to_string(), "255.255.255.248");
+        let e = segment("10.5.0.0/30").unwrap_err().to_string();
+        assert!(e.contains("--cidr 10.5.0.0/30") && e.contains("/29"), "{e}");
+        assert!(segment("fd00::/64").is_err());
+        assert!(segment("10.5.0.0").is_err());
+    }
+
+    #[test]
+    fn names_must_fit_a_namespace_and_a_link_name() {
+        for ok in ["demo", "e2e-1", "a"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Demo", "eleven-char", "a_b", "a/b"] {
+            let e = check_name(bad).unwrap_err().to_string();
+            assert!(e.contains("--name"), "{e}");
+        }
+        // The host link `bst-<name>` fits the kernel's 15 characters.
+        assert!(format!("bst-{}", "abcdefghij").len() <= 15);
+    }
+}
