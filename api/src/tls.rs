@@ -114,6 +114,18 @@ pub fn client_config(ca: &str, identity: &Identity) -> Result<Arc<rustls::Client
     Ok(Arc::new(cfg))
 }
 
+/// A client that checks the server against `ca` and presents no certificate (KubeSpan's
+/// discovery client: the server is open, the records are sealed).
+pub fn server_checking_client_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(rustls_err("TLS 1.3 is not available"))?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// A client for a node in maintenance mode: it has no certificate from the OS CA yet, so the
 /// server is not checked (`osctl --insecure`). Still TLS 1.3: the config is not sent in clear.
 pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {

@@ -132,8 +132,8 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
         kubelet: None,
         node_labels: BTreeMap::new(),
     };
-    // KubeSpan's nodes meet at a discovery server the control plane runs (plain gRPC: the
-    // records are sealed end to end; TLS for the transport is not built yet).
+    // KubeSpan's nodes meet at a discovery server the control plane runs, over TLS with the
+    // control plane's certificate from the OS CA.
     let extras = |serve: bool| -> Vec<Document> {
         if !opts.with_kubespan {
             return Vec::new();
@@ -151,7 +151,7 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
             Document::Discovery(DiscoveryConfig {
                 enabled: true,
                 endpoint: Some(Endpoint {
-                    scheme: "http".into(),
+                    scheme: "https".into(),
                     host: opts.endpoint.host.clone(),
                     port: 3000,
                     path: String::new(),

@@ -144,6 +144,10 @@ fn options(c: &Config, key_path: &std::path::Path) -> Result<Option<NodeOptions>
         hostname: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        discovery_ca: discovery
+            .as_deref()
+            .filter(|e| e.starts_with("https://"))
+            .map(|_| c.secrets().certs.os.crt.0.as_str().to_string()),
         discovery,
         discovery_ttl: DISCOVERY_TTL,
         device: DeviceOptions {
@@ -176,26 +180,34 @@ pub fn serve_discovery(
         let dir = state_dir.join("discovery");
         let mut config = config.clone();
         async move {
-            let mut running = false;
+            // What runs: None = nothing, Some(tls).
+            let mut running: Option<bool> = None;
             loop {
-                let want = config.borrow_and_update().as_deref().is_some_and(|c| {
-                    c.documents()
-                        .any(|d| matches!(d, basalt_config::Document::Discovery(d) if d.serve))
+                // Serving, and over TLS when the cluster's endpoint says https.
+                let want = config.borrow_and_update().as_deref().and_then(|c| {
+                    c.documents().find_map(|d| match d {
+                        basalt_config::Document::Discovery(d) if d.serve => {
+                            Some(d.endpoint.as_ref().is_some_and(|e| e.scheme == "https"))
+                        }
+                        _ => None,
+                    })
                 });
-                if want && !running {
+                if let Some(tls) = want
+                    && running != Some(tls)
+                {
                     match std::fs::create_dir_all(&dir) {
                         Ok(()) => {
-                            sup.add(discovery_service(&dir)).await;
-                            running = true;
+                            sup.add(discovery_service(&dir, tls)).await;
+                            running = Some(tls);
                         }
                         Err(e) => log::line(&format!(
                             "discovery server not started: cannot create {}: {e}",
                             dir.display()
                         )),
                     }
-                } else if !want && running {
+                } else if want.is_none() && running.is_some() {
                     let _ = sup.stop(DISCOVERY_SERVICE).await;
-                    running = false;
+                    running = None;
                 }
                 if config.changed().await.is_err() {
                     return;
@@ -205,16 +217,28 @@ pub fn serve_discovery(
     });
 }
 
-fn discovery_service(dir: &std::path::Path) -> ServiceDef {
+fn discovery_service(dir: &std::path::Path, tls: bool) -> ServiceDef {
+    let mut args = vec![
+        "--listen".into(),
+        format!("[::]:{}", basalt_api::DISCOVERY_PORT),
+        "--snapshot".into(),
+        dir.join("snapshot.json").display().to_string(),
+    ];
+    if tls {
+        // The node's own certificate from the OS CA (the one apid serves), which every node
+        // of the cluster can check.
+        let pki = std::path::Path::new(crate::apid::PKI_DIR);
+        args.extend([
+            "--tls-cert".into(),
+            pki.join("node.crt").display().to_string(),
+            "--tls-key".into(),
+            pki.join("node.key").display().to_string(),
+        ]);
+    }
     let process = ProcessSpec {
         program: "/sbin/init".into(),
         arg0: Some("basalt-discovery".into()),
-        args: vec![
-            "--listen".into(),
-            format!("[::]:{}", basalt_api::DISCOVERY_PORT),
-            "--snapshot".into(),
-            dir.join("snapshot.json").display().to_string(),
-        ],
+        args,
         env: vec![("PATH".into(), "/usr/bin:/usr/sbin".into())],
         // An unprivileged port and a file its uid owns: no capability.
         keep_caps: Some(Vec::new()),

@@ -22,8 +22,11 @@ pub const OWNER: &str = "kubespan.discovery";
 /// What the client needs to know.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `http://host:port` of the discovery server.
+    /// `http://host:port` or `https://host:port` of the discovery server.
     pub endpoint: String,
+    /// For `https`: the CA the server's certificate must come from (PEM; the cluster's OS CA
+    /// when a control-plane node serves discovery).
+    pub ca: Option<String>,
     pub cluster_id: Key32,
     pub cluster_secret: Key32,
     pub keys: KeyPair,
@@ -57,6 +60,8 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("TLS to the discovery server at {endpoint}: {message}")]
+    Tls { endpoint: String, message: String },
     #[error("the discovery server refused {what}: {status}")]
     Rpc {
         what: &'static str,
@@ -105,50 +110,98 @@ fn publish_peers(
 /// discovery, so discovery must not depend on the mesh — when the server sits on a peer's node
 /// address (a control-plane node serving it), its traffic takes the underlay, like
 /// WireGuard's own packets, instead of a tunnel that may not be up yet.
-async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+async fn connect(
+    endpoint: &str,
+    ca: Option<&str>,
+) -> Result<tonic::transport::Channel, ClientError> {
+    let err = |message: String| ClientError::Tls {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let tls = match endpoint.strip_prefix("https://") {
+        Some(_) => {
+            let ca =
+                ca.ok_or_else(|| err("https needs the CA to check the server against".into()))?;
+            Some(tokio_rustls::TlsConnector::from(
+                basalt_api::tls::server_checking_client_config(ca)
+                    .map_err(|e| err(basalt_resources::error_chain(&e)))?,
+            ))
+        }
+        None => None,
+    };
+    // tonic speaks h2 over whatever the connector returns; TLS is the connector's.
+    let plain = match endpoint.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => endpoint.to_string(),
+    };
+    let transport = |source| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    tonic::transport::Endpoint::from_shared(plain)
+        .map_err(transport)?
         .connect_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(|uri: http::Uri| async move {
-            let host = uri
-                .host()
-                .unwrap_or_default()
-                .trim_matches(|c| c == '[' || c == ']');
-            let port = uri.port_u16().unwrap_or(80);
-            let mut last = std::io::Error::other(format!("{host} has no address"));
-            for addr in tokio::net::lookup_host((host, port)).await? {
-                let sock = if addr.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                // Best effort: without CAP_NET_ADMIN (a test's client) there is no mark, and
-                // no mesh either.
-                let _ = nix::sys::socket::setsockopt(
-                    &sock,
-                    nix::sys::socket::sockopt::Mark,
-                    &crate::device::FWMARK,
-                );
-                match sock.connect(addr).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        return Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s));
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
+        .connect_with_connector(tower::service_fn(move |uri: http::Uri| {
+            let tls = tls.clone();
+            async move { dial(&uri, tls).await }
         }))
         .await
+        .map_err(transport)
+}
+
+/// A connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// One connection to the server: marked TCP, then TLS when asked for.
+async fn dial(
+    uri: &http::Uri,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> std::io::Result<hyper_util::rt::TokioIo<Box<dyn Io>>> {
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let mut last = std::io::Error::other(format!("{host} has no address"));
+    for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // Best effort: without CAP_NET_ADMIN (a test's client) there is no mark, and no mesh
+        // either.
+        let _ = nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::Mark,
+            &crate::device::FWMARK,
+        );
+        match sock.connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                let io: Box<dyn Io> = match &tls {
+                    Some(c) => {
+                        let name = rustls::pki_types::ServerName::try_from(host.clone())
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        Box::new(c.connect(name, s).await?)
+                    }
+                    None => Box::new(s),
+                };
+                return Ok(hyper_util::rt::TokioIo::new(io));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Publishes and watches until an error; the caller retries with back-off.
 pub async fn run(store: Store, cfg: ClientConfig) -> Result<(), ClientError> {
-    let channel = connect(&cfg.endpoint)
-        .await
-        .map_err(|source| ClientError::Connect {
-            endpoint: cfg.endpoint.clone(),
-            source,
-        })?;
+    let channel = connect(&cfg.endpoint, cfg.ca.as_deref()).await?;
     let mut c = DiscoveryClient::new(channel);
     let cluster = discovery_cluster_id(&cfg.cluster_id);
     let me = affiliate_id(&cfg.keys.public());

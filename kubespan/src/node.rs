@@ -26,8 +26,11 @@ pub struct NodeOptions {
     pub cluster_secret: Key32,
     pub keys: KeyPair,
     pub hostname: String,
-    /// The discovery server (`http://host:port`); without one, no peers are found.
+    /// The discovery server (`http://host:port` or `https://host:port`); without one, no peers
+    /// are found.
     pub discovery: Option<String>,
+    /// For an `https` server: the CA its certificate must come from (PEM).
+    pub discovery_ca: Option<String>,
     /// How long the server keeps this node's record; refreshed every third of it.
     pub discovery_ttl: Duration,
     /// Port, MTU and keepalive; the mark and the pre-shared key are set here.
@@ -103,6 +106,7 @@ pub async fn run(store: Store, opts: NodeOptions) -> Result<(), NodeError> {
     let _client = opts.discovery.clone().map(|endpoint| {
         let cfg = ClientConfig {
             endpoint,
+            ca: opts.discovery_ca.clone(),
             cluster_id: opts.cluster_id.clone(),
             cluster_secret: opts.cluster_secret.clone(),
             keys: opts.keys.clone(),

@@ -213,6 +213,7 @@ fn client_config(
     let addr: std::net::IpAddr = addr.parse().unwrap();
     basalt_kubespan::client::ClientConfig {
         endpoint: url.to_string(),
+        ca: None,
         cluster_id: Key32::from_bytes([9; 32]),
         cluster_secret: Key32::from_bytes([secret; 32]),
         keys: basalt_kubespan::identity::KeyPair::generate(),
@@ -283,6 +284,84 @@ async fn nodes_become_each_others_peers_through_the_client() {
     }
     t1.abort();
     t3.abort();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Over TLS: a server with a certificate from a cluster's CA; a client that checks against
+/// that CA publishes and meets a peer, one that checks against another CA cannot connect,
+/// and https without a CA is refused before any connection.
+#[tokio::test]
+async fn discovery_over_tls_checks_the_server() {
+    use basalt_kubespan::peer::KubeSpanPeerSpec;
+    use basalt_resources::Store;
+    let ca = basalt_config::pki::new_ca("os", None, 1).unwrap();
+    let other = basalt_config::pki::new_ca("another", None, 1).unwrap();
+    let leaf = basalt_config::pki::issue(
+        &ca,
+        "cp",
+        &[],
+        &["127.0.0.1".to_string()],
+        basalt_config::pki::Usage::Server,
+        1,
+    )
+    .unwrap();
+    let tls = basalt_api::tls::server_config(
+        &basalt_api::tls::Identity {
+            crt: leaf.crt.0.as_str().to_string(),
+            key: leaf.key.0.as_str().to_string(),
+        },
+        None,
+    )
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", l.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(basalt_kubespan::discovery::serve_with(
+        l,
+        Some(tls),
+        basalt_kubespan::discovery::Limits::default(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let ca_pem = ca.crt.0.as_str().to_string();
+    let with_ca = |name: &str, addr: &str, pem: Option<String>| {
+        let mut c = client_config(&url, 1, name, addr);
+        c.ca = pem;
+        c
+    };
+    let (s1, s2) = (Store::default(), Store::default());
+    let t1 = tokio::spawn(basalt_kubespan::client::run(
+        s1.clone(),
+        with_ca("node1", "10.5.0.2", Some(ca_pem.clone())),
+    ));
+    let t2 = tokio::spawn(basalt_kubespan::client::run(
+        s2.clone(),
+        with_ca("node2", "10.5.0.3", Some(ca_pem)),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(s1.list::<KubeSpanPeerSpec>().len() == 1 && s2.list::<KubeSpanPeerSpec>().len() == 1) {
+        assert!(tokio::time::Instant::now() < deadline, "no peers over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The wrong CA: the handshake fails, nothing is published.
+    let e = basalt_kubespan::client::run(
+        Store::default(),
+        with_ca("spy", "10.5.0.9", Some(other.crt.0.as_str().to_string())),
+    )
+    .await
+    .unwrap_err();
+    let msg = basalt_resources::error_chain(&e);
+    assert!(msg.contains("cannot reach the discovery server"), "{msg}");
+    // https with no CA to check against: refused up front, saying why.
+    let e = basalt_kubespan::client::run(Store::default(), with_ca("x", "10.5.0.8", None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs the CA"), "{e}");
+    t1.abort();
+    t2.abort();
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -38,11 +38,13 @@ pub enum ClusterCommand {
     )]
     Create(CreateArgs),
     /// Show a local cluster's nodes and whether each answers.
+    #[command(after_help = "Example:\n  osctl cluster show --name demo")]
     Show {
         #[arg(long, default_value = "basalt")]
         name: String,
     },
     /// Stop a local cluster's nodes and remove everything it made.
+    #[command(after_help = "Example:\n  osctl cluster destroy --name demo")]
     Destroy {
         #[arg(long, default_value = "basalt")]
         name: String,
@@ -181,6 +183,11 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
 /// This program, for the steps that are other osctl commands.
 fn osctl(args: &[&str]) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("cannot find osctl's own path")?;
+    // Rebuilt or upgraded while a create runs: the file at the same path is the new osctl.
+    let exe = match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    };
     sh(Command::new(exe).args(args))
 }
 

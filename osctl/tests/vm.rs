@@ -454,6 +454,7 @@ serve: true
         basalt_kubespan::identity::KubeSpanIdentity::new(&peer_keys, &parsed.cluster().id).address;
     let peer_cfg = basalt_kubespan::client::ClientConfig {
         endpoint: format!("http://127.0.0.1:{dport}"),
+        ca: None,
         cluster_id: parsed.cluster().id.clone(),
         cluster_secret: parsed.secrets().cluster_secret.clone(),
         keys: peer_keys.clone(),

@@ -23,6 +23,12 @@ struct Args {
     /// How often to save the snapshot, in seconds.
     #[arg(long, default_value_t = 10)]
     snapshot_every: u64,
+    /// Serve TLS 1.3 with this certificate (PEM, the chain) ...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ... and this key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 async fn serve(a: Args) -> Result<(), String> {
@@ -37,10 +43,26 @@ async fn serve(a: Args) -> Result<(), String> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
+            let id = basalt_api::tls::Identity {
+                crt: read(c)?,
+                key: read(k)?,
+            };
+            Some(
+                basalt_api::tls::server_config(&id, None)
+                    .map_err(|e| format!("TLS: {}", basalt_resources::error_chain(&e)))?,
+            )
+        }
+        _ => None,
+    };
     let snapshot = a
         .snapshot
         .map(|p| (p, Duration::from_secs(a.snapshot_every.max(1))));
-    super::serve(listener, super::Limits::default(), snapshot, shutdown).await
+    super::serve_with(listener, tls, super::Limits::default(), snapshot, shutdown).await
 }
 
 /// Runs the server with `args` (the program name first); returns the exit code.

@@ -8,4 +8,4 @@ mod registry;
 mod server;
 
 pub use registry::{AffiliateView, Change, Limits, RateLimiter, Registry, RegistryError, Snapshot};
-pub use server::{DiscoveryService, serve};
+pub use server::{DiscoveryService, serve, serve_with};

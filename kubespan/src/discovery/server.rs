@@ -214,6 +214,18 @@ pub async fn serve(
     snapshot: Option<(PathBuf, Duration)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    serve_with(listener, None, limits, snapshot, shutdown).await
+}
+
+/// [`serve`] over TLS 1.3 when `tls` is given (no client certificates: the server is open and
+/// the records are sealed; TLS keeps who talks to whom, and the observed addresses, private).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    snapshot: Option<(PathBuf, Duration)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let reg = match &snapshot {
         Some((path, _)) => match std::fs::read(path) {
             Ok(bytes) => {
@@ -247,7 +259,6 @@ pub async fn serve(
     });
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(?addr, "discovery serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     // Watches never finish by themselves (every node holds one open), so a graceful shutdown
     // would wait forever: in-flight calls get a grace period, then the watches are cut.
     let (fired, mut fired_rx) = tokio::sync::watch::channel(false);
@@ -255,9 +266,19 @@ pub async fn serve(
         shutdown.await;
         let _ = fired.send(true);
     };
-    let server = tonic::transport::Server::builder()
-        .add_service(pb::discovery_server::DiscoveryServer::new(svc.clone()))
-        .serve_with_incoming_shutdown(incoming, signal);
+    let router = tonic::transport::Server::builder()
+        .add_service(pb::discovery_server::DiscoveryServer::new(svc.clone()));
+    let server: Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            signal,
+        )),
+        Some(cfg) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls_incoming(listener, cfg), signal))
+        }
+    };
     let result = tokio::select! {
         r = server => r.map_err(|e| format!("discovery server: {e}")),
         _ = async {
@@ -282,4 +303,98 @@ fn save(svc: &DiscoveryService, path: &std::path::Path) {
         }
         Err(e) => warn!(error = %e, "snapshot not encoded"),
     }
+}
+
+/// A TLS connection that tells tonic the peer's address (the rate limit is per address).
+struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    local: Option<SocketAddr>,
+    remote: SocketAddr,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: self.local,
+            remote_addr: Some(self.remote),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accepted connections after their TLS handshake (each given 10 s, off the accept loop).
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let local = tcp.local_addr().ok();
+            let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(inner)) => {
+                        let _ = conn_tx
+                            .send(Ok(TlsConn {
+                                inner,
+                                local,
+                                remote,
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => warn!(peer = %remote, error = %e, "TLS handshake failed"),
+                    Err(_) => warn!(peer = %remote, "TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

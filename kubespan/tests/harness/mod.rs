@@ -93,6 +93,7 @@ impl Cluster {
             keys: keys.clone(),
             hostname: ns.to_string(),
             discovery: Some(self.discovery.clone()),
+            discovery_ca: None,
             discovery_ttl: Duration::from_secs(30),
             device: DeviceOptions {
                 keepalive: 1,
