@@ -21,6 +21,9 @@ config_struct! {
         pub crt: Certificate = "crt";
         /// The client key.
         pub key: PrivateKey = "key";
+        /// Dial from inside this network namespace (a name under /run/netns): the nodes of a
+        /// local QEMU cluster live on a segment in a namespace of their own. Needs root.
+        pub netns: Option<String> = "netns";
     }
 }
 

@@ -222,6 +222,7 @@ pub fn client_config(
                 ca: secrets.certs.os.crt.clone(),
                 crt: cert.crt,
                 key: cert.key,
+                netns: None,
             },
         )]),
     })

@@ -31,6 +31,10 @@ pub struct Global {
     /// certificate. Each node is dialed directly.
     #[arg(short = 'i', long, global = true)]
     pub insecure: bool,
+    /// Dial from inside this network namespace (default: the context's `netns`, which a local
+    /// QEMU cluster's osconfig sets). Needs root.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
 }
 
 /// Where the client config is: `--osconfig`, `$OSCONFIG`, `~/.osctl/config`.
@@ -119,11 +123,15 @@ pub fn targets(g: &Global) -> anyhow::Result<Vec<Target>> {
     let cfg = read_config(&path)?;
     if g.insecure {
         // Maintenance mode: no certificates to proxy with, so each node is dialed itself.
-        let from_ctx = cfg
+        let ctx = cfg
             .as_ref()
             .and_then(|c| context(g, &path, Some(c)).ok())
-            .map(|(_, c)| c.endpoints.clone())
-            .unwrap_or_default();
+            .map(|(_, c)| c);
+        let from_ctx = ctx.map(|c| c.endpoints.clone()).unwrap_or_default();
+        let netns = g
+            .netns
+            .clone()
+            .or_else(|| ctx.and_then(|c| c.netns.clone()));
         let addrs = [g.nodes.clone(), g.endpoints.clone(), from_ctx]
             .into_iter()
             .find(|v| !v.is_empty())
@@ -132,7 +140,11 @@ pub fn targets(g: &Global) -> anyhow::Result<Vec<Target>> {
             .into_iter()
             .map(|a| {
                 Ok(Target {
-                    client: MachineClient::new(channel(&a, tls::insecure_client_config())?),
+                    client: MachineClient::new(channel(
+                        &a,
+                        tls::insecure_client_config(),
+                        netns.as_deref(),
+                    )?),
                     label: a,
                     node: None,
                 })
@@ -159,7 +171,8 @@ pub fn targets(g: &Global) -> anyhow::Result<Vec<Target>> {
             crate::error_chain(&e)
         )
     })?;
-    let client = MachineClient::new(channel(endpoint, tls_cfg)?);
+    let netns = g.netns.as_deref().or(ctx.netns.as_deref());
+    let client = MachineClient::new(channel(endpoint, tls_cfg, netns)?);
     let nodes = if g.nodes.is_empty() {
         ctx.nodes.clone()
     } else {
@@ -188,8 +201,12 @@ pub fn targets(g: &Global) -> anyhow::Result<Vec<Target>> {
         .collect())
 }
 
-fn channel(endpoint: &str, cfg: Arc<rustls::ClientConfig>) -> anyhow::Result<Channel> {
-    tls::channel(endpoint, cfg).map_err(|e| anyhow!("endpoint {endpoint:?}: {e}"))
+fn channel(
+    endpoint: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    netns: Option<&str>,
+) -> anyhow::Result<Channel> {
+    tls::channel_in(endpoint, cfg, netns).map_err(|e| anyhow!("endpoint {endpoint:?}: {e}"))
 }
 
 /// A status as one line, with the fix when the cause is a known one.

@@ -3,7 +3,9 @@
 //! The QEMU provisioner: every cluster gets a network namespace of its own (`basalt-<name>`)
 //! holding a bridge, one tap device per node, and the inner end of a veth pair whose outer end
 //! is on the host with the segment's first address — so the host reaches every node directly
-//! and nothing else on the host changes. Nodes are QEMU VMs (TCG unless `BASALT_KVM=1`) run
+//! and nothing else on the host changes. The bridge itself holds the segment's last usable
+//! address, and osctl dials the nodes from inside the namespace (the osconfig context's
+//! `netns`): that path does not depend on the host's own firewall or routes. Nodes are QEMU VMs (TCG unless `BASALT_KVM=1`) run
 //! detached inside that namespace, booted straight from the kernel and initramfs with a static
 //! address on the kernel command line, each with a state disk and a console log in the
 //! cluster's directory (`$BASALT_CLUSTERS/<name>`, default `~/.basalt/clusters/<name>`).
@@ -90,6 +92,9 @@ struct State {
     netns: String,
     host_link: String,
     host_address: String,
+    /// The bridge's address inside the namespace, where osctl dials from.
+    #[serde(default)]
+    bridge_address: String,
     nodes: Vec<NodeState>,
 }
 
@@ -218,7 +223,9 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     }
     let (base, len) = segment(&a.cidr)?;
     let total = u32::from(a.controlplanes) + u32::from(a.workers);
-    if total + 2 >= 1 << (32 - u32::from(len)) {
+    let size = 1u32 << (32 - u32::from(len));
+    // The network and broadcast addresses, the host's, the bridge's, then one per node.
+    if total + 4 > size {
         bail!("--cidr {}: too small for {total} nodes", a.cidr);
     }
     let dir = clusters_root().join(&a.name);
@@ -294,6 +301,14 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         gen_args.push(p);
     }
     osctl(&gen_args)?;
+    // osctl dials this cluster's nodes from inside its namespace.
+    let oc_path = dir.join("osconfig");
+    let mut oc_cfg = crate::client::read_config(&oc_path)?
+        .with_context(|| format!("gen config wrote no {}", oc_path.display()))?;
+    for ctx in oc_cfg.contexts.values_mut() {
+        ctx.netns = Some(format!("basalt-{}", a.name));
+    }
+    crate::client::write_config(&oc_path, &oc_cfg)?;
 
     step(&format!(
         "network: namespace basalt-{}, bridge, host at {host}/{len}",
@@ -305,6 +320,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         netns: format!("basalt-{}", a.name),
         host_link: format!("bst-{}", a.name),
         host_address: format!("{host}/{len}"),
+        bridge_address: format!("{}/{len}", nth(base, size - 2)),
         nodes: nodes.clone(),
     };
     save(&dir, &st)?;
@@ -350,15 +366,31 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
 
     step("waiting for every node's API (maintenance mode)");
     for n in &st.nodes {
-        wait(n, "the maintenance API", Duration::from_secs(300), || {
-            osctl(&["--insecure", "-n", &n.address, "version"]).is_ok()
-        })?;
+        wait(
+            &st,
+            n,
+            "the maintenance API",
+            Duration::from_secs(300),
+            || {
+                osctl(&[
+                    "--insecure",
+                    "--netns",
+                    &st.netns,
+                    "-n",
+                    &n.address,
+                    "version",
+                ])
+                .map(drop)
+            },
+        )?;
     }
     step("applying the configs");
     for n in &st.nodes {
         let file = dir.join(format!("{}.yaml", n.role));
         osctl(&[
             "--insecure",
+            "--netns",
+            &st.netns,
             "-n",
             &n.address,
             "apply-config",
@@ -372,15 +404,17 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     let oc = oc.to_str().unwrap_or_default();
     for n in &st.nodes {
         wait(
+            &st,
             n,
             "a healthy configured node",
             Duration::from_secs(300),
             || {
-                osctl(&["--osconfig", oc, "-n", &n.address, "services"]).is_ok_and(|s| {
-                    let lines: Vec<&str> =
-                        s.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
-                    !lines.is_empty() && lines.iter().all(|l| l.contains("running"))
-                })
+                let s = osctl(&["--osconfig", oc, "-n", &n.address, "services"])?;
+                let lines: Vec<&str> = s.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+                if lines.is_empty() || !lines.iter().all(|l| l.contains("running")) {
+                    bail!("not every service running:\n{s}");
+                }
+                Ok(())
             },
         )?;
     }
@@ -397,15 +431,26 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks `check` every second until it passes; past `timeout`, the error names the node, its
+/// last answer, whether it answers ping on the segment, and the tail of its console log.
 fn wait(
+    st: &State,
     n: &NodeState,
     what: &str,
     timeout: Duration,
-    mut ok: impl FnMut() -> bool,
+    mut check: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
-    while !ok() {
+    while let Err(last) = check() {
         if start.elapsed() > timeout {
+            let ping = |args: &[&str]| match sh(Command::new(args[0]).args(&args[1..])) {
+                Ok(_) => "answers".to_string(),
+                Err(e) => format!("no answer ({e:#})"),
+            };
+            let from_ns = ping(&[
+                "ip", "netns", "exec", &st.netns, "ping", "-c", "1", "-W", "2", &n.address,
+            ]);
+            let from_host = ping(&["ping", "-c", "1", "-W", "2", &n.address]);
             let console = n.dir.join("console.log");
             let tail: String = std::fs::read_to_string(&console)
                 .unwrap_or_default()
@@ -418,9 +463,11 @@ fn wait(
                 .collect::<Vec<_>>()
                 .join("\n");
             bail!(
-                "{} ({}): no {what} within {timeout:?}; console log {}:\n{tail}",
+                "{} ({}): no {what} within {timeout:?}\n  last answer: {}\n  ping from the cluster's namespace {}: {from_ns}\n  ping from the host: {from_host}\n  console log {}:\n{tail}",
                 n.name,
                 n.address,
+                format!("{last:#}").trim(),
+                st.netns,
                 console.display()
             );
         }
@@ -441,6 +488,7 @@ fn network_up(st: &State) -> anyhow::Result<()> {
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", ns, "link", "set", "br0", "up"])?;
+    ip(&["-n", ns, "addr", "add", &st.bridge_address, "dev", "br0"])?;
     ip(&[
         "link",
         "add",
@@ -526,6 +574,20 @@ fn show(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGTERM, then SIGKILL after 5 s; waits up to 10 s in all for the process to end.
+fn stop(pid: i32) {
+    let p = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+    let start = Instant::now();
+    while alive(Some(pid)) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    while alive(Some(pid)) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn destroy(name: &str) -> anyhow::Result<()> {
     check_name(name)?;
     let dir = clusters_root().join(name);
@@ -534,20 +596,18 @@ fn destroy(name: &str) -> anyhow::Result<()> {
     let host_link = format!("bst-{name}");
     for n in st.iter().flat_map(|s| &s.nodes) {
         if let Some(pid) = n.pid.filter(|_| alive(n.pid)) {
-            let p = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-            let start = Instant::now();
-            while alive(Some(pid)) && start.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-            while alive(Some(pid)) && start.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            stop(pid);
             print_line(&format!("stopped {}", n.name));
         }
     }
     if Path::new("/run/netns").join(&netns).exists() {
+        // Whatever still runs in the namespace is the cluster's too (a VM whose state was
+        // lost, a half-made create).
+        let pids = ip(&["netns", "pids", &netns]).unwrap_or_default();
+        for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+            stop(pid);
+            print_line(&format!("stopped process {pid} in {netns}"));
+        }
         ip(&["netns", "del", &netns])?;
         print_line(&format!("removed network namespace {netns}"));
     }
