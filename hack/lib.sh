@@ -31,3 +31,19 @@ need_rust() {
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 }
+
+# need_docker: Debian's docker.io, and a Docker engine that answers — started here (detached,
+# its log in /var/log/basalt-dockerd.log) when none does. Sets BASALT_STARTED_DOCKERD to its
+# pid when this started it.
+need_docker() {
+  need_apt docker.io
+  docker version --format '{{.Server.Version}}' >/dev/null 2>&1 && return 0
+  step "starting dockerd"
+  setsid dockerd </dev/null >/var/log/basalt-dockerd.log 2>&1 &
+  BASALT_STARTED_DOCKERD=$!
+  for _ in $(seq 1 60); do
+    docker version --format '{{.Server.Version}}' >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  die "dockerd did not answer within 30 s: see /var/log/basalt-dockerd.log"
+}

@@ -159,11 +159,31 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
 
     let links: Vec<LinkView<'_>> = docs.iter().filter_map(link_view).collect();
     if mode == Mode::Container {
-        for l in &links {
-            out.push(l.doc.problem(
-                "",
-                "a container node's links belong to the container runtime; remove this document (or validate with --mode metal)",
-            ));
+        // The runtime makes a container node's links and gives them their first address;
+        // the config may add static addresses and routes to them, nothing else.
+        let fix = "(or validate with --mode metal)";
+        for d in docs {
+            match &d.doc {
+                Document::Bond(_) | Document::Vlan(_) | Document::Bridge(_) => out.push(d.problem(
+                    "",
+                    format!("a container node cannot make links: the container runtime owns them; remove this document {fix}"),
+                )),
+                Document::Link(l) => {
+                    let owned = "the container runtime owns a container node's links: only static addresses and routes can be added";
+                    for (bad, path) in [
+                        (l.selector.is_some(), ".selector"),
+                        (l.dummy, ".dummy"),
+                        (!l.up, ".up"),
+                        (l.mtu.is_some(), ".mtu"),
+                        (l.dhcp, ".dhcp"),
+                    ] {
+                        if bad {
+                            out.push(d.problem(path, format!("{owned}; remove {path} {fix}")));
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
     network(docs, &links, out);

@@ -27,8 +27,8 @@ pub enum ApiError {
     Service(#[from] SupervisorError),
     #[error(transparent)]
     Sequence(#[from] SequenceError),
-    #[error("unknown resource type {0:?} (osctl get rd lists them)")]
-    UnknownType(String),
+    #[error("unknown resource type {0:?}; known types: {1}")]
+    UnknownType(String, String),
     #[error("no {kind} {id:?}")]
     NoResource { kind: String, id: String },
     #[error("no log {0:?}: known logs are {1}")]
@@ -59,7 +59,7 @@ impl From<ApiError> for Status {
                 Status::internal(msg)
             }
             ApiError::Service(SupervisorError::Unknown(_))
-            | ApiError::UnknownType(_)
+            | ApiError::UnknownType(..)
             | ApiError::NoResource { .. }
             | ApiError::NoLog(..) => Status::not_found(msg),
             ApiError::Service(SupervisorError::NotRunning(_)) => Status::failed_precondition(msg),
@@ -163,6 +163,13 @@ impl Api {
             })
             .collect();
         kinds.extend(self.node.store.kinds());
+        let known = kinds
+            .iter()
+            .map(|k| k.type_.to_ascii_lowercase())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ");
         kinds
             .into_iter()
             .filter(|k| namespace.is_empty() || k.namespace == namespace)
@@ -170,7 +177,7 @@ impl Api {
                 let t = k.type_.to_ascii_lowercase();
                 t == w || format!("{t}s") == w || format!("{t}es") == w
             })
-            .ok_or_else(|| ApiError::UnknownType(word.to_string()))
+            .ok_or_else(|| ApiError::UnknownType(word.to_string(), known))
     }
 
     fn resource(r: &Resource, redact: bool) -> pb::Resource {

@@ -38,7 +38,54 @@ impl fmt::Display for BadArg {
     }
 }
 
+/// The environment variable that makes PID 1 a container node (`container`): in a container
+/// `/proc/cmdline` is the host's, so the arguments come from `BASALT_CMDLINE` instead.
+pub const PLATFORM_ENV: &str = "BASALT_PLATFORM";
+/// A container node's kernel arguments (`ip=`, `basalt.*`), in the kernel's syntax.
+pub const CMDLINE_ENV: &str = "BASALT_CMDLINE";
+
 impl Cmdline {
+    /// PID 1's arguments: `/proc/cmdline` on a machine; `BASALT_CMDLINE` (and the platform
+    /// `container`) when `BASALT_PLATFORM=container` is in the environment.
+    pub fn read() -> (Cmdline, Vec<BadArg>) {
+        Self::from_sources(
+            std::env::var(PLATFORM_ENV).ok().as_deref(),
+            std::env::var(CMDLINE_ENV).ok().as_deref(),
+            || std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        )
+    }
+
+    fn from_sources(
+        platform: Option<&str>,
+        container_args: Option<&str>,
+        proc_cmdline: impl FnOnce() -> String,
+    ) -> (Cmdline, Vec<BadArg>) {
+        match platform {
+            Some("container") => {
+                let args = container_args.unwrap_or_default();
+                let (mut c, mut bad) = Cmdline::parse(args);
+                if split(args).iter().any(|a| a == "basalt.platform=metal") {
+                    bad.push(BadArg {
+                        arg: "basalt.platform=metal".into(),
+                        why: format!("{PLATFORM_ENV}=container says otherwise"),
+                    });
+                }
+                c.platform = Platform::Container;
+                (c, bad)
+            }
+            other => {
+                let (c, mut bad) = Cmdline::parse(&proc_cmdline());
+                if let Some(p) = other {
+                    bad.push(BadArg {
+                        arg: format!("{PLATFORM_ENV}={p}"),
+                        why: "expected container (or no such variable)".into(),
+                    });
+                }
+                (c, bad)
+            }
+        }
+    }
+
     /// Parses `/proc/cmdline`. Bad Basalt arguments are returned beside the result (and
     /// logged); the default is used for them, since refusing to boot over one would be worse.
     pub fn parse(text: &str) -> (Cmdline, Vec<BadArg>) {
@@ -111,6 +158,39 @@ fn split(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_node_never_reads_the_hosts_command_line() {
+        let host =
+            || "ip=192.0.2.9::192.0.2.1:255.255.255.0:host:eth0:off basalt.debug".to_string();
+        let (c, bad) = Cmdline::from_sources(Some("container"), None, host);
+        assert_eq!(
+            (c.platform, c.ip, c.debug),
+            (Platform::Container, None, false)
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+        let (c, _) =
+            Cmdline::from_sources(Some("container"), Some("basalt.reboot_delay=1"), || {
+                panic!("read /proc/cmdline")
+            });
+        assert_eq!((c.platform, c.reboot_delay), (Platform::Container, 1));
+        let (c, _) = Cmdline::from_sources(None, Some("basalt.debug"), host);
+        assert_eq!(c.platform, Platform::Metal);
+        assert!(
+            c.ip.is_some() && c.debug,
+            "metal reads /proc/cmdline, not the environment"
+        );
+        let (c, bad) =
+            Cmdline::from_sources(Some("container"), Some("basalt.platform=metal"), host);
+        assert_eq!(c.platform, Platform::Container);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        let (c, bad) = Cmdline::from_sources(Some("vm"), None, host);
+        assert_eq!(c.platform, Platform::Metal);
+        assert_eq!(
+            bad[0].to_string(),
+            "kernel argument \"BASALT_PLATFORM=vm\": expected container (or no such variable)"
+        );
+    }
 
     #[test]
     fn reads_basalt_arguments() {

@@ -223,6 +223,10 @@ fn discovery_service(dir: &std::path::Path, tls: bool) -> ServiceDef {
         format!("[::]:{}", basalt_api::DISCOVERY_PORT),
         "--snapshot".into(),
         dir.join("snapshot.json").display().to_string(),
+        // Its answers take the underlay: a node that lost its peers (it rebooted) must still
+        // hear from discovery while the others' tunnels to it are stale.
+        "--fwmark".into(),
+        format!("{:#x}", basalt_kubespan::device::FWMARK),
     ];
     if tls {
         // The node's own certificate from the OS CA (the one apid serves), which every node
@@ -240,8 +244,9 @@ fn discovery_service(dir: &std::path::Path, tls: bool) -> ServiceDef {
         arg0: Some("basalt-discovery".into()),
         args,
         env: vec![("PATH".into(), "/usr/bin:/usr/sbin".into())],
-        // An unprivileged port and a file its uid owns: no capability.
-        keep_caps: Some(Vec::new()),
+        // An unprivileged port and a file its uid owns; CAP_NET_ADMIN only to mark its socket.
+        // CAP_NET_ADMIN is capability 12 (capabilities(7)).
+        keep_caps: Some(vec![12]),
         ..ProcessSpec::default()
     };
     let mut def = ServiceDef::new(DISCOVERY_SERVICE, process);

@@ -33,9 +33,27 @@ pub fn start(
     leases: basalt_networkd::dhcp::Leases,
     ip: Option<&str>,
     config: watch::Receiver<Option<Arc<Config>>>,
+    container: bool,
 ) {
     if let Err(e) = basalt_networkd::publish_defaults(&store) {
         log::line(&format!("network: the default layer: {e}"));
+    }
+    if container {
+        // The runtime's addresses, read before networkd touches anything, stay whatever the
+        // config adds.
+        let runtime = sources::from_runtime(&runtime_addresses());
+        log::line(&format!(
+            "network: the container runtime's addresses: {}",
+            runtime
+                .addresses
+                .iter()
+                .map(|a| format!("{} {}", a.link, a.address))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if let Err(e) = publish(&store, "platform", Layer::Platform, &runtime) {
+            log::line(&format!("network: the platform layer: {e}"));
+        }
     }
     let cmdline = match ip.map(IpConfig::parse) {
         None => LayerSpecs::default(),
@@ -183,6 +201,25 @@ pub fn summary(store: &Store) -> Vec<String> {
 }
 
 /// Every non-loopback IPv4/IPv6 address, as text, for the maintenance banner.
+/// Every address on the node's links now, with its link and prefix length.
+fn runtime_addresses() -> Vec<(String, std::net::IpAddr, u8)> {
+    let Ok(all) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    all.filter_map(|i| {
+        let (a, m) = (i.address?, i.netmask?);
+        let (ip, len): (std::net::IpAddr, u32) =
+            if let (Some(a), Some(m)) = (a.as_sockaddr_in(), m.as_sockaddr_in()) {
+                (a.ip().into(), m.ip().to_bits().count_ones())
+            } else {
+                let (a, m) = (a.as_sockaddr_in6()?, m.as_sockaddr_in6()?);
+                (a.ip().into(), m.ip().to_bits().count_ones())
+            };
+        Some((i.interface_name, ip, u8::try_from(len).ok()?))
+    })
+    .collect()
+}
+
 pub fn addresses() -> Vec<String> {
     nix::ifaddrs::getifaddrs()
         .map(|it| {

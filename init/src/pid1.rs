@@ -17,7 +17,7 @@ use crate::configstate::ConfigState;
 use crate::logring::Logs;
 use crate::node::{End, Node, Paths};
 use crate::process::ProcessSpec;
-use crate::sequence::{RealPower, Sequencer};
+use crate::sequence::{ContainerPower, RealPower, Sequencer};
 use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
 use crate::{apid, cgroup, containerd, log, mounts, net, reaper, tasks};
 
@@ -26,7 +26,11 @@ pub const STATE_LABEL: &str = "BASALT-STATE";
 const STATE_MOUNT: &str = "/system/state";
 
 pub fn run() -> ! {
-    log::open_kmsg();
+    let (cmdline, bad) = Cmdline::read();
+    // A container's /dev/kmsg, if it has one, is the host's kernel log: logs go to stdout.
+    if cmdline.platform == Platform::Metal {
+        log::open_kmsg();
+    }
     let pid = std::process::id();
     if pid != 1 {
         log::line(&format!("init runs as pid {pid}, not 1: nothing to do"));
@@ -37,6 +41,7 @@ pub fn run() -> ! {
         log::line(&format!("panic: {info}"));
     }));
     reaper::reap_every_child();
+    let container = cmdline.platform == Platform::Container;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("init")
@@ -44,18 +49,25 @@ pub fn run() -> ! {
         .build();
     match rt {
         Ok(rt) => {
-            rt.block_on(main());
+            rt.block_on(main(cmdline, bad));
             log::line("PID 1's main task ended; rebooting");
         }
         Err(e) => log::line(&format!("cannot start the runtime: {e}; rebooting")),
     }
+    if container {
+        std::process::exit(crate::sequence::CONTAINER_REBOOT_STATUS);
+    }
     crate::early::fatal_reboot(10)
 }
 
-async fn main() {
+async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     let booted = Instant::now();
-    let (cmdline, bad) =
-        Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let container = cmdline.platform == Platform::Container;
+    if container {
+        log::line(
+            "platform: container (arguments from BASALT_CMDLINE; links, /etc/hosts and resolv.conf are the runtime's)",
+        );
+    }
     for b in bad {
         log::line(&format!("kernel argument ignored: {b}"));
     }
@@ -74,10 +86,16 @@ async fn main() {
     let store = Store::default();
     let sup = Supervisor::new(store.clone(), logs.clone(), cgroups);
 
-    // Modules first: the state disk and the network card need their drivers.
+    // Modules first: the state disk and the network card need their drivers. A container
+    // node has the host's kernel and its modules: it loads none.
     let t = Instant::now();
-    match tokio::task::spawn_blocking(|| crate::early::load_modules(crate::early::LOAD_ORDER)).await
+    match tokio::task::spawn_blocking(move || match container {
+        true => Ok(0),
+        false => crate::early::load_modules(crate::early::LOAD_ORDER),
+    })
+    .await
     {
+        Ok(Ok(_)) if container => log::line("node modules: none loaded (the host's kernel)"),
         Ok(Ok(n)) => log::line(&format!(
             "node modules loaded ({n} modules in {} ms)",
             t.elapsed().as_millis()
@@ -89,7 +107,10 @@ async fn main() {
         Err(e) => log::line(&format!("module loading panicked: {e}")),
     }
 
-    let state_dir = state_dir();
+    let state_dir = match container {
+        true => container_state_dir(),
+        false => state_dir(),
+    };
     let mode = match cmdline.platform {
         Platform::Metal => basalt_config::Mode::Metal,
         Platform::Container => basalt_config::Mode::Container,
@@ -105,7 +126,10 @@ async fn main() {
         sup: sup.clone(),
         config: config.clone(),
         seq: Sequencer::new(store.clone()),
-        power: Arc::new(RealPower),
+        power: match container {
+            true => Arc::new(ContainerPower),
+            false => Arc::new(RealPower),
+        },
         leases: leases.clone(),
         paths: Paths {
             wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
@@ -130,6 +154,7 @@ async fn main() {
         leases,
         cmdline.ip.as_deref(),
         config.subscribe(),
+        container,
     );
 
     crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
@@ -282,6 +307,21 @@ fn state_dir() -> PathBuf {
             ));
             fallback
         }
+    }
+}
+
+/// A container node keeps its state on the volume mounted at `/system/state` (never on a
+/// block device: a privileged container sees the host's disks); without one, on `/var`.
+fn container_state_dir() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mounts::parse(&info).iter().any(|m| m.point == STATE_MOUNT) {
+        log::line(&format!("state: the volume on {STATE_MOUNT}"));
+        PathBuf::from(STATE_MOUNT).join("config")
+    } else {
+        log::line(&format!(
+            "no volume on {STATE_MOUNT}: state is not kept across restarts"
+        ));
+        PathBuf::from("/var/lib/basalt")
     }
 }
 

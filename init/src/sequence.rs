@@ -37,6 +37,26 @@ impl Power for RealPower {
     }
 }
 
+/// A container node's power: PID 1 exits, which ends every process in the container. The
+/// container runtime restarts it after a reboot (exit status 1, `--restart on-failure`) and
+/// leaves it stopped after a power-off (status 0).
+#[derive(Debug)]
+pub struct ContainerPower;
+
+/// The exit status a container node reboots with.
+pub const CONTAINER_REBOOT_STATUS: i32 = 1;
+
+impl Power for ContainerPower {
+    fn reboot(&self) {
+        nix::unistd::sync();
+        std::process::exit(CONTAINER_REBOOT_STATUS);
+    }
+    fn power_off(&self) {
+        nix::unistd::sync();
+        std::process::exit(0);
+    }
+}
+
 /// Power for tests and benches: records what was asked, powers nothing.
 #[derive(Debug, Default)]
 pub struct FakePower {

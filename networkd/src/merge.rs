@@ -2,6 +2,7 @@
 //! mixing on a link: the addresses and routes of a link come only from the layer that won the
 //! link itself (and from DHCP, which runs because some layer asked for it). So a machine
 //! config that configures `eth0` replaces what `ip=` said about `eth0` instead of adding to it.
+//! The platform's addresses (a container runtime's) are kept the same way as a lease's.
 
 use std::collections::BTreeMap;
 
@@ -38,7 +39,7 @@ pub fn on_winning_layer<T: NetSpec>(
     merged
         .into_iter()
         .filter(|(_, (layer, spec))| match links.get(link_of(spec)) {
-            Some((won, _)) => *layer == Layer::Dhcp || layer >= won,
+            Some((won, _)) => matches!(layer, Layer::Dhcp | Layer::Platform) || layer >= won,
             None => true,
         })
         .map(|(id, (_, spec))| (id, spec))

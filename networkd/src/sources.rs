@@ -79,6 +79,26 @@ fn physical(name: &str) -> LinkSpec {
     }
 }
 
+/// The platform layer of a container node: each link the runtime made, up, with the
+/// addresses it has now (`(link, address, prefix length)`; loopback and IPv6 link-local ones
+/// are left out: the kernel makes those).
+pub fn from_runtime(addresses: &[(String, IpAddr, u8)]) -> LayerSpecs {
+    let mut out = LayerSpecs::default();
+    for (link, addr, len) in addresses {
+        if link == "lo" || matches!(addr, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80) {
+            continue;
+        }
+        if !out.links.iter().any(|l| l.name == *link) {
+            out.links.push(physical(link));
+        }
+        out.addresses.push(AddressSpec {
+            link: link.clone(),
+            address: prefix(*addr, *len),
+        });
+    }
+    out
+}
+
 /// The kernel command line's `ip=`.
 pub fn from_cmdline(ip: &IpConfig) -> LayerSpecs {
     let mut out = LayerSpecs::default();
@@ -331,6 +351,58 @@ pub fn layered_kinds() -> Vec<Kind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_runtimes_addresses_stay_beside_the_configs() {
+        let runtime = from_runtime(&[
+            ("lo".into(), Ipv4Addr::LOCALHOST.into(), 8),
+            ("eth0".into(), "10.5.0.4".parse().unwrap(), 24),
+            ("eth0".into(), "fe80::42:aff:fe05:4".parse().unwrap(), 64),
+            ("eth0".into(), "fd00:5::4".parse().unwrap(), 64),
+        ]);
+        assert_eq!(runtime.links.len(), 1);
+        assert_eq!(
+            runtime
+                .addresses
+                .iter()
+                .map(|a| a.address.to_string())
+                .collect::<Vec<_>>(),
+            ["10.5.0.4/24", "fd00:5::4/64"]
+        );
+        // A config that names eth0 wins the link, and adds to the runtime's address rather
+        // than replacing it (as it replaces what ip= says).
+        let config = LayerSpecs {
+            links: vec![physical("eth0")],
+            addresses: vec![AddressSpec {
+                link: "eth0".into(),
+                address: "10.5.0.104/24".parse().unwrap(),
+            }],
+            ..LayerSpecs::default()
+        };
+        let layered = |layer: Layer, v: &[AddressSpec]| {
+            v.iter()
+                .map(|spec| Layered {
+                    layer,
+                    spec: spec.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let links = [(Layer::Platform, &runtime), (Layer::Config, &config)]
+            .iter()
+            .flat_map(|(layer, s)| {
+                s.links.iter().map(|spec| Layered {
+                    layer: *layer,
+                    spec: spec.clone(),
+                })
+            })
+            .collect();
+        let mut addresses = layered(Layer::Platform, &runtime.addresses);
+        addresses.extend(layered(Layer::Config, &config.addresses));
+        let d = crate::merge::desired(links, addresses, Vec::new(), Vec::new());
+        let mut got: Vec<String> = d.addresses.iter().map(|a| a.address.to_string()).collect();
+        got.sort();
+        assert_eq!(got, ["10.5.0.104/24", "10.5.0.4/24", "fd00:5::4/64"]);
+    }
 
     #[test]
     fn the_example_network_config_as_specs() {

@@ -16,6 +16,10 @@ use serde::Serialize;
 pub enum Layer {
     /// Built in: `lo` up with its addresses.
     Default,
+    /// What the platform gave the node before networkd ran: on a container node, the
+    /// addresses the container runtime put on its links. Like a lease, they are kept whichever
+    /// layer wins the link.
+    Platform,
     /// The kernel command line's `ip=` argument.
     Cmdline,
     /// A DHCP lease.
@@ -28,6 +32,7 @@ impl Layer {
     pub fn name(self) -> &'static str {
         match self {
             Layer::Default => "default",
+            Layer::Platform => "platform",
             Layer::Cmdline => "cmdline",
             Layer::Dhcp => "dhcp",
             Layer::Config => "config",

@@ -22,6 +22,7 @@ use basalt_image::qemu::{Boot, TapNic, VmOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster_docker as docker;
 use crate::{error_chain, print_line};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -96,6 +97,9 @@ struct State {
     #[serde(default)]
     bridge_address: String,
     nodes: Vec<NodeState>,
+    /// The Docker image the nodes run (Docker provisioner).
+    #[serde(default)]
+    image: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,7 +185,7 @@ fn sh(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<String> {
     sh(Command::new("ip").args(args))
 }
 
@@ -216,7 +220,7 @@ fn mask(len: u8) -> Ipv4Addr {
 fn create(a: CreateArgs) -> anyhow::Result<()> {
     check_name(&a.name)?;
     if a.provisioner == Provisioner::Docker {
-        bail!("--provisioner docker is not built yet (docs/local-clusters.md); use qemu");
+        docker::check_engine()?;
     }
     if a.controlplanes == 0 {
         bail!("--controlplanes: at least 1");
@@ -240,7 +244,11 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let started = Instant::now();
 
-    step("images (kernel, initramfs with the root filesystem)");
+    step(match a.provisioner {
+        Provisioner::Qemu => "images (kernel, initramfs with the root filesystem)",
+        Provisioner::Docker => "images (the root filesystem, imported into Docker)",
+    });
+    // One build for both provisioners: the initramfs build keeps the rootfs it packs.
     let arts = basalt_image::build::build_cached(
         basalt_image::Target::Initramfs,
         &basalt_image::BuildOptions {
@@ -253,9 +261,10 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         &clusters_root().join(".images"),
     )
     .map_err(|e| anyhow!("building the images: {}", error_chain(&e)))?;
-    let (vmlinuz, initramfs) = match (arts.vmlinuz, arts.initramfs) {
-        (Some(v), Some(i)) => (v, i),
-        _ => bail!("the image build gave no kernel or initramfs"),
+    let boot_from = match (a.provisioner, arts.vmlinuz, arts.initramfs, arts.rootfs) {
+        (Provisioner::Qemu, Some(v), Some(i), _) => (v, i),
+        (Provisioner::Docker, _, _, Some(r)) => (PathBuf::new(), r),
+        _ => bail!("the image build gave no kernel, initramfs or root filesystem"),
     };
 
     let host = nth(base, 1);
@@ -322,11 +331,49 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         host_address: format!("{host}/{len}"),
         bridge_address: format!("{}/{len}", nth(base, size - 2)),
         nodes: nodes.clone(),
+        image: None,
     };
     save(&dir, &st)?;
-    network_up(&st)?;
+    if a.provisioner == Provisioner::Docker {
+        let image = docker::import_image(&boot_from.1, &a.name, &dir)?;
+        st.image = Some(image.clone());
+        save(&dir, &st)?;
+        docker::network_up(
+            &a.name,
+            &a.cidr,
+            &host.to_string(),
+            &st.netns,
+            &st.bridge_address,
+        )?;
+        step(&format!("starting {total} node containers"));
+        for n in &st.nodes {
+            std::fs::create_dir_all(&n.dir)?;
+            docker::run_node(&docker::NodeSpec {
+                cluster: &a.name,
+                name: &n.name,
+                address: &n.address,
+                image: &image,
+                memory_mib: a.memory,
+                cpus: a.cpus,
+            })?;
+        }
+    } else {
+        network_up(&st)?;
+        boot_vms(&a, &dir, &mut st, &boot_from, host, len)?;
+    }
+    wait_ready(&a, &dir, &st, started)
+}
 
-    step(&format!("booting {total} nodes"));
+/// Boots a QEMU VM per node on a tap device of the cluster's bridge.
+fn boot_vms(
+    a: &CreateArgs,
+    dir: &Path,
+    st: &mut State,
+    (vmlinuz, initramfs): &(PathBuf, PathBuf),
+    host: Ipv4Addr,
+    len: u8,
+) -> anyhow::Result<()> {
+    step(&format!("booting {} nodes", st.nodes.len()));
     for i in 0..st.nodes.len() {
         let n = st.nodes[i].clone();
         std::fs::create_dir_all(&n.dir)?;
@@ -361,13 +408,17 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         let pid = start_detached(&st.netns, &boot, &n.dir, &opts)
             .with_context(|| format!("{}: QEMU did not start (see {})", n.name, n.dir.display()))?;
         st.nodes[i].pid = Some(pid);
-        save(&dir, &st)?;
+        save(dir, st)?;
     }
+    Ok(())
+}
 
+/// Every node in maintenance mode, its config applied, then answering with it and healthy.
+fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyhow::Result<()> {
     step("waiting for every node's API (maintenance mode)");
     for n in &st.nodes {
         wait(
-            &st,
+            st,
             n,
             "the maintenance API",
             Duration::from_secs(300),
@@ -404,7 +455,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     let oc = oc.to_str().unwrap_or_default();
     for n in &st.nodes {
         wait(
-            &st,
+            st,
             n,
             "a healthy configured node",
             Duration::from_secs(300),
@@ -423,7 +474,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         a.name,
         started.elapsed().as_secs_f64()
     ));
-    table(&st, oc);
+    table(st, oc);
     print_line(&format!(
         "\nTalk to it:  osctl --osconfig {oc} -n {} version\n(or: osctl config merge {oc})\nRemove it:   osctl cluster destroy --name {}",
         st.nodes[0].address, a.name
@@ -451,24 +502,13 @@ fn wait(
                 "ip", "netns", "exec", &st.netns, "ping", "-c", "1", "-W", "2", &n.address,
             ]);
             let from_host = ping(&["ping", "-c", "1", "-W", "2", &n.address]);
-            let console = n.dir.join("console.log");
-            let tail: String = std::fs::read_to_string(&console)
-                .unwrap_or_default()
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
+            let (where_, tail) = console_tail(st, n, 15);
             bail!(
-                "{} ({}): no {what} within {timeout:?}\n  last answer: {}\n  ping from the cluster's namespace {}: {from_ns}\n  ping from the host: {from_host}\n  console log {}:\n{tail}",
+                "{} ({}): no {what} within {timeout:?}\n  last answer: {}\n  ping from the cluster's namespace {}: {from_ns}\n  ping from the host: {from_host}\n  console ({where_}):\n{tail}",
                 n.name,
                 n.address,
                 format!("{last:#}").trim(),
                 st.netns,
-                console.display()
             );
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -538,6 +578,33 @@ fn start_detached(netns: &str, boot: &Boot, dir: &Path, opts: &VmOptions) -> any
         .with_context(|| format!("{}: not a pid", pidfile.display()))
 }
 
+/// Where a node's console is, and its last `lines` lines.
+fn console_tail(st: &State, n: &NodeState, lines: usize) -> (String, String) {
+    match st.provisioner {
+        Provisioner::Docker => (
+            format!("docker logs {}", n.name),
+            docker::logs_tail(&n.name, lines),
+        ),
+        Provisioner::Qemu => {
+            let console = n.dir.join("console.log");
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            (
+                console.display().to_string(),
+                all[all.len().saturating_sub(lines)..].join("\n"),
+            )
+        }
+    }
+}
+
+/// Whether the node's VM or container runs.
+fn node_running(st: &State, n: &NodeState) -> bool {
+    match st.provisioner {
+        Provisioner::Docker => docker::running(&n.name),
+        Provisioner::Qemu => alive(n.pid),
+    }
+}
+
 fn alive(pid: Option<i32>) -> bool {
     pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
 }
@@ -545,7 +612,7 @@ fn alive(pid: Option<i32>) -> bool {
 fn table(st: &State, oc: &str) {
     print_line(&format!(
         "{:<28} {:<13} {:<15} {:<8} {}",
-        "NODE", "ROLE", "ADDRESS", "QEMU", "API"
+        "NODE", "ROLE", "ADDRESS", "STATE", "API"
     ));
     for n in &st.nodes {
         let api = match osctl(&["--osconfig", oc, "-n", &n.address, "version"]) {
@@ -561,7 +628,11 @@ fn table(st: &State, oc: &str) {
             n.name,
             n.role,
             n.address,
-            if alive(n.pid) { "running" } else { "stopped" },
+            if node_running(st, n) {
+                "running"
+            } else {
+                "stopped"
+            },
             api
         ));
     }
@@ -594,6 +665,8 @@ fn destroy(name: &str) -> anyhow::Result<()> {
     let st = load(name).map(|(_, st)| st).ok();
     let netns = format!("basalt-{name}");
     let host_link = format!("bst-{name}");
+    // Docker's part (containers, volumes, network, image) by label, whatever the state says.
+    docker::destroy(name)?;
     for n in st.iter().flat_map(|s| &s.nodes) {
         if let Some(pid) = n.pid.filter(|_| alive(n.pid)) {
             stop(pid);

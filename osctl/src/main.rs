@@ -9,6 +9,7 @@
 mod api_cmd;
 mod client;
 mod cluster_cmd;
+mod cluster_docker;
 mod config_cmd;
 mod docs;
 mod gen_cmd;

@@ -102,7 +102,8 @@ pub fn documents(format: Format, docs: &[serde_json::Value]) {
                 "{}\n",
                 serde_json::to_string_pretty(d).unwrap_or_default()
             )),
-            _ => stdout(&format!("---\n{}", basalt_config::yaml::to_yaml_text(d))),
+            // The emitter starts every document with its own `---`.
+            _ => stdout(&basalt_config::yaml::to_yaml_text(d)),
         }
     }
 }

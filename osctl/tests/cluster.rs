@@ -1,7 +1,10 @@
-//! The end-to-end suite (cluster tier, root): `osctl cluster create` on QEMU makes a 3-node
-//! cluster (1 control plane, 2 workers) on its own network segment; every node answers with
-//! its config; a config change on one node shows in `osctl get addresses`; `destroy` leaves
-//! no process, namespace, link or directory behind.
+//! The end-to-end suite (cluster tier, root): `osctl cluster create` makes a 3-node cluster
+//! (1 control plane, 2 workers, KubeSpan on) on its own network segment, with QEMU VMs and
+//! with Docker containers; every node answers with its config; a config change on one node
+//! shows in `osctl get addresses`; every node has every peer up over KubeSpan (and, on Docker,
+//! where the test can enter a node's network namespace, pings every other node's mesh
+//! address); a rebooted worker comes back with its config; `destroy` leaves no process,
+//! container, volume, network, image, namespace, link or directory behind.
 
 #![allow(clippy::unwrap_used)]
 
@@ -32,7 +35,7 @@ fn ok(clusters: &Path, args: &[&str]) -> String {
 }
 
 /// Destroys the cluster when the test ends, passed or not.
-struct Destroy<'a>(&'a Path, &'a str);
+struct Destroy<'a>(&'a Path, &'a str, &'a str);
 
 impl Drop for Destroy<'_> {
     fn drop(&mut self) {
@@ -43,7 +46,16 @@ impl Drop for Destroy<'_> {
             if let Ok(nodes) = std::fs::read_dir(self.0.join(self.1)) {
                 for n in nodes.flatten() {
                     let log = n.path().join("console.log");
-                    if log.exists() {
+                    if self.2 == "docker" && n.path().is_dir() {
+                        let o = Command::new("docker")
+                            .args(["logs", &n.file_name().to_string_lossy()])
+                            .output();
+                        if let Ok(o) = o {
+                            let to = keep.join(format!("{}.log", n.file_name().to_string_lossy()));
+                            let _ = std::fs::write(&to, [o.stdout, o.stderr].concat());
+                            eprintln!("console log kept: {}", to.display());
+                        }
+                    } else if log.exists() {
                         let to = keep.join(format!("{}.log", n.file_name().to_string_lossy()));
                         let _ = std::fs::copy(&log, &to);
                         eprintln!("console log kept: {}", to.display());
@@ -63,21 +75,52 @@ fn qemu_processes_of(dir: &Path) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-#[test]
-fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
-    if !tier(
-        Tier::Cluster,
-        "a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace",
-    ) {
-        return;
+/// Seconds in an uptime as `osctl version` prints it (`5s`, `1m17s`, `2h3m`).
+fn uptime_secs(s: &str) -> Option<u64> {
+    let mut total = 0;
+    let mut n = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            n.push(c);
+            continue;
+        }
+        let v: u64 = n.parse().ok()?;
+        n.clear();
+        total += v * match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
     }
+    n.is_empty().then_some(total)
+}
+
+fn docker_out(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// One cluster at a time: two would share 2 cores and race to build the same images.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The whole life of a cluster on one provisioner, on the segment `net`.0/24.
+fn cluster_lifecycle(provisioner: &str, net: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     // Under the target directory, so the images are built once and reused by later runs.
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
     std::fs::create_dir_all(&root).unwrap();
     let clusters = root.as_path();
-    let name = format!("e2e{}", std::process::id() % 10_000);
-    let guard = Destroy(clusters, &name);
+    let name = format!("{}{}", &provisioner[..1], std::process::id() % 100_000);
+    let guard = Destroy(clusters, &name, provisioner);
     let start = Instant::now();
+    let cidr = format!("{net}.0/24");
     let out = ok(
         clusters,
         &[
@@ -85,42 +128,54 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
             "create",
             "--name",
             &name,
+            "--provisioner",
+            provisioner,
             "--controlplanes",
             "1",
             "--workers",
             "2",
             "--cidr",
-            "10.231.0.0/24",
+            &cidr,
             "--with-kubespan",
         ],
     );
     eprintln!("{out}\ncreated in {:?}", start.elapsed());
-    for (node, addr) in [
-        ("controlplane-1", "10.231.0.2"),
-        ("worker-1", "10.231.0.3"),
-        ("worker-2", "10.231.0.4"),
-    ] {
+    let addr = |i: u8| format!("{net}.{i}");
+    let nodes = [
+        (format!("{name}-controlplane-1"), addr(2)),
+        (format!("{name}-worker-1"), addr(3)),
+        (format!("{name}-worker-2"), addr(4)),
+    ];
+    for (node, a) in &nodes {
         let line = out
             .lines()
-            .find(|l| l.starts_with(&format!("{name}-{node}")))
+            .find(|l| l.starts_with(node.as_str()))
             .unwrap_or_else(|| panic!("no {node} in\n{out}"));
-        assert!(line.contains(addr) && line.contains("running"), "{line}");
+        assert!(
+            line.contains(a.as_str()) && line.contains("running"),
+            "{line}"
+        );
     }
     let dir = clusters.join(&name);
     let oc = dir.join("osconfig");
     let oc = oc.to_str().unwrap();
     // Every node has its config: the API answers over mutual TLS from the cluster's CA.
-    let v = ok(clusters, &["--osconfig", oc, "-n", "10.231.0.4", "version"]);
-    assert!(v.contains(&format!("{name}-worker-2")), "{v}");
+    let v = ok(clusters, &["--osconfig", oc, "-n", &addr(4), "version"]);
+    assert!(v.contains(&nodes[2].0), "{v}");
 
-    // A config change on one node: a second address on eth0, applied without a reboot.
+    // A config change on one node: a second address on eth0, applied without a reboot. (On
+    // Docker the runtime's address stays whatever the config says; QEMU nodes take the list.)
     let worker = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
     let patched = dir.join("worker-2.yaml");
+    let link = match provisioner {
+        "docker" => format!("addresses: [{net}.104/24]\n"),
+        _ => format!(
+            "addresses: [{net}.4/24, {net}.104/24]\nroutes:\n  - destination: 0.0.0.0/0\n    gateway: {net}.1\n"
+        ),
+    };
     std::fs::write(
         &patched,
-        format!(
-            "{worker}---\napiVersion: v1alpha1\nkind: LinkConfig\nname: eth0\naddresses: [10.231.0.4/24, 10.231.0.104/24]\nroutes:\n  - destination: 0.0.0.0/0\n    gateway: 10.231.0.1\n"
-        ),
+        format!("{worker}---\napiVersion: v1alpha1\nkind: LinkConfig\nname: eth0\n{link}"),
     )
     .unwrap();
     ok(
@@ -129,7 +184,7 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
             "--osconfig",
             oc,
             "-n",
-            "10.231.0.4",
+            &addr(4),
             "apply-config",
             "-f",
             patched.to_str().unwrap(),
@@ -139,9 +194,10 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
     loop {
         let a = ok(
             clusters,
-            &["--osconfig", oc, "-n", "10.231.0.4", "get", "addresses"],
+            &["--osconfig", oc, "-n", &addr(4), "get", "addresses"],
         );
-        if a.contains("eth0/10.231.0.104/24") {
+        if a.contains(&format!("eth0/{net}.104/24")) {
+            assert!(a.contains(&format!("eth0/{net}.4/24")), "{a}");
             break;
         }
         assert!(
@@ -153,51 +209,102 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
     // The other nodes are untouched.
     let a = ok(
         clusters,
-        &["--osconfig", oc, "-n", "10.231.0.3", "get", "addresses"],
+        &["--osconfig", oc, "-n", &addr(3), "get", "addresses"],
     );
-    assert!(!a.contains("10.231.0.104"), "{a}");
+    assert!(!a.contains(&format!("{net}.104")), "{a}");
     let shown = ok(clusters, &["cluster", "show", "--name", &name]);
     assert_eq!(shown.matches("running").count(), 6, "{shown}");
 
-    // KubeSpan: every node has the two others as peers, up (WireGuard handshakes through the
-    // kernel's WireGuard, meeting at the discovery server the control plane runs).
-    for addr in ["10.231.0.2", "10.231.0.3", "10.231.0.4"] {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let st = ok(
-                clusters,
-                &[
-                    "--osconfig",
-                    oc,
-                    "-n",
-                    addr,
-                    "get",
-                    "kubespanpeerstatuses",
-                    "-o",
-                    "yaml",
-                ],
-            );
-            if st.matches("state: up").count() == 2 {
-                break;
+    // KubeSpan: every node has the two others as peers, up (WireGuard handshakes, meeting at
+    // the discovery server the control plane runs).
+    let all_up = |within: Duration| {
+        for (_, a) in &nodes {
+            let deadline = Instant::now() + within;
+            loop {
+                let st = ok(
+                    clusters,
+                    &[
+                        "--osconfig",
+                        oc,
+                        "-n",
+                        a,
+                        "get",
+                        "kubespanpeerstatuses",
+                        "-o",
+                        "yaml",
+                    ],
+                );
+                if st.matches("state: up").count() == 2 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{a}: not every peer up over KubeSpan:\n{st}"
+                );
+                std::thread::sleep(Duration::from_secs(2));
             }
-            assert!(
-                Instant::now() < deadline,
-                "{addr}: not every peer up over KubeSpan:\n{st}"
-            );
-            std::thread::sleep(Duration::from_secs(2));
+        }
+    };
+    all_up(Duration::from_secs(120));
+    if provisioner == "docker" {
+        // Every node pings every other node's mesh address, from inside its own network
+        // namespace: the packets cross WireGuard both ways.
+        let mesh: Vec<String> = nodes
+            .iter()
+            .map(|(_, a)| {
+                let y = ok(
+                    clusters,
+                    &[
+                        "--osconfig",
+                        oc,
+                        "-n",
+                        a,
+                        "get",
+                        "kubespanidentity",
+                        "-o",
+                        "yaml",
+                    ],
+                );
+                y.lines()
+                    .find_map(|l| l.trim().strip_prefix("address: "))
+                    .unwrap_or_else(|| panic!("no mesh address in\n{y}"))
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .collect();
+        for (i, (from, _)) in nodes.iter().enumerate() {
+            let pid = docker_out(&["inspect", "--format", "{{.State.Pid}}", from]);
+            for (j, to) in mesh.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let o = Command::new("nsenter")
+                    .args(["-t", &pid, "-n", "ping", "-6", "-c", "1", "-W", "3", to])
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "{from} cannot ping {to} over the mesh: {}",
+                    String::from_utf8_lossy(&o.stdout)
+                );
+            }
         }
     }
 
-    // A node rebooted comes back with its config (kept on its state disk).
-    ok(clusters, &["--osconfig", oc, "-n", "10.231.0.3", "reboot"]);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut went_away = false;
+    // A node rebooted comes back with its config (kept on its state disk or volume): its
+    // uptime starts again, and its peers are up again.
+    ok(clusters, &["--osconfig", oc, "-n", &addr(3), "reboot"]);
+    let asked = Instant::now();
+    let deadline = asked + Duration::from_secs(180);
     loop {
-        let o = osctl(clusters, &["--osconfig", oc, "-n", "10.231.0.3", "version"]);
+        let o = osctl(clusters, &["--osconfig", oc, "-n", &addr(3), "version"]);
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        if !o.status.success() {
-            went_away = true;
-        } else if went_away && text.contains(&format!("{name}-worker-1")) {
+        let up = text
+            .lines()
+            .find(|l| l.contains(&nodes[1].0) && l.contains("running"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(uptime_secs);
+        if o.status.success() && up.is_some_and(|u| u < asked.elapsed().as_secs()) {
             break;
         }
         assert!(
@@ -206,6 +313,7 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+    all_up(Duration::from_secs(120));
 
     // Destroy leaves nothing.
     drop(guard);
@@ -215,11 +323,54 @@ fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
         "the namespace is left"
     );
     let links = Command::new("ip").args(["link", "show"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
     assert!(
-        !String::from_utf8_lossy(&links.stdout).contains(&format!("bst-{name}")),
-        "the host link is left"
+        !links.contains(&format!("bst-{name}")) && !links.contains(&format!("bsa-{name}")),
+        "a host link is left:\n{links}"
     );
     assert_eq!(qemu_processes_of(&dir), 0, "QEMU processes are left");
+    if provisioner == "docker" {
+        let filter = format!("label=basalt.cluster={name}");
+        for what in [
+            &["ps", "--all", "--quiet", "--filter", &filter][..],
+            &["volume", "ls", "--quiet", "--filter", &filter],
+            &["network", "ls", "--quiet", "--filter", &filter],
+            &["image", "ls", "--quiet", "--filter", &filter],
+        ] {
+            assert_eq!(docker_out(what), "", "docker {what:?}: left behind");
+        }
+    }
     let again = osctl(clusters, &["cluster", "show", "--name", &name]);
     assert!(!again.status.success());
+}
+
+#[test]
+fn a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace() {
+    if !tier(
+        Tier::Cluster,
+        "a_qemu_cluster_is_created_changed_and_destroyed_without_a_trace",
+    ) {
+        return;
+    }
+    cluster_lifecycle("qemu", "10.231.0");
+}
+
+#[test]
+fn a_docker_cluster_is_created_changed_and_destroyed_without_a_trace() {
+    if !tier(
+        Tier::Cluster,
+        "a_docker_cluster_is_created_changed_and_destroyed_without_a_trace",
+    ) {
+        return;
+    }
+    cluster_lifecycle("docker", "10.232.0");
+}
+
+#[test]
+fn uptimes_as_version_prints_them() {
+    assert_eq!(uptime_secs("5s"), Some(5));
+    assert_eq!(uptime_secs("1m17s"), Some(77));
+    assert_eq!(uptime_secs("2h3m"), Some(7380));
+    assert_eq!(uptime_secs("running"), None);
+    assert_eq!(uptime_secs("12"), None);
 }

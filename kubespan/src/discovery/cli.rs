@@ -29,12 +29,30 @@ struct Args {
     /// ... and this key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mark every connection's packets with this fwmark (e.g. 0x51820, KubeSpan's: a node
+    /// serving discovery answers over the underlay, never through the mesh that depends on
+    /// it). Needs CAP_NET_ADMIN.
+    #[arg(long, value_parser = parse_mark)]
+    fwmark: Option<u32>,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not a mark (a number, decimal or 0x-hex)"))
 }
 
 async fn serve(a: Args) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    if let Some(mark) = a.fwmark {
+        // Accepted connections take the listener's mark (their SYN-ACK already does).
+        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::Mark, &mark)
+            .map_err(|e| format!("--fwmark {mark:#x}: {e} (it needs CAP_NET_ADMIN)"))?;
+    }
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
