@@ -158,9 +158,9 @@ pub fn build_cached(
     opts: &BuildOptions,
     root: &Path,
 ) -> Result<Artifacts, ImageError> {
-    if !matches!(target, Target::Rootfs | Target::Initramfs) {
+    if !matches!(target, Target::Rootfs | Target::Initramfs | Target::Iso) {
         return Err(ImageError::Init(format!(
-            "a cached build is for the rootfs or the initramfs, not {target:?}"
+            "a cached build is for the rootfs, the initramfs or the ISO, not {target:?}"
         )));
     }
     use sha2::Digest as _;
@@ -188,7 +188,7 @@ pub fn build_cached(
             rootfs: have("rootfs.sqsh"),
             initramfs: have("initramfs.img"),
             vmlinuz: have("vmlinuz"),
-            iso: None,
+            iso: have("basalt.iso"),
             pxe_dir: None,
             init: Some(init),
         });

@@ -17,6 +17,9 @@ pub enum Boot {
     /// Network boot through QEMU's built-in DHCP/TFTP and the NIC's iPXE ROM; `dir` is served
     /// over TFTP and `boot.ipxe` in it is the boot file.
     Pxe { dir: PathBuf },
+    /// Network boot from the first NIC, which must be a tap (`VmOptions::tap`): DHCP and TFTP
+    /// come from a server on the tap's segment (a local cluster's dnsmasq).
+    Network,
     /// Direct kernel boot (fastest; no firmware menu).
     Kernel {
         vmlinuz: PathBuf,
@@ -43,17 +46,45 @@ impl Boot {
 
 /// Makes `path` a new empty state disk: `mib` MiB of ext4 labelled `BASALT-STATE`, the label
 /// PID 1 mounts at `/system/state`.
+///
+/// A path ending in `.qcow2` gets a qcow2 image (made raw, then converted with `qemu-img`): it
+/// takes only the space written, and QEMU is told its format by the same extension.
 pub fn state_disk(path: &Path, mib: u64) -> Result<(), ImageError> {
+    let qcow2 = path.extension().is_some_and(|e| e == "qcow2");
+    let raw = if qcow2 {
+        path.with_extension("raw.tmp")
+    } else {
+        path.to_path_buf()
+    };
     let _ = std::fs::remove_file(path);
-    std::fs::File::create(path)
+    let _ = std::fs::remove_file(&raw);
+    std::fs::File::create(&raw)
         .and_then(|f| f.set_len(mib << 20))
-        .map_err(io_err("create", path))?;
+        .map_err(io_err("create", &raw))?;
     tools::run(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-L", "BASALT-STATE"])
-            .arg(path),
-    )
-    .map(|_| ())
+            .arg(&raw),
+    )?;
+    if qcow2 {
+        let r = tools::run(
+            Command::new("qemu-img")
+                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(path),
+        );
+        let _ = std::fs::remove_file(&raw);
+        r?;
+    }
+    Ok(())
+}
+
+/// QEMU's name for a disk image's format: `qcow2` for `*.qcow2`, else `raw`.
+fn disk_format(path: &Path) -> &'static str {
+    match path.extension().is_some_and(|e| e == "qcow2") {
+        true => "qcow2",
+        false => "raw",
+    }
 }
 
 /// A network card on a tap device.
@@ -257,6 +288,13 @@ impl Vm {
                 ));
                 cmd.args(["-device", "virtio-net-pci,netdev=n0,bootindex=1"]);
             }
+            Boot::Network => {
+                if opts.tap.is_none() {
+                    return Err(VmError::Start(ImageError::Init(
+                        "network boot needs a tap NIC (VmOptions::tap)".into(),
+                    )));
+                }
+            }
             Boot::Kernel {
                 vmlinuz,
                 initramfs,
@@ -275,8 +313,15 @@ impl Vm {
                 "tap,id=n0,ifname={},script=no,downscript=no",
                 tap.ifname
             ));
-            cmd.arg("-device")
-                .arg(format!("virtio-net-pci,netdev=n0,mac={}", tap.mac));
+            cmd.arg("-device").arg(format!(
+                "virtio-net-pci,netdev=n0,mac={}{}",
+                tap.mac,
+                if matches!(boot, Boot::Network) {
+                    ",bootindex=1"
+                } else {
+                    ""
+                }
+            ));
         } else if !matches!(boot, Boot::Pxe { .. }) && !opts.forward.is_empty() {
             cmd.arg("-netdev").arg(format!("user,id=n0{hostfwd}"));
             cmd.args(["-device", "virtio-net-pci,netdev=n0"]);
@@ -287,8 +332,11 @@ impl Vm {
                 .arg(format!("virtio-net-pci,netdev=x{i}"));
         }
         if let Some(disk) = &opts.disk {
-            cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio", disk.display()));
+            cmd.arg("-drive").arg(format!(
+                "file={},format={},if=virtio",
+                disk.display(),
+                disk_format(disk)
+            ));
         }
         Ok((cmd, scratch))
     }

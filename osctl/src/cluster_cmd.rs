@@ -83,7 +83,31 @@ pub struct CreateArgs {
     /// Patches applied to every node's config (inline YAML or @file); may repeat.
     #[arg(long = "config-patch")]
     config_patch: Vec<String>,
+    /// QEMU: boot every node from the ISO (SeaBIOS); addresses come from dnsmasq's DHCP on the
+    /// segment, reserved per MAC.
+    #[arg(long, conflicts_with = "pxe")]
+    iso: bool,
+    /// QEMU: boot every node over the network: dnsmasq on the segment answers DHCP and serves
+    /// the kernel, initramfs and iPXE script over TFTP to the NIC's iPXE ROM.
+    #[arg(long)]
+    pxe: bool,
 }
+
+/// What QEMU nodes boot from.
+enum Media {
+    /// The kernel and initramfs directly, the address on the kernel command line.
+    Kernel {
+        vmlinuz: PathBuf,
+        initramfs: PathBuf,
+    },
+    /// The ISO, whose command line asks for DHCP.
+    Iso(PathBuf),
+    /// The network: dnsmasq's TFTP serves the cluster's `pxe/` directory.
+    Pxe,
+}
+
+/// The arguments ISO and PXE boots add to the base command line: the address from DHCP.
+const DHCP_CMDLINE: [&str; 2] = ["basalt.reboot_delay=1", "ip=dhcp"];
 
 /// What `destroy` and `show` need to know, written as the cluster is made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +244,9 @@ fn mask(len: u8) -> Ipv4Addr {
 fn create(a: CreateArgs) -> anyhow::Result<()> {
     check_name(&a.name)?;
     if a.provisioner == Provisioner::Docker {
+        if a.iso || a.pxe {
+            bail!("--iso and --pxe are QEMU boot modes: containers start from the Docker image");
+        }
         docker::check_engine()?;
     }
     if a.controlplanes == 0 {
@@ -248,23 +275,39 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         Provisioner::Qemu => "images (kernel, initramfs with the root filesystem)",
         Provisioner::Docker => "images (the root filesystem, imported into Docker)",
     });
-    // One build for both provisioners: the initramfs build keeps the rootfs it packs.
+    // One build for both provisioners: the initramfs build keeps the rootfs it packs. The
+    // ISO is its own build (its command line asks for DHCP).
     let arts = basalt_image::build::build_cached(
-        basalt_image::Target::Initramfs,
+        if a.iso {
+            basalt_image::Target::Iso
+        } else {
+            basalt_image::Target::Initramfs
+        },
         &basalt_image::BuildOptions {
             out: PathBuf::new(),
             init: None,
-            extra_cmdline: Vec::new(),
+            extra_cmdline: if a.iso {
+                DHCP_CMDLINE.iter().map(|s| s.to_string()).collect()
+            } else {
+                Vec::new()
+            },
             verbose: false,
             with_containerd: true,
         },
         &clusters_root().join(".images"),
     )
     .map_err(|e| anyhow!("building the images: {}", error_chain(&e)))?;
-    let boot_from = match (a.provisioner, arts.vmlinuz, arts.initramfs, arts.rootfs) {
-        (Provisioner::Qemu, Some(v), Some(i), _) => (v, i),
-        (Provisioner::Docker, _, _, Some(r)) => (PathBuf::new(), r),
-        _ => bail!("the image build gave no kernel, initramfs or root filesystem"),
+    let (media, rootfs) = match (a.provisioner, arts.iso, arts.vmlinuz, arts.initramfs) {
+        (Provisioner::Docker, ..) => (None, arts.rootfs),
+        (Provisioner::Qemu, Some(iso), ..) if a.iso => (Some(Media::Iso(iso)), None),
+        (Provisioner::Qemu, _, Some(vmlinuz), Some(initramfs)) if a.pxe => {
+            write_pxe(&dir.join("pxe"), &vmlinuz, &initramfs)?;
+            (Some(Media::Pxe), None)
+        }
+        (Provisioner::Qemu, _, Some(vmlinuz), Some(initramfs)) => {
+            (Some(Media::Kernel { vmlinuz, initramfs }), None)
+        }
+        _ => bail!("the image build gave no ISO, kernel, initramfs or root filesystem"),
     };
 
     let host = nth(base, 1);
@@ -335,7 +378,8 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     };
     save(&dir, &st)?;
     if a.provisioner == Provisioner::Docker {
-        let image = docker::import_image(&boot_from.1, &a.name, &dir)?;
+        let rootfs = rootfs.context("the image build gave no root filesystem")?;
+        let image = docker::import_image(&rootfs, &a.name, &dir)?;
         st.image = Some(image.clone());
         save(&dir, &st)?;
         docker::network_up(
@@ -359,7 +403,11 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         }
     } else {
         network_up(&st)?;
-        boot_vms(&a, &dir, &mut st, &boot_from, host, len)?;
+        let media = media.context("the image build gave no boot media")?;
+        if !matches!(media, Media::Kernel { .. }) {
+            dhcp_up(&st, &dir, host, len, matches!(media, Media::Pxe))?;
+        }
+        boot_vms(&a, &dir, &mut st, &media, host, len)?;
     }
     wait_ready(&a, &dir, &st, started)
 }
@@ -369,7 +417,7 @@ fn boot_vms(
     a: &CreateArgs,
     dir: &Path,
     st: &mut State,
-    (vmlinuz, initramfs): &(PathBuf, PathBuf),
+    media: &Media,
     host: Ipv4Addr,
     len: u8,
 ) -> anyhow::Result<()> {
@@ -377,22 +425,29 @@ fn boot_vms(
     for i in 0..st.nodes.len() {
         let n = st.nodes[i].clone();
         std::fs::create_dir_all(&n.dir)?;
-        let disk = n.dir.join("state.img");
+        let disk = n.dir.join("state.qcow2");
         basalt_image::qemu::state_disk(&disk, a.disk_size)
             .map_err(|e| anyhow!("{}: the state disk: {}", n.name, error_chain(&e)))?;
         let tap = format!("tap{i}");
         ip(&["-n", &st.netns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
         ip(&["-n", &st.netns, "link", "set", &tap, "master", "br0", "up"])?;
-        let boot = Boot::Kernel {
-            vmlinuz: vmlinuz.clone(),
-            initramfs: initramfs.clone(),
-            cmdline: format!(
-                "{} basalt.reboot_delay=1 ip={}::{host}:{}:{}:eth0:off",
-                basalt_image::build::BASE_CMDLINE,
-                n.address,
-                mask(len),
-                n.name
-            ),
+        let boot = match media {
+            Media::Kernel { vmlinuz, initramfs } => Boot::Kernel {
+                vmlinuz: vmlinuz.clone(),
+                initramfs: initramfs.clone(),
+                cmdline: format!(
+                    "{} basalt.reboot_delay=1 ip={}::{host}:{}:{}:eth0:off",
+                    basalt_image::build::BASE_CMDLINE,
+                    n.address,
+                    mask(len),
+                    n.name
+                ),
+            },
+            Media::Iso(iso) => Boot::Iso {
+                iso: iso.clone(),
+                uefi: false,
+            },
+            Media::Pxe => Boot::Network,
         };
         let opts = VmOptions {
             memory_mib: a.memory,
@@ -401,7 +456,7 @@ fn boot_vms(
             allow_reboot: true,
             tap: Some(TapNic {
                 ifname: tap,
-                mac: format!("52:54:00:b5:{:02x}:{:02x}", i / 256, i % 256),
+                mac: mac(i),
             }),
             ..VmOptions::default()
         };
@@ -410,6 +465,79 @@ fn boot_vms(
         st.nodes[i].pid = Some(pid);
         save(dir, st)?;
     }
+    Ok(())
+}
+
+/// The MAC of the `i`th node's NIC (locally administered, QEMU's prefix).
+fn mac(i: usize) -> String {
+    format!("52:54:00:b5:{:02x}:{:02x}", i / 256, i % 256)
+}
+
+/// The TFTP root of a PXE cluster: the kernel, the initramfs, and an iPXE script whose command
+/// line asks for DHCP.
+fn write_pxe(pxe: &Path, vmlinuz: &Path, initramfs: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(pxe).with_context(|| format!("cannot create {}", pxe.display()))?;
+    for (from, name) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.img")] {
+        let to = pxe.join(name);
+        let _ = std::fs::remove_file(&to);
+        // A hard link when the cache is on the same filesystem, else a copy.
+        if std::fs::hard_link(from, &to).is_err() {
+            std::fs::copy(from, &to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        }
+    }
+    let script = format!(
+        "#!ipxe\necho Basalt: loading kernel and initramfs\nkernel vmlinuz initrd=initramfs.img {} {}\ninitrd initramfs.img\nboot\n",
+        basalt_image::build::BASE_CMDLINE,
+        DHCP_CMDLINE.join(" ")
+    );
+    basalt_config::files::atomic_write(&pxe.join("boot.ipxe"), script.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", pxe.join("boot.ipxe").display()))
+}
+
+/// dnsmasq on the cluster's bridge, detached in its namespace: DHCP with one reserved address
+/// and host name per node's MAC, the host as router, no DNS; with `tftp`, the cluster's `pxe/`
+/// directory over TFTP and `boot.ipxe` as the boot file. `destroy` stops it with everything
+/// else in the namespace.
+fn dhcp_up(st: &State, dir: &Path, host: Ipv4Addr, len: u8, tftp: bool) -> anyhow::Result<()> {
+    step("DHCP on the segment (dnsmasq)");
+    let first = st
+        .nodes
+        .first()
+        .map(|n| n.address.clone())
+        .unwrap_or_default();
+    let last = st
+        .nodes
+        .last()
+        .map(|n| n.address.clone())
+        .unwrap_or_default();
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        st.netns.clone(),
+        "dnsmasq".into(),
+        "--conf-file=/dev/null".into(),
+        "--port=0".into(),
+        "--interface=br0".into(),
+        "--bind-interfaces".into(),
+        "--user=root".into(),
+        format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+        format!("--log-facility={}", dir.join("dnsmasq.log").display()),
+        "--log-dhcp".into(),
+        format!("--dhcp-range={first},{last},{},1h", mask(len)),
+        format!("--dhcp-option=option:router,{host}"),
+        format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()),
+    ];
+    for (i, n) in st.nodes.iter().enumerate() {
+        args.push(format!("--dhcp-host={},{},{}", mac(i), n.address, n.name));
+    }
+    if tftp {
+        args.push("--enable-tftp".into());
+        args.push(format!("--tftp-root={}", dir.join("pxe").display()));
+        args.push("--dhcp-boot=boot.ipxe".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ip(&args).context("dnsmasq did not start (install dnsmasq-base)")?;
     Ok(())
 }
 

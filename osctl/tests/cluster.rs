@@ -374,3 +374,87 @@ fn uptimes_as_version_prints_them() {
     assert_eq!(uptime_secs("running"), None);
     assert_eq!(uptime_secs("12"), None);
 }
+
+#[test]
+fn iso_and_pxe_nodes_take_their_address_from_the_segments_dhcp() {
+    if !tier(
+        Tier::Cluster,
+        "iso_and_pxe_nodes_take_their_address_from_the_segments_dhcp",
+    ) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
+    std::fs::create_dir_all(&root).unwrap();
+    let clusters = root.as_path();
+    for mode in ["--pxe", "--iso"] {
+        let name = format!("{}{}", &mode[2..3], std::process::id() % 100_000);
+        let guard = Destroy(clusters, &name, "qemu");
+        let out = ok(
+            clusters,
+            &[
+                "cluster",
+                "create",
+                "--name",
+                &name,
+                mode,
+                "--controlplanes",
+                "1",
+                "--workers",
+                "0",
+                "--cidr",
+                "10.233.0.0/24",
+            ],
+        );
+        let node = format!("{name}-controlplane-1");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&node))
+            .unwrap_or_else(|| panic!("{mode}: no {node} in\n{out}"));
+        // The host name came with the lease too.
+        assert!(
+            line.contains("10.233.0.2") && line.matches(&node).count() == 2,
+            "{mode}: {line}"
+        );
+        let dir = clusters.join(&name);
+        let oc = dir.join("osconfig");
+        // The address is the lease dnsmasq reserved for the node's MAC, held by the DHCP layer.
+        let specs = ok(
+            clusters,
+            &[
+                "--osconfig",
+                oc.to_str().unwrap(),
+                "-n",
+                "10.233.0.2",
+                "get",
+                "addressspecs",
+                "--namespace",
+                "network-config",
+            ],
+        );
+        assert!(
+            specs.contains("dhcp-eth0/eth0/10.233.0.2/24"),
+            "{mode}:\n{specs}"
+        );
+        let leases = std::fs::read_to_string(dir.join("dnsmasq.leases")).unwrap();
+        assert!(
+            leases.contains("52:54:00:b5:00:00 10.233.0.2"),
+            "{mode}: {leases}"
+        );
+        drop(guard);
+        assert!(!dir.exists(), "{mode}: the cluster's directory is left");
+        assert!(
+            !Path::new(&format!("/run/netns/basalt-{name}")).exists(),
+            "{mode}: the namespace (and dnsmasq in it) is left"
+        );
+        let left = Command::new("pgrep")
+            .args(["-f", &dir.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "{mode}: processes left: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+    }
+}
