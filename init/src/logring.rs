@@ -160,6 +160,15 @@ impl LogRing {
         let _ = self.tx.send(e);
     }
 
+    /// Opens the file again at its path on the next line (the filesystem under it changed).
+    pub fn reopen(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = inner.file.as_mut() {
+            f.file = None;
+            f.failed = false;
+        }
+    }
+
     /// The last `n` lines (all kept lines when `n` is 0).
     pub fn tail(&self, n: usize) -> Vec<Entry> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -217,6 +226,18 @@ impl Logs {
                 ))
             })
             .clone()
+    }
+
+    /// Every ring opens its file again on its next line: `/var` was mounted anew.
+    pub fn reopen(&self) {
+        for r in self
+            .rings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            r.reopen();
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<LogRing>> {

@@ -169,7 +169,8 @@ fn unmount_writable() -> Result<String, String> {
     if std::process::id() != 1 {
         return Ok("not PID 1: nothing unmounted".into());
     }
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    // Deepest first, and /var (which may be bound from the state disk) before the disk.
+    points.sort_by_key(|p| (p.starts_with("/system/state"), std::cmp::Reverse(p.len())));
     let mut failed = Vec::new();
     for p in &points {
         if nix::mount::umount2(p.as_str(), nix::mount::MntFlags::empty()).is_err()

@@ -111,6 +111,15 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
         true => container_state_dir(),
         false => state_dir(),
     };
+    if state_dir.starts_with(STATE_MOUNT) && !container {
+        match var_on_state_disk() {
+            Ok(()) => {
+                logs.reopen();
+                log::line(&format!("/var: {STATE_MOUNT}/var (kept across reboots)"));
+            }
+            Err(e) => log::line(&format!("/var stays tmpfs: {e}")),
+        }
+    }
     let mode = match cmdline.platform {
         Platform::Metal => basalt_config::Mode::Metal,
         Platform::Container => basalt_config::Mode::Container,
@@ -308,6 +317,37 @@ fn state_dir() -> PathBuf {
             fallback
         }
     }
+}
+
+/// `/var` on the state disk (its `var/` directory, bind-mounted), so containerd's content and
+/// the logs survive reboots — as an EPHEMERAL partition will once installs exist. What was
+/// written to the tmpfs `/var` before (the first log lines) stays in memory only.
+fn var_on_state_disk() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = Path::new(STATE_MOUNT).join("var");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    nix::mount::mount(
+        Some(dir.as_path()),
+        "/var",
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot bind {} on /var: {e}", dir.display()))?;
+    // The state mount is noexec; /var is not (containerd's snapshots are under it).
+    nix::mount::mount(
+        None::<&str>,
+        "/var",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT
+            | nix::mount::MsFlags::MS_BIND
+            | nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot remount /var: {e}"))
 }
 
 /// A container node keeps its state on the volume mounted at `/system/state` (never on a

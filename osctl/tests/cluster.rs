@@ -314,6 +314,17 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
         std::thread::sleep(Duration::from_secs(1));
     }
     all_up(Duration::from_secs(120));
+    if provisioner == "qemu" {
+        // /var lives on the node's disk, not in memory.
+        let m = ok(clusters, &["--osconfig", oc, "-n", &addr(3), "mounts"]);
+        assert!(
+            m.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"/var") && f.get(2) == Some(&"ext4")
+            }),
+            "/var is not on the disk:\n{m}"
+        );
+    }
 
     // Destroy leaves nothing.
     drop(guard);
