@@ -173,10 +173,7 @@ impl Api {
         kinds
             .into_iter()
             .filter(|k| namespace.is_empty() || k.namespace == namespace)
-            .find(|k| {
-                let t = k.type_.to_ascii_lowercase();
-                t == w || format!("{t}s") == w || format!("{t}es") == w
-            })
+            .find(|k| names_type(&k.type_, &w))
             .ok_or_else(|| ApiError::UnknownType(word.to_string(), known))
     }
 
@@ -710,6 +707,18 @@ pub async fn serve(api: Api, socket: &Path) -> std::io::Result<()> {
         .serve_with_incoming(incoming)
         .await
         .map_err(std::io::Error::other)
+}
+
+/// Whether `word` (lowercase) names the resource type `type_`: the type itself or its plural
+/// (`linkstatuses`, `kubespanidentities`, `services`).
+fn names_type(type_: &str, word: &str) -> bool {
+    let t = type_.to_ascii_lowercase();
+    let plural = match t.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None if t.ends_with('s') => format!("{t}es"),
+        None => format!("{t}s"),
+    };
+    word == t || word == plural
 }
 
 #[cfg(test)]

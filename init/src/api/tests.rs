@@ -727,3 +727,14 @@ async fn apid_proxies_one_hop_to_the_node_named_in_metadata_with_the_callers_rol
     s1.abort();
     s2.abort();
 }
+
+#[test]
+fn types_are_named_by_their_plurals() {
+    assert!(names_type("KubeSpanIdentity", "kubespanidentities"));
+    assert!(names_type("KubeSpanIdentity", "kubespanidentity"));
+    assert!(names_type("LinkStatus", "linkstatuses"));
+    assert!(names_type("AddressSpec", "addressspecs"));
+    assert!(names_type("Service", "services"));
+    assert!(!names_type("AddressSpec", "addressspeces"));
+    assert!(!names_type("KubeSpanIdentity", "kubespanidentitys"));
+}
