@@ -73,6 +73,8 @@ pub const METHODS: &[(&str, Role)] = &[
     ("ServiceRestart", Role::Operator),
     ("ServiceKill", Role::Operator),
     ("Reboot", Role::Operator),
+    // Sends traffic from the node.
+    ("Ping", Role::Operator),
     ("Shutdown", Role::Operator),
     ("ApplyConfiguration", Role::Admin),
     ("Reset", Role::Admin),

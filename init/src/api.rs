@@ -39,6 +39,8 @@ pub enum ApiError {
     Container(crate::containers::ContainerError),
     #[error("{0}")]
     BadRequest(String),
+    #[error("ping: {0}")]
+    Ping(std::io::Error),
     #[error("cannot read {what}")]
     Read {
         what: String,
@@ -70,6 +72,7 @@ impl From<ApiError> for Status {
                 Status::new(source.code(), msg)
             }
             ApiError::Container(_) => Status::failed_precondition(msg),
+            ApiError::Ping(_) => Status::unavailable(msg),
             ApiError::Sequence(SequenceError::Busy { .. }) => Status::aborted(msg),
             ApiError::Sequence(SequenceError::Failed { .. }) => Status::internal(msg),
         }
@@ -686,6 +689,49 @@ impl Machine for Api {
     async fn disks(&self, _: Request<pb::DisksRequest>) -> Result<pb::DisksResponse> {
         Ok(Response::new(pb::DisksResponse {
             disks: crate::sysinfo::disks(Path::new("/sys/class/block")),
+        }))
+    }
+
+    async fn ping(&self, req: Request<pb::PingRequest>) -> Result<pb::PingResponse> {
+        let r = req.into_inner();
+        let to: std::net::IpAddr = r.address.trim().parse().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "address {:?} is not an IPv4 or IPv6 address",
+                r.address
+            ))
+        })?;
+        let bounded = |v: u32, default: u32, max: u32, what: &str| match v {
+            0 => Ok(default),
+            v if v <= max => Ok(v),
+            v => Err(ApiError::BadRequest(format!(
+                "{what} {v} is above the limit of {max}"
+            ))),
+        };
+        let o = crate::ping::Options {
+            count: bounded(r.count, 3, 100, "count")?,
+            timeout: std::time::Duration::from_millis(
+                bounded(r.timeout_ms, 1000, 10_000, "timeout_ms")?.into(),
+            ),
+            interval: std::time::Duration::from_millis(
+                bounded(r.interval_ms, 200, 10_000, "interval_ms")?.into(),
+            ),
+        };
+        let rtts = tokio::task::spawn_blocking(move || crate::ping::ping(to, &o))
+            .await
+            .map_err(|e| Status::internal(format!("ping task: {e}")))?
+            .map_err(ApiError::Ping)?;
+        Ok(Response::new(pb::PingResponse {
+            address: to.to_string(),
+            sent: rtts.len() as u32,
+            replies: rtts
+                .iter()
+                .enumerate()
+                .map(|(i, rtt)| pb::PingReply {
+                    seq: i as u32 + 1,
+                    received: rtt.is_some(),
+                    rtt_us: rtt.map_or(0, |d| d.as_micros() as u64),
+                })
+                .collect(),
         }))
     }
 }

@@ -18,6 +18,7 @@ pub mod mounts;
 pub mod net;
 pub mod node;
 pub mod pid1;
+pub mod ping;
 pub mod process;
 pub mod reaper;
 pub mod sequence;

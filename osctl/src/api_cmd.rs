@@ -152,6 +152,23 @@ pub enum ApiCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// Send ICMP echo requests from the nodes to an address, and show what came back: the node
+    /// has no shell, and this is its ping. Fails when a node got no reply at all.
+    #[command(
+        after_help = "Examples:\n  osctl -n 10.5.0.3 ping 10.5.0.1\n  osctl -n 10.5.0.2,10.5.0.3 ping fd83:b1f3:4a5c:1102::1 -c 10"
+    )]
+    Ping {
+        /// An IPv4 or IPv6 address (e.g. another node's KubeSpan address).
+        address: String,
+        /// Echo requests to send (at most 100).
+        #[arg(short = 'c', long, default_value_t = 3)]
+        count: u32,
+        /// How long to wait for each reply (e.g. 1s, 5s; at most 10s).
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        timeout: u32,
+        #[command(flatten)]
+        out: Out,
+    },
     /// List disks (works in maintenance mode with --insecure).
     #[command(after_help = "Example:\n  osctl disks --insecure -n 10.5.0.2")]
     Disks {
@@ -558,6 +575,66 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                 }
                 t
             })
+        }
+        ApiCommand::Ping {
+            address,
+            count,
+            timeout,
+            out,
+        } => {
+            let req = pb::PingRequest {
+                address: address.clone(),
+                count,
+                timeout_ms: timeout.saturating_mul(1000),
+                interval_ms: 0,
+            };
+            let r = unary(targets, req, |mut c, r| async move { c.ping(r).await }).await;
+            let silent: Vec<String> = r
+                .iter()
+                .filter(|(_, r)| {
+                    r.as_ref()
+                        .is_ok_and(|p| p.replies.iter().all(|x| !x.received))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            output::results(out.output, r, |p| {
+                let mut t =
+                    Table::new(&["ADDRESS", "SENT", "RECEIVED", "LOSS", "MIN", "AVG", "MAX"]);
+                let rtts: Vec<u64> = p
+                    .replies
+                    .iter()
+                    .filter(|x| x.received)
+                    .map(|x| x.rtt_us)
+                    .collect();
+                let ms = |us: u64| format!("{:.3}ms", us as f64 / 1000.0);
+                let (min, avg, max) = match (rtts.iter().min(), rtts.iter().max()) {
+                    (Some(&lo), Some(&hi)) => (
+                        ms(lo),
+                        ms(rtts.iter().sum::<u64>() / rtts.len() as u64),
+                        ms(hi),
+                    ),
+                    _ => ("-".into(), "-".into(), "-".into()),
+                };
+                let loss = if p.sent == 0 {
+                    0
+                } else {
+                    100 * (p.sent as usize - rtts.len()) / p.sent as usize
+                };
+                t.row(vec![
+                    p.address.clone(),
+                    p.sent.to_string(),
+                    rtts.len().to_string(),
+                    format!("{loss}%"),
+                    min,
+                    avg,
+                    max,
+                ]);
+                t
+            })?;
+            if !silent.is_empty() {
+                anyhow::bail!("no reply from {address} to {}", silent.join(", "));
+            }
+            Ok(())
         }
         ApiCommand::Disks { out } => {
             let r = unary(targets, pb::DisksRequest {}, |mut c, r| async move {

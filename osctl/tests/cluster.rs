@@ -1,10 +1,10 @@
 //! The end-to-end suite (cluster tier, root): `osctl cluster create` makes a 3-node cluster
 //! (1 control plane, 2 workers, KubeSpan on) on its own network segment, with QEMU VMs and
 //! with Docker containers; every node answers with its config; a config change on one node
-//! shows in `osctl get addresses`; every node has every peer up over KubeSpan (and, on Docker,
-//! where the test can enter a node's network namespace, pings every other node's mesh
-//! address); a rebooted worker comes back with its config; `destroy` leaves no process,
-//! container, volume, network, image, namespace, link or directory behind.
+//! shows in `osctl get addresses`; every node has every peer up over KubeSpan and pings every
+//! other node's mesh address (`osctl ping`, the node's own ICMP echo); a rebooted worker comes
+//! back with its config; `destroy` leaves no process, container, volume, network, image,
+//! namespace, link or directory behind.
 
 #![allow(clippy::unwrap_used)]
 
@@ -107,6 +107,18 @@ fn docker_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// Calls `check` every `every` until it passes; fails with its last complaint after `within`.
+fn eventually(within: Duration, every: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("after {within:?}: {e}"),
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
 /// One cluster at a time: two would share 2 cores and race to build the same images.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -190,22 +202,17 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
             patched.to_str().unwrap(),
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), Duration::from_secs(1), || {
         let a = ok(
             clusters,
             &["--osconfig", oc, "-n", &addr(4), "get", "addresses"],
         );
-        if a.contains(&format!("eth0/{net}.104/24")) {
-            assert!(a.contains(&format!("eth0/{net}.4/24")), "{a}");
-            break;
+        if !a.contains(&format!("eth0/{net}.104/24")) {
+            return Err(format!("the new address never showed:\n{a}"));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the new address never showed:\n{a}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+        assert!(a.contains(&format!("eth0/{net}.4/24")), "{a}");
+        Ok(())
+    });
     // The other nodes are untouched.
     let a = ok(
         clusters,
@@ -219,8 +226,7 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
     // the discovery server the control plane runs).
     let all_up = |within: Duration| {
         for (_, a) in &nodes {
-            let deadline = Instant::now() + within;
-            loop {
+            eventually(within, Duration::from_secs(2), || {
                 let st = ok(
                     clusters,
                     &[
@@ -235,57 +241,51 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
                     ],
                 );
                 if st.matches("state: up").count() == 2 {
-                    break;
+                    Ok(())
+                } else {
+                    Err(format!("{a}: not every peer up over KubeSpan:\n{st}"))
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "{a}: not every peer up over KubeSpan:\n{st}"
-                );
-                std::thread::sleep(Duration::from_secs(2));
-            }
+            });
         }
     };
     all_up(Duration::from_secs(120));
-    if provisioner == "docker" {
-        // Every node pings every other node's mesh address, from inside its own network
-        // namespace: the packets cross WireGuard both ways.
-        let mesh: Vec<String> = nodes
-            .iter()
-            .map(|(_, a)| {
-                let y = ok(
+    // Every node pings every other node's mesh address (the node's own ICMP echo, through
+    // the API): the packets cross WireGuard both ways.
+    let mesh: Vec<String> = nodes
+        .iter()
+        .map(|(_, a)| {
+            let y = ok(
+                clusters,
+                &[
+                    "--osconfig",
+                    oc,
+                    "-n",
+                    a,
+                    "get",
+                    "kubespanidentity",
+                    "-o",
+                    "yaml",
+                ],
+            );
+            y.lines()
+                .find_map(|l| l.trim().strip_prefix("address: "))
+                .unwrap_or_else(|| panic!("no mesh address in\n{y}"))
+                .trim_matches('"')
+                .to_string()
+        })
+        .collect();
+    for (i, (from, a)) in nodes.iter().enumerate() {
+        for (j, to) in mesh.iter().enumerate() {
+            if i != j {
+                let o = osctl(
                     clusters,
-                    &[
-                        "--osconfig",
-                        oc,
-                        "-n",
-                        a,
-                        "get",
-                        "kubespanidentity",
-                        "-o",
-                        "yaml",
-                    ],
+                    &["--osconfig", oc, "-n", a, "ping", to, "-c", "2"],
                 );
-                y.lines()
-                    .find_map(|l| l.trim().strip_prefix("address: "))
-                    .unwrap_or_else(|| panic!("no mesh address in\n{y}"))
-                    .trim_matches('"')
-                    .to_string()
-            })
-            .collect();
-        for (i, (from, _)) in nodes.iter().enumerate() {
-            let pid = docker_out(&["inspect", "--format", "{{.State.Pid}}", from]);
-            for (j, to) in mesh.iter().enumerate() {
-                if i == j {
-                    continue;
-                }
-                let o = Command::new("nsenter")
-                    .args(["-t", &pid, "-n", "ping", "-6", "-c", "1", "-W", "3", to])
-                    .output()
-                    .unwrap();
                 assert!(
                     o.status.success(),
-                    "{from} cannot ping {to} over the mesh: {}",
-                    String::from_utf8_lossy(&o.stdout)
+                    "{from} cannot ping {to} over the mesh: {}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
                 );
             }
         }
@@ -295,8 +295,7 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
     // uptime starts again, and its peers are up again.
     ok(clusters, &["--osconfig", oc, "-n", &addr(3), "reboot"]);
     let asked = Instant::now();
-    let deadline = asked + Duration::from_secs(180);
-    loop {
+    eventually(Duration::from_secs(180), Duration::from_secs(1), || {
         let o = osctl(clusters, &["--osconfig", oc, "-n", &addr(3), "version"]);
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         let up = text
@@ -305,14 +304,13 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
             .and_then(|l| l.split_whitespace().last())
             .and_then(uptime_secs);
         if o.status.success() && up.is_some_and(|u| u < asked.elapsed().as_secs()) {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "worker 1 did not come back with its config after a reboot: {text}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "worker 1 did not come back with its config after a reboot: {text}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    });
     all_up(Duration::from_secs(120));
     if provisioner == "qemu" {
         // /var lives on the node's disk, not in memory.
