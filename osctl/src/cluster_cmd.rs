@@ -541,6 +541,14 @@ fn dhcp_up(st: &State, dir: &Path, host: Ipv4Addr, len: u8, tftp: bool) -> anyho
     Ok(())
 }
 
+/// osctl against one node in maintenance mode (no client certificate), dialed from the
+/// cluster's namespace.
+fn insecure(st: &State, n: &NodeState, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["--insecure", "--netns", &st.netns, "-n", &n.address];
+    all.extend_from_slice(args);
+    osctl(&all)
+}
+
 /// Every node in maintenance mode, its config applied, then answering with it and healthy.
 fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyhow::Result<()> {
     step("waiting for every node's API (maintenance mode)");
@@ -550,32 +558,17 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
             n,
             "the maintenance API",
             Duration::from_secs(300),
-            || {
-                osctl(&[
-                    "--insecure",
-                    "--netns",
-                    &st.netns,
-                    "-n",
-                    &n.address,
-                    "version",
-                ])
-                .map(drop)
-            },
+            || insecure(st, n, &["version"]).map(drop),
         )?;
     }
     step("applying the configs");
     for n in &st.nodes {
         let file = dir.join(format!("{}.yaml", n.role));
-        osctl(&[
-            "--insecure",
-            "--netns",
-            &st.netns,
-            "-n",
-            &n.address,
-            "apply-config",
-            "-f",
-            file.to_str().unwrap_or_default(),
-        ])
+        insecure(
+            st,
+            n,
+            &["apply-config", "-f", file.to_str().unwrap_or_default()],
+        )
         .with_context(|| format!("{}: apply-config", n.name))?;
     }
     step("waiting until every node answers with its config and its services are healthy");
