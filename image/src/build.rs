@@ -34,7 +34,20 @@ pub struct BuildOptions {
     pub verbose: bool,
     /// Put containerd, runc and the CNI plugins (with their libraries) in the rootfs.
     pub with_containerd: bool,
+    /// A directory with static `kubelet`, `kube-apiserver`, `kube-controller-manager`,
+    /// `kube-scheduler` and `pause` (what `hack/kubernetes` builds): they go in the rootfs with
+    /// etcd and mount/umount from pinned packages, and pause as an OCI image for containerd.
+    /// Needs `with_containerd`.
+    pub kubernetes: Option<PathBuf>,
 }
+
+/// The Kubernetes programs a Kubernetes directory holds, installed under `usr/bin`.
+pub const KUBERNETES_BINARIES: &[&str] = &[
+    "kubelet",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
 /// What was built, with sizes and sha256s.
 #[derive(Debug, Clone, Default)]
@@ -96,6 +109,11 @@ fn progress(opts: &BuildOptions, msg: &str) {
 
 /// Builds `target` into `opts.out`.
 pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageError> {
+    if opts.kubernetes.is_some() && !opts.with_containerd {
+        return Err(ImageError::Init(
+            "a Kubernetes image needs containerd in the rootfs".into(),
+        ));
+    }
     std::fs::create_dir_all(&opts.out).map_err(io_err("create", &opts.out))?;
     let cache = inputs::cache_dir();
     let pins = inputs::lock()?;
@@ -114,13 +132,24 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     let kernel = Kernel::from_package_root(&kroot)?;
 
     let mut payload = Vec::new();
+    let mut images = Vec::new();
     if opts.with_containerd {
         progress(opts, "containerd, runc, CNI plugins and their libraries");
-        payload = container_payload(&pins, &cache)?;
+        let mut programs = PAYLOAD.to_vec();
+        if opts.kubernetes.is_some() {
+            programs.extend_from_slice(KUBERNETES_PAYLOAD);
+        }
+        payload = container_payload(&programs, &pins, &cache)?;
+    }
+    if let Some(dir) = &opts.kubernetes {
+        progress(opts, &format!("Kubernetes from {}", dir.display()));
+        let (programs, pause) = kubernetes_binaries(dir)?;
+        payload.extend(programs);
+        images.push(pause);
     }
 
     progress(opts, "rootfs.sqsh (mksquashfs)");
-    let rootfs = build_rootfs(&init, &kernel, &payload, &opts.out)?;
+    let rootfs = build_rootfs(&init, &kernel, &payload, &images, &opts.out)?;
     arts.rootfs = Some(rootfs.clone());
     if target == Target::Rootfs {
         return Ok(arts);
@@ -175,6 +204,14 @@ pub fn build_cached(
         "{target:?} {} {:?} {BASE_CMDLINE}",
         opts.with_containerd, opts.extra_cmdline
     ));
+    if let Some(dir) = &opts.kubernetes {
+        // By content: a rebuilt kubelet is a new image.
+        for name in KUBERNETES_BINARIES.iter().chain(["pause"].iter()) {
+            let p = dir.join(name);
+            h.update(name.as_bytes());
+            h.update(sha256_file(&p)?.as_bytes());
+        }
+    }
     let key: String = h.finalize()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -294,6 +331,9 @@ pub fn check_rootfs(sqsh: &Path) -> Result<Vec<String>, ImageError> {
     Ok(files)
 }
 
+/// A file for the rootfs: its path relative to the root, its contents.
+type RootfsFile = (String, Vec<u8>);
+
 /// Receives one file (path relative to the image root, contents).
 type AddFile<'a> = dyn FnMut(&str, Vec<u8>) -> Result<(), ImageError> + 'a;
 
@@ -322,8 +362,23 @@ const PAYLOAD: &[(&str, &str)] = &[
     ("containernetworking-plugins", "usr/lib/cni/portmap"),
 ];
 
+/// More programs from pinned packages for a Kubernetes node: etcd (control planes), and the
+/// mount/umount the kubelet runs for tmpfs-backed volumes (secrets, service-account tokens).
+const KUBERNETES_PAYLOAD: &[(&str, &str)] = &[
+    ("etcd-server", "usr/bin/etcd"),
+    ("mount", "bin/mount"),
+    ("mount", "bin/umount"),
+];
+
 /// Pinned packages the programs' libraries are taken from, and where libraries live in them.
-const LIBRARY_PACKAGES: &[&str] = &["libc6", "libseccomp2"];
+const LIBRARY_PACKAGES: &[&str] = &[
+    "libc6",
+    "libseccomp2",
+    "libmount1",
+    "libblkid1",
+    "libselinux1",
+    "libpcre2-8-0",
+];
 const LIBRARY_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
 
 /// `rel` inside an extracted package, following symlinks (absolute ones stay in `root`).
@@ -349,12 +404,13 @@ fn resolve_in(root: &Path, rel: &str) -> Option<PathBuf> {
 /// dynamically, so the closure is resolved here from pinned library packages rather than
 /// from whatever the build host has installed.
 fn container_payload(
+    programs: &[(&str, &str)],
     pins: &[inputs::Pin],
     cache: &Path,
 ) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut queue: Vec<(String, Vec<u8>)> = Vec::new();
-    for (pkg, rel) in PAYLOAD {
+    for (pkg, rel) in programs {
         let root = inputs::extract(inputs::find(pins, pkg)?, cache)?;
         let path = resolve_in(&root, rel).ok_or_else(|| ImageError::Io {
             action: "find",
@@ -409,10 +465,61 @@ fn container_payload(
     Ok(files)
 }
 
+/// An OCI image for the rootfs's image directory (containerd imports it at boot).
+#[derive(Debug)]
+pub struct OciImage {
+    /// Its directory under [`crate::oci::IMAGES_DIR`].
+    pub dir: &'static str,
+    pub reference: &'static str,
+    /// The containerd namespace it is imported into.
+    pub namespace: &'static str,
+    /// (path in the image, mode, contents).
+    pub files: Vec<(String, u32, Vec<u8>)>,
+    pub entrypoint: Vec<String>,
+}
+
+/// The pod sandbox image, by the name containerd's CRI asks for.
+pub const PAUSE_REF: &str = "k8s.gcr.io/pause:3.4";
+
+/// The Kubernetes programs of `dir` (`usr/bin/<name>`, each checked to be static: the rootfs
+/// carries no library closure for them) and the pause image.
+fn kubernetes_binaries(dir: &Path) -> Result<(Vec<RootfsFile>, OciImage), ImageError> {
+    let read_static = |name: &str| -> Result<Vec<u8>, ImageError> {
+        let p = dir.join(name);
+        let data = std::fs::read(&p).map_err(io_err("read", &p))?;
+        let d = crate::elf::dynamic(&data).map_err(|e| ImageError::Io {
+            action: "read ELF of",
+            path: format!("{}: {e}", p.display()),
+            source: std::io::ErrorKind::InvalidData.into(),
+        })?;
+        if d.interpreter.is_some() || !d.needed.is_empty() {
+            return Err(ImageError::Init(format!(
+                "{} is dynamically linked (it needs {:?}); build it with hack/kubernetes",
+                p.display(),
+                d.needed
+            )));
+        }
+        Ok(data)
+    };
+    let mut programs = Vec::new();
+    for name in KUBERNETES_BINARIES {
+        programs.push((format!("usr/bin/{name}"), read_static(name)?));
+    }
+    let pause = OciImage {
+        dir: "pause",
+        reference: PAUSE_REF,
+        namespace: "k8s.io",
+        files: vec![("pause".into(), 0o755, read_static("pause")?)],
+        entrypoint: vec!["/pause".into()],
+    };
+    Ok((programs, pause))
+}
+
 fn build_rootfs(
     init: &Path,
     kernel: &Kernel,
     payload: &[(String, Vec<u8>)],
+    images: &[OciImage],
     out: &Path,
 ) -> Result<PathBuf, ImageError> {
     tools::need("mksquashfs", "squashfs-tools")?;
@@ -458,9 +565,25 @@ fn build_rootfs(
         // The test image containerd imports at boot: the node's own binary in its `hello` mode.
         crate::oci::write_layout(
             &staging.join(crate::oci::IMAGES_DIR).join("hello"),
+            None,
             crate::oci::HELLO_REF,
             &[("hello", 0o755, &init_bytes)],
             &["/hello"],
+        )?;
+    }
+    for i in images {
+        let files: Vec<(&str, u32, &[u8])> = i
+            .files
+            .iter()
+            .map(|(n, m, d)| (n.as_str(), *m, d.as_slice()))
+            .collect();
+        let entry: Vec<&str> = i.entrypoint.iter().map(String::as_str).collect();
+        crate::oci::write_layout(
+            &staging.join(crate::oci::IMAGES_DIR).join(i.dir),
+            Some(i.namespace),
+            i.reference,
+            &files,
+            &entry,
         )?;
     }
     // The root is read-only: files that change at run time live on /system and are linked.
@@ -753,4 +876,37 @@ fn set_mtimes(dir: &Path, epoch: u64) -> Result<(), ImageError> {
     }
     let f = std::fs::File::open(dir).map_err(io_err("open", dir))?;
     f.set_modified(t).map_err(io_err("set mtime of", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_binaries_must_be_there_and_static() {
+        let d = tempfile::tempdir().unwrap();
+        let e = kubernetes_binaries(d.path()).unwrap_err().to_string();
+        assert!(e.contains("kubelet"), "{e}");
+        // A dynamically linked program is refused: the rootfs carries no libraries for it.
+        std::fs::copy("/bin/true", d.path().join("kubelet")).unwrap();
+        let e = kubernetes_binaries(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("kubelet is dynamically linked") && e.contains("hack/kubernetes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_kubernetes_image_needs_containerd() {
+        let opts = BuildOptions {
+            out: tempfile::tempdir().unwrap().path().join("out"),
+            init: Some("/nonexistent/init".into()),
+            extra_cmdline: Vec::new(),
+            verbose: false,
+            with_containerd: false,
+            kubernetes: Some("/nonexistent/k8s".into()),
+        };
+        let e = build(Target::Rootfs, &opts).unwrap_err().to_string();
+        assert!(e.contains("needs containerd"), "{e}");
+    }
 }

@@ -70,6 +70,7 @@ fn put_blob(dir: &Path, data: &[u8]) -> Result<String, ImageError> {
 /// Writes an OCI image layout for `reference` with one layer of `files` and `entrypoint`.
 pub fn write_layout(
     dir: &Path,
+    namespace: Option<&str>,
     reference: &str,
     files: &[(&str, u32, &[u8])],
     entrypoint: &[&str],
@@ -93,7 +94,7 @@ pub fn write_layout(
     });
     let manifest = json(&manifest);
     let manifest_digest = put_blob(dir, &manifest)?;
-    let index = serde_json::json!({
+    let mut index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [ {
             "mediaType": MT_MANIFEST,
@@ -102,6 +103,10 @@ pub fn write_layout(
             "annotations": { "org.opencontainers.image.ref.name": reference },
         } ],
     });
+    if let Some(ns) = namespace {
+        // Read by init's import (init/src/containers.rs, NAMESPACE_ANNOTATION).
+        index["annotations"] = serde_json::json!({ "io.basalt.containerd.namespace": ns });
+    }
     let write = |name: &str, v: &serde_json::Value| -> Result<(), ImageError> {
         let p = dir.join(name);
         std::fs::write(&p, json(v)).map_err(io_err("write", &p))
@@ -149,6 +154,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write_layout(
             d.path(),
+            Some("k8s.io"),
             HELLO_REF,
             &[("hello", 0o755, b"bin")],
             &["/hello"],
@@ -160,6 +166,10 @@ mod tests {
         assert_eq!(
             m["annotations"]["org.opencontainers.image.ref.name"],
             HELLO_REF
+        );
+        assert_eq!(
+            index["annotations"]["io.basalt.containerd.namespace"],
+            "k8s.io"
         );
         let md = m["digest"]
             .as_str()

@@ -424,6 +424,8 @@ pub struct Client {
     channel: Channel,
     /// Sent with every call, so what is written is not collected before it is referenced.
     lease: Option<String>,
+    /// The namespace image imports write into ([`NAMESPACE`] unless an image says otherwise).
+    namespace: String,
 }
 
 impl Client {
@@ -431,6 +433,7 @@ impl Client {
         Client {
             channel: basalt_api::unix_channel(socket),
             lease: None,
+            namespace: NAMESPACE.to_string(),
         }
     }
 
@@ -472,6 +475,7 @@ impl Client {
         Client {
             channel: self.channel.clone(),
             lease: Some(lease.to_string()),
+            namespace: self.namespace.clone(),
         }
     }
 
@@ -481,6 +485,18 @@ impl Client {
 
     pub(crate) fn lease(&self) -> Option<&str> {
         self.lease.as_deref()
+    }
+
+    /// The same client importing into namespace `ns` (the CRI's images live in `k8s.io`).
+    pub fn in_namespace(&self, ns: &str) -> Client {
+        Client {
+            namespace: ns.to_string(),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     pub async fn version(&self) -> Result<proto::VersionResponse, tonic::Status> {
@@ -551,7 +567,7 @@ mod tests {
     }
 
     /// An OCI layout with one static program, built with the host's gcc and tar.
-    fn host_layout(dir: &Path, scratch: &Path) {
+    fn host_layout(dir: &Path, scratch: &Path, name: &str, namespace: Option<&str>) {
         use sha2::Digest as _;
         let src = scratch.join("t.c");
         std::fs::write(
@@ -603,9 +619,13 @@ mod tests {
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]});
         let (md, ms) = put(manifest.to_string().as_bytes());
-        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        let mut index = serde_json::json!({"schemaVersion": 2, "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-            "annotations": {"org.opencontainers.image.ref.name": "basalt.local/t:v1"}}]});
+            "annotations": {"org.opencontainers.image.ref.name": name}}]});
+        if let Some(ns) = namespace {
+            index["annotations"] =
+                serde_json::json!({ crate::containers::NAMESPACE_ANNOTATION: ns });
+        }
         std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     }
 
@@ -666,9 +686,24 @@ mod tests {
         // Import a layout and run it. The program is a static C binary built here (the node's
         // own test image is exercised in the VM tier).
         let layouts = dir.path().join("images");
-        host_layout(&layouts.join("t"), dir.path());
+        host_layout(&layouts.join("t"), dir.path(), "basalt.local/t:v1", None);
+        // A layout that names its namespace goes there (as the pause image goes to the CRI's).
+        host_layout(
+            &layouts.join("u"),
+            dir.path(),
+            "basalt.local/u:v1",
+            Some("k8s.io"),
+        );
         let names = crate::containers::import_all(&c, &layouts).await.unwrap();
-        assert_eq!(names, ["basalt.local/t:v1"]);
+        assert_eq!(names, ["basalt.local/t:v1", "basalt.local/u:v1"]);
+        let k8s: Vec<String> = c
+            .images("k8s.io")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(k8s, ["basalt.local/u:v1"]);
         // Importing again changes nothing.
         assert!(
             crate::containers::import_all(&c, &layouts)

@@ -57,6 +57,10 @@ fn digest(data: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// The index annotation naming the containerd namespace a layout is imported into (default:
+/// [`crate::containerd::NAMESPACE`]).
+pub const NAMESPACE_ANNOTATION: &str = "io.basalt.containerd.namespace";
+
 /// Chain IDs of a layer stack, from its diff IDs (OCI image spec).
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -83,7 +87,7 @@ impl Client {
         match self
             .call::<_, proto::InfoResponse>(
                 "/containerd.services.content.v1.Content/Info",
-                Some(crate::containerd::NAMESPACE),
+                Some(self.namespace()),
                 proto::InfoRequest {
                     digest: digest.into(),
                 },
@@ -138,10 +142,9 @@ impl Client {
             .await
             .map_err(|e| api("content write")(tonic::Status::unavailable(e.to_string())))?;
         let mut r = tonic::Request::new(futures::stream::iter(reqs));
-        r.metadata_mut().insert(
-            "containerd-namespace",
-            tonic::metadata::MetadataValue::from_static(crate::containerd::NAMESPACE),
-        );
+        if let Ok(ns) = self.namespace().parse() {
+            r.metadata_mut().insert("containerd-namespace", ns);
+        }
         if let Some(l) = self.lease()
             && let Ok(v) = l.parse()
         {
@@ -185,10 +188,9 @@ impl Client {
         let mut r = tonic::Request::new(proto::ReadContentRequest {
             digest: digest.into(),
         });
-        r.metadata_mut().insert(
-            "containerd-namespace",
-            tonic::metadata::MetadataValue::from_static(crate::containerd::NAMESPACE),
-        );
+        if let Ok(ns) = self.namespace().parse() {
+            r.metadata_mut().insert("containerd-namespace", ns);
+        }
         let codec =
             tonic_prost::ProstCodec::<proto::ReadContentRequest, proto::ReadContentResponse>::default();
         let mut stream = grpc
@@ -217,7 +219,7 @@ impl Client {
         match self
             .call::<_, proto::InfoResponse>(
                 "/containerd.services.snapshots.v1.Snapshots/Stat",
-                Some(crate::containerd::NAMESPACE),
+                Some(self.namespace()),
                 proto::SnapshotKey {
                     snapshotter: SNAPSHOTTER.into(),
                     key: key.into(),
@@ -235,7 +237,7 @@ impl Client {
         let r: proto::PrepareSnapshotResponse = self
             .call(
                 "/containerd.services.snapshots.v1.Snapshots/Prepare",
-                Some(crate::containerd::NAMESPACE),
+                Some(self.namespace()),
                 proto::PrepareSnapshotRequest {
                     snapshotter: SNAPSHOTTER.into(),
                     key: key.into(),
@@ -253,7 +255,7 @@ impl Client {
         what: String,
         req: Req,
     ) -> Result<(), ContainerError> {
-        self.call::<_, proto::Empty>(path, Some(crate::containerd::NAMESPACE), req)
+        self.call::<_, proto::Empty>(path, Some(self.namespace()), req)
             .await
             .map(|_| ())
             .map_err(api(what))
@@ -277,7 +279,7 @@ impl Client {
             let exists = self
                 .call::<_, proto::ImageMessage>(
                     "/containerd.services.images.v1.Images/Get",
-                    Some(crate::containerd::NAMESPACE),
+                    Some(self.namespace()),
                     proto::NameRequest { name: name.into() },
                 )
                 .await;
@@ -350,7 +352,7 @@ impl Client {
                     let _: proto::ApplyResponse = self
                         .call(
                             "/containerd.services.diff.v1.Diff/Apply",
-                            Some(crate::containerd::NAMESPACE),
+                            Some(self.namespace()),
                             proto::ApplyRequest {
                                 diff: Some(l.clone()),
                                 mounts,
@@ -374,7 +376,7 @@ impl Client {
             let _: proto::ImageMessage = self
                 .call(
                     "/containerd.services.images.v1.Images/Create",
-                    Some(crate::containerd::NAMESPACE),
+                    Some(self.namespace()),
                     proto::ImageMessage {
                         image: Some(proto::ImageRecord {
                             name: name.into(),
@@ -408,36 +410,48 @@ pub async fn import_all(client: &Client, dir: &Path) -> Result<Vec<String>, Cont
         }
     };
     dirs.sort();
-    let lease: proto::CreateLeaseResponse = client
-        .call(
-            "/containerd.services.leases.v1.Leases/Create",
-            Some(crate::containerd::NAMESPACE),
-            proto::IdRequest { id: String::new() },
-        )
-        .await
-        .map_err(api("lease create"))?;
-    let lease_id = lease.lease.map(|l| l.id).unwrap_or_default();
-    let leased = client.with_lease(&lease_id);
     let mut out = Vec::new();
-    let mut result = Ok(());
     for d in dirs {
-        match leased.import_layout(&d).await {
-            Ok(names) => out.extend(names),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
+        // A layout may name the namespace it belongs in (the pause image: the CRI's `k8s.io`).
+        let index = d.join("index.json");
+        let ns = std::fs::read(&index)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["annotations"][NAMESPACE_ANNOTATION]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| crate::containerd::NAMESPACE.to_string());
+        out.extend(client.in_namespace(&ns).import_leased(&d).await?);
     }
-    // The image records now hold everything; the lease may go.
-    let _ = client
-        .empty_call(
-            "/containerd.services.leases.v1.Leases/Delete",
-            "lease delete".into(),
-            proto::IdRequest { id: lease_id },
-        )
-        .await;
-    result.map(|()| out)
+    Ok(out)
+}
+
+impl Client {
+    /// [`Client::import_layout`] under a lease of its own (leases are per namespace), so
+    /// nothing written is collected before the image record holds it.
+    async fn import_leased(&self, dir: &Path) -> Result<Vec<String>, ContainerError> {
+        let lease: proto::CreateLeaseResponse = self
+            .call(
+                "/containerd.services.leases.v1.Leases/Create",
+                Some(self.namespace()),
+                proto::IdRequest { id: String::new() },
+            )
+            .await
+            .map_err(api("lease create"))?;
+        let lease_id = lease.lease.map(|l| l.id).unwrap_or_default();
+        let result = self.with_lease(&lease_id).import_layout(dir).await;
+        // The image records now hold everything; the lease may go.
+        let _ = self
+            .empty_call(
+                "/containerd.services.leases.v1.Leases/Delete",
+                "lease delete".into(),
+                proto::IdRequest { id: lease_id },
+            )
+            .await;
+        result
+    }
 }
 
 /// How a run ended.

@@ -91,6 +91,10 @@ pub struct CreateArgs {
     /// the kernel, initramfs and iPXE script over TFTP to the NIC's iPXE ROM.
     #[arg(long)]
     pxe: bool,
+    /// Run Kubernetes: the node image gets this directory's static kubelet, control plane and
+    /// pause (`hack/kubernetes` builds them and prints the directory).
+    #[arg(long, env = "BASALT_KUBERNETES")]
+    kubernetes: Option<PathBuf>,
 }
 
 /// What QEMU nodes boot from.
@@ -293,6 +297,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
             },
             verbose: false,
             with_containerd: true,
+            kubernetes: a.kubernetes.clone(),
         },
         &clusters_root().join(".images"),
     )

@@ -37,6 +37,11 @@ pub struct ImageArgs {
     /// Leave containerd, runc and the CNI plugins out of the rootfs.
     #[arg(long)]
     without_containerd: bool,
+    /// Make a Kubernetes node image from this directory's static kubelet, kube-apiserver,
+    /// kube-controller-manager, kube-scheduler and pause (`hack/kubernetes` prints it), with
+    /// etcd and mount from pinned packages.
+    #[arg(long, env = "BASALT_KUBERNETES")]
+    kubernetes: Option<PathBuf>,
 }
 
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
@@ -67,6 +72,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
         extra_cmdline: args.extra_cmdline,
         verbose: true,
         with_containerd: !args.without_containerd,
+        kubernetes: args.kubernetes,
     };
     let arts = basalt_image::build(target, &opts).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     print_line(&format!("{:<16} {:>12}  sha256", "artifact", "bytes"));

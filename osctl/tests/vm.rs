@@ -106,6 +106,7 @@ fn images() -> basalt_image::Artifacts {
                     extra_cmdline: Vec::new(),
                     verbose: false,
                     with_containerd: true,
+                    kubernetes: None,
                 },
             )
             .unwrap()
