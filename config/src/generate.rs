@@ -53,7 +53,7 @@ pub fn cluster_id(secret: &Key32) -> Key32 {
 }
 
 /// New secrets: cluster secret, bootstrap token, secretbox key, service-account key and the
-/// OS, Kubernetes and etcd CAs.
+/// OS, Kubernetes, etcd and front-proxy CAs.
 pub fn new_secrets() -> Result<SecretsConfig, GenerateError> {
     let ca = |cn: &str, org: Option<&str>| -> Result<CertificateAuthority, GenerateError> {
         let CertAndKey { crt, key } = pki::new_ca(cn, org, 10)?;
@@ -71,6 +71,7 @@ pub fn new_secrets() -> Result<SecretsConfig, GenerateError> {
             os: ca("basalt-os", Some("basalt"))?,
             kubernetes: ca("kubernetes", None)?,
             etcd: Some(ca("etcd", None)?),
+            front_proxy: Some(ca("front-proxy-ca", None)?),
         },
     })
 }
@@ -89,6 +90,7 @@ pub fn worker_secrets(full: &SecretsConfig) -> SecretsConfig {
                 key: None,
             },
             etcd: None,
+            front_proxy: None,
         },
     }
 }

@@ -126,6 +126,14 @@ pub fn issue(
     to_pem(&what, cert.pem(), key.serialize_pem())
 }
 
+/// The public half of a private key, PEM (the API server verifies service-account tokens
+/// with it).
+pub fn public_key_pem(key: &PrivateKey) -> Result<String, PkiError> {
+    KeyPair::from_pem(key.0.as_str())
+        .map(|k| k.public_key_pem())
+        .map_err(gen_err("the public key"))
+}
+
 /// A new bare private key (the Kubernetes service-account signing key).
 pub fn new_key(what: &str) -> Result<PrivateKey, PkiError> {
     let key = KeyPair::generate().map_err(gen_err(what))?;

@@ -116,6 +116,9 @@ config_struct! {
         pub kubernetes: CertificateAuthority = "kubernetes";
         /// The etcd CA; control planes only.
         pub etcd: Option<CertificateAuthority> = "etcd";
+        /// The front-proxy CA: signs the client certificate the API server presents to
+        /// aggregated APIs; control planes only (without it the aggregation layer is off).
+        pub front_proxy: Option<CertificateAuthority> = "frontProxy";
     }
 }
 

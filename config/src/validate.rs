@@ -111,6 +111,7 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
             (".certs.os", Some(&s.certs.os)),
             (".certs.kubernetes", Some(&s.certs.kubernetes)),
             (".certs.etcd", s.certs.etcd.as_ref()),
+            (".certs.frontProxy", s.certs.front_proxy.as_ref()),
         ];
         for (path, ca) in cas {
             if let Some(ca) = ca

@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod containers;
 pub mod early;
 pub mod hello;
+pub mod kubernetes;
 pub mod kubespan;
 pub mod log;
 pub mod logring;
