@@ -68,6 +68,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Processes", Role::Reader),
     ("Mounts", Role::Reader),
     ("Disks", Role::Reader),
+    ("EtcdMembers", Role::Reader),
     ("ServiceStart", Role::Operator),
     ("ServiceStop", Role::Operator),
     ("ServiceRestart", Role::Operator),
@@ -78,6 +79,12 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Shutdown", Role::Operator),
     ("ApplyConfiguration", Role::Admin),
     ("Reset", Role::Admin),
+    ("Bootstrap", Role::Admin),
+    // A cluster-admin credential.
+    ("Kubeconfig", Role::Admin),
+    ("EtcdLeave", Role::Admin),
+    // The database holds the cluster's secrets.
+    ("EtcdSnapshot", Role::Admin),
     // Runs code on the node.
     ("RunContainer", Role::Admin),
 ];

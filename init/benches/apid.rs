@@ -130,6 +130,7 @@ fn main() {
             wipe_on_reset: Vec::new(),
         },
         booted: Instant::now(),
+        kube: basalt_init::kubernetes::Kube::default(),
     };
     let api = Api::new(node, Path::new("/nonexistent/containerd.sock"));
     let s = sock.clone();

@@ -41,6 +41,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("ping: {0}")]
     Ping(std::io::Error),
+    #[error(transparent)]
+    Kube(#[from] crate::kubernetes::KubeError),
     #[error("cannot read {what}")]
     Read {
         what: String,
@@ -73,6 +75,14 @@ impl From<ApiError> for Status {
             }
             ApiError::Container(_) => Status::failed_precondition(msg),
             ApiError::Ping(_) => Status::unavailable(msg),
+            ApiError::Kube(k) => {
+                use crate::kubernetes::KubeError as K;
+                match k {
+                    K::NotHere(_) => Status::failed_precondition(msg),
+                    K::NotReady(_) | K::Etcd(_) => Status::unavailable(msg),
+                    K::AlreadyBootstrapped(_) => Status::already_exists(msg),
+                }
+            }
             ApiError::Sequence(SequenceError::Busy { .. }) => Status::aborted(msg),
             ApiError::Sequence(SequenceError::Failed { .. }) => Status::internal(msg),
         }
@@ -689,6 +699,86 @@ impl Machine for Api {
     async fn disks(&self, _: Request<pb::DisksRequest>) -> Result<pb::DisksResponse> {
         Ok(Response::new(pb::DisksResponse {
             disks: crate::sysinfo::disks(Path::new("/sys/class/block")),
+        }))
+    }
+
+    async fn bootstrap(&self, _: Request<pb::BootstrapRequest>) -> Result<pb::BootstrapResponse> {
+        let message = self
+            .node
+            .kube
+            .bootstrap(&self.node.sup)
+            .await
+            .map_err(ApiError::Kube)?;
+        Ok(Response::new(pb::BootstrapResponse { message }))
+    }
+
+    async fn etcd_members(
+        &self,
+        _: Request<pb::EtcdMembersRequest>,
+    ) -> Result<pb::EtcdMembersResponse> {
+        let c = self.node.kube.local_etcd().map_err(ApiError::Kube)?;
+        let etcd = |e: String| ApiError::Kube(crate::kubernetes::KubeError::Etcd(e));
+        let members = c.members().await.map_err(etcd)?;
+        let (version, db, leader, me) = c.status().await.map_err(etcd)?;
+        Ok(Response::new(pb::EtcdMembersResponse {
+            members: members
+                .into_iter()
+                .map(|m| pb::EtcdMember {
+                    id: m.id,
+                    name: m.name,
+                    peer_urls: m.peer_urls,
+                    client_urls: m.client_urls,
+                    learner: m.learner,
+                })
+                .collect(),
+            self_id: me,
+            leader_id: leader,
+            version,
+            db_size_bytes: db,
+        }))
+    }
+
+    async fn etcd_leave(&self, _: Request<pb::EtcdLeaveRequest>) -> Result<pb::EtcdLeaveResponse> {
+        let message = self
+            .node
+            .kube
+            .leave(&self.node.sup)
+            .await
+            .map_err(ApiError::Kube)?;
+        Ok(Response::new(pb::EtcdLeaveResponse { message }))
+    }
+
+    type EtcdSnapshotStream = BoxStream<pb::DataChunk>;
+
+    async fn etcd_snapshot(
+        &self,
+        _: Request<pb::EtcdSnapshotRequest>,
+    ) -> Result<Self::EtcdSnapshotStream> {
+        let c = self.node.kube.local_etcd().map_err(ApiError::Kube)?;
+        let data = c
+            .snapshot()
+            .await
+            .map_err(|e| ApiError::Kube(crate::kubernetes::KubeError::Etcd(e)))?;
+        let chunks: Vec<std::result::Result<pb::DataChunk, Status>> = data
+            .chunks(1 << 20)
+            .map(|c| Ok(pb::DataChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn kubeconfig(
+        &self,
+        _: Request<pb::KubeconfigRequest>,
+    ) -> Result<pb::KubeconfigResponse> {
+        use crate::kubernetes::KubeError;
+        let cfg = self.node.config.active().ok_or_else(|| {
+            ApiError::Kube(KubeError::NotReady("the node has no config yet".into()))
+        })?;
+        let text = crate::kubernetes::pki::admin_kubeconfig(&cfg)
+            .map_err(|e| ApiError::Kube(KubeError::NotHere(e)))?;
+        Ok(Response::new(pb::KubeconfigResponse {
+            data: text.into_bytes(),
+            cluster: cfg.cluster().name.to_string(),
         }))
     }
 

@@ -6,9 +6,22 @@ use std::path::{Path, PathBuf};
 pub const MOUNT: &str = "/sys/fs/cgroup";
 
 /// Mounts cgroup2 at `/sys/fs/cgroup` (if it is not there yet) and prepares `system/`,
-/// returning the directory services' cgroups go in.
+/// returning the directory services' cgroups go in. Where `/sys/fs/cgroup` already holds
+/// cgroup v1 controllers (a container on a v1 or hybrid host), cgroup2 goes beside them at
+/// `/sys/fs/cgroup/unified`, as systemd's hybrid layout has it, and the v1 hierarchies stay
+/// for the kubelet and runc.
 pub fn setup() -> Result<PathBuf, std::io::Error> {
-    let root = Path::new(MOUNT);
+    let base = Path::new(MOUNT);
+    let root_buf = if !base.join("cgroup.controllers").exists()
+        && ["memory", "cpu", "pids"]
+            .iter()
+            .any(|c| base.join(c).is_dir())
+    {
+        base.join("unified")
+    } else {
+        base.to_path_buf()
+    };
+    let root = root_buf.as_path();
     if !root.join("cgroup.controllers").exists() {
         std::fs::create_dir_all(root)?;
         nix::mount::mount(

@@ -31,6 +31,8 @@ pub struct Node {
     pub booted: Instant,
     /// networkd's DHCP clients: their leases are released at shutdown.
     pub leases: basalt_networkd::dhcp::Leases,
+    /// The node's Kubernetes side (etcd bootstrap and membership).
+    pub kube: crate::kubernetes::Kube,
 }
 
 /// What a shutdown-like sequence ends with.

@@ -144,6 +144,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
             wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
         },
         booted,
+        kube: crate::kubernetes::Kube::new(crate::kubernetes::Paths::default()),
     };
 
     let api = Api::new(node.clone(), Path::new(containerd::SOCKET));
@@ -167,6 +168,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     );
 
     crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
+    crate::kubernetes::start(sup.clone(), node.kube.clone(), config.subscribe());
     crate::kubespan::serve_discovery(sup.clone(), state_dir.clone(), config.subscribe());
 
     // No time sync yet (its own issue): the clock from the RTC is what there is.

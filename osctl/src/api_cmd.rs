@@ -152,6 +152,26 @@ pub enum ApiCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// Bootstrap etcd on one control plane: it becomes the first member of a new cluster.
+    /// Once per cluster; the other control planes join by themselves.
+    #[command(after_help = "Example:\n  osctl bootstrap -n 10.5.0.2")]
+    Bootstrap,
+    /// Write an admin kubeconfig for the cluster, issued by a control plane, merged into PATH
+    /// (default: the first file of $KUBECONFIG, else ~/.kube/config). Entries of the same
+    /// names are replaced and its context made current.
+    #[command(
+        after_help = "Examples:\n  osctl kubeconfig -n 10.5.0.2\n  osctl kubeconfig -n 10.5.0.2 ./kubeconfig --force   # a file of its own"
+    )]
+    Kubeconfig {
+        /// The file (or a directory: `kubeconfig` in it).
+        path: Option<PathBuf>,
+        /// Overwrite the file instead of merging into it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// etcd on control planes: its members, leaving it, snapshots.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
     /// Send ICMP echo requests from the nodes to an address, and show what came back: the node
     /// has no shell, and this is its ping. Fails when a node got no reply at all.
     #[command(
@@ -213,6 +233,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// List etcd's members, as each control plane's etcd sees them.
+    #[command(after_help = "Example:\n  osctl etcd members -n 10.5.0.2")]
+    Members {
+        #[command(flatten)]
+        out: Out,
+    },
+    /// This control plane leaves etcd: removed from the members, etcd stopped, its data
+    /// deleted (it joins again after a reboot).
+    #[command(after_help = "Example:\n  osctl etcd leave -n 10.5.0.3")]
+    Leave,
+    /// Save a snapshot of etcd's database from one control plane.
+    #[command(after_help = "Example:\n  osctl etcd snapshot db.snapshot -n 10.5.0.2")]
+    Snapshot {
+        /// Where to write it (atomically).
+        path: PathBuf,
+    },
 }
 
 pub fn run(g: &Global, cmd: ApiCommand) -> anyhow::Result<()> {
@@ -678,6 +718,151 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
             .await;
             output::results(Format::Table, r, sequence_table)
+        }
+        ApiCommand::Bootstrap => {
+            if targets.len() != 1 {
+                anyhow::bail!(
+                    "bootstrap runs on exactly one control plane: name one node with -n (got {})",
+                    targets.len()
+                );
+            }
+            let r = unary(targets, pb::BootstrapRequest {}, |mut c, r| async move {
+                c.bootstrap(r).await
+            })
+            .await;
+            output::results(Format::Table, r, |b| {
+                let mut t = Table::new(&["RESULT"]);
+                t.row(vec![b.message.clone()]);
+                t
+            })
+        }
+        ApiCommand::Etcd(EtcdCommand::Members { out }) => {
+            let r = unary(targets, pb::EtcdMembersRequest {}, |mut c, r| async move {
+                c.etcd_members(r).await
+            })
+            .await;
+            output::results(out.output, r, |m| {
+                let mut t = Table::new(&[
+                    "ID",
+                    "NAME",
+                    "PEER URLS",
+                    "CLIENT URLS",
+                    "LEARNER",
+                    "LEADER",
+                ]);
+                for e in &m.members {
+                    t.row(vec![
+                        format!("{:016x}", e.id),
+                        if e.name.is_empty() {
+                            "(not started)".into()
+                        } else {
+                            e.name.clone()
+                        },
+                        e.peer_urls.join(","),
+                        e.client_urls.join(","),
+                        e.learner.to_string(),
+                        (e.id == m.leader_id).to_string(),
+                    ]);
+                }
+                t
+            })
+        }
+        ApiCommand::Kubeconfig { path, force } => {
+            let [t] = targets else {
+                anyhow::bail!(
+                    "a kubeconfig comes from one control plane: name one node with -n (got {})",
+                    targets.len()
+                );
+            };
+            let r = t
+                .client
+                .clone()
+                .kubeconfig(t.req(pb::KubeconfigRequest {}))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, client::explain(&s)))?
+                .into_inner();
+            let mut path = path.unwrap_or_else(crate::kubeconfig::default_path);
+            if path.is_dir() {
+                path = path.join("kubeconfig");
+            }
+            let text = String::from_utf8(r.data).context("the kubeconfig is not UTF-8")?;
+            let new = basalt_config::yaml::parse_documents(&text)
+                .map_err(|e| anyhow::anyhow!("the node's kubeconfig: {e}"))?
+                .first()
+                .map(basalt_config::yaml::Node::to_json)
+                .context("the node sent an empty kubeconfig")?;
+            let existing = match std::fs::read_to_string(&path) {
+                Ok(old) if !force => Some(
+                    basalt_config::yaml::parse_documents(&old)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                        .first()
+                        .map(basalt_config::yaml::Node::to_json)
+                        .unwrap_or(serde_json::Value::Null),
+                )
+                .filter(|v| v.is_object()),
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            };
+            let merged = existing.is_some();
+            let out = crate::kubeconfig::merge(existing, &new);
+            basalt_config::files::atomic_write(
+                &path,
+                basalt_config::yaml::to_yaml_text(&out).as_bytes(),
+                0o600,
+            )
+            .with_context(|| format!("cannot write {}", path.display()))?;
+            stdout(&format!(
+                "kubeconfig for cluster {} {} {} (context {})\n",
+                r.cluster,
+                if merged { "merged into" } else { "written to" },
+                path.display(),
+                out["current-context"].as_str().unwrap_or_default()
+            ));
+            Ok(())
+        }
+        ApiCommand::Etcd(EtcdCommand::Leave) => {
+            let r = unary(targets, pb::EtcdLeaveRequest {}, |mut c, r| async move {
+                c.etcd_leave(r).await
+            })
+            .await;
+            output::results(Format::Table, r, |b| {
+                let mut t = Table::new(&["RESULT"]);
+                t.row(vec![b.message.clone()]);
+                t
+            })
+        }
+        ApiCommand::Etcd(EtcdCommand::Snapshot { path }) => {
+            let [t] = targets else {
+                anyhow::bail!(
+                    "a snapshot comes from one control plane: name one node with -n (got {})",
+                    targets.len()
+                );
+            };
+            let mut stream = t
+                .client
+                .clone()
+                .etcd_snapshot(t.req(pb::EtcdSnapshotRequest {}))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, client::explain(&s)))?
+                .into_inner();
+            let mut data = Vec::new();
+            while let Some(c) = stream
+                .message()
+                .await
+                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, client::explain(&s)))?
+            {
+                data.extend_from_slice(&c.data);
+            }
+            basalt_config::files::atomic_write(&path, &data, 0o600)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            stdout(&format!(
+                "etcd snapshot from {} saved to {} ({})\n",
+                t.label,
+                path.display(),
+                output::bytes(data.len() as u64)
+            ));
+            Ok(())
         }
         ApiCommand::Reset { graceful } => {
             let r = unary(

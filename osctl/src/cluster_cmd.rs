@@ -576,9 +576,26 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
         )
         .with_context(|| format!("{}: apply-config", n.name))?;
     }
-    step("waiting until every node answers with its config and its services are healthy");
     let oc = dir.join("osconfig");
     let oc = oc.to_str().unwrap_or_default();
+    if a.kubernetes.is_some()
+        && let Some(first) = st.nodes.iter().find(|n| n.role == "controlplane")
+    {
+        // As talosctl does: the first control plane bootstraps etcd; the others join it.
+        step(&format!("bootstrapping etcd on {}", first.name));
+        wait(
+            st,
+            first,
+            "etcd bootstrap",
+            Duration::from_secs(300),
+            || match osctl(&["--osconfig", oc, "-n", &first.address, "bootstrap"]) {
+                Ok(_) => Ok(()),
+                Err(e) if format!("{e:#}").contains("AlreadyExists") => Ok(()),
+                Err(e) => Err(e),
+            },
+        )?;
+    }
+    step("waiting until every node answers with its config and its services are healthy");
     for n in &st.nodes {
         wait(
             st,

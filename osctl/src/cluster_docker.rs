@@ -159,12 +159,15 @@ pub struct NodeSpec<'a> {
     pub cpus: u32,
 }
 
-/// Starts a node: its state on a volume of its own, `/run`, `/tmp`, `/var` and `/system` on
-/// tmpfs over a read-only root, restarted by Docker when it reboots (init exits with 1).
+/// Starts a node: its state and `/var` (etcd's data, containerd's images) on volumes of its
+/// own, `/run`, `/tmp` and `/system` on tmpfs over a read-only root, restarted by Docker when
+/// it reboots (init exits with 1).
 pub fn run_node(n: &NodeSpec<'_>) -> anyhow::Result<()> {
     let label = format!("{LABEL}={}", n.cluster);
     let volume = format!("{}-state", n.name);
     docker(&["volume", "create", "--label", &label, &volume])?;
+    let var = format!("{}-var", n.name);
+    docker(&["volume", "create", "--label", &label, &var])?;
     let mut args: Vec<String> = [
         "run",
         "--detach",
@@ -183,16 +186,21 @@ pub fn run_node(n: &NodeSpec<'_>) -> anyhow::Result<()> {
         "--stop-timeout",
         "30",
         "--read-only",
+        // Its own cgroup namespace: the cgroups init makes for its services are the
+        // container's, not the host's (on a shared hierarchy, stopping a service in one node
+        // would kill the same service in every other).
+        "--cgroupns",
+        "private",
         "--tmpfs",
         "/run:rw,exec,dev,suid,mode=755",
         "--tmpfs",
         "/tmp:rw,mode=1777",
         "--tmpfs",
-        "/var:rw,exec,dev,suid,mode=755",
-        "--tmpfs",
         "/system:rw,exec,mode=755",
         "--volume",
         &format!("{volume}:/system/state"),
+        "--volume",
+        &format!("{var}:/var"),
         "--memory",
         &format!("{}m", n.memory_mib),
         "--cpus",

@@ -14,6 +14,7 @@ mod config_cmd;
 mod docs;
 mod gen_cmd;
 mod image_cmd;
+mod kubeconfig;
 mod output;
 
 use std::path::PathBuf;

@@ -291,6 +291,19 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
         }
     }
 
+    // Each service's restart count on the nodes that are not rebooted.
+    let restarts = |a: &str| -> Vec<(String, String)> {
+        let svc = ok(clusters, &["--osconfig", oc, "-n", a, "services"]);
+        svc.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((f.first()?.to_string(), f.get(4)?.to_string()))
+            })
+            .collect()
+    };
+    let untouched = [restarts(&addr(2)), restarts(&addr(4))];
+
     // A node rebooted comes back with its config (kept on its state disk or volume): its
     // uptime starts again, and its peers are up again.
     ok(clusters, &["--osconfig", oc, "-n", &addr(3), "reboot"]);
@@ -312,6 +325,15 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
         }
     });
     all_up(Duration::from_secs(120));
+    // The other nodes never noticed: none of their services restarted (Docker nodes share the
+    // host's kernel; a node's services must be its own).
+    for (a, before) in [addr(2), addr(4)].iter().zip(&untouched) {
+        assert_eq!(
+            &restarts(a),
+            before,
+            "{a}: a service restarted with another node"
+        );
+    }
     if provisioner == "qemu" {
         // /var lives on the node's disk, not in memory.
         let m = ok(clusters, &["--osconfig", oc, "-n", &addr(3), "mounts"]);

@@ -49,6 +49,7 @@ async fn fixture() -> Fixture {
             wipe_on_reset: vec![data],
         },
         booted: Instant::now(),
+        kube: crate::kubernetes::Kube::default(),
     };
     let mut def = ServiceDef::new(
         "sleeper",

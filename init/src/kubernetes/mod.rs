@@ -1,4 +1,417 @@
-//! Kubernetes on the node: its PKI, etcd and the control plane on control-plane nodes, the
-//! kubelet everywhere.
+//! Kubernetes on the node (an image built with Kubernetes has `/usr/bin/kubelet`): its PKI
+//! from the config's CAs, and on control planes etcd — bootstrapped once by `osctl bootstrap`,
+//! joined by every other control plane by itself.
 
+pub mod controlplane;
+pub mod etcd;
+pub mod https;
 pub mod pki;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use basalt_config::Config;
+use basalt_config::v1alpha1::MachineType;
+use tokio::sync::watch;
+
+use crate::log;
+use crate::supervisor::{self, Supervisor};
+
+pub const KUBELET: &str = "/usr/bin/kubelet";
+
+/// Whether this image runs Kubernetes.
+pub fn available() -> bool {
+    Path::new(KUBELET).exists()
+}
+
+/// Why a Kubernetes request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{0}")]
+    NotHere(String),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    AlreadyBootstrapped(String),
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+/// What the node knows of its Kubernetes side, shared by the controller and the API.
+#[derive(Debug, Clone, Default)]
+pub struct Kube {
+    inner: Arc<Mutex<State>>,
+    paths: Arc<Paths>,
+}
+
+/// Where things go (tests point them elsewhere).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub pki: PathBuf,
+    pub etcd_data: PathBuf,
+    pub etcd_config: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            pki: pki::DIR.into(),
+            etcd_data: etcd::DATA_DIR.into(),
+            etcd_config: etcd::CONFIG.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Set once the PKI is issued on a control plane.
+    me: Option<etcd::Me>,
+    controlplane: bool,
+    /// The cluster endpoint's host (where a joining control plane finds etcd).
+    endpoint_host: String,
+    /// etcd's config file is written: it starts (or started) as a member.
+    initialized: bool,
+    /// This node left etcd (`osctl etcd leave`): it does not join again until it reboots.
+    left: bool,
+}
+
+impl Kube {
+    pub fn new(paths: Paths) -> Kube {
+        Kube {
+            inner: Arc::default(),
+            paths: Arc::new(paths),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// init's client of the etcd on this node.
+    pub fn local_etcd(&self) -> Result<etcd::Client, KubeError> {
+        let s = self.state();
+        if !s.controlplane || s.me.is_none() {
+            return Err(KubeError::NotHere(
+                "this node runs no etcd: only control planes do".into(),
+            ));
+        }
+        drop(s);
+        etcd::Client::local(&self.paths.pki).map_err(KubeError::Etcd)
+    }
+
+    /// Writes etcd's config for `start` and lets the service start.
+    fn initialize(
+        &self,
+        sup: &Supervisor,
+        me: &etcd::Me,
+        start: &etcd::Start,
+    ) -> Result<(), String> {
+        let text = etcd::config_yaml(me, start, &self.paths.pki, &self.paths.etcd_data);
+        crate::configstate::atomic_write(&self.paths.etcd_config, text.as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", self.paths.etcd_config.display()))?;
+        std::fs::create_dir_all(&self.paths.etcd_data)
+            .map_err(|e| format!("cannot create {}: {e}", self.paths.etcd_data.display()))?;
+        self.state().initialized = true;
+        sup.set_condition(etcd::INITIALIZED, true);
+        Ok(())
+    }
+
+    /// `osctl bootstrap`: this control plane becomes the first member of a new etcd cluster.
+    /// Refused on a worker, before the node is ready, when etcd has data here, and when the
+    /// cluster endpoint's etcd already answers (a second cluster would split the control
+    /// plane).
+    pub async fn bootstrap(&self, sup: &Supervisor) -> Result<String, KubeError> {
+        if !available() {
+            return Err(KubeError::NotHere(
+                "this node's image has no Kubernetes (build it with --kubernetes)".into(),
+            ));
+        }
+        let (me, endpoint_host) = {
+            let s = self.state();
+            if !s.controlplane {
+                return Err(KubeError::NotHere(
+                    "this node is not a control plane: bootstrap one of the control planes".into(),
+                ));
+            }
+            let Some(me) = s.me.clone() else {
+                return Err(KubeError::NotReady(
+                    "the node is not ready to bootstrap yet (no config applied, or no network): try again shortly".into(),
+                ));
+            };
+            if s.initialized || etcd::has_data(&self.paths.etcd_data) {
+                return Err(KubeError::AlreadyBootstrapped(format!(
+                    "etcd is already bootstrapped on this node ({} holds its data): bootstrap runs once per cluster; other control planes join by themselves",
+                    self.paths.etcd_data.display()
+                )));
+            }
+            (me, s.endpoint_host.clone())
+        };
+        if !is_me(&endpoint_host, &me)
+            && let Ok(c) = etcd::Client::new(&endpoint_host, &self.paths.pki)
+            && let Ok(Ok(members)) = tokio::time::timeout(Duration::from_secs(3), c.members()).await
+        {
+            let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+            return Err(KubeError::AlreadyBootstrapped(format!(
+                "etcd at {endpoint_host} already runs this cluster (members: {}): this node joins it by itself",
+                names.join(", ")
+            )));
+        }
+        self.initialize(sup, &me, &etcd::Start::New)
+            .map_err(KubeError::NotReady)?;
+        log::line(&format!(
+            "etcd: bootstrapping a new cluster with {} ({})",
+            me.name,
+            me.peer_url()
+        ));
+        Ok(format!(
+            "etcd bootstrapped: {} is the first member ({})",
+            me.name,
+            me.peer_url()
+        ))
+    }
+
+    /// `osctl etcd leave`: this member leaves the cluster; etcd stops and its data goes.
+    pub async fn leave(&self, sup: &Supervisor) -> Result<String, KubeError> {
+        let c = self.local_etcd()?;
+        let (_, _, _, my_id) = c.status().await.map_err(KubeError::Etcd)?;
+        let members = c.members().await.map_err(KubeError::Etcd)?;
+        if members.len() == 1 {
+            return Err(KubeError::NotHere(
+                "this is etcd's only member: leaving would lose the cluster's data".into(),
+            ));
+        }
+        c.remove(my_id).await.map_err(KubeError::Etcd)?;
+        {
+            let mut s = self.state();
+            s.left = true;
+            s.initialized = false;
+        }
+        sup.set_condition(etcd::INITIALIZED, false);
+        let _ = sup.stop("etcd").await;
+        let _ = std::fs::remove_dir_all(&self.paths.etcd_data);
+        log::line("etcd: this node left the cluster; it joins again after a reboot");
+        Ok(format!(
+            "left etcd (member {my_id:x}); etcd stopped and its data removed"
+        ))
+    }
+}
+
+/// Whether `host` (the cluster endpoint's) is this node.
+fn is_me(host: &str, me: &etcd::Me) -> bool {
+    host == me.name
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip == me.ip || crate::net::addresses().contains(&ip.to_string()))
+}
+
+/// The address Kubernetes and etcd use for this node: the first in the config's
+/// `nodeIPSubnets`, else the first global IPv4 address on a link that is not KubeSpan's or a
+/// pod bridge, else the first global IPv6 one.
+pub fn node_ip(subnets: &[basalt_config::types::Prefix]) -> Option<IpAddr> {
+    let mut all: Vec<(String, IpAddr)> = nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|i| {
+                let a = i.address?;
+                let ip = if let Some(v4) = a.as_sockaddr_in() {
+                    IpAddr::V4(v4.ip())
+                } else {
+                    IpAddr::V6(a.as_sockaddr_in6()?.ip())
+                };
+                Some((i.interface_name, ip))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    all.retain(|(_, ip)| {
+        !ip.is_loopback()
+            && !ip.is_unspecified()
+            && match ip {
+                IpAddr::V4(a) => !a.is_link_local(),
+                IpAddr::V6(a) => !a.is_unicast_link_local(),
+            }
+    });
+    if let Some(ip) = subnets.iter().find_map(|s| {
+        all.iter()
+            .find(|(_, ip)| s.contains(*ip))
+            .map(|(_, ip)| *ip)
+    }) {
+        return Some(ip);
+    }
+    all.retain(|(name, _)| name != "kubespan" && name != "cni0" && !name.starts_with("veth"));
+    all.iter()
+        .find(|(_, ip)| ip.is_ipv4())
+        .or_else(|| all.first())
+        .map(|(_, ip)| *ip)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "basalt".into())
+}
+
+/// Runs the node's Kubernetes side once a config is present: issues the PKI, and on a control
+/// plane prepares etcd (started from its data, or waiting for bootstrap or a join).
+pub fn start(sup: Arc<Supervisor>, kube: Kube, config: watch::Receiver<Option<Arc<Config>>>) {
+    if !available() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut config = config;
+        let cfg = loop {
+            if let Some(c) = config.borrow_and_update().clone() {
+                break c;
+            }
+            if config.changed().await.is_err() {
+                return;
+            }
+        };
+        sup.wait_condition(supervisor::NETWORK, Duration::from_secs(60))
+            .await;
+        let subnets = cfg
+            .machine()
+            .kubelet
+            .as_ref()
+            .map(|k| k.node_ip_subnets.clone())
+            .unwrap_or_default();
+        // The address may come a little after network-ready (DHCP, a container's runtime).
+        let mut ip = node_ip(&subnets);
+        for _ in 0..30 {
+            if ip.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ip = node_ip(&subnets);
+        }
+        let Some(ip) = ip else {
+            log::line("kubernetes: no node address found: nothing started");
+            return;
+        };
+        let me = etcd::Me {
+            name: hostname(),
+            ip,
+        };
+        let info = pki::NodeInfo {
+            hostname: me.name.clone(),
+            addresses: vec![ip],
+        };
+        let issued = pki::issue_all(&cfg, &info).and_then(|files| {
+            pki::write(&kube.paths.pki, &files)
+                .map_err(|e| format!("cannot write {}: {e}", kube.paths.pki.display()))
+        });
+        if let Err(e) = issued {
+            log::line(&format!("kubernetes: PKI not issued: {e}"));
+            return;
+        }
+        log::line(&format!(
+            "kubernetes: PKI issued for {} ({ip}) in {}",
+            me.name,
+            kube.paths.pki.display()
+        ));
+        let controlplane = cfg.machine().machine_type == MachineType::ControlPlane;
+        {
+            let mut s = kube.state();
+            s.controlplane = controlplane;
+            s.me = Some(me.clone());
+            s.endpoint_host = cfg.cluster().control_plane.endpoint.host.clone();
+        }
+        if !controlplane {
+            return;
+        }
+        if etcd::has_data(&kube.paths.etcd_data) {
+            if let Err(e) = kube.initialize(&sup, &me, &etcd::Start::Existing) {
+                log::line(&format!("etcd: {e}"));
+            }
+        } else {
+            log::line("etcd: no data here: waiting for `osctl bootstrap`, or to join the cluster");
+            tokio::spawn(join_loop(sup.clone(), kube.clone(), me.clone()));
+        }
+        sup.add(etcd::service(kube.paths.pki.clone())).await;
+
+        let settings = controlplane::Settings::from_config(&cfg, ip, &kube.paths.pki);
+        for def in controlplane::services(&settings) {
+            sup.add(def).await;
+        }
+    });
+}
+
+/// Until etcd is initialized here: ask the etcd at the cluster endpoint's host to add this
+/// node, then start etcd as the newest member.
+async fn join_loop(sup: Arc<Supervisor>, kube: Kube, me: etcd::Me) {
+    let mut last_error = String::new();
+    loop {
+        let (host, done) = {
+            let s = kube.state();
+            (s.endpoint_host.clone(), s.initialized || s.left)
+        };
+        if done {
+            return;
+        }
+        if !is_me(&host, &me) {
+            match try_join(&kube, &host, &me).await {
+                Ok(members) => {
+                    let start = etcd::Start::Join(members);
+                    if kube.state().initialized {
+                        return;
+                    }
+                    match kube.initialize(&sup, &me, &start) {
+                        Ok(()) => {
+                            log::line(&format!("etcd: joining the cluster through {host}"));
+                            return;
+                        }
+                        Err(e) => log::line(&format!("etcd: {e}")),
+                    }
+                }
+                Err(e) if e != last_error => {
+                    log::line(&format!("etcd: cannot join through {host} yet: {e}"));
+                    last_error = e;
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Adds this node as a member through the etcd at `host`: every member as (name, peer URL).
+async fn try_join(kube: &Kube, host: &str, me: &etcd::Me) -> Result<Vec<(String, String)>, String> {
+    let c = etcd::Client::new(host, &kube.paths.pki)?;
+    let mut members = c.members().await?;
+    let mine = me.peer_url();
+    if let Some(m) = members.iter().find(|m| m.peer_urls.contains(&mine)) {
+        if !m.name.is_empty() {
+            // A member by this address that has run before, and no data here: it lost its
+            // data. It goes, and comes back as a new member.
+            c.remove(m.id).await?;
+            members = c.add(&mine).await?;
+        }
+        // Else: added before (a restart between the add and the first start): start now.
+    } else {
+        members = c.add(&mine).await?;
+    }
+    members
+        .iter()
+        .map(|m| {
+            let peer = m.peer_urls.first().cloned().unwrap_or_default();
+            let name = if peer == mine {
+                me.name.clone()
+            } else if m.name.is_empty() {
+                return Err(format!(
+                    "member {peer} was added but has not started yet: one join at a time"
+                ));
+            } else {
+                m.name.clone()
+            };
+            Ok((name, peer))
+        })
+        .collect()
+}

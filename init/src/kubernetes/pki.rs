@@ -182,6 +182,13 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
         )?;
     }
     out.push(file("sa.key", sa.0.as_str(), 0o600));
+    if let Some(k) = &s.secretbox_key {
+        out.push(file(
+            "encryption.yaml",
+            &super::controlplane::encryption_config(k.bytes()),
+            0o600,
+        ));
+    }
     let public = basalt_config::pki::public_key_pem(sa).map_err(err)?;
     out.push(file("sa.pub", &public, 0o644));
 
@@ -197,6 +204,11 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
         ("admin", "basalt:admin", &["system:masters"][..]),
     ] {
         let c = issue(&k8s, cn, orgs, &[], Usage::Client, DAYS).map_err(err)?;
+        if name == "admin" {
+            // init's own client of the API server (health, the cluster's first objects).
+            out.push(file("admin.crt", c.crt.0.as_str(), 0o644));
+            out.push(file("admin.key", c.key.0.as_str(), 0o600));
+        }
         out.push(file(
             &format!("{name}.kubeconfig"),
             &kubeconfig(
@@ -225,6 +237,34 @@ fn file(path: &str, data: &str, mode: u32) -> File {
         data: data.to_string(),
         mode,
     }
+}
+
+/// A new admin kubeconfig (`osctl kubeconfig`): a client certificate in `system:masters`,
+/// valid a year, for the cluster endpoint; the context is `admin@<cluster>`.
+pub fn admin_kubeconfig(config: &Config) -> Result<String, String> {
+    let s = config.secrets();
+    let key = s
+        .certs
+        .kubernetes
+        .key
+        .clone()
+        .ok_or("this node holds no Kubernetes CA key (a worker): ask a control plane")?;
+    let ca = CertAndKey {
+        crt: s.certs.kubernetes.crt.clone(),
+        key,
+    };
+    let c = issue(&ca, "admin", &["system:masters"], &[], Usage::Client, DAYS)
+        .map_err(|e| basalt_resources::error_chain(&e))?;
+    Ok(kubeconfig(
+        &c_name(config),
+        &endpoint_url(config),
+        s.certs.kubernetes.crt.0.as_str(),
+        "admin",
+        &Credential::Certificate {
+            crt: c.crt.0.as_str().to_string(),
+            key: c.key.0.as_str().to_string(),
+        },
+    ))
 }
 
 /// The cluster's API endpoint as a URL (`https://host:port`).
@@ -305,9 +345,10 @@ pub fn kubeconfig(
         ),
         Credential::Token(t) => format!("    token: {t}\n"),
     };
+    // The user entry is named like the context: `admin` of two clusters are two users.
     let context = format!("{user}@{cluster}");
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n{user_fields}contexts:\n- name: {context}\n  context:\n    cluster: {cluster}\n    user: {user}\ncurrent-context: {context}\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {context}\n  user:\n{user_fields}contexts:\n- name: {context}\n  context:\n    cluster: {cluster}\n    user: {context}\ncurrent-context: {context}\n",
         ca = b64(ca_pem),
     )
 }

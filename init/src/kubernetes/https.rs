@@ -1,0 +1,185 @@
+//! A small HTTPS client for the node's own calls to etcd's JSON gateway and the Kubernetes
+//! API: mutual TLS 1.3 with a certificate from the node's PKI, HTTP/2, one connection per
+//! request (these calls are few: bootstrap, joins, health, a handful of manifests).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Where and as whom to call.
+#[derive(Clone)]
+pub struct Https {
+    tls: Arc<rustls::ClientConfig>,
+    host: String,
+    port: u16,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Https {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "https://{}:{}", self.host, self.port)
+    }
+}
+
+/// A response: status and body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: http::StatusCode,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON, for a 2xx status; otherwise an error with the status and the body.
+    pub fn json(&self) -> Result<serde_json::Value, String> {
+        if !self.status.is_success() {
+            return Err(format!(
+                "{}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body).trim()
+            ));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| format!("the reply is not JSON: {e}"))
+    }
+}
+
+impl Https {
+    /// `ca`, `crt`, `key`: PEM. The server must present a certificate from `ca` for `host`.
+    pub fn new(host: &str, port: u16, ca: &str, crt: &str, key: &str) -> Result<Https, String> {
+        let id = basalt_api::tls::Identity {
+            crt: crt.to_string(),
+            key: key.to_string(),
+        };
+        let tls = basalt_api::tls::client_config(ca, &id)
+            .map_err(|e| basalt_resources::error_chain(&e))?;
+        Ok(Https {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// A server whose certificate is not checked (the controller manager's and scheduler's
+    /// self-signed health endpoints on loopback), no client certificate.
+    pub fn unverified(host: &str, port: u16) -> Https {
+        Https {
+            tls: basalt_api::tls::insecure_client_config(),
+            host: host.to_string(),
+            port,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// From files of the node's PKI: `dir/ca`, `dir/crt`, `dir/key`.
+    pub fn from_files(
+        host: &str,
+        port: u16,
+        ca: &std::path::Path,
+        crt: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Https, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        Https::new(host, port, &read(ca)?, &read(crt)?, &read(key)?)
+    }
+
+    pub fn with_timeout(mut self, t: Duration) -> Https {
+        self.timeout = t;
+        self
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// One request; `body` is sent as `content_type` when given.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Reply, String> {
+        let what = format!("{method} https://{}:{}{path}", self.host, self.port);
+        tokio::time::timeout(self.timeout, self.request_inner(method, path, body))
+            .await
+            .map_err(|_| format!("{what}: no answer within {:?}", self.timeout))?
+            .map_err(|e| format!("{what}: {e}"))
+    }
+
+    async fn request_inner(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Reply, String> {
+        let addr = match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, self.port),
+            Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| format!("cannot resolve: {e}"))?
+                .next()
+                .ok_or("the name resolves to nothing")?,
+        };
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|e| format!("{:?} is not a server name: {e}", self.host))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP/2: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://{}:{}{path}", self.host, self.port))
+            .header("accept", "application/json");
+        let data = match body {
+            Some((ct, data)) => {
+                req = req.header("content-type", ct);
+                data
+            }
+            None => Vec::new(),
+        };
+        let req = req
+            .body(Full::new(Bytes::from(data)))
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the reply: {e}"))?
+            .to_bytes();
+        conn.abort();
+        Ok(Reply { status, body })
+    }
+
+    /// POST a JSON value; the reply's JSON (a non-2xx status is an error).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        v: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let body = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+        self.request(http::Method::POST, path, Some(("application/json", body)))
+            .await?
+            .json()
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply, String> {
+        self.request(http::Method::GET, path, None).await
+    }
+}
