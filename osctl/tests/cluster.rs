@@ -9,63 +9,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use basalt_testkit::{Tier, tier};
 
-fn osctl(clusters: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_osctl"))
-        .env("BASALT_CLUSTERS", clusters)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(clusters: &Path, args: &[&str]) -> String {
-    let o = osctl(clusters, args);
-    assert!(
-        o.status.success(),
-        "osctl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Destroys the cluster when the test ends, passed or not.
-struct Destroy<'a>(&'a Path, &'a str, &'a str);
-
-impl Drop for Destroy<'_> {
-    fn drop(&mut self) {
-        // A failed run keeps the nodes' console logs (destroy removes the cluster's directory).
-        if std::thread::panicking() {
-            let keep = self.0.join(format!("failed-{}", self.1));
-            let _ = std::fs::create_dir_all(&keep);
-            if let Ok(nodes) = std::fs::read_dir(self.0.join(self.1)) {
-                for n in nodes.flatten() {
-                    let log = n.path().join("console.log");
-                    if self.2 == "docker" && n.path().is_dir() {
-                        let o = Command::new("docker")
-                            .args(["logs", &n.file_name().to_string_lossy()])
-                            .output();
-                        if let Ok(o) = o {
-                            let to = keep.join(format!("{}.log", n.file_name().to_string_lossy()));
-                            let _ = std::fs::write(&to, [o.stdout, o.stderr].concat());
-                            eprintln!("console log kept: {}", to.display());
-                        }
-                    } else if log.exists() {
-                        let to = keep.join(format!("{}.log", n.file_name().to_string_lossy()));
-                        let _ = std::fs::copy(&log, &to);
-                        eprintln!("console log kept: {}", to.display());
-                    }
-                }
-            }
-        }
-        let _ = osctl(self.0, &["cluster", "destroy", "--name", self.1]);
-    }
-}
+mod common;
+use common::{Destroy, docker_out, eventually, ok, osctl};
 
 fn qemu_processes_of(dir: &Path) -> usize {
     let out = Command::new("pgrep")
@@ -97,37 +47,13 @@ fn uptime_secs(s: &str) -> Option<u64> {
     n.is_empty().then_some(total)
 }
 
-fn docker_out(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Calls `check` every `every` until it passes; fails with its last complaint after `within`.
-fn eventually(within: Duration, every: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + within;
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) if Instant::now() >= deadline => panic!("after {within:?}: {e}"),
-            Err(_) => std::thread::sleep(every),
-        }
-    }
-}
-
 /// One cluster at a time: two would share 2 cores and race to build the same images.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The whole life of a cluster on one provisioner, on the segment `net`.0/24.
 fn cluster_lifecycle(provisioner: &str, net: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    // Under the target directory, so the images are built once and reused by later runs.
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = common::clusters_root();
     let clusters = root.as_path();
     let name = format!("{}{}", &provisioner[..1], std::process::id() % 100_000);
     let guard = Destroy(clusters, &name, provisioner);
@@ -415,8 +341,7 @@ fn iso_and_pxe_nodes_take_their_address_from_the_segments_dhcp() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = common::clusters_root();
     let clusters = root.as_path();
     for mode in ["--pxe", "--iso"] {
         let name = format!("{}{}", &mode[2..3], std::process::id() % 100_000);

@@ -15,8 +15,7 @@ use basalt_config::Config;
 use base64::Engine as _;
 
 use super::https::Https;
-use super::pki;
-use crate::process::ProcessSpec;
+use super::{pki, process};
 use crate::supervisor::{Dependency, Health, ServiceDef};
 
 const CONTROLLER_MANAGER_PORT: u16 = 10257;
@@ -79,20 +78,6 @@ resources:
 ",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
-}
-
-fn process(program: &str, args: Vec<String>) -> ProcessSpec {
-    ProcessSpec {
-        program: program.into(),
-        args,
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        rlimits: vec![(
-            nix::sys::resource::Resource::RLIMIT_NOFILE,
-            1 << 16,
-            1 << 16,
-        )],
-        ..ProcessSpec::default()
-    }
 }
 
 pub fn apiserver_args(s: &Settings) -> Vec<String> {

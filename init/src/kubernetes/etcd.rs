@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::https::Https;
-use crate::process::ProcessSpec;
 use crate::supervisor::{self, Dependency, Health, ServiceDef};
 
 pub const DATA_DIR: &str = "/var/lib/etcd";
@@ -118,18 +117,10 @@ peer-transport-security:
 /// The `etcd` service: waits for the network and for [`INITIALIZED`]; healthy when its
 /// `/health` says so over mutual TLS.
 pub fn service(pki: PathBuf) -> ServiceDef {
-    let process = ProcessSpec {
-        program: "/usr/bin/etcd".into(),
-        args: vec!["--config-file".into(), CONFIG.into()],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        rlimits: vec![(
-            nix::sys::resource::Resource::RLIMIT_NOFILE,
-            1 << 16,
-            1 << 16,
-        )],
-        ..ProcessSpec::default()
-    };
-    let mut def = ServiceDef::new("etcd", process);
+    let mut def = ServiceDef::new(
+        "etcd",
+        super::process("/usr/bin/etcd", vec!["--config-file".into(), CONFIG.into()]),
+    );
     def.depends = vec![
         Dependency::Condition(supervisor::NETWORK),
         Dependency::Condition(INITIALIZED),

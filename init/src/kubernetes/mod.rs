@@ -252,6 +252,22 @@ pub fn node_ip(subnets: &[basalt_config::types::Prefix]) -> Option<IpAddr> {
         .map(|(_, ip)| *ip)
 }
 
+/// How etcd and the control plane run: a static program from the root, a plain `PATH`, many
+/// files.
+fn process(program: &str, args: Vec<String>) -> crate::process::ProcessSpec {
+    crate::process::ProcessSpec {
+        program: program.into(),
+        args,
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        rlimits: vec![(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            1 << 16,
+            1 << 16,
+        )],
+        ..crate::process::ProcessSpec::default()
+    }
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()

@@ -1,0 +1,95 @@
+//! What the cluster-tier tests share: running osctl against a clusters directory, destroying
+//! a cluster when a test ends, polling, Docker.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Where the tests' clusters live: under the target directory, so the images are built once
+/// and reused by later runs.
+pub fn clusters_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
+pub fn osctl(clusters: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_osctl"))
+        .env("BASALT_CLUSTERS", clusters)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn ok(clusters: &Path, args: &[&str]) -> String {
+    let o = osctl(clusters, args);
+    assert!(
+        o.status.success(),
+        "osctl {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Destroys the cluster when the test ends, passed or not: (clusters, name, provisioner).
+pub struct Destroy<'a>(pub &'a Path, pub &'a str, pub &'a str);
+
+impl Drop for Destroy<'_> {
+    fn drop(&mut self) {
+        // A failed run keeps the nodes' console logs (destroy removes the cluster's directory).
+        if std::thread::panicking() {
+            let keep = self.0.join(format!("failed-{}", self.1));
+            let _ = std::fs::create_dir_all(&keep);
+            if let Ok(nodes) = std::fs::read_dir(self.0.join(self.1)) {
+                for n in nodes.flatten() {
+                    let log = n.path().join("console.log");
+                    if self.2 == "docker" && n.path().is_dir() {
+                        let o = Command::new("docker")
+                            .args(["logs", &n.file_name().to_string_lossy()])
+                            .output();
+                        if let Ok(o) = o {
+                            let to = keep.join(format!("{}.log", n.file_name().to_string_lossy()));
+                            let _ = std::fs::write(&to, [o.stdout, o.stderr].concat());
+                            eprintln!("console log kept: {}", to.display());
+                        }
+                    } else if log.exists() {
+                        let to = keep.join(format!("{}.log", n.file_name().to_string_lossy()));
+                        let _ = std::fs::copy(&log, &to);
+                        eprintln!("console log kept: {}", to.display());
+                    }
+                }
+            }
+        }
+        let _ = osctl(self.0, &["cluster", "destroy", "--name", self.1]);
+    }
+}
+
+pub fn docker_out(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Calls `check` every `every` until it passes; fails with its last complaint after `within`.
+pub fn eventually(
+    within: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("after {within:?}: {e}"),
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}

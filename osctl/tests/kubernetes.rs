@@ -1,0 +1,216 @@
+//! Kubernetes end to end (cluster tier, root, Docker): a cluster of two control planes and a
+//! worker from a Kubernetes image (`BASALT_KUBERNETES`: the directory `hack/kubernetes`
+//! prints; the test command sets it). `cluster create` bootstraps etcd on the first control
+//! plane and the second joins by itself; bootstrap is refused a second time and on a worker;
+//! the API server answers kubectl with the admin kubeconfig `osctl kubeconfig` writes; an etcd
+//! snapshot is a bbolt database; a control plane leaves etcd.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use basalt_testkit::{Tier, tier};
+
+mod common;
+use common::{Destroy, eventually, ok, osctl};
+
+/// kubectl from inside the cluster's access namespace, as osctl dials (the host's own traffic
+/// to the segment may be filtered, as it is in CI).
+fn kubectl(netns: &str, kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", netns, "kubectl", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| format!("kubectl: {e} (hack/test installs kubernetes-client)"))?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+#[test]
+fn a_docker_cluster_runs_etcd_and_the_control_plane() {
+    if !tier(
+        Tier::Cluster,
+        "a_docker_cluster_runs_etcd_and_the_control_plane",
+    ) {
+        return;
+    }
+    let k8s: PathBuf = std::env::var_os("BASALT_KUBERNETES")
+        .expect("BASALT_KUBERNETES names the Kubernetes binaries (hack/test sets it from hack/kubernetes)")
+        .into();
+    let root = common::clusters_root();
+    let clusters = root.as_path();
+    let name = format!("k{}", std::process::id() % 100_000);
+    let guard = Destroy(clusters, &name, "docker");
+    let net = "10.234.0";
+    let out = ok(
+        clusters,
+        &[
+            "cluster",
+            "create",
+            "--name",
+            &name,
+            "--provisioner",
+            "docker",
+            "--controlplanes",
+            "2",
+            "--workers",
+            "1",
+            "--cidr",
+            &format!("{net}.0/24"),
+            "--kubernetes",
+            k8s.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("bootstrapping etcd"), "{out}");
+    let dir = clusters.join(&name);
+    let oc = dir.join("osconfig");
+    let oc = oc.to_str().unwrap();
+    let (cp1, cp2, worker) = (format!("{net}.2"), format!("{net}.3"), format!("{net}.4"));
+
+    // Both control planes run etcd, the API server, the controller manager and the scheduler.
+    for cp in [&cp1, &cp2] {
+        eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+            let s = ok(clusters, &["--osconfig", oc, "-n", cp, "services"]);
+            let healthy = |svc: &str| {
+                s.lines()
+                    .any(|l| l.starts_with(svc) && l.contains("running") && l.contains("healthy"))
+            };
+            for svc in [
+                "etcd ",
+                "kube-apiserver ",
+                "kube-controller-manager ",
+                "kube-scheduler ",
+            ] {
+                if !healthy(svc) {
+                    return Err(format!("{cp}: {svc} is not running and healthy:\n{s}"));
+                }
+            }
+            Ok(())
+        });
+    }
+    // The second control plane joined etcd by itself: two started members, seen from both.
+    for cp in [&cp1, &cp2] {
+        let m = ok(clusters, &["--osconfig", oc, "-n", cp, "etcd", "members"]);
+        assert!(
+            m.contains(&format!("{name}-controlplane-1"))
+                && m.contains(&format!("{name}-controlplane-2"))
+                && !m.contains("not started"),
+            "{cp}:\n{m}"
+        );
+        assert_eq!(m.matches("true").count(), 1, "one leader:\n{m}");
+    }
+
+    // Bootstrap is once per cluster, and a worker runs no etcd.
+    let again = osctl(clusters, &["--osconfig", oc, "-n", &cp1, "bootstrap"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success()
+            && err.contains("AlreadyExists")
+            && err.contains("already bootstrapped"),
+        "{err}"
+    );
+    let on_cp2 = osctl(clusters, &["--osconfig", oc, "-n", &cp2, "bootstrap"]);
+    assert!(!on_cp2.status.success());
+    let on_worker = osctl(clusters, &["--osconfig", oc, "-n", &worker, "bootstrap"]);
+    let err = String::from_utf8_lossy(&on_worker.stderr);
+    assert!(
+        !on_worker.status.success() && err.contains("not a control plane"),
+        "{err}"
+    );
+    let members = osctl(
+        clusters,
+        &["--osconfig", oc, "-n", &worker, "etcd", "members"],
+    );
+    assert!(!members.status.success());
+
+    // The admin kubeconfig: kubectl reaches the API server at the cluster endpoint.
+    let kc = dir.join("kubeconfig");
+    let ns = format!("basalt-{name}");
+    let said = ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &cp1,
+            "kubeconfig",
+            kc.to_str().unwrap(),
+        ],
+    );
+    assert!(said.contains(&format!("admin@{name}")), "{said}");
+    eventually(Duration::from_secs(60), Duration::from_secs(2), || {
+        let ready = kubectl(&ns, &kc, &["get", "--raw", "/readyz"])?;
+        if ready.trim() != "ok" {
+            return Err(format!("/readyz: {ready}"));
+        }
+        let ns = kubectl(&ns, &kc, &["get", "namespaces", "-o", "name"])?;
+        if !ns.contains("namespace/kube-system") {
+            return Err(format!("no kube-system yet: {ns}"));
+        }
+        Ok(())
+    });
+    // Merging a second time replaces the entries instead of adding more.
+    ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &cp2,
+            "kubeconfig",
+            kc.to_str().unwrap(),
+        ],
+    );
+    let contexts = kubectl(&ns, &kc, &["config", "get-contexts", "-o", "name"]).unwrap();
+    assert_eq!(contexts.trim(), format!("admin@{name}"));
+
+    // A snapshot of etcd is a bbolt database (its meta page's magic, 0xED0CDAED).
+    let snap = dir.join("etcd.snapshot");
+    ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &cp2,
+            "etcd",
+            "snapshot",
+            snap.to_str().unwrap(),
+        ],
+    );
+    let db = std::fs::read(&snap).unwrap();
+    assert!(db.len() > 16 * 1024, "{} bytes", db.len());
+    assert_eq!(
+        &db[16..20],
+        &0xED0C_DAEDu32.to_le_bytes(),
+        "not a bbolt file"
+    );
+
+    // The second control plane leaves etcd: one member remains and the API still answers.
+    let left = ok(clusters, &["--osconfig", oc, "-n", &cp2, "etcd", "leave"]);
+    assert!(left.contains("left etcd"), "{left}");
+    let m = ok(clusters, &["--osconfig", oc, "-n", &cp1, "etcd", "members"]);
+    assert!(!m.contains(&format!("{name}-controlplane-2")), "{m}");
+    eventually(Duration::from_secs(60), Duration::from_secs(2), || {
+        kubectl(&ns, &kc, &["get", "--raw", "/readyz"]).map(drop)
+    });
+    // The only member may not leave.
+    let last = osctl(clusters, &["--osconfig", oc, "-n", &cp1, "etcd", "leave"]);
+    assert!(
+        String::from_utf8_lossy(&last.stderr).contains("only member"),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+
+    drop(guard);
+    assert!(!dir.exists(), "the cluster's directory is left");
+}
