@@ -562,10 +562,12 @@ fn build_rootfs(
         write_file(&staging.join(rel), data, 0o755)?;
     }
     if !payload.is_empty() {
-        // The test image containerd imports at boot: the node's own binary in its `hello` mode.
+        // The test image containerd imports at boot: the node's own binary in its `hello` mode
+        // (for pods too, on a Kubernetes image).
+        let k8s = images.iter().any(|i| i.namespace == "k8s.io");
         crate::oci::write_layout(
             &staging.join(crate::oci::IMAGES_DIR).join("hello"),
-            None,
+            k8s.then_some("system,k8s.io"),
             crate::oci::HELLO_REF,
             &[("hello", 0o755, &init_bytes)],
             &["/hello"],

@@ -57,8 +57,8 @@ fn digest(data: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-/// The index annotation naming the containerd namespace a layout is imported into (default:
-/// [`crate::containerd::NAMESPACE`]).
+/// The index annotation naming the containerd namespaces a layout is imported into,
+/// comma-separated (default: [`crate::containerd::NAMESPACE`]).
 pub const NAMESPACE_ANNOTATION: &str = "io.basalt.containerd.namespace";
 
 /// Chain IDs of a layer stack, from its diff IDs (OCI image spec).
@@ -412,9 +412,10 @@ pub async fn import_all(client: &Client, dir: &Path) -> Result<Vec<String>, Cont
     dirs.sort();
     let mut out = Vec::new();
     for d in dirs {
-        // A layout may name the namespace it belongs in (the pause image: the CRI's `k8s.io`).
+        // A layout may name the namespaces it belongs in, comma-separated (the pause image:
+        // the CRI's `k8s.io`).
         let index = d.join("index.json");
-        let ns = std::fs::read(&index)
+        let list = std::fs::read(&index)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| {
@@ -423,7 +424,13 @@ pub async fn import_all(client: &Client, dir: &Path) -> Result<Vec<String>, Cont
                     .map(str::to_string)
             })
             .unwrap_or_else(|| crate::containerd::NAMESPACE.to_string());
-        out.extend(client.in_namespace(&ns).import_leased(&d).await?);
+        for ns in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            for name in client.in_namespace(ns).import_leased(&d).await? {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
     }
     Ok(out)
 }

@@ -168,14 +168,21 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     );
 
     crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
-    crate::kubernetes::start(sup.clone(), node.kube.clone(), config.subscribe());
+    crate::kubernetes::start(
+        store.clone(),
+        sup.clone(),
+        node.kube.clone(),
+        config.subscribe(),
+        container,
+    );
     crate::kubespan::serve_discovery(sup.clone(), state_dir.clone(), config.subscribe());
 
     // No time sync yet (its own issue): the clock from the RTC is what there is.
     sup.set_condition(supervisor::TIME, true);
 
     if Path::new("/usr/bin/containerd").exists() {
-        match containerd::prepare() {
+        let cri = crate::kubernetes::prepare_cri();
+        match containerd::prepare(cri.as_ref()) {
             Ok(()) => {
                 sup.add(containerd::service(containerd::SOCKET.into()))
                     .await;

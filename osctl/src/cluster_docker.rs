@@ -207,6 +207,10 @@ pub fn run_node(n: &NodeSpec<'_>) -> anyhow::Result<()> {
         &n.cpus.to_string(),
         "--device",
         "/dev/net/tun",
+        // The kubelet's OOM watcher reads the kernel's log (the host's: it is the node's
+        // kernel), read-only.
+        "--device",
+        "/dev/kmsg:/dev/kmsg:r",
         // Docker turns IPv6 off in containers on an IPv4 network; KubeSpan's mesh is IPv6.
         "--sysctl",
         "net.ipv6.conf.all.disable_ipv6=0",

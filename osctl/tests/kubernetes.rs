@@ -1,9 +1,11 @@
-//! Kubernetes end to end (cluster tier, root, Docker): a cluster of two control planes and a
-//! worker from a Kubernetes image (`BASALT_KUBERNETES`: the directory `hack/kubernetes`
+//! Kubernetes end to end (cluster tier, root, Docker): a cluster of two control planes and two
+//! workers from a Kubernetes image (`BASALT_KUBERNETES`: the directory `hack/kubernetes`
 //! prints; the test command sets it). `cluster create` bootstraps etcd on the first control
 //! plane and the second joins by itself; bootstrap is refused a second time and on a worker;
-//! the API server answers kubectl with the admin kubeconfig `osctl kubeconfig` writes; an etcd
-//! snapshot is a bbolt database; a control plane leaves etcd.
+//! the API server answers kubectl with the admin kubeconfig `osctl kubeconfig` writes; every
+//! node's kubelet joins and is Ready; a pod from the locally imported image runs on a worker
+//! and a pod on the other worker reaches it; an etcd snapshot is a bbolt database; a control
+//! plane leaves etcd.
 
 #![allow(clippy::unwrap_used)]
 
@@ -63,7 +65,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             "--controlplanes",
             "2",
             "--workers",
-            "1",
+            "2",
             "--cidr",
             &format!("{net}.0/24"),
             "--kubernetes",
@@ -75,6 +77,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     let oc = dir.join("osconfig");
     let oc = oc.to_str().unwrap();
     let (cp1, cp2, worker) = (format!("{net}.2"), format!("{net}.3"), format!("{net}.4"));
+    let (w1, w2) = (format!("{name}-worker-1"), format!("{name}-worker-2"));
 
     // Both control planes run etcd, the API server, the controller manager and the scheduler.
     for cp in [&cp1, &cp2] {
@@ -158,6 +161,86 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         }
         Ok(())
     });
+    // Every node's kubelet joined (TLS bootstrap with the token, its CSR approved) and is
+    // Ready: the CRI and the pod network are up on each.
+    eventually(Duration::from_secs(180), Duration::from_secs(3), || {
+        let nodes = kubectl(&ns, &kc, &["get", "nodes", "--no-headers"])?;
+        let ready = nodes
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+            .count();
+        if ready == 4 {
+            Ok(())
+        } else {
+            Err(format!("not 4 nodes Ready:\n{nodes}"))
+        }
+    });
+    // A pod from the image imported at boot (no registry) on one worker, serving; a pod on the
+    // other worker reaches it across nodes (the pod routes through the node addresses).
+    let run = |pod: &str, node: &str, args: &[&str]| {
+        let overrides = format!(r#"{{"apiVersion":"v1","spec":{{"nodeName":"{node}"}}}}"#);
+        let mut a = vec![
+            "run",
+            pod,
+            "--image=basalt.local/hello:v1",
+            "--image-pull-policy=Never",
+            "--restart=Never",
+        ];
+        let o = format!("--overrides={overrides}");
+        a.push(&o);
+        a.push("--");
+        a.extend_from_slice(args);
+        kubectl(&ns, &kc, &a).unwrap();
+    };
+    run("srv", &w1, &["--serve", "8080"]);
+    let mut srv_ip = String::new();
+    eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+        let phase = kubectl(
+            &ns,
+            &kc,
+            &[
+                "get",
+                "pod",
+                "srv",
+                "-o",
+                "jsonpath={.status.phase} {.status.podIP}",
+            ],
+        )?;
+        match phase.split_whitespace().collect::<Vec<_>>()[..] {
+            ["Running", ip] => {
+                srv_ip = ip.to_string();
+                Ok(())
+            }
+            _ => Err(format!(
+                "srv is not running: {phase}\n{}",
+                kubectl(&ns, &kc, &["describe", "pod", "srv"]).unwrap_or_default()
+            )),
+        }
+    });
+    let logs = kubectl(&ns, &kc, &["logs", "srv"]).unwrap();
+    assert!(
+        logs.contains("hello from a Basalt container") && logs.contains("serving on 8080"),
+        "{logs}"
+    );
+    run("cli", &w2, &["--fetch", &format!("{srv_ip}:8080")]);
+    eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+        let phase = kubectl(
+            &ns,
+            &kc,
+            &["get", "pod", "cli", "-o", "jsonpath={.status.phase}"],
+        )?;
+        if phase == "Succeeded" {
+            Ok(())
+        } else {
+            Err(format!(
+                "cli: {phase}\n{}",
+                kubectl(&ns, &kc, &["logs", "cli"]).unwrap_or_default()
+            ))
+        }
+    });
+    let got = kubectl(&ns, &kc, &["logs", "cli"]).unwrap();
+    assert!(got.contains("says: hello from srv"), "{got}");
+
     // Merging a second time replaces the entries instead of adding more.
     ok(
         clusters,

@@ -5,7 +5,11 @@
 pub mod controlplane;
 pub mod etcd;
 pub mod https;
+pub mod kubelet;
 pub mod pki;
+pub mod podroutes;
+
+pub use kubelet::prepare_cri;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -268,6 +272,19 @@ fn process(program: &str, args: Vec<String>) -> crate::process::ProcessSpec {
     }
 }
 
+/// The link holding `ip`.
+fn link_of(ip: IpAddr) -> Option<String> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|i| {
+        let a = i.address?;
+        let has = a
+            .as_sockaddr_in()
+            .is_some_and(|v4| IpAddr::V4(v4.ip()) == ip)
+            || a.as_sockaddr_in6()
+                .is_some_and(|v6| IpAddr::V6(v6.ip()) == ip);
+        has.then_some(i.interface_name)
+    })
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -277,7 +294,13 @@ fn hostname() -> String {
 
 /// Runs the node's Kubernetes side once a config is present: issues the PKI, and on a control
 /// plane prepares etcd (started from its data, or waiting for bootstrap or a join).
-pub fn start(sup: Arc<Supervisor>, kube: Kube, config: watch::Receiver<Option<Arc<Config>>>) {
+pub fn start(
+    store: basalt_resources::Store,
+    sup: Arc<Supervisor>,
+    kube: Kube,
+    config: watch::Receiver<Option<Arc<Config>>>,
+    container: bool,
+) {
     if !available() {
         return;
     }
@@ -333,6 +356,37 @@ pub fn start(sup: Arc<Supervisor>, kube: Kube, config: watch::Receiver<Option<Ar
             me.name,
             kube.paths.pki.display()
         ));
+        // The kubelet, on every node.
+        if container {
+            for note in kubelet::prepare_container() {
+                log::line(&format!("kubelet: {note}"));
+            }
+        }
+        match kubelet::config_yaml(&cfg, &kube.paths.pki).and_then(|y| {
+            crate::configstate::atomic_write(Path::new(kubelet::CONFIG), y.as_bytes(), 0o644)
+                .map_err(|e| format!("cannot write {}: {e}", kubelet::CONFIG))
+        }) {
+            Ok(()) => {
+                let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
+                sup.add(kubelet::service(args)).await;
+                // Routes to the other nodes' pods, through the link of the node's address.
+                match link_of(ip) {
+                    Some(link) => {
+                        let e = &cfg.cluster().control_plane.endpoint;
+                        tokio::spawn(podroutes::run(
+                            store.clone(),
+                            (e.host.clone(), e.port),
+                            Arc::from(kube.paths.pki.as_path()),
+                            me.name.clone(),
+                            link,
+                        ));
+                    }
+                    None => log::line(&format!("kubernetes: no link holds {ip}: no pod routes")),
+                }
+            }
+            Err(e) => log::line(&format!("kubelet not started: {e}")),
+        }
+
         let controlplane = cfg.machine().machine_type == MachineType::ControlPlane;
         {
             let mut s = kube.state();
@@ -356,6 +410,39 @@ pub fn start(sup: Arc<Supervisor>, kube: Kube, config: watch::Receiver<Option<Ar
         let settings = controlplane::Settings::from_config(&cfg, ip, &kube.paths.pki);
         for def in controlplane::services(&settings) {
             sup.add(def).await;
+        }
+        // What kubelets need to join, once the API server answers.
+        loop {
+            sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, h| {
+                s == supervisor::State::Running && h == supervisor::HealthState::Healthy
+            })
+            .await;
+            let pki = &kube.paths.pki;
+            let made = https::Https::from_files(
+                "127.0.0.1",
+                pki::APISERVER_PORT,
+                &pki.join("ca.crt"),
+                &pki.join("admin.crt"),
+                &pki.join("admin.key"),
+            );
+            let made = match made {
+                Ok(api) => kubelet::bootstrap_objects(&api, &cfg).await,
+                Err(e) => Err(e),
+            };
+            match made {
+                Ok(n) => {
+                    log::line(&format!(
+                        "kubernetes: the kubelets' bootstrap token and RBAC are in place ({n} made)"
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    log::line(&format!(
+                        "kubernetes: cannot make the bootstrap objects yet: {e}"
+                    ));
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
         }
     });
 }
