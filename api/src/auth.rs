@@ -69,6 +69,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Mounts", Role::Reader),
     ("Disks", Role::Reader),
     ("EtcdMembers", Role::Reader),
+    ("ClusterHealth", Role::Reader),
     ("ServiceStart", Role::Operator),
     ("ServiceStop", Role::Operator),
     ("ServiceRestart", Role::Operator),

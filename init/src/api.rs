@@ -782,6 +782,19 @@ impl Machine for Api {
         }))
     }
 
+    async fn cluster_health(
+        &self,
+        _: Request<pb::ClusterHealthRequest>,
+    ) -> Result<pb::ClusterHealthResponse> {
+        let checks = self.node.kube.health().await.map_err(ApiError::Kube)?;
+        Ok(Response::new(pb::ClusterHealthResponse {
+            checks: checks
+                .into_iter()
+                .map(|(name, ok, message)| pb::HealthCheck { name, ok, message })
+                .collect(),
+        }))
+    }
+
     async fn ping(&self, req: Request<pb::PingRequest>) -> Result<pb::PingResponse> {
         let r = req.into_inner();
         let to: std::net::IpAddr = r.address.trim().parse().map_err(|_| {

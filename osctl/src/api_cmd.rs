@@ -169,6 +169,20 @@ pub enum ApiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Check the cluster's health from a control plane: etcd (healthy, every member started, a
+    /// leader), the API server (ready) and every node (registered and Ready).
+    #[command(
+        after_help = "Examples:\n  osctl health -n 10.5.0.2\n  osctl health -n 10.5.0.2 --wait-timeout 5m --expect-nodes 3"
+    )]
+    Health {
+        /// Check again every 2 s until every check passes, for up to this long (e.g. 90s, 5m;
+        /// 0: once).
+        #[arg(long, value_parser = parse_duration, default_value = "0")]
+        wait_timeout: u32,
+        /// Also fail unless this many nodes are registered (the cluster's size).
+        #[arg(long)]
+        expect_nodes: Option<usize>,
+    },
     /// etcd on control planes: its members, leaving it, snapshots.
     #[command(subcommand)]
     Etcd(EtcdCommand),
@@ -820,6 +834,57 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                 out["current-context"].as_str().unwrap_or_default()
             ));
             Ok(())
+        }
+        ApiCommand::Health {
+            wait_timeout,
+            expect_nodes,
+        } => {
+            let [t] = targets else {
+                anyhow::bail!(
+                    "health is checked from one control plane: name one node with -n (got {})",
+                    targets.len()
+                );
+            };
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs(wait_timeout.into());
+            loop {
+                let got = t
+                    .client
+                    .clone()
+                    .cluster_health(t.req(pb::ClusterHealthRequest {}))
+                    .await
+                    .map(|r| r.into_inner().checks)
+                    .map_err(|s| format!("{}: {}", t.label, client::explain(&s)));
+                let mut checks: Vec<(String, bool, String)> = match got {
+                    Ok(c) => c.into_iter().map(|c| (c.name, c.ok, c.message)).collect(),
+                    Err(e) => vec![("api".into(), false, e)],
+                };
+                if let Some(want) = expect_nodes {
+                    let have = checks.iter().filter(|c| c.0.starts_with("node/")).count();
+                    checks.push((
+                        "expected nodes".into(),
+                        have == want,
+                        format!("{have} registered, {want} expected"),
+                    ));
+                }
+                let failed = checks.iter().filter(|c| !c.1).count();
+                if failed == 0 || std::time::Instant::now() >= deadline {
+                    let mut table = Table::new(&["CHECK", "STATUS", "MESSAGE"]);
+                    for (name, ok, msg) in &checks {
+                        table.row(vec![
+                            name.clone(),
+                            if *ok { "OK" } else { "FAIL" }.into(),
+                            msg.clone(),
+                        ]);
+                    }
+                    stdout(&table.render());
+                    if failed > 0 {
+                        anyhow::bail!("{failed} of {} checks failed", checks.len());
+                    }
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
         }
         ApiCommand::Etcd(EtcdCommand::Leave) => {
             let r = unary(targets, pb::EtcdLeaveRequest {}, |mut c, r| async move {

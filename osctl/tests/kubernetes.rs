@@ -162,8 +162,34 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         Ok(())
     });
     // Every node's kubelet joined (TLS bootstrap with the token, its CSR approved) and is
-    // Ready: the CRI and the pod network are up on each.
-    eventually(Duration::from_secs(180), Duration::from_secs(3), || {
+    // Ready: the CRI and the pod network are up on each. `osctl health` waits for it.
+    let health = ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &cp1,
+            "health",
+            "--wait-timeout",
+            "3m",
+            "--expect-nodes",
+            "4",
+        ],
+    );
+    for want in [
+        "etcd",
+        "kube-apiserver",
+        "nodes",
+        "4 of 4 Ready",
+        &format!("node/{w2}"),
+    ] {
+        assert!(health.contains(want), "{want} not in\n{health}");
+    }
+    assert!(!health.contains("FAIL"), "{health}");
+    let from_worker = osctl(clusters, &["--osconfig", oc, "-n", &worker, "health"]);
+    assert!(!from_worker.status.success());
+    eventually(Duration::from_secs(30), Duration::from_secs(3), || {
         let nodes = kubectl(&ns, &kc, &["get", "nodes", "--no-headers"])?;
         let ready = nodes
             .lines()

@@ -180,6 +180,94 @@ impl Kube {
         ))
     }
 
+    /// `osctl health`: etcd, the API server and every node, as this control plane sees them:
+    /// (check, passed, what was found).
+    pub async fn health(&self) -> Result<Vec<(String, bool, String)>, KubeError> {
+        let c = self.local_etcd()?;
+        let mut out = Vec::new();
+        let etcd = match (c.health().await, c.members().await, c.status().await) {
+            (Ok(()), Ok(m), Ok((_, _, leader, _))) => {
+                let unstarted = m.iter().filter(|m| m.name.is_empty()).count();
+                let leader = m
+                    .iter()
+                    .find(|x| x.id == leader)
+                    .map_or("none".to_string(), |x| x.name.clone());
+                (
+                    unstarted == 0 && leader != "none",
+                    format!(
+                        "{} members, leader {leader}{}",
+                        m.len(),
+                        if unstarted > 0 {
+                            format!(", {unstarted} not started")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+            }
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => (false, e),
+        };
+        out.push(("etcd".to_string(), etcd.0, etcd.1));
+        let pki = &self.paths.pki;
+        let api = match https::Https::from_files(
+            "127.0.0.1",
+            pki::APISERVER_PORT,
+            &pki.join("ca.crt"),
+            &pki.join("admin.crt"),
+            &pki.join("admin.key"),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                out.push(("kube-apiserver".into(), false, e));
+                return Ok(out);
+            }
+        };
+        match api.get("/readyz").await {
+            Ok(r) if r.status.is_success() => {
+                out.push(("kube-apiserver".into(), true, "ready".into()));
+            }
+            Ok(r) => out.push((
+                "kube-apiserver".into(),
+                false,
+                format!("{}: {}", r.status, String::from_utf8_lossy(&r.body).trim()),
+            )),
+            Err(e) => {
+                out.push(("kube-apiserver".into(), false, e));
+                return Ok(out);
+            }
+        }
+        match api.get("/api/v1/nodes").await.and_then(|r| r.json()) {
+            Ok(nodes) => {
+                let items = nodes["items"].as_array().cloned().unwrap_or_default();
+                let mut ready = 0;
+                let mut each = Vec::new();
+                for n in &items {
+                    let name = n["metadata"]["name"].as_str().unwrap_or_default();
+                    let cond = n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["type"] == "Ready");
+                    let ok = cond.is_some_and(|c| c["status"] == "True");
+                    ready += usize::from(ok);
+                    let msg = cond
+                        .and_then(|c| c["message"].as_str())
+                        .unwrap_or("no Ready condition yet")
+                        .to_string();
+                    each.push((format!("node/{name}"), ok, msg));
+                }
+                out.push((
+                    "nodes".into(),
+                    !items.is_empty() && ready == items.len(),
+                    format!("{ready} of {} Ready", items.len()),
+                ));
+                out.extend(each);
+            }
+            Err(e) => out.push(("nodes".into(), false, e)),
+        }
+        Ok(out)
+    }
+
     /// `osctl etcd leave`: this member leaves the cluster; etcd stops and its data goes.
     pub async fn leave(&self, sup: &Supervisor) -> Result<String, KubeError> {
         let c = self.local_etcd()?;
