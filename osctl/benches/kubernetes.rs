@@ -1,0 +1,129 @@
+//! Kubernetes on a local cluster: `osctl cluster create --kubernetes` (which bootstraps etcd)
+//! and then every node Ready (`osctl health --expect-nodes`), wall time, on Docker with 3
+//! nodes (1 control plane, 2 workers) and, with `BASALT_BENCH_QEMU=1`, QEMU with 1 node (TCG:
+//! slow, measured and reported). One create first builds the images, reported apart; then
+//! `BASALT_BENCH_RUNS` (default 3) runs each, min / median / max. Goal: Docker, 3 nodes, all
+//! Ready in 60 s or less (Talos takes about 2 minutes). Needs root, a Docker engine and
+//! `BASALT_KUBERNETES` (the directory `hack/kubernetes` prints).
+//!
+//! `BASALT_KUBERNETES=$(hack/kubernetes | tail -1) cargo bench -p osctl --bench kubernetes`
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn osctl(root: &Path, args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_osctl"))
+        .env("BASALT_CLUSTERS", root)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "osctl {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// (create with bootstrap, create to every node Ready).
+fn run(root: &Path, k8s: &str, provisioner: &str, nodes: u8) -> (Duration, Duration) {
+    let name = format!("kb{}", std::process::id() % 10_000);
+    let workers = (nodes - 1).to_string();
+    let start = Instant::now();
+    osctl(
+        root,
+        &[
+            "cluster",
+            "create",
+            "--name",
+            &name,
+            "--provisioner",
+            provisioner,
+            "--controlplanes",
+            "1",
+            "--workers",
+            &workers,
+            "--cidr",
+            "10.236.0.0/24",
+            "--memory",
+            "2048",
+            "--kubernetes",
+            k8s,
+        ],
+    );
+    let created = start.elapsed();
+    let oc = root.join(&name).join("osconfig");
+    osctl(
+        root,
+        &[
+            "--osconfig",
+            oc.to_str().unwrap(),
+            "-n",
+            "10.236.0.2",
+            "health",
+            "--wait-timeout",
+            "10m",
+            "--expect-nodes",
+            &nodes.to_string(),
+        ],
+    );
+    let ready = start.elapsed();
+    osctl(root, &["cluster", "destroy", "--name", &name]);
+    (created, ready)
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this benchmark needs root"
+    );
+    let k8s = std::env::var("BASALT_KUBERNETES")
+        .expect("BASALT_KUBERNETES: the directory hack/kubernetes prints");
+    let runs: usize = std::env::var("BASALT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
+    std::fs::create_dir_all(&root).unwrap();
+    let (first, _) = run(&root, &k8s, "docker", 1);
+    let mut cases = vec![("docker", 3u8)];
+    if std::env::var("BASALT_BENCH_QEMU").is_ok_and(|v| v == "1") {
+        cases.push(("qemu", 1));
+    }
+    let mut rows = Vec::new();
+    for (p, n) in cases {
+        let t: Vec<(Duration, Duration)> = (0..runs).map(|_| run(&root, &k8s, p, n)).collect();
+        let created = stats(t.iter().map(|x| x.0.as_secs_f64()).collect());
+        let ready = stats(t.iter().map(|x| x.1.as_secs_f64()).collect());
+        rows.push((p, n, created, ready));
+    }
+    println!();
+    println!(
+        "Kubernetes: cluster create (with etcd bootstrap) and create to every node Ready, {runs} runs each"
+    );
+    println!(
+        "first create, images built or found: {:.1} s",
+        first.as_secs_f64()
+    );
+    println!(
+        "{:<12} {:<6} {:>22} {:>26}",
+        "provisioner", "nodes", "create min/med/max s", "all Ready min/med/max s"
+    );
+    for (p, n, c, r) in rows {
+        println!(
+            "{p:<12} {n:<6} {:>22} {:>26}",
+            format!("{:.1}/{:.1}/{:.1}", c.0, c.1, c.2),
+            format!("{:.1}/{:.1}/{:.1}", r.0, r.1, r.2)
+        );
+    }
+}
