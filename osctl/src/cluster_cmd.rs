@@ -93,7 +93,7 @@ pub struct CreateArgs {
     pxe: bool,
     /// Run Kubernetes: the node image gets this directory's static kubelet, control plane and
     /// pause (`hack/kubernetes` builds them and prints the directory).
-    #[arg(long, env = "BASALT_KUBERNETES")]
+    #[arg(long)]
     kubernetes: Option<PathBuf>,
 }
 

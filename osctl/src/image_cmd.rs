@@ -40,7 +40,7 @@ pub struct ImageArgs {
     /// Make a Kubernetes node image from this directory's static kubelet, kube-apiserver,
     /// kube-controller-manager, kube-scheduler and pause (`hack/kubernetes` prints it), with
     /// etcd and mount from pinned packages.
-    #[arg(long, env = "BASALT_KUBERNETES")]
+    #[arg(long)]
     kubernetes: Option<PathBuf>,
 }
 
