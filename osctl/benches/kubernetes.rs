@@ -10,25 +10,12 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::ok as osctl;
 
-fn osctl(root: &Path, args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_osctl"))
-        .env("BASALT_CLUSTERS", root)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "osctl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// (create with bootstrap, create to every node Ready).
 fn run(root: &Path, k8s: &str, provisioner: &str, nodes: u8) -> (Duration, Duration) {

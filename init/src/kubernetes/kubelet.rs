@@ -381,17 +381,7 @@ pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn configs() -> basalt_config::generate::Generated {
-        basalt_config::generate::generate(&basalt_config::generate::GenOptions {
-            cluster_name: "demo".parse().unwrap(),
-            endpoint: "https://10.5.0.2:6443".parse().unwrap(),
-            with_kubespan: false,
-            secrets: None,
-            install_disk: None,
-        })
-        .unwrap()
-    }
+    use crate::kubernetes::test_configs as configs;
 
     #[test]
     fn the_kubelet_joins_with_the_bootstrap_kubeconfig_through_containerd() {

@@ -304,6 +304,20 @@ fn is_me(host: &str, me: &etcd::Me) -> bool {
             .is_ok_and(|ip| ip == me.ip || crate::net::addresses().contains(&ip.to_string()))
 }
 
+/// The configs of a generated cluster `demo` with its endpoint at 10.5.0.2, for tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn test_configs() -> basalt_config::generate::Generated {
+    basalt_config::generate::generate(&basalt_config::generate::GenOptions {
+        cluster_name: "demo".parse().unwrap(),
+        endpoint: "https://10.5.0.2:6443".parse().unwrap(),
+        with_kubespan: false,
+        secrets: None,
+        install_disk: None,
+    })
+    .unwrap()
+}
+
 /// The address Kubernetes and etcd use for this node: the first in the config's
 /// `nodeIPSubnets`, else the first global IPv4 address on a link that is not KubeSpan's or a
 /// pod bridge, else the first global IPv6 one.

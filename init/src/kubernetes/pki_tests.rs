@@ -1,15 +1,6 @@
 use super::*;
 
-fn configs() -> basalt_config::generate::Generated {
-    basalt_config::generate::generate(&basalt_config::generate::GenOptions {
-        cluster_name: "demo".parse().unwrap(),
-        endpoint: "https://10.5.0.2:6443".parse().unwrap(),
-        with_kubespan: false,
-        secrets: None,
-        install_disk: None,
-    })
-    .unwrap()
-}
+use super::super::test_configs as configs;
 
 fn node() -> NodeInfo {
     NodeInfo {
