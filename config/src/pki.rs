@@ -142,3 +142,33 @@ pub fn new_key(what: &str) -> Result<PrivateKey, PkiError> {
         reason,
     })
 }
+
+/// A new key and a certificate signing request for it (PEM, PKCS#10) with the subject
+/// `O=organizations…, CN=common_name` and no extensions: the signer decides the rest (a
+/// kubelet's client certificate, signed by the controller manager).
+pub fn request(
+    common_name: &str,
+    organizations: &[&str],
+) -> Result<(String, PrivateKey), PkiError> {
+    let what = format!("certificate request {common_name:?}");
+    let key = KeyPair::generate().map_err(gen_err(&what))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for o in organizations {
+        dn.push(DnType::OrganizationName, *o);
+    }
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(gen_err(&what))?;
+    let key = key
+        .serialize_pem()
+        .parse()
+        .map_err(|reason| PkiError::Pem {
+            what: what.clone(),
+            reason,
+        })?;
+    Ok((csr, key))
+}

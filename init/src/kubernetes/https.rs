@@ -1,5 +1,5 @@
-//! A small HTTPS client for the node's own calls to etcd's JSON gateway and the Kubernetes
-//! API: mutual TLS 1.3 with a certificate from the node's PKI, HTTP/2, one connection per
+//! A small HTTPS client for the node's own calls to the Kubernetes API: TLS 1.3 with a
+//! certificate from the node's PKI (or a bearer token), HTTP/2, one connection per
 //! request (these calls are few: bootstrap, joins, health, a handful of manifests).
 
 use std::sync::Arc;
@@ -16,6 +16,8 @@ pub struct Https {
     host: String,
     port: u16,
     timeout: Duration,
+    /// Sent as `Authorization: Bearer …` (a kubelet's bootstrap token).
+    bearer: Option<String>,
 }
 
 impl std::fmt::Debug for Https {
@@ -62,6 +64,24 @@ impl Https {
                 .to_string(),
             port,
             timeout: Duration::from_secs(10),
+            bearer: None,
+        })
+    }
+
+    /// Checks the server against `ca`; authenticates with a bearer token instead of a client
+    /// certificate.
+    pub fn with_token(host: &str, port: u16, ca: &str, token: &str) -> Result<Https, String> {
+        let tls = basalt_api::tls::server_checking_client_config(ca)
+            .map_err(|e| basalt_resources::error_chain(&e))?;
+        Ok(Https {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            timeout: Duration::from_secs(10),
+            bearer: Some(token.to_string()),
         })
     }
 
@@ -73,6 +93,7 @@ impl Https {
             host: host.to_string(),
             port,
             timeout: Duration::from_secs(10),
+            bearer: None,
         }
     }
 
@@ -145,6 +166,9 @@ impl Https {
             .method(method)
             .uri(format!("https://{}:{}{path}", self.host, self.port))
             .header("accept", "application/json");
+        if let Some(t) = &self.bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
         let data = match body {
             Some((ct, data)) => {
                 req = req.header("content-type", ct);

@@ -130,6 +130,10 @@ readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: {HEALTHZ_PORT}
 resolvConf: /etc/resolv.conf
+# The node's status is computed every 2 s (default 10 s) and posted only when it changes, or
+# every 5 min: a node turns Ready within seconds of its pod network being set up.
+nodeStatusUpdateFrequency: 2s
+nodeStatusReportFrequency: 5m
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 5%
@@ -213,6 +217,7 @@ pub fn service(args: Vec<String>) -> ServiceDef {
     def.depends = vec![
         Dependency::Service("containerd".into()),
         Dependency::Condition(supervisor::NETWORK),
+        Dependency::Condition(super::tlsboot::CLIENT_READY),
     ];
     def.stop_timeout = Duration::from_secs(30);
     def.health = Some(Health {

@@ -8,6 +8,7 @@ pub mod https;
 pub mod kubelet;
 pub mod pki;
 pub mod podroutes;
+pub mod tlsboot;
 
 pub use kubelet::prepare_cri;
 
@@ -471,6 +472,12 @@ pub fn start(
             Ok(()) => {
                 let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
                 sup.add(kubelet::service(args)).await;
+                tokio::spawn(tlsboot::run(
+                    sup.clone(),
+                    cfg.clone(),
+                    kube.paths.pki.clone(),
+                    me.name.clone(),
+                ));
                 // Routes to the other nodes' pods, through the link of the node's address.
                 match link_of(ip) {
                     Some(link) => {
@@ -513,10 +520,12 @@ pub fn start(
         for def in controlplane::services(&settings) {
             sup.add(def).await;
         }
-        // What kubelets need to join, once the API server answers.
+        // What kubelets need to join, as soon as the API server answers (tried every second
+        // while it runs; each new reason it cannot be made yet logged once).
+        let mut last = String::new();
         loop {
-            sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, h| {
-                s == supervisor::State::Running && h == supervisor::HealthState::Healthy
+            sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, _| {
+                s == supervisor::State::Running
             })
             .await;
             let pki = &kube.paths.pki;
@@ -539,10 +548,13 @@ pub fn start(
                     break;
                 }
                 Err(e) => {
-                    log::line(&format!(
-                        "kubernetes: cannot make the bootstrap objects yet: {e}"
-                    ));
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    if e != last {
+                        log::line(&format!(
+                            "kubernetes: cannot make the bootstrap objects yet: {e}"
+                        ));
+                        last = e;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }

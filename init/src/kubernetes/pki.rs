@@ -324,8 +324,16 @@ pub fn apiserver_sans(config: &Config, node: &NodeInfo) -> Result<Vec<String>, S
 /// How a kubeconfig's user authenticates.
 #[derive(Debug, Clone)]
 pub enum Credential {
-    Certificate { crt: String, key: String },
+    Certificate {
+        crt: String,
+        key: String,
+    },
     Token(String),
+    /// Certificate and key by path (read again when they change: the kubelet's rotated ones).
+    Files {
+        crt: String,
+        key: String,
+    },
 }
 
 /// A kubeconfig with one cluster, one user and one context, all data inline (base64).
@@ -344,6 +352,9 @@ pub fn kubeconfig(
             b64(key)
         ),
         Credential::Token(t) => format!("    token: {t}\n"),
+        Credential::Files { crt, key } => {
+            format!("    client-certificate: {crt}\n    client-key: {key}\n")
+        }
     };
     // The user entry is named like the context: `admin` of two clusters are two users.
     let context = format!("{user}@{cluster}");

@@ -14,10 +14,9 @@ use basalt_networkd::spec::{Layer, RouteSpec};
 use basalt_resources::Store;
 
 use super::https::Https;
+use super::tlsboot::KUBELET_CLIENT;
 use crate::log;
 
-/// The kubelet's client certificate and key, once its TLS bootstrap is done.
-pub const KUBELET_CLIENT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
 const OWNER: &str = "kubernetes";
 
 /// (pod CIDR, node address) of every node but `me`, from a `NodeList`.

@@ -48,7 +48,11 @@ impl fmt::Display for Dependency {
 
 pub type HealthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
-/// A health check: run every `interval`, failing after `timeout`.
+/// How often a starting service's health is checked until its first good check.
+pub const STARTUP_CHECK: Duration = Duration::from_millis(500);
+
+/// A health check: run every `interval` (every [`STARTUP_CHECK`] at most until the first
+/// good one), failing after `timeout`.
 #[derive(Clone)]
 pub struct Health {
     pub check: HealthFn,
@@ -595,11 +599,9 @@ async fn run_service(
             rep.status.health = HealthState::Unknown;
         }
         rep.set(State::Running, format!("pid {}", running.pid));
-        let mut health_tick = def.health.as_ref().map(|h| {
-            let mut i = tokio::time::interval(h.interval);
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
+        // The first check at once; until the first good one (starting up) every
+        // STARTUP_CHECK at most, so a dependent starts soon after; then every `interval`.
+        let mut next_check = tokio::time::Instant::now();
 
         // Running: until the process exits or a command comes.
         let outcome = loop {
@@ -615,8 +617,8 @@ async fn run_service(
                     Some(Command::Restart(done)) => break Err((done, true)),
                 },
                 () = async {
-                    match health_tick.as_mut() {
-                        Some(t) => { t.tick().await; }
+                    match def.health {
+                        Some(_) => tokio::time::sleep_until(next_check).await,
                         None => std::future::pending::<()>().await,
                     }
                 } => {
@@ -633,6 +635,12 @@ async fn run_service(
                             Some(_) if rep.status.health == HealthState::Unknown => {}
                             Some(e) => rep.set_health(HealthState::Unhealthy, Some(e)),
                         }
+                        let every = if rep.status.health == HealthState::Unknown {
+                            h.interval.min(STARTUP_CHECK)
+                        } else {
+                            h.interval
+                        };
+                        next_check = tokio::time::Instant::now() + every;
                     }
                 }
             }

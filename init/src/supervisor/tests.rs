@@ -236,6 +236,39 @@ async fn a_service_waits_for_its_dependencies_to_be_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_service_is_checked_often_until_healthy_then_at_its_interval() {
+    let sup = sup();
+    let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let c2 = checks.clone();
+    let mut db = ServiceDef::new("db", sh("exec sleep 30"));
+    db.health = Some(Health {
+        check: Arc::new(move || {
+            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Ready 1.2 s after the test began: the third or fourth startup check.
+            let ready = started.elapsed() > Duration::from_millis(1200);
+            Box::pin(async move { if ready { Ok(()) } else { Err("not yet".into()) } })
+        }),
+        interval: Duration::from_secs(60),
+        timeout: Duration::from_secs(1),
+    });
+    sup.add(quick(db)).await;
+    // With only the 60 s interval it would be healthy after a minute.
+    assert!(
+        sup.wait_for("db", Duration::from_secs(4), |_, h| h
+            == HealthState::Healthy)
+            .await,
+        "not healthy within 4 s: {:?}",
+        sup.state("db")
+    );
+    let at_healthy = checks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((3..=6).contains(&at_healthy), "{at_healthy} checks");
+    // Healthy: back to the service's own interval, no more checks for a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(checks.load(std::sync::atomic::Ordering::SeqCst), at_healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_program_backs_off_and_says_why() {
     let sup = sup();
     let p = ProcessSpec {
