@@ -156,7 +156,6 @@ fn options(c: &Config, key_path: &std::path::Path) -> Result<Option<NodeOptions>
         },
         relay: ks.allow_relay,
         with_pod_networks: ks.advertise_pod_networks,
-        pod_cidrs: Vec::new(),
         timing: HealthTiming {
             down_after: ks.peer_down_after.get(),
             ..HealthTiming::default()

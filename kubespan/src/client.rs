@@ -33,7 +33,11 @@ pub struct ClientConfig {
     pub hostname: String,
     /// The node's own addresses now (asked at every refresh).
     pub addresses: Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
-    pub pod_cidrs: Vec<String>,
+    /// The pod networks behind the node now (asked at every refresh; a change is published
+    /// within a second).
+    pub pod_cidrs: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Publish the pod networks, and route the peers' through the mesh
+    /// (`KubeSpanConfig.advertisePodNetworks`).
     pub with_pod_networks: bool,
     /// This node relays for peers that cannot reach each other (`KubeSpanConfig.allowRelay`).
     pub relay: bool,
@@ -84,7 +88,11 @@ fn affiliate(cfg: &ClientConfig) -> Affiliate {
             .map(|a| SocketAddr::new(*a, cfg.port))
             .collect(),
         node_addresses: addresses,
-        pod_cidrs: cfg.pod_cidrs.clone(),
+        pod_cidrs: if cfg.with_pod_networks {
+            (cfg.pod_cidrs)()
+        } else {
+            Vec::new()
+        },
         relay: cfg.relay,
     }
 }
@@ -240,7 +248,7 @@ pub async fn run(store: Store, cfg: ClientConfig) -> Result<(), ClientError> {
         .into_inner();
     let mut peers: BTreeMap<String, (Affiliate, Vec<IpAddr>)> = BTreeMap::new();
     // The record is refreshed every third of its TTL, and at once when the node's addresses
-    // change (it roamed), which a check every second notices.
+    // change (it roamed) or its pod networks do, which a check every second notices.
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.tick().await;
     loop {

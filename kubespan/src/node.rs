@@ -37,8 +37,9 @@ pub struct NodeOptions {
     pub device: DeviceOptions,
     /// Relay for others and use relays (`KubeSpanConfig.allowRelay`).
     pub relay: bool,
+    /// Publish this node's pod networks (the [`crate::peer::PodNetworksSpec`] in the store)
+    /// and route the peers' through the mesh.
     pub with_pod_networks: bool,
-    pub pod_cidrs: Vec<String>,
     pub timing: HealthTiming,
 }
 
@@ -115,7 +116,10 @@ pub async fn run(store: Store, opts: NodeOptions) -> Result<(), NodeError> {
                 let s = store.clone();
                 Arc::new(move || agent::node_addresses(&s))
             },
-            pod_cidrs: opts.pod_cidrs.clone(),
+            pod_cidrs: {
+                let s = store.clone();
+                Arc::new(move || crate::peer::local_pod_networks(&s))
+            },
             with_pod_networks: opts.with_pod_networks,
             relay: opts.relay,
             port: dev_opts.port,

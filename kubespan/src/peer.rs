@@ -40,6 +40,32 @@ fn host(ip: IpAddr) -> Prefix {
     Prefix::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("a host prefix is valid")
 }
 
+/// The pod networks behind this node (namespace `kubespan`, id [`LOCAL_POD_NETWORKS`]), written
+/// by whoever learns them — init's Kubernetes side, from the node's `spec.podCIDRs` — and
+/// published in the node's affiliate when `advertisePodNetworks` is on, so the peers route them
+/// through the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodNetworksSpec {
+    pub cidrs: Vec<Prefix>,
+}
+
+impl Spec for PodNetworksSpec {
+    const TYPE: &'static str = "PodNetworks";
+    const NAMESPACE: &'static str = "kubespan";
+}
+
+/// The id of this node's [`PodNetworksSpec`].
+pub const LOCAL_POD_NETWORKS: &str = "local";
+
+/// This node's pod networks, as text, from the store (none until they are known).
+pub fn local_pod_networks(store: &basalt_resources::Store) -> Vec<String> {
+    store
+        .get::<PodNetworksSpec>(LOCAL_POD_NETWORKS)
+        .map(|(_, s)| s.cidrs.iter().map(ToString::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// A peer from an affiliate and the addresses the discovery server observed for it.
 pub fn peer_spec(a: &Affiliate, observed: &[IpAddr], with_pod_networks: bool) -> KubeSpanPeerSpec {
     let mut allowed = vec![host(a.mesh_address)];

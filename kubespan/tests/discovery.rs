@@ -219,7 +219,7 @@ fn client_config(
         keys: basalt_kubespan::identity::KeyPair::generate(),
         hostname: name.into(),
         addresses: std::sync::Arc::new(move || vec![addr]),
-        pod_cidrs: vec!["10.244.0.0/24".into()],
+        pod_cidrs: std::sync::Arc::new(|| vec!["10.244.0.0/24".into()]),
         with_pod_networks: false,
         relay: false,
         port: 51820,
@@ -286,6 +286,56 @@ async fn nodes_become_each_others_peers_through_the_client() {
     t3.abort();
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// With `advertisePodNetworks`: a node's pod network, learned after it joined the mesh (the
+/// controller manager allocates it once the node registers), reaches its peers within a few
+/// seconds and becomes one of its allowed IPs there; when it goes away, so does the route.
+#[tokio::test]
+async fn pod_networks_learned_later_are_published_and_become_allowed_ips() {
+    use basalt_kubespan::peer::KubeSpanPeerSpec;
+    use basalt_resources::Store;
+    let (url, stop, task) = start(None).await;
+    let (s1, s2) = (Store::default(), Store::default());
+    let mut c1 = client_config(&url, 1, "node1", "10.5.0.2");
+    let mut c2 = client_config(&url, 1, "node2", "10.5.0.3");
+    let pods2 = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let p2 = pods2.clone();
+    c2.pod_cidrs = std::sync::Arc::new(move || p2.lock().unwrap().clone());
+    c1.with_pod_networks = true;
+    c2.with_pod_networks = true;
+    let k2 = c2.keys.public_base64();
+    let t1 = tokio::spawn(basalt_kubespan::client::run(s1.clone(), c1));
+    let t2 = tokio::spawn(basalt_kubespan::client::run(s2.clone(), c2));
+    let allowed = |s: &Store| -> Vec<String> {
+        s.get::<KubeSpanPeerSpec>(&k2)
+            .map(|(_, p)| p.allowed_ips.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    };
+    until("node2 a peer of node1", || allowed(&s1).len() == 2).await;
+    assert!(!allowed(&s1).iter().any(|a| a.starts_with("10.244.")));
+    pods2.lock().unwrap().push("10.244.3.0/24".into());
+    until("node2's pod network allowed on node1", || {
+        allowed(&s1).contains(&"10.244.3.0/24".to_string())
+    })
+    .await;
+    pods2.lock().unwrap().clear();
+    until("node2's pod network gone on node1", || {
+        allowed(&s1).len() == 2 && !allowed(&s1).contains(&"10.244.3.0/24".to_string())
+    })
+    .await;
+    t1.abort();
+    t2.abort();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Over TLS: a server with a certificate from a cluster's CA; a client that checks against

@@ -4,7 +4,8 @@
 //! plane and the second joins by itself; bootstrap is refused a second time and on a worker;
 //! the API server answers kubectl with the admin kubeconfig `osctl kubeconfig` writes; every
 //! node's kubelet joins and is Ready; a pod from the locally imported image runs on a worker
-//! and a pod on the other worker reaches it; an etcd snapshot is a bbolt database; a control
+//! and a pod on the other worker reaches it over KubeSpan (the pod CIDRs advertised as the
+//! peers' allowed IPs); an etcd snapshot is a bbolt database; a control
 //! plane leaves etcd.
 
 #![allow(clippy::unwrap_used)]
@@ -68,6 +69,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             "2",
             "--cidr",
             &format!("{net}.0/24"),
+            "--with-kubespan",
             "--kubernetes",
             k8s.to_str().unwrap(),
         ],
@@ -202,7 +204,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         }
     });
     // A pod from the image imported at boot (no registry) on one worker, serving; a pod on the
-    // other worker reaches it across nodes (the pod routes through the node addresses).
+    // other worker reaches it across nodes.
     let run = |pod: &str, node: &str, args: &[&str]| {
         let overrides = format!(r#"{{"apiVersion":"v1","spec":{{"nodeName":"{node}"}}}}"#);
         let mut a = vec![
@@ -248,6 +250,43 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         logs.contains("hello from a Basalt container") && logs.contains("serving on 8080"),
         "{logs}"
     );
+    // KubeSpan is on with `advertisePodNetworks`: worker 1 advertises the pod CIDR the
+    // controller manager gave it, and worker 2 has it among worker 1's allowed IPs, so the
+    // fetch below crosses WireGuard (KubeSpan's routing table comes before the main one).
+    let w1_cidr = kubectl(
+        &ns,
+        &kc,
+        &["get", "node", &w1, "-o", "jsonpath={.spec.podCIDR}"],
+    )
+    .unwrap();
+    assert!(w1_cidr.starts_with("10.244."), "{w1_cidr}");
+    let w2_addr = format!("{net}.5");
+    eventually(Duration::from_secs(60), Duration::from_secs(2), || {
+        let specs = ok(
+            clusters,
+            &[
+                "--osconfig",
+                oc,
+                "-n",
+                &w2_addr,
+                "get",
+                "kubespanpeerspecs",
+                "-o",
+                "yaml",
+            ],
+        );
+        let w1_peer = specs
+            .split("\n---")
+            .find(|d| d.contains(&format!("hostname: {w1}")))
+            .unwrap_or_default();
+        if w1_peer.contains(w1_cidr.trim()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{w1}'s pod CIDR {w1_cidr} is not among its allowed IPs on {w2}:\n{specs}"
+            ))
+        }
+    });
     run("cli", &w2, &["--fetch", &format!("{srv_ip}:8080")]);
     eventually(Duration::from_secs(120), Duration::from_secs(2), || {
         let phase = kubectl(

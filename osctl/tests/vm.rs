@@ -463,7 +463,7 @@ serve: true
         // No addresses: the node cannot reach this process except back along the
         // handshake it starts below (and must send nothing anywhere else).
         addresses: std::sync::Arc::new(Vec::new),
-        pod_cidrs: Vec::new(),
+        pod_cidrs: std::sync::Arc::new(Vec::new),
         with_pod_networks: false,
         relay: false,
         port: 51820,

@@ -101,7 +101,6 @@ impl Cluster {
             },
             relay: true,
             with_pod_networks: false,
-            pod_cidrs: Vec::new(),
             timing: HealthTiming {
                 down_after: DOWN_AFTER,
                 try_endpoint_for: Duration::from_secs(2),
