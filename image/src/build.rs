@@ -26,7 +26,9 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub out: PathBuf,
-    /// The init binary; built from this source tree with static glibc when `None`.
+    /// The init binary; built from this source tree with static glibc when `None`. Its
+    /// sibling `basalt-early` (built with it) is the initramfs's `/init` and the test image's
+    /// program.
     pub init: Option<PathBuf>,
     /// Extra kernel arguments for the ISO and PXE boot entries.
     pub extra_cmdline: Vec<String>,
@@ -58,6 +60,8 @@ pub struct Artifacts {
     pub iso: Option<PathBuf>,
     pub pxe_dir: Option<PathBuf>,
     pub init: Option<PathBuf>,
+    /// `basalt-early`, beside `init`.
+    pub early: Option<PathBuf>,
 }
 
 impl Artifacts {
@@ -66,6 +70,7 @@ impl Artifacts {
         let mut out = Vec::new();
         let files = [
             &self.init,
+            &self.early,
             &self.rootfs,
             &self.vmlinuz,
             &self.initramfs,
@@ -124,7 +129,9 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
         Some(p) => p.clone(),
         None => build_init(opts)?,
     };
+    let early = early_beside(&init)?;
     arts.init = Some(init.clone());
+    arts.early = Some(early.clone());
 
     progress(opts, "kernel package (downloaded once into the cache)");
     let kpin = inputs::find(&pins, "linux-image-")?;
@@ -149,7 +156,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     }
 
     progress(opts, "rootfs.sqsh (mksquashfs)");
-    let rootfs = build_rootfs(&init, &kernel, &payload, &images, &opts.out)?;
+    let rootfs = build_rootfs(&init, &early, &kernel, &payload, &images, &opts.out)?;
     arts.rootfs = Some(rootfs.clone());
     if target == Target::Rootfs {
         return Ok(arts);
@@ -159,7 +166,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     arts.vmlinuz = Some(vmlinuz.clone());
 
     progress(opts, "initramfs");
-    let initramfs = build_initramfs(&init, &kernel, &rootfs, &opts.out)?;
+    let initramfs = build_initramfs(&early, &kernel, &rootfs, &opts.out)?;
     arts.initramfs = Some(initramfs.clone());
 
     let cmdline = {
@@ -197,8 +204,10 @@ pub fn build_cached(
         Some(p) => p.clone(),
         None => build_init(opts)?,
     };
+    let early = early_beside(&init)?;
     let mut h = sha2::Sha256::new();
     h.update(std::fs::read(&init).map_err(io_err("read", &init))?);
+    h.update(std::fs::read(&early).map_err(io_err("read", &early))?);
     h.update(include_str!("../inputs.lock"));
     h.update(format!(
         "{target:?} {} {:?} {BASE_CMDLINE}",
@@ -228,6 +237,7 @@ pub fn build_cached(
             iso: have("basalt.iso"),
             pxe_dir: None,
             init: Some(init),
+            early: Some(early),
         });
     }
     let arts = build(
@@ -247,9 +257,22 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Builds `init` with static glibc (`crt-static`): one self-contained file, so neither the
-/// initramfs nor the rootfs needs a dynamic loader or a library closure for it. A separate
-/// target directory keeps the static flags from rebuilding the main one.
+/// `basalt-early` beside an init binary (cargo builds both from `basalt-init`).
+pub fn early_beside(init: &Path) -> Result<PathBuf, ImageError> {
+    let early = init.with_file_name("basalt-early");
+    if early.is_file() {
+        Ok(early)
+    } else {
+        Err(ImageError::Init(format!(
+            "no basalt-early beside {} (cargo builds both from basalt-init)",
+            init.display()
+        )))
+    }
+}
+
+/// Builds `init` and `basalt-early` with static glibc (`crt-static`): self-contained files, so
+/// neither the initramfs nor the rootfs needs a dynamic loader or a library closure for them.
+/// A separate target directory keeps the static flags from rebuilding the main one.
 fn build_init(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
     let ws = workspace();
     let target_dir = ws.join("target/basalt-init");
@@ -517,6 +540,7 @@ fn kubernetes_binaries(dir: &Path) -> Result<(Vec<RootfsFile>, OciImage), ImageE
 
 fn build_rootfs(
     init: &Path,
+    early: &Path,
     kernel: &Kernel,
     payload: &[(String, Vec<u8>)],
     images: &[OciImage],
@@ -562,14 +586,15 @@ fn build_rootfs(
         write_file(&staging.join(rel), data, 0o755)?;
     }
     if !payload.is_empty() {
-        // The test image containerd imports at boot: the node's own binary in its `hello` mode
-        // (for pods too, on a Kubernetes image).
+        // The test image containerd imports at boot: `basalt-early` in its `hello` mode (for
+        // pods too, on a Kubernetes image) — small, and not a second copy of init.
         let k8s = images.iter().any(|i| i.namespace == "k8s.io");
+        let early_bytes = std::fs::read(early).map_err(io_err("read", early))?;
         crate::oci::write_layout(
             &staging.join(crate::oci::IMAGES_DIR).join("hello"),
             k8s.then_some("system,k8s.io"),
             crate::oci::HELLO_REF,
-            &[("hello", 0o755, &init_bytes)],
+            &[("hello", 0o755, &early_bytes)],
             &["/hello"],
         )?;
     }
@@ -619,14 +644,15 @@ fn build_rootfs(
     Ok(sqsh)
 }
 
+/// `early` (`basalt-early`) is the initramfs's `/init`.
 fn build_initramfs(
-    init: &Path,
+    early: &Path,
     kernel: &Kernel,
     rootfs: &Path,
     out: &Path,
 ) -> Result<PathBuf, ImageError> {
     let mut a = Archive::new();
-    let init_bytes = std::fs::read(init).map_err(io_err("read", init))?;
+    let init_bytes = std::fs::read(early).map_err(io_err("read", early))?;
     a.add(
         "init",
         Entry::File {
