@@ -5,7 +5,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # need_apt PKG...: installs the Debian packages that are not installed yet.
 need_apt() {
-  local missing=()
+  local missing=() p
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
@@ -17,6 +17,15 @@ need_apt() {
     apt-get update -qq
     mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/basalt-updated
   fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Installing can remove a package that was there (a newer qemu-utils from backports conflicts
+  # with Debian's qemu-system-x86): install what is gone again, at versions that fit together.
+  missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  step "installing again what the install removed: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
