@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use basalt_config::Config;
 use basalt_networkd::cmdline::IpConfig;
-use basalt_networkd::spec::{AddressSpec, AddressStatus, DhcpSpec, RouteSpec, RouteStatus};
+use basalt_networkd::spec::{
+    AddressSpec, AddressStatus, DhcpSpec, Layered, RouteSpec, RouteStatus,
+};
 use basalt_networkd::{FilesOptions, Layer, LayerSpecs, publish, sources};
 use basalt_resources::Store;
 use basalt_resources::controller::Runtime;
@@ -72,20 +74,26 @@ pub fn start(
         log::line(&format!("network: the cmdline layer: {e}"));
     }
 
+    // The config's layer as it is now, before the readiness check below looks at the layers;
+    // then again at each change.
+    let publish_config = |store: &Store, config: &mut watch::Receiver<Option<Arc<Config>>>| {
+        let specs = config
+            .borrow_and_update()
+            .as_deref()
+            .map(sources::from_config)
+            .unwrap_or_default();
+        if let Err(e) = publish(store, "config", Layer::Config, &specs) {
+            log::line(&format!("network: the config layer: {e}"));
+        }
+    };
+    publish_config(&store, &mut config.clone());
     let s = store.clone();
     tasks::supervise("network-config", move || {
         let store = s.clone();
         let mut config = config.clone();
         async move {
             loop {
-                let specs = config
-                    .borrow_and_update()
-                    .as_deref()
-                    .map(sources::from_config)
-                    .unwrap_or_default();
-                if let Err(e) = publish(&store, "config", Layer::Config, &specs) {
-                    log::line(&format!("network: the config layer: {e}"));
-                }
+                publish_config(&store, &mut config);
                 if config.changed().await.is_err() {
                     return;
                 }
@@ -126,11 +134,7 @@ pub fn start(
         let start = tokio::time::Instant::now();
         let mut settle: Option<Duration> = None;
         loop {
-            let wanted = store
-                .list::<AddressSpec>()
-                .iter()
-                .any(|(_, a)| a.link != "lo")
-                || !store.list::<DhcpSpec>().is_empty();
+            let wanted = wants_address(&store);
             let have = store
                 .list::<AddressStatus>()
                 .iter()
@@ -156,6 +160,18 @@ pub fn start(
         }
         sup.set_condition(supervisor::NETWORK, true);
     });
+}
+
+/// Whether any layer asks for an address on a link other than `lo`, or for DHCP. Read from
+/// the layers as published, not from what the merge controller made of them: at boot the merge
+/// may not have run yet, and an empty merge read as "nothing wanted" set `network-ready` (and
+/// issued apid's certificate) before the node had its address.
+fn wants_address(store: &Store) -> bool {
+    store
+        .list::<Layered<AddressSpec>>()
+        .iter()
+        .any(|(_, a)| a.spec.link != "lo")
+        || !store.list::<Layered<DhcpSpec>>().is_empty()
 }
 
 /// Whether every merged route is in the kernel (as `RouteStatus` says).
@@ -235,4 +251,40 @@ pub fn addresses() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(store: &Store, owner: &str, layer: Layer, ip: &str) {
+        let c = IpConfig::parse(ip).unwrap();
+        publish(store, owner, layer, &sources::from_cmdline(&c)).unwrap();
+    }
+
+    #[test]
+    fn an_address_is_wanted_as_soon_as_a_layer_says_so() {
+        let store = Store::default();
+        basalt_networkd::publish_defaults(&store).unwrap();
+        assert!(!wants_address(&store), "the default layer asks for lo only");
+
+        // What boot sees before networkd's merge controller has run: the layer is there, the
+        // merged specs are not yet.
+        layer(
+            &store,
+            "cmdline",
+            Layer::Cmdline,
+            "10.231.0.3::10.231.0.1:255.255.255.0:w1:eth0:off",
+        );
+        assert!(store.list::<AddressSpec>().is_empty());
+        assert!(wants_address(&store));
+
+        let store = Store::default();
+        layer(&store, "cmdline", Layer::Cmdline, "dhcp");
+        assert!(wants_address(&store), "DHCP on a link");
+
+        let store = Store::default();
+        layer(&store, "cmdline", Layer::Cmdline, "off");
+        assert!(!wants_address(&store), "ip=off asks for nothing");
+    }
 }
