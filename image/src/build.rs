@@ -185,6 +185,11 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     Ok(arts)
 }
 
+/// Changed whenever the build lays out its artifacts differently, so [`build_cached`] does
+/// not reuse ones made the old way (its key otherwise covers only the inputs).
+const LAYOUT: &str =
+    "4: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first";
+
 /// Like [`build`] for the rootfs or the initramfs (with the kernel), but into `root/<key>`,
 /// where the key is a hash of everything they are made from (the init binary, the pinned
 /// inputs, the target and the options): an unchanged build is found there and reused instead
@@ -209,6 +214,7 @@ pub fn build_cached(
     h.update(std::fs::read(&init).map_err(io_err("read", &init))?);
     h.update(std::fs::read(&early).map_err(io_err("read", &early))?);
     h.update(include_str!("../inputs.lock"));
+    h.update(LAYOUT);
     h.update(format!(
         "{target:?} {} {:?} {BASE_CMDLINE}",
         opts.with_containerd, opts.extra_cmdline
@@ -622,15 +628,36 @@ fn build_rootfs(
     let sqsh = out.join("rootfs.sqsh");
     let tmp = out.join(".rootfs.sqsh.tmp");
     let _ = std::fs::remove_file(&tmp);
+    // The modules go first, in the order PID 1 loads them: small files share compressed
+    // fragment blocks, and in load order each block is decompressed once, not once per module.
+    let sort = out.join(".rootfs.sort");
+    let order_file = staging.join("lib/modules/load.order");
+    let order = std::fs::read_to_string(&order_file).map_err(io_err("read", &order_file))?;
+    let sort_list: String = order
+        .lines()
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, rel)| format!("lib/modules/{rel} {}\n", 32000 - i as i64))
+        .collect();
+    std::fs::write(&sort, sort_list).map_err(io_err("write", &sort))?;
     let e = epoch().to_string();
     tools::run(
         Command::new("mksquashfs")
             .arg(&staging)
             .arg(&tmp)
+            .arg("-sort")
+            .arg(&sort)
             .args([
                 "-noappend",
                 "-comp",
                 "zstd",
+                // 1 MiB blocks at zstd's level 19: 6.5 % smaller than the defaults (128 KiB,
+                // level 15), and every byte of the rootfs is read by GRUB and copied by the
+                // kernel at boot. It costs the build about 10 s more.
+                "-b",
+                "1M",
+                "-Xcompression-level",
+                "19",
                 "-all-root",
                 "-no-xattrs",
                 "-quiet",
@@ -638,7 +665,9 @@ fn build_rootfs(
             ])
             .args(["-mkfs-time", &e, "-all-time", &e, "-processors", "2"]),
     )?;
+    let _ = std::fs::remove_file(&sort);
     check_rootfs(&tmp)?;
+    crate::verity::append_tree(&tmp)?;
     finish(&tmp, &sqsh)?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(sqsh)
@@ -675,11 +704,11 @@ fn build_initramfs(
         );
         Ok(())
     })?;
-    let digest = sha256_file(rootfs)?;
+    let verity = crate::verity::read(rootfs)?;
     a.add(
-        "etc/basalt/rootfs.sha256",
+        "etc/basalt/rootfs.verity",
         Entry::File {
-            data: format!("{digest}  rootfs.sqsh\n").into_bytes(),
+            data: verity.to_file().into_bytes(),
             executable: false,
         },
     );

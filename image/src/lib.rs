@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod oci;
 pub mod qemu;
 pub mod tools;
+pub mod verity;
 
 pub use build::{Artifacts, BuildOptions, Target, build};
 

@@ -85,6 +85,9 @@ fn assert_boots(boot: Boot, name: &str) -> String {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     vm.wait_for("basalt: maintenance mode: no config", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
+    // PID 1 read the whole rootfs once through dm-verity: every block matched the tree.
+    vm.wait_for("basalt: rootfs scrubbed: all", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", vm.console()));
     eprintln!(
         "{name}: PID 1 running {:.1} s after QEMU started",
         last.as_secs_f64()
@@ -145,21 +148,18 @@ fn pxe_boots_through_qemu_tftp_and_ipxe() {
     assert_boots(Boot::Pxe { dir }, "pxe");
 }
 
-#[test]
-fn a_corrupted_rootfs_stops_boot_names_the_checksum_and_reboots() {
-    if !tier(
-        Tier::Vm,
-        "a_corrupted_rootfs_stops_boot_names_the_checksum_and_reboots",
-    ) {
-        return;
-    }
-    let a = artifacts();
-    let good = basalt_image::sha256_file(a.rootfs.as_ref().unwrap()).unwrap();
-    // The rootfs is the initramfs's trailing, uncompressed archive: flip one of its bytes.
+/// Boots the initramfs with one byte of the rootfs's data block `block` flipped; returns the
+/// FATAL line, after checking init rebooted (no kernel panic) before PID 1 ran on bad data.
+fn boot_with_corrupted_block(a: &Artifacts, block: u64, name: &str) -> String {
+    let rootfs = std::fs::read(a.rootfs.as_ref().unwrap()).unwrap();
+    // The rootfs is the initramfs's trailing, uncompressed archive.
     let mut img = std::fs::read(a.initramfs.as_ref().unwrap()).unwrap();
-    let at = img.len() - 4096;
-    img[at] ^= 0xff;
-    let dir = workdir("corrupt");
+    let start = img
+        .windows(4096)
+        .position(|w| w == &rootfs[..4096])
+        .unwrap();
+    img[start + (block * 4096) as usize + 123] ^= 0xff;
+    let dir = workdir(name);
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("initramfs-corrupt.img");
     std::fs::write(&bad, &img).unwrap();
@@ -177,22 +177,66 @@ fn a_corrupted_rootfs_stops_boot_names_the_checksum_and_reboots() {
         512,
     )
     .unwrap();
-    vm.wait_for("rebooting in 1s", BOOT_TIMEOUT).unwrap();
+    vm.wait_for("rebooting in 1s", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", vm.console()));
     // -no-reboot turns the reboot into QEMU exiting: init rebooted instead of panicking.
     assert!(
         vm.wait_exit(Duration::from_secs(60)).is_some(),
-        "init did not reboot"
+        "{name}: init did not reboot"
     );
     let console = vm.console();
-    let fatal = console.lines().find(|l| l.contains("FATAL")).unwrap();
+    assert!(!console.contains("Kernel panic"), "{name}:\n{console}");
+    assert!(!console.contains("rootfs scrubbed"), "{name}:\n{console}");
+    console
+        .lines()
+        .find(|l| l.contains("FATAL"))
+        .unwrap_or_else(|| panic!("{name}:\n{console}"))
+        .to_string()
+}
+
+/// The rootfs is checked block by block as it is read (dm-verity), and read whole once in the
+/// background after PID 1 starts: a flipped byte stops the node wherever it is, with a message
+/// that names the mismatch, the root hash and the block, then a reboot.
+#[test]
+fn a_corrupted_rootfs_stops_boot_names_the_checksum_and_reboots() {
+    if !tier(
+        Tier::Vm,
+        "a_corrupted_rootfs_stops_boot_names_the_checksum_and_reboots",
+    ) {
+        return;
+    }
+    let a = artifacts();
+    let v = basalt_image::verity::read(a.rootfs.as_ref().unwrap()).unwrap();
+    let prefix = "basalt: FATAL: rootfs.sqsh checksum mismatch: ";
+    // The last data block holds the SquashFS tables the mount reads: early init stops.
+    let last = v.data_blocks - 1;
+    let fatal = boot_with_corrupted_block(a, last, "corrupt-mount");
     assert!(
         fatal.starts_with(&format!(
-            "basalt: FATAL: rootfs.sqsh checksum mismatch: expected sha256 {good}, got "
+            "{prefix}a block the mount read does not match dm-verity root hash {}",
+            v.root_hex()
         )),
         "{fatal}"
     );
-    assert!(!console.contains("PID 1 running"));
-    assert!(!console.contains("Kernel panic"), "{console}");
+    assert!(
+        fatal.contains(&format!("data block {last} is corrupted")),
+        "{fatal}"
+    );
+    // A block in the middle: whoever reads it first (early init reading /sbin/init, or the
+    // background scrub) stops the node, naming the block.
+    let mid = v.data_blocks / 2;
+    let fatal = boot_with_corrupted_block(a, mid, "corrupt-middle");
+    assert!(fatal.starts_with(prefix), "{fatal}");
+    assert!(
+        fatal.contains(&format!("root hash {}", v.root_hex())),
+        "{fatal}"
+    );
+    assert!(
+        fatal.contains(&format!(
+            "(kernel: device-mapper: verity: 7:0: data block {mid} is corrupted"
+        )),
+        "{fatal}"
+    );
 }
 
 #[test]

@@ -1,23 +1,20 @@
 //! Early boot, as PID 1 in the initramfs.
 //!
 //! The image build puts here: `/init` (this binary), `/lib/modules/load.order` (module files
-//! in dependency order, resolved from `modules.dep` at build time), `/etc/basalt/rootfs.sha256`
-//! and, for ISO and PXE boots, `/rootfs.sqsh`.
+//! in dependency order, resolved from `modules.dep` at build time), `/etc/basalt/rootfs.verity`
+//! (the root hash of the rootfs's dm-verity tree) and, for ISO and PXE boots, `/rootfs.sqsh`.
 
-use std::io::Read as _;
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::kmod::{ModuleInitFlags, finit_module};
 use nix::mount::{MsFlags, mount};
-use sha2::{Digest, Sha256};
 
 use crate::cmdline::Cmdline;
 use crate::log;
 
 const ROOTFS: &str = "/rootfs.sqsh";
-const ROOTFS_SHA256: &str = "/etc/basalt/rootfs.sha256";
 pub const LOAD_ORDER: &str = "/lib/modules/load.order";
 const NEWROOT: &str = "/newroot";
 
@@ -43,8 +40,16 @@ pub enum EarlyError {
         #[source]
         source: nix::Error,
     },
-    #[error("rootfs.sqsh checksum mismatch: expected sha256 {expected}, got {actual}")]
-    Checksum { expected: String, actual: String },
+    #[error(
+        "rootfs.sqsh checksum mismatch: {what} does not match dm-verity root hash {root}{kernel}"
+    )]
+    Checksum {
+        what: String,
+        root: String,
+        kernel: String,
+    },
+    #[error("cannot map {ROOTFS} through dm-verity")]
+    Verity(#[source] crate::verity::VerityError),
     #[error("cannot attach {ROOTFS} to a loop device")]
     Loop(#[source] std::io::Error),
     #[error("cannot switch root to {NEWROOT}: {step}")]
@@ -150,15 +155,21 @@ fn boot() -> Result<Never, (EarlyError, u64)> {
     ));
 
     let t = Instant::now();
-    let (digest, size) = step(verify_rootfs(), delay)?;
+    let (params, dev) = step(map_root(), delay)?;
+    step(mount_root(&params, &dev), delay)?;
+    let init_kib = step(check_init(&params), delay)?;
+    if let Err(e) = crate::verity::record(&dev, &params) {
+        log::line(&format!(
+            "cannot record the rootfs device for its scrub: {e}"
+        ));
+    }
     log::line(&format!(
-        "rootfs verified (sha256 {}, {} KiB in {} ms)",
-        &digest[..16],
-        size / 1024,
+        "rootfs verified (dm-verity root hash {}, {} KiB, each block checked as it is read: /sbin/init's {init_kib} KiB in {} ms)",
+        &params.root_hash[..16],
+        params.data_bytes() / 1024,
         t.elapsed().as_millis()
     ));
 
-    step(mount_root(), delay)?;
     step(switch_root(), delay)?;
     log::line(&format!(
         "switched root ({} ms since early init)",
@@ -219,53 +230,48 @@ pub fn load_modules(order_file: &str) -> Result<usize, EarlyError> {
     Ok(n)
 }
 
-fn verify_rootfs() -> Result<(String, u64), EarlyError> {
-    let read_err = |path: &str| {
-        let path = path.to_string();
-        move |source| EarlyError::Read { path, source }
-    };
-    let expected = std::fs::read_to_string(ROOTFS_SHA256).map_err(read_err(ROOTFS_SHA256))?;
-    let expected = expected
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let mut f = std::fs::File::open(ROOTFS).map_err(read_err(ROOTFS))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(read_err(ROOTFS))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    let actual: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if actual != expected {
-        return Err(EarlyError::Checksum { expected, actual });
-    }
-    Ok((actual, size))
+/// Attaches rootfs.sqsh to a loop device and maps it through dm-verity.
+fn map_root() -> Result<(crate::verity::Params, PathBuf), EarlyError> {
+    let params =
+        std::fs::read_to_string(crate::verity::PARAMS).map_err(|source| EarlyError::Read {
+            path: crate::verity::PARAMS.into(),
+            source,
+        })?;
+    let params = crate::verity::Params::parse(&params).map_err(EarlyError::Verity)?;
+    let dev = crate::loopdev::attach_read_only(Path::new(ROOTFS)).map_err(EarlyError::Loop)?;
+    let mapped = crate::verity::map(&params, &dev).map_err(EarlyError::Verity)?;
+    Ok((params, mapped))
 }
 
-fn mount_root() -> Result<(), EarlyError> {
-    let dev = crate::loopdev::attach_read_only(Path::new(ROOTFS)).map_err(EarlyError::Loop)?;
+/// A read that failed because dm-verity found a block that does not match: EIO, and the
+/// kernel said "corrupted".
+fn mismatch(p: &crate::verity::Params, what: String) -> Option<EarlyError> {
+    let kernel = crate::verity::kernel_says();
+    kernel.contains("corrupted").then(|| EarlyError::Checksum {
+        what,
+        root: p.root_hash.clone(),
+        kernel,
+    })
+}
+
+fn mount_root(p: &crate::verity::Params, dev: &Path) -> Result<(), EarlyError> {
     std::fs::create_dir_all(NEWROOT).map_err(|source| EarlyError::Read {
         path: NEWROOT.into(),
         source,
     })?;
     mount(
-        Some(dev.as_path()),
+        Some(dev),
         NEWROOT,
         Some("squashfs"),
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .map_err(|source| EarlyError::Mount {
-        what: "rootfs.sqsh",
-        target: NEWROOT.into(),
-        source,
+    .map_err(|source| {
+        mismatch(p, "a block the mount read".into()).unwrap_or(EarlyError::Mount {
+            what: "rootfs.sqsh",
+            target: NEWROOT.into(),
+            source,
+        })
     })?;
     let tmp = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs("tmpfs", "tmpfs", "/newroot/system", tmp, Some("mode=0755"))?;
@@ -273,6 +279,30 @@ fn mount_root() -> Result<(), EarlyError> {
     // /var is tmpfs until installs exist (then it is the EPHEMERAL partition).
     mount_fs("tmpfs", "tmpfs", "/newroot/var", tmp, Some("mode=0755"))?;
     Ok(())
+}
+
+/// Reads /sbin/init whole before it is exec'd, so each of its blocks has been checked: a
+/// corrupted one found later, when a page of PID 1 faults in, would kill PID 1 (a kernel
+/// panic) instead of stopping here with a message. Returns its size in KiB.
+fn check_init(p: &crate::verity::Params) -> Result<u64, EarlyError> {
+    let path = format!("{NEWROOT}/sbin/init");
+    let read = |source| EarlyError::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::File::open(&path).map_err(read)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => return Ok(size / 1024),
+            Ok(n) => size += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(mismatch(p, "/sbin/init".into()).unwrap_or(read(e)));
+            }
+        }
+    }
 }
 
 /// Moves the pseudo-filesystems into the new root, frees the initramfs, and makes the new

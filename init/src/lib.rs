@@ -26,5 +26,6 @@ pub mod sequence;
 pub mod supervisor;
 pub mod sysinfo;
 pub mod tasks;
+pub mod verity;
 
 pub use basalt_resources::error_chain;

@@ -41,6 +41,9 @@ pub fn run() -> ! {
         log::line(&format!("panic: {info}"));
     }));
     reaper::reap_every_child();
+    if cmdline.platform == Platform::Metal {
+        crate::verity::start_scrub(cmdline.reboot_delay);
+    }
     let container = cmdline.platform == Platform::Container;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
