@@ -250,6 +250,12 @@ fn discovery_service(dir: &std::path::Path, tls: bool) -> ServiceDef {
     };
     let mut def = ServiceDef::new(DISCOVERY_SERVICE, process);
     def.depends = vec![Dependency::Condition(supervisor::NETWORK)];
+    if tls {
+        // It reads the node's certificate at start: not before init has written it (it
+        // exited, and was restarted, when the config had just been applied).
+        def.depends
+            .push(Dependency::Condition(supervisor::NODE_CERT));
+    }
     def.stop_timeout = Duration::from_secs(5);
     def.health = Some(Health {
         check: Arc::new(|| {

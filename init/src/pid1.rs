@@ -221,6 +221,9 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     sup.set_condition(supervisor::CONFIG, cfg.is_some());
+                    if cfg.is_none() {
+                        sup.set_condition(supervisor::NODE_CERT, false);
+                    }
                     match &cfg {
                         None => {
                             sup.add(apid_service(true)).await;
@@ -242,6 +245,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
                             match issued {
                                 Ok(()) => {
                                     log::line("apid certificate issued from the OS CA");
+                                    sup.set_condition(supervisor::NODE_CERT, true);
                                     sup.add(apid_service(false)).await;
                                 }
                                 Err(e) => log::line(&format!("apid not started: {e}")),

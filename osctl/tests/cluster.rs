@@ -229,6 +229,15 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
             .collect()
     };
     let untouched = [restarts(&addr(2)), restarts(&addr(4))];
+    // The control plane's discovery server started once, after the node's certificate it
+    // serves with was written (it used to exit and be restarted right after the config came).
+    let discovery = untouched[0].iter().find(|(s, _)| s == "discovery");
+    assert_eq!(
+        discovery.map(|(_, r)| r.as_str()),
+        Some("0"),
+        "{:?}",
+        untouched[0]
+    );
 
     // A node rebooted comes back with its config (kept on its state disk or volume): its
     // uptime starts again, and its peers are up again.

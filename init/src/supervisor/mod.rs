@@ -29,13 +29,16 @@ pub const OWNER: &str = "supervisor";
 pub enum Dependency {
     /// Another service running (and healthy, if it has a check) or finished.
     Service(String),
-    /// A node condition: [`NETWORK`], [`CONFIG`], [`TIME`].
+    /// A node condition: [`NETWORK`], [`CONFIG`], [`TIME`], [`NODE_CERT`].
     Condition(&'static str),
 }
 
 pub const NETWORK: &str = "network-ready";
 pub const CONFIG: &str = "config-present";
 pub const TIME: &str = "time-synced";
+/// The node's certificate from the OS CA is written (apid's, in `apid::PKI_DIR`): set after
+/// the write, so a service that reads the files never starts before them.
+pub const NODE_CERT: &str = "node-certificate";
 
 impl fmt::Display for Dependency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
