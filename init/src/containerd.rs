@@ -366,6 +366,15 @@ pub mod proto {
         pub id: String,
     }
 
+    /// `Leases/Delete`; with `sync`, containerd collects garbage before it answers.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DeleteLeaseRequest {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(bool, tag = "2")]
+        pub sync: bool,
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct CreateLeaseResponse {
         #[prost(message, optional, tag = "1")]
@@ -786,6 +795,46 @@ mod tests {
         );
         let imgs = c.images(NAMESPACE).await.unwrap();
         assert_eq!(imgs.len(), 2);
+
+        // containerd collects what nothing refers to whenever something is deleted (forced
+        // here, synchronously, by deleting an empty lease with `sync`): a snapshot prepared for
+        // a container is held by a lease until the container record refers to it.
+        let collect = || async {
+            let l: proto::CreateLeaseResponse = c
+                .call(
+                    "/containerd.services.leases.v1.Leases/Create",
+                    Some(NAMESPACE),
+                    proto::IdRequest { id: String::new() },
+                )
+                .await
+                .unwrap();
+            let _: proto::Empty = c
+                .call(
+                    "/containerd.services.leases.v1.Leases/Delete",
+                    Some(NAMESPACE),
+                    proto::DeleteLeaseRequest {
+                        id: l.lease.unwrap().id,
+                        sync: true,
+                    },
+                )
+                .await
+                .unwrap();
+        };
+        c.prepare("unheld", "").await.unwrap();
+        collect().await;
+        assert!(
+            !c.snapshot_exists("unheld").await.unwrap(),
+            "an unreferenced snapshot outlived a collection: this check proves nothing"
+        );
+        let held = c
+            .leased(|lc| async move {
+                lc.prepare("held", "").await?;
+                collect().await;
+                lc.snapshot_exists("held").await
+            })
+            .await
+            .unwrap();
+        assert!(held, "a snapshot under a lease was collected");
         let out = crate::containers::run(
             &c,
             "basalt.local/t:v1",

@@ -215,7 +215,7 @@ impl Client {
         Ok(out)
     }
 
-    async fn snapshot_exists(&self, key: &str) -> Result<bool, ContainerError> {
+    pub(crate) async fn snapshot_exists(&self, key: &str) -> Result<bool, ContainerError> {
         match self
             .call::<_, proto::InfoResponse>(
                 "/containerd.services.snapshots.v1.Snapshots/Stat",
@@ -233,7 +233,11 @@ impl Client {
         }
     }
 
-    async fn prepare(&self, key: &str, parent: &str) -> Result<Vec<proto::Mount>, ContainerError> {
+    pub(crate) async fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+    ) -> Result<Vec<proto::Mount>, ContainerError> {
         let r: proto::PrepareSnapshotResponse = self
             .call(
                 "/containerd.services.snapshots.v1.Snapshots/Prepare",
@@ -436,9 +440,15 @@ pub async fn import_all(client: &Client, dir: &Path) -> Result<Vec<String>, Cont
 }
 
 impl Client {
-    /// [`Client::import_layout`] under a lease of its own (leases are per namespace), so
-    /// nothing written is collected before the image record holds it.
-    async fn import_leased(&self, dir: &Path) -> Result<Vec<String>, ContainerError> {
+    /// Runs `f` with this client under a new lease (leases are per namespace), then deletes
+    /// the lease. containerd's garbage collector takes what nothing refers to — a snapshot just
+    /// prepared, a blob just written — and runs whenever something is deleted: what `f` writes
+    /// must be held by the lease until a record that lasts (an image, a container) refers to it.
+    pub(crate) async fn leased<T, F, Fut>(&self, f: F) -> Result<T, ContainerError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ContainerError>>,
+    {
         let lease: proto::CreateLeaseResponse = self
             .call(
                 "/containerd.services.leases.v1.Leases/Create",
@@ -447,17 +457,26 @@ impl Client {
             )
             .await
             .map_err(api("lease create"))?;
-        let lease_id = lease.lease.map(|l| l.id).unwrap_or_default();
-        let result = self.with_lease(&lease_id).import_layout(dir).await;
-        // The image records now hold everything; the lease may go.
+        let lease = lease.lease.map(|l| l.id).unwrap_or_default();
+        let result = f(self.with_lease(&lease)).await;
         let _ = self
             .empty_call(
                 "/containerd.services.leases.v1.Leases/Delete",
                 "lease delete".into(),
-                proto::IdRequest { id: lease_id },
+                proto::DeleteLeaseRequest {
+                    id: lease,
+                    sync: false,
+                },
             )
             .await;
         result
+    }
+
+    /// [`Client::import_layout`] under a lease: nothing written is collected before the image
+    /// record holds it.
+    async fn import_leased(&self, dir: &Path) -> Result<Vec<String>, ContainerError> {
+        self.leased(|c| async move { c.import_layout(dir).await })
+            .await
     }
 }
 
@@ -560,30 +579,39 @@ pub async fn run(
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
 
-    let mounts = client.prepare(id, &chain).await?;
+    // The snapshot is held by a lease until the container record refers to it: unheld, the
+    // garbage collector (run after the image import's lease went, say) could remove it between
+    // the two, and the task's overlay mount then fails on a missing directory.
     let spec = serde_json::to_vec(&runtime_spec(id, &argv, &env)).unwrap_or_default();
-    let _: proto::ContainerMessage = client
-        .call(
-            "/containerd.services.containers.v1.Containers/Create",
-            ns,
-            proto::ContainerMessage {
-                container: Some(proto::ContainerRecord {
-                    id: id.into(),
-                    image: image.into(),
-                    runtime: Some(proto::Runtime {
-                        name: "io.containerd.runc.v2".into(),
-                    }),
-                    spec: Some(prost_types::Any {
-                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                        value: spec,
-                    }),
-                    snapshotter: SNAPSHOTTER.into(),
-                    snapshot_key: id.into(),
-                }),
-            },
-        )
-        .await
-        .map_err(api(format!("container create {id}")))?;
+    let mounts = client
+        .leased(|c| async move {
+            let mounts = c.prepare(id, &chain).await?;
+            let _: proto::ContainerMessage = c
+                .call(
+                    "/containerd.services.containers.v1.Containers/Create",
+                    ns,
+                    proto::ContainerMessage {
+                        container: Some(proto::ContainerRecord {
+                            id: id.into(),
+                            image: image.into(),
+                            runtime: Some(proto::Runtime {
+                                name: "io.containerd.runc.v2".into(),
+                            }),
+                            spec: Some(prost_types::Any {
+                                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+                                    .into(),
+                                value: spec,
+                            }),
+                            snapshotter: SNAPSHOTTER.into(),
+                            snapshot_key: id.into(),
+                        }),
+                    },
+                )
+                .await
+                .map_err(api(format!("container create {id}")))?;
+            Ok(mounts)
+        })
+        .await?;
 
     std::fs::create_dir_all(io_dir).map_err(|source| ContainerError::Read {
         path: io_dir.to_path_buf(),
