@@ -48,6 +48,20 @@ impl Reply {
 }
 
 impl Https {
+    /// The one way an `Https` is made: `host` may be a bracketed IPv6 address.
+    fn build(tls: Arc<rustls::ClientConfig>, host: &str, port: u16, bearer: Option<&str>) -> Https {
+        Https {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            timeout: Duration::from_secs(10),
+            bearer: bearer.map(str::to_string),
+        }
+    }
+
     /// `ca`, `crt`, `key`: PEM. The server must present a certificate from `ca` for `host`.
     pub fn new(host: &str, port: u16, ca: &str, crt: &str, key: &str) -> Result<Https, String> {
         let id = basalt_api::tls::Identity {
@@ -56,16 +70,7 @@ impl Https {
         };
         let tls = basalt_api::tls::client_config(ca, &id)
             .map_err(|e| basalt_resources::error_chain(&e))?;
-        Ok(Https {
-            tls,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port,
-            timeout: Duration::from_secs(10),
-            bearer: None,
-        })
+        Ok(Https::build(tls, host, port, None))
     }
 
     /// Checks the server against `ca`; authenticates with a bearer token instead of a client
@@ -73,28 +78,13 @@ impl Https {
     pub fn with_token(host: &str, port: u16, ca: &str, token: &str) -> Result<Https, String> {
         let tls = basalt_api::tls::server_checking_client_config(ca)
             .map_err(|e| basalt_resources::error_chain(&e))?;
-        Ok(Https {
-            tls,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port,
-            timeout: Duration::from_secs(10),
-            bearer: Some(token.to_string()),
-        })
+        Ok(Https::build(tls, host, port, Some(token)))
     }
 
     /// A server whose certificate is not checked (the controller manager's and scheduler's
     /// self-signed health endpoints on loopback), no client certificate.
     pub fn unverified(host: &str, port: u16) -> Https {
-        Https {
-            tls: basalt_api::tls::insecure_client_config(),
-            host: host.to_string(),
-            port,
-            timeout: Duration::from_secs(10),
-            bearer: None,
-        }
+        Https::build(basalt_api::tls::insecure_client_config(), host, port, None)
     }
 
     /// From files of the node's PKI: `dir/ca`, `dir/crt`, `dir/key`.
