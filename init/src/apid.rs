@@ -329,16 +329,28 @@ impl Shared {
     }
 }
 
-/// Serves until the process is killed.
+/// Serves until SIGTERM (the supervisor stopping apid: a reboot, a new config), then lets the
+/// calls under way finish: the reply to the Reboot that started the sequence is still on its way
+/// back through here when the sequence stops apid.
 pub async fn serve(o: Options) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", o.listen))?;
-    serve_on(listener, o).await
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    serve_on(listener, o, async move {
+        term.recv().await;
+    })
+    .await
 }
 
-/// Serves on a bound listener.
-pub async fn serve_on(listener: tokio::net::TcpListener, o: Options) -> Result<(), String> {
+/// Serves on a bound listener until `stop`; then takes no new connection and gives the calls
+/// under way [`STOP_GRACE`] to finish.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    o: Options,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
     let addresses = crate::net::addresses();
     let (server, node_client) = if o.maintenance {
         let id = maintenance_identity(&addresses)?;
@@ -366,12 +378,19 @@ pub async fn serve_on(listener: tokio::net::TcpListener, o: Options) -> Result<(
         node_client,
         peers: Mutex::default(),
     });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => break,
+        };
+        let Ok((tcp, peer)) = accepted else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let Ok(tls) =
                 tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
@@ -392,13 +411,27 @@ pub async fn serve_on(listener: tokio::net::TcpListener, o: Options) -> Result<(
                 let (shared, caller) = (shared.clone(), caller.clone());
                 async move { Ok::<_, Infallible>(handle(&shared, &caller, peer, local, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http2_only()
                 .serve_connection(TokioIo::new(tls), svc)
-                .await;
+                .into_owned();
+            let _ = watcher.watch(conn).await;
         });
     }
+    drop(listener);
+    // A stream that does not end by itself (logs followed) is cut after this.
+    if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        crate::log::line("apid: calls still under way after SIGTERM were cut");
+    }
+    Ok(())
 }
+
+/// How long calls under way may take to finish once apid is told to stop (the supervisor's
+/// stop timeout for apid, after which it kills, is longer).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn handle(
     shared: &Shared,

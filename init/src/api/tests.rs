@@ -505,7 +505,10 @@ async fn start_apid(
         maintenance,
         pki,
     };
-    (addr, tokio::spawn(crate::apid::serve_on(listener, o)))
+    (
+        addr,
+        tokio::spawn(crate::apid::serve_on(listener, o, std::future::pending())),
+    )
 }
 
 fn tls_client(
@@ -520,6 +523,70 @@ fn with_node<T>(msg: T, node: &str) -> tonic::Request<T> {
     r.metadata_mut()
         .insert(basalt_api::auth::NODE_HEADER, node.parse().unwrap());
     r
+}
+
+/// Told to stop (SIGTERM in apid's own process), apid takes no new connection but serves the
+/// calls under way — the reply to the Reboot that started a sequence must get out — and cuts
+/// what is still open after its grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apid_told_to_stop_finishes_the_calls_under_way_and_takes_no_new_one() {
+    let f = fixture().await;
+    let pki = TestPki::new();
+    let pki_dir = f.dir.path().join("pki");
+    pki.write_node(&pki_dir);
+    let ca = pki.ca.crt.0.as_str().to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let o = crate::apid::Options {
+        listen: addr,
+        init_socket: f.dir.path().join("api.sock"),
+        maintenance: false,
+        pki: pki_dir,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::apid::serve_on(listener, o, async move {
+        let _ = stopped.await;
+    }));
+    let cfg = tls::client_config(&ca, &pki.client("os:admin")).unwrap();
+    let mut c = tls_client(addr, cfg.clone());
+    let mut st = c
+        .logs(pb::LogsRequest {
+            id: "sleeper".into(),
+            follow: true,
+            tail_lines: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream under way still carries what comes.
+    f.node.logs.ring("sleeper").push("after the stop");
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(1), st.message())
+            .await
+            .expect("the stream under way stopped at once")
+            .unwrap()
+            .unwrap();
+        if m.line == "after the stop" {
+            break;
+        }
+    }
+    // A new connection is not taken.
+    let mut fresh = tls_client(addr, cfg);
+    assert!(fresh.version(pb::VersionRequest {}).await.is_err());
+    // The stream, which never ends by itself, is cut after the grace, and apid returns.
+    let r = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("apid did not return after its grace");
+    assert_eq!(r.unwrap(), Ok(()));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
