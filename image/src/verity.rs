@@ -201,15 +201,15 @@ mod tests {
     /// (the same format, written independently) must accept it, and reject a changed byte.
     #[test]
     fn veritysetup_accepts_the_tree_and_rejects_a_changed_block() {
-        if std::process::Command::new("veritysetup")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            panic!(
-                "veritysetup is not installed (Debian package cryptsetup-bin; hack/test installs it)"
-            );
-        }
+        // In /usr/sbin, which an unprivileged user's PATH often lacks.
+        let tool = ["/usr/sbin/veritysetup", "/sbin/veritysetup", "/usr/bin/veritysetup"]
+            .into_iter()
+            .find(|t| Path::new(t).exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "veritysetup is not installed (Debian package cryptsetup-bin; hack/test installs it)"
+                )
+            });
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("rootfs.sqsh");
         // A SquashFS-like header (magic, bytes_used) and 16 500 blocks: three levels.
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(v.data_blocks, 16_500);
         assert_eq!(read(&p).unwrap(), v);
         let verify = |p: &Path| {
-            std::process::Command::new("veritysetup")
+            std::process::Command::new(tool)
                 .arg("verify")
                 .arg(p)
                 .arg(p)
