@@ -243,39 +243,10 @@ fn line(e: Entry) -> pb::LogLine {
 
 /// The kernel log as lines, from `/dev/kmsg` (non-blocking: what is there now).
 fn read_kmsg() -> std::io::Result<Vec<pb::LogLine>> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open("/dev/kmsg")?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if let Some(l) = parse_kmsg(&String::from_utf8_lossy(&buf[..n])) {
-                    out.push(l);
-                }
-            }
-            // EPIPE: a record was overwritten before we read it; go on.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
-}
-
-/// `"6,123,4567890,-;text"` → the text, with the boot-relative microseconds as time.
-fn parse_kmsg(rec: &str) -> Option<pb::LogLine> {
-    let (head, text) = rec.split_once(';')?;
-    let usec: i64 = head.split(',').nth(2)?.parse().ok()?;
-    Some(pb::LogLine {
-        time_ms: usec / 1000,
-        line: text.lines().next().unwrap_or_default().to_string(),
-    })
+    Ok(crate::log::kernel_log()?
+        .into_iter()
+        .map(|(time_ms, line)| pb::LogLine { time_ms, line })
+        .collect())
 }
 
 #[tonic::async_trait]

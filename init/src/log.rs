@@ -55,3 +55,38 @@ pub fn line(msg: &str) {
         let _ = out.flush();
     }
 }
+
+/// The kernel log's records in `/dev/kmsg` now (non-blocking, nothing waited for): each as its
+/// boot-relative milliseconds and its text's first line.
+pub fn kernel_log() -> std::io::Result<Vec<(i64, String)>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open("/dev/kmsg")?;
+    let mut out = Vec::new();
+    // Each read is one record.
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend(parse_kmsg(&String::from_utf8_lossy(&buf[..n]))),
+            // EPIPE: a record was overwritten before we read it; go on.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// `"6,123,4567890,-;text"` → the text, with the boot-relative microseconds as milliseconds.
+fn parse_kmsg(rec: &str) -> Option<(i64, String)> {
+    let (head, text) = rec.split_once(';')?;
+    let usec: i64 = head.split(',').nth(2)?.parse().ok()?;
+    Some((
+        usec / 1000,
+        text.lines().next().unwrap_or_default().to_string(),
+    ))
+}

@@ -10,9 +10,8 @@
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
-use std::io::Read as _;
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -153,25 +152,10 @@ fn header(flags: u32, targets: u32, extra: &[u8]) -> Vec<u8> {
 
 /// The verity lines the kernel logged since boot (what it found wrong), for error messages.
 pub fn kernel_says() -> String {
-    let Ok(mut f) = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-    else {
-        return String::new();
-    };
-    let mut lines = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    // Each read is one record; EAGAIN at the end of the buffer.
-    while let Ok(n) = f.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        let rec = String::from_utf8_lossy(&buf[..n]);
-        let text = rec.split_once(';').map_or(&*rec, |(_, t)| t).trim_end();
+    let mut lines: Vec<String> = Vec::new();
+    for (_, text) in crate::log::kernel_log().unwrap_or_default() {
         // The kernel's own lines ("device-mapper: verity: 7:0: data block 42 is corrupted"),
         // each once, not ours that mention verity.
-        let text = text.to_string();
         if text.starts_with("device-mapper:")
             && text.contains("verity")
             && !text.contains("using implementation")

@@ -497,6 +497,19 @@ async fn start_apid(
     std::net::SocketAddr,
     tokio::task::JoinHandle<std::result::Result<(), String>>,
 ) {
+    start_apid_until(init_socket, maintenance, pki, std::future::pending()).await
+}
+
+/// [`start_apid`] that stops (as on SIGTERM) when `stop` completes.
+async fn start_apid_until(
+    init_socket: std::path::PathBuf,
+    maintenance: bool,
+    pki: std::path::PathBuf,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::result::Result<(), String>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let o = crate::apid::Options {
@@ -505,10 +518,7 @@ async fn start_apid(
         maintenance,
         pki,
     };
-    (
-        addr,
-        tokio::spawn(crate::apid::serve_on(listener, o, std::future::pending())),
-    )
+    (addr, tokio::spawn(crate::apid::serve_on(listener, o, stop)))
 }
 
 fn tls_client(
@@ -516,6 +526,20 @@ fn tls_client(
     cfg: Arc<rustls::ClientConfig>,
 ) -> MachineClient<tonic::transport::Channel> {
     MachineClient::new(tls::channel(&addr.to_string(), cfg).unwrap())
+}
+
+/// The fixture's `sleeper` service's log, followed.
+async fn follow_sleeper(
+    c: &mut MachineClient<tonic::transport::Channel>,
+) -> tonic::Streaming<pb::LogLine> {
+    c.logs(pb::LogsRequest {
+        id: "sleeper".into(),
+        follow: true,
+        tail_lines: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 fn with_node<T>(msg: T, node: &str) -> tonic::Request<T> {
@@ -535,29 +559,13 @@ async fn apid_told_to_stop_finishes_the_calls_under_way_and_takes_no_new_one() {
     let pki_dir = f.dir.path().join("pki");
     pki.write_node(&pki_dir);
     let ca = pki.ca.crt.0.as_str().to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let o = crate::apid::Options {
-        listen: addr,
-        init_socket: f.dir.path().join("api.sock"),
-        maintenance: false,
-        pki: pki_dir,
-    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::apid::serve_on(listener, o, async move {
+    let (addr, server) = start_apid_until(f.dir.path().join("api.sock"), false, pki_dir, async {
         let _ = stopped.await;
-    }));
+    })
+    .await;
     let cfg = tls::client_config(&ca, &pki.client("os:admin")).unwrap();
-    let mut c = tls_client(addr, cfg.clone());
-    let mut st = c
-        .logs(pb::LogsRequest {
-            id: "sleeper".into(),
-            follow: true,
-            tail_lines: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut st = follow_sleeper(&mut tls_client(addr, cfg.clone())).await;
 
     let asked = Instant::now();
     stop.send(()).unwrap();
@@ -631,15 +639,7 @@ async fn apid_requires_a_certificate_from_the_os_ca_and_enforces_roles() {
         .unwrap()
         .into_inner();
     assert_eq!(v.mode, "running");
-    let mut st = admin
-        .logs(pb::LogsRequest {
-            id: "sleeper".into(),
-            follow: true,
-            tail_lines: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut st = follow_sleeper(&mut admin).await;
     f.node.logs.ring("sleeper").push("through apid");
     loop {
         if st.message().await.unwrap().unwrap().line == "through apid" {
