@@ -2,7 +2,7 @@
 //!
 //! Early init maps the root through the kernel's `verity` target, which checks every block
 //! against this tree as it is read, instead of hashing the whole file before mounting it
-//! (docs/boot.md, "The root filesystem"). The layout is the kernel's format 1, the one
+//! (docs/boot.md, "The rootfs's integrity: dm-verity"). The layout is the kernel's format 1, the one
 //! `veritysetup format --no-superblock` writes:
 //!
 //! - the data: the SquashFS image, padded with zeros to whole 4096-byte blocks;
@@ -20,7 +20,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::{ImageError, io_err};
+use crate::{ImageError, hex, io_err};
 
 /// Bytes per data and per hash block.
 pub const BLOCK: u64 = 4096;
@@ -33,10 +33,6 @@ pub struct Verity {
     pub data_blocks: u64,
     pub root_hash: [u8; DIGEST],
     pub salt: [u8; DIGEST],
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Verity {
