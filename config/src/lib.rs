@@ -10,7 +10,6 @@
 pub mod client;
 pub mod decode;
 pub mod document;
-pub mod files;
 pub mod generate;
 pub mod patch;
 pub mod pki;

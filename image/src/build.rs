@@ -27,8 +27,8 @@ pub enum Target {
 pub struct BuildOptions {
     pub out: PathBuf,
     /// The init binary; built from this source tree with static glibc when `None`. Its
-    /// sibling `basalt-early` (built with it) is the initramfs's `/init` and the test image's
-    /// program.
+    /// siblings, built with it: `basalt-early` (the initramfs's `/init`) and `hello` (the test
+    /// image's program).
     pub init: Option<PathBuf>,
     /// Extra kernel arguments for the ISO and PXE boot entries.
     pub extra_cmdline: Vec<String>,
@@ -62,6 +62,8 @@ pub struct Artifacts {
     pub init: Option<PathBuf>,
     /// `basalt-early`, beside `init`.
     pub early: Option<PathBuf>,
+    /// `hello`, beside `init`.
+    pub hello: Option<PathBuf>,
 }
 
 impl Artifacts {
@@ -71,6 +73,7 @@ impl Artifacts {
         let files = [
             &self.init,
             &self.early,
+            &self.hello,
             &self.rootfs,
             &self.vmlinuz,
             &self.initramfs,
@@ -129,9 +132,11 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
         Some(p) => p.clone(),
         None => build_init(opts)?,
     };
-    let early = early_beside(&init)?;
+    let early = beside(&init, "basalt-early")?;
+    let hello = beside(&init, "hello")?;
     arts.init = Some(init.clone());
     arts.early = Some(early.clone());
+    arts.hello = Some(hello.clone());
 
     progress(opts, "kernel package (downloaded once into the cache)");
     let kpin = inputs::find(&pins, "linux-image-")?;
@@ -156,7 +161,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     }
 
     progress(opts, "rootfs.sqsh (mksquashfs)");
-    let rootfs = build_rootfs(&init, &early, &kernel, &payload, &images, &opts.out)?;
+    let rootfs = build_rootfs(&init, &hello, &kernel, &payload, &images, &opts.out)?;
     arts.rootfs = Some(rootfs.clone());
     if target == Target::Rootfs {
         return Ok(arts);
@@ -209,10 +214,12 @@ pub fn build_cached(
         Some(p) => p.clone(),
         None => build_init(opts)?,
     };
-    let early = early_beside(&init)?;
+    let early = beside(&init, "basalt-early")?;
+    let hello = beside(&init, "hello")?;
     let mut h = sha2::Sha256::new();
-    h.update(std::fs::read(&init).map_err(io_err("read", &init))?);
-    h.update(std::fs::read(&early).map_err(io_err("read", &early))?);
+    for p in [&init, &early, &hello] {
+        h.update(std::fs::read(p).map_err(io_err("read", p))?);
+    }
     h.update(include_str!("../inputs.lock"));
     h.update(LAYOUT);
     h.update(format!(
@@ -244,6 +251,7 @@ pub fn build_cached(
             pxe_dir: None,
             init: Some(init),
             early: Some(early),
+            hello: Some(hello),
         });
     }
     let arts = build(
@@ -263,20 +271,20 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `basalt-early` beside an init binary (cargo builds both from `basalt-init`).
-pub fn early_beside(init: &Path) -> Result<PathBuf, ImageError> {
-    let early = init.with_file_name("basalt-early");
-    if early.is_file() {
-        Ok(early)
+/// A binary built with init (`basalt-early`, `hello`), found beside it.
+pub fn beside(init: &Path, name: &str) -> Result<PathBuf, ImageError> {
+    let p = init.with_file_name(name);
+    if p.is_file() {
+        Ok(p)
     } else {
         Err(ImageError::Init(format!(
-            "no basalt-early beside {} (cargo builds both from basalt-init)",
+            "no {name} beside {} (cargo builds them together: -p basalt-init -p basalt-early -p basalt-testkit --bins)",
             init.display()
         )))
     }
 }
 
-/// Builds `init` and `basalt-early` with static glibc (`crt-static`): self-contained files, so
+/// Builds `init`, `basalt-early` and `hello` with static glibc (`crt-static`): self-contained files, so
 /// neither the initramfs nor the rootfs needs a dynamic loader or a library closure for them.
 /// A separate target directory keeps the static flags from rebuilding the main one.
 fn build_init(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
@@ -290,6 +298,11 @@ fn build_init(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
             "--locked",
             "-p",
             "basalt-init",
+            "-p",
+            "basalt-early",
+            "-p",
+            "basalt-testkit",
+            "--bins",
             "--target",
             "x86_64-unknown-linux-gnu",
         ])
@@ -546,7 +559,7 @@ fn kubernetes_binaries(dir: &Path) -> Result<(Vec<RootfsFile>, OciImage), ImageE
 
 fn build_rootfs(
     init: &Path,
-    early: &Path,
+    hello: &Path,
     kernel: &Kernel,
     payload: &[(String, Vec<u8>)],
     images: &[OciImage],
@@ -592,15 +605,15 @@ fn build_rootfs(
         write_file(&staging.join(rel), data, 0o755)?;
     }
     if !payload.is_empty() {
-        // The test image containerd imports at boot: `basalt-early` in its `hello` mode (for
-        // pods too, on a Kubernetes image) — small, and not a second copy of init.
+        // The test image containerd imports at boot (for pods too, on a Kubernetes image):
+        // `hello`, small, and not a second copy of init.
         let k8s = images.iter().any(|i| i.namespace == "k8s.io");
-        let early_bytes = std::fs::read(early).map_err(io_err("read", early))?;
+        let hello_bytes = std::fs::read(hello).map_err(io_err("read", hello))?;
         crate::oci::write_layout(
             &staging.join(crate::oci::IMAGES_DIR).join("hello"),
             k8s.then_some("system,k8s.io"),
             crate::oci::HELLO_REF,
-            &[("hello", 0o755, &early_bytes)],
+            &[("hello", 0o755, &hello_bytes)],
             &["/hello"],
         )?;
     }

@@ -18,10 +18,10 @@ use basalt_api::tls::{self, Identity};
 use basalt_config::pki::{self, Usage};
 use basalt_init::api::Api;
 use basalt_init::configstate::ConfigState;
-use basalt_init::logring::Logs;
 use basalt_init::node::{Node, Paths};
 use basalt_init::sequence::{FakePower, Sequencer};
-use basalt_init::supervisor::Supervisor;
+use basalt_supervisor::Supervisor;
+use basalt_supervisor::logring::Logs;
 
 fn identity(c: &pki::CertAndKey) -> Identity {
     Identity {
@@ -130,7 +130,7 @@ fn main() {
             wipe_on_reset: Vec::new(),
         },
         booted: Instant::now(),
-        kube: basalt_init::kubernetes::Kube::default(),
+        kube: basalt_kubernetes::Kube::default(),
     };
     let api = Api::new(node, Path::new("/nonexistent/containerd.sock"));
     let s = sock.clone();
@@ -149,7 +149,7 @@ fn main() {
     .unwrap();
     let admin = pki::issue(&ca, "admin", &["os:admin"], &[], Usage::Client, 1).unwrap();
     let pki_dir = dir.path().join("pki");
-    basalt_init::apid::Pki {
+    basalt_apid::Pki {
         ca: ca.crt.0.as_str().to_string(),
         node: identity(&node_cert),
     }

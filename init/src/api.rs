@@ -12,11 +12,11 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::configstate::{ApplyError, ApplyMode};
-use crate::containerd;
-use crate::logring::Entry;
 use crate::node::{End, Node};
 use crate::sequence::SequenceError;
-use crate::supervisor::SupervisorError;
+use basalt_containerd as containerd;
+use basalt_supervisor::SupervisorError;
+use basalt_supervisor::logring::Entry;
 
 /// Everything the API can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +36,13 @@ pub enum ApiError {
     #[error("containerd")]
     Containerd(#[source] tonic::Status),
     #[error(transparent)]
-    Container(crate::containers::ContainerError),
+    Container(basalt_containerd::containers::ContainerError),
     #[error("{0}")]
     BadRequest(String),
     #[error("ping: {0}")]
     Ping(std::io::Error),
     #[error(transparent)]
-    Kube(#[from] crate::kubernetes::KubeError),
+    Kube(#[from] basalt_kubernetes::KubeError),
     #[error("cannot read {what}")]
     Read {
         what: String,
@@ -53,7 +53,7 @@ pub enum ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let msg = basalt_resources::error_chain(&e);
+        let msg = basalt_sys::error_chain(&e);
         match &e {
             ApiError::Apply(ApplyError::Invalid(_)) | ApiError::BadRequest(_) => {
                 Status::invalid_argument(msg)
@@ -70,13 +70,14 @@ impl From<ApiError> for Status {
             ApiError::Service(SupervisorError::Gone(_)) | ApiError::Containerd(_) => {
                 Status::unavailable(msg)
             }
-            ApiError::Container(crate::containers::ContainerError::Api { source, .. }) => {
-                Status::new(source.code(), msg)
-            }
+            ApiError::Container(basalt_containerd::containers::ContainerError::Api {
+                source,
+                ..
+            }) => Status::new(source.code(), msg),
             ApiError::Container(_) => Status::failed_precondition(msg),
             ApiError::Ping(_) => Status::unavailable(msg),
             ApiError::Kube(k) => {
-                use crate::kubernetes::KubeError as K;
+                use basalt_kubernetes::KubeError as K;
                 match k {
                     K::NotHere(_) => Status::failed_precondition(msg),
                     K::NotReady(_) | K::Etcd(_) => Status::unavailable(msg),
@@ -150,7 +151,7 @@ impl Api {
             Ok(p) => (p.ops.iter().map(ToString::to_string).collect(), p.waiting),
             Err(e) => (
                 Vec::new(),
-                vec![format!("no plan: {}", basalt_resources::error_chain(&e))],
+                vec![format!("no plan: {}", basalt_sys::error_chain(&e))],
             ),
         }
     }
@@ -243,7 +244,7 @@ fn line(e: Entry) -> pb::LogLine {
 
 /// The kernel log as lines, from `/dev/kmsg` (non-blocking: what is there now).
 fn read_kmsg() -> std::io::Result<Vec<pb::LogLine>> {
-    Ok(crate::log::kernel_log()?
+    Ok(basalt_sys::kmsg::records()?
         .into_iter()
         .map(|(time_ms, line)| pb::LogLine { time_ms, line })
         .collect())
@@ -325,13 +326,13 @@ impl Machine for Api {
         let services = self
             .node
             .store
-            .list::<crate::supervisor::ServiceStatus>()
+            .list::<basalt_supervisor::ServiceStatus>()
             .into_iter()
             .map(|(m, s)| pb::ServiceInfo {
                 id: m.id,
                 state: s.state.to_string(),
                 health: match s.health {
-                    crate::supervisor::HealthState::None => String::new(),
+                    basalt_supervisor::HealthState::None => String::new(),
                     h => serde_json::to_value(h)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))
@@ -426,7 +427,7 @@ impl Machine for Api {
                 Ok(e) => Some((Ok(line(e)), rx)),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let note = pb::LogLine {
-                        time_ms: crate::logring::now_ms(),
+                        time_ms: basalt_supervisor::logring::now_ms(),
                         line: format!("[{n} lines dropped: the reader fell behind]"),
                     };
                     Some((Ok(note), rx))
@@ -618,11 +619,11 @@ impl Machine for Api {
             return Err(ApiError::BadRequest("no image given".into()).into());
         }
         let id = if r.id.is_empty() {
-            format!("run-{}", crate::logring::now_ms())
+            format!("run-{}", basalt_supervisor::logring::now_ms())
         } else {
             r.id
         };
-        let out = crate::containers::run(
+        let out = basalt_containerd::containers::run(
             &self.containerd(),
             &r.image,
             &r.args,
@@ -688,7 +689,7 @@ impl Machine for Api {
         _: Request<pb::EtcdMembersRequest>,
     ) -> Result<pb::EtcdMembersResponse> {
         let c = self.node.kube.local_etcd().map_err(ApiError::Kube)?;
-        let etcd = |e: String| ApiError::Kube(crate::kubernetes::KubeError::Etcd(e));
+        let etcd = |e: String| ApiError::Kube(basalt_kubernetes::KubeError::Etcd(e));
         let members = c.members().await.map_err(etcd)?;
         let (version, db, leader, me) = c.status().await.map_err(etcd)?;
         Ok(Response::new(pb::EtcdMembersResponse {
@@ -729,7 +730,7 @@ impl Machine for Api {
         let data = c
             .snapshot()
             .await
-            .map_err(|e| ApiError::Kube(crate::kubernetes::KubeError::Etcd(e)))?;
+            .map_err(|e| ApiError::Kube(basalt_kubernetes::KubeError::Etcd(e)))?;
         let chunks: Vec<std::result::Result<pb::DataChunk, Status>> = data
             .chunks(1 << 20)
             .map(|c| Ok(pb::DataChunk { data: c.to_vec() }))
@@ -741,11 +742,11 @@ impl Machine for Api {
         &self,
         _: Request<pb::KubeconfigRequest>,
     ) -> Result<pb::KubeconfigResponse> {
-        use crate::kubernetes::KubeError;
+        use basalt_kubernetes::KubeError;
         let cfg = self.node.config.active().ok_or_else(|| {
             ApiError::Kube(KubeError::NotReady("the node has no config yet".into()))
         })?;
-        let text = crate::kubernetes::pki::admin_kubeconfig(&cfg)
+        let text = basalt_kubernetes::pki::admin_kubeconfig(&cfg)
             .map_err(|e| ApiError::Kube(KubeError::NotHere(e)))?;
         Ok(Response::new(pb::KubeconfigResponse {
             data: text.into_bytes(),

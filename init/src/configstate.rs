@@ -88,7 +88,7 @@ pub struct ConfigState {
     changed: watch::Sender<Option<Arc<Config>>>,
 }
 
-pub use basalt_config::files::atomic_write;
+pub use basalt_sys::fs::atomic_write;
 
 fn doc_id(d: &Document) -> String {
     let json = d.to_json();
@@ -232,7 +232,7 @@ impl ConfigState {
                     notes.push(format!(
                         "{} no longer validates, moved aside: {}",
                         active.display(),
-                        basalt_resources::error_chain(&e)
+                        basalt_sys::error_chain(&e)
                     ));
                 }
             },
@@ -259,7 +259,7 @@ impl ConfigState {
         }
         for (id, v) in desired {
             if let Err(e) = self.store.apply(OWNER, &id, ConfigDocument(v)) {
-                crate::log::line(&format!("cannot publish config document {id}: {e}"));
+                tracing::warn!("cannot publish config document {id}: {e}");
             }
         }
     }
@@ -343,21 +343,21 @@ impl ConfigState {
                 let timer = tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
                     me.lock().pending_try = None;
-                    crate::log::line(&format!(
+                    tracing::info!(
                         "tried config not confirmed within {}: reverting to {}",
-                        crate::supervisor::fmt_duration(timeout),
+                        basalt_supervisor::fmt_duration(timeout),
                         if prev.is_some() {
                             "the previous config"
                         } else {
                             "maintenance mode"
                         }
-                    ));
+                    );
                     me.set_active(prev);
                 });
                 self.lock().pending_try = Some((timer, previous));
                 out.summary = format!(
                     "applied live for {}; it reverts unless confirmed (apply it again with --mode no-reboot)",
-                    crate::supervisor::fmt_duration(timeout)
+                    basalt_supervisor::fmt_duration(timeout)
                 );
             }
         }

@@ -17,9 +17,9 @@ use basalt_networkd::{Layer, LayerSpecs, publish};
 use basalt_resources::{Kind, Store};
 use tokio::sync::watch;
 
-use crate::process::ProcessSpec;
-use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
-use crate::{log, tasks};
+use basalt_supervisor::process::ProcessSpec;
+use basalt_supervisor::tasks;
+use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef, Supervisor};
 
 /// How long the discovery server keeps this node's record; refreshed every third of it.
 const DISCOVERY_TTL: Duration = Duration::from_secs(60);
@@ -36,7 +36,7 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
                 let opts = cfg.as_deref().and_then(|c| match options(c, &key_path) {
                     Ok(o) => o,
                     Err(e) => {
-                        log::line(&format!("kubespan: {e}"));
+                        tracing::info!("kubespan: {e}");
                         None
                     }
                 });
@@ -51,7 +51,7 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
                             tokio::select! {
                                 r = &mut node => {
                                     if let Err(e) = r {
-                                        log::line(&format!("kubespan: {}; restarting in 5 s", basalt_resources::error_chain(&e)));
+                                        tracing::info!("kubespan: {}; restarting in 5 s", basalt_sys::error_chain(&e));
                                     }
                                     tokio::time::sleep(Duration::from_secs(5)).await;
                                     break;
@@ -93,13 +93,13 @@ fn clear(store: &Store) {
         }
     }
     if let Err(e) = publish(store, OWNER, Layer::Config, &LayerSpecs::default()) {
-        log::line(&format!("kubespan: the mesh layer not removed: {e}"));
+        tracing::info!("kubespan: the mesh layer not removed: {e}");
     }
     if let Err(e) = basalt_kubespan::mss::remove() {
-        log::line(&format!(
+        tracing::info!(
             "kubespan: the MSS clamping table not removed: {}",
-            basalt_resources::error_chain(&e)
-        ));
+            basalt_sys::error_chain(&e)
+        );
     }
 }
 
@@ -129,7 +129,7 @@ fn options(c: &Config, key_path: &std::path::Path) -> Result<Option<NodeOptions>
     let Some(ks) = c.kubespan().filter(|k| k.enabled) else {
         return Ok(None);
     };
-    let keys = KeyPair::load_or_create(key_path).map_err(|e| basalt_resources::error_chain(&e))?;
+    let keys = KeyPair::load_or_create(key_path).map_err(|e| basalt_sys::error_chain(&e))?;
     let discovery = c.documents().find_map(|d| match d {
         basalt_config::Document::Discovery(d) if d.enabled => d
             .endpoint
@@ -199,10 +199,10 @@ pub fn serve_discovery(
                             sup.add(discovery_service(&dir, tls)).await;
                             running = Some(tls);
                         }
-                        Err(e) => log::line(&format!(
+                        Err(e) => tracing::warn!(
                             "discovery server not started: cannot create {}: {e}",
                             dir.display()
-                        )),
+                        ),
                     }
                 } else if want.is_none() && running.is_some() {
                     let _ = sup.stop(DISCOVERY_SERVICE).await;
@@ -230,7 +230,7 @@ fn discovery_service(dir: &std::path::Path, tls: bool) -> ServiceDef {
     if tls {
         // The node's own certificate from the OS CA (the one apid serves), which every node
         // of the cluster can check.
-        let pki = std::path::Path::new(crate::apid::PKI_DIR);
+        let pki = std::path::Path::new(basalt_apid::PKI_DIR);
         args.extend([
             "--tls-cert".into(),
             pki.join("node.crt").display().to_string(),

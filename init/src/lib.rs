@@ -1,31 +1,24 @@
-//! The node's one program as a library: `main.rs` dispatches by `argv[0]` into [`early`],
-//! [`pid1`], [`apid`] and [`hello`]; benches and tests build a node's API from the same parts.
+//! `init`, PID 1 on the node's root: the composition root. It wires the crates that own each
+//! job (the supervisor, networkd, KubeSpan, containerd, Kubernetes, apid) into one node, owns
+//! the config lifecycle and the sequences (boot, apply, reboot, shutdown, reset), and serves
+//! the machine API on its unix socket.
+//!
+//! What it must not do: hold the logic of a subsystem that has a crate of its own. `main.rs`
+//! dispatches by `argv[0]` into [`pid1`], apid and the discovery server; benches and tests
+//! build a node's API from the same parts.
+
+#![forbid(unsafe_code)]
 
 pub mod api;
-pub mod apid;
-pub mod cgroup;
-pub mod cmdline;
 pub mod configstate;
-pub mod containerd;
-pub mod containers;
-pub mod early;
-pub mod hello;
-pub mod kubernetes;
 pub mod kubespan;
-pub mod log;
-pub mod logring;
-pub mod loopdev;
-pub mod mounts;
+pub mod logging;
 pub mod net;
 pub mod node;
 pub mod pid1;
 pub mod ping;
-pub mod process;
-pub mod reaper;
+pub mod scrub;
 pub mod sequence;
-pub mod supervisor;
 pub mod sysinfo;
-pub mod tasks;
-pub mod verity;
 
-pub use basalt_resources::error_chain;
+pub use basalt_sys::error_chain;

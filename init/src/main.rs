@@ -1,5 +1,5 @@
-//! `init`, the node's binary on the root, chosen by `argv[0]` (the initramfs's `/init` and the
-//! test image's `hello` are the small `basalt-early`, `src/bin/basalt-early.rs`):
+//! `init`, the node's binary on the root, chosen by `argv[0]` (the initramfs's `/init` is the
+//! small `basalt-early`, a crate of its own):
 //!
 //! - `/sbin/init`: PID 1.
 //! - `apid`: the network gateway of the machine API, run by PID 1's supervisor.
@@ -9,14 +9,14 @@
 //! It must never exit while it is PID 1: a fatal error is logged and the machine reboots.
 //! It must not grow a shell or anything that interprets user input beyond the machine API.
 
-use basalt_init::{apid, pid1};
+use basalt_init::pid1;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
     let base = argv0.rsplit('/').next().unwrap_or_default();
     match base {
-        "apid" => apid::run(&args[1..]),
+        "apid" => basalt_apid::run(&args[1..]),
         "basalt-discovery" => std::process::exit(basalt_kubespan::discovery::cli::run(&args)),
         _ => pid1::run(),
     }

@@ -16,8 +16,8 @@ use basalt_resources::Store;
 use basalt_resources::controller::Runtime;
 use tokio::sync::watch;
 
-use crate::supervisor::{self, Supervisor};
-use crate::{log, tasks};
+use basalt_supervisor::tasks;
+use basalt_supervisor::{self as supervisor, Supervisor};
 
 /// Where `resolv.conf`, `hosts` and `hostname` go; the rootfs links `/etc/...` here.
 pub const ETC_DIR: &str = "/system/etc";
@@ -38,13 +38,13 @@ pub fn start(
     container: bool,
 ) {
     if let Err(e) = basalt_networkd::publish_defaults(&store) {
-        log::line(&format!("network: the default layer: {e}"));
+        tracing::info!("network: the default layer: {e}");
     }
     if container {
         // The runtime's addresses, read before networkd touches anything, stay whatever the
         // config adds.
-        let runtime = sources::from_runtime(&runtime_addresses());
-        log::line(&format!(
+        let runtime = sources::from_runtime(&basalt_sys::netif::addresses());
+        tracing::info!(
             "network: the container runtime's addresses: {}",
             runtime
                 .addresses
@@ -52,26 +52,26 @@ pub fn start(
                 .map(|a| format!("{} {}", a.link, a.address))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        );
         if let Err(e) = publish(&store, "platform", Layer::Platform, &runtime) {
-            log::line(&format!("network: the platform layer: {e}"));
+            tracing::info!("network: the platform layer: {e}");
         }
     }
     let cmdline = match ip.map(IpConfig::parse) {
         None => LayerSpecs::default(),
         Some(Err(e)) => {
-            log::line(&format!("network: {e}; ignored"));
+            tracing::info!("network: {e}; ignored");
             LayerSpecs::default()
         }
         Some(Ok(c)) => {
             if c == IpConfig::Off {
-                log::line("network: ip=off: no boot network");
+                tracing::info!("network: ip=off: no boot network");
             }
             sources::from_cmdline(&c)
         }
     };
     if let Err(e) = publish(&store, "cmdline", Layer::Cmdline, &cmdline) {
-        log::line(&format!("network: the cmdline layer: {e}"));
+        tracing::info!("network: the cmdline layer: {e}");
     }
 
     // The config's layer as it is now, before the readiness check below looks at the layers;
@@ -83,7 +83,7 @@ pub fn start(
             .map(sources::from_config)
             .unwrap_or_default();
         if let Err(e) = publish(store, "config", Layer::Config, &specs) {
-            log::line(&format!("network: the config layer: {e}"));
+            tracing::info!("network: the config layer: {e}");
         }
     };
     publish_config(&store, &mut config.clone());
@@ -114,7 +114,7 @@ pub fn start(
             // Dropping the handle leaves the controllers running: they live as long as PID 1.
             drop(rt.start());
         }
-        Err(e) => log::line(&format!("network: controllers not started: {e}")),
+        Err(e) => tracing::warn!("network: controllers not started: {e}"),
     }
 
     let s = store.clone();
@@ -122,10 +122,7 @@ pub fn start(
         let store = s.clone();
         async move {
             if let Err(e) = basalt_networkd::apply::run_status(store).await {
-                log::line(&format!(
-                    "network status: {}",
-                    basalt_resources::error_chain(&e)
-                ));
+                tracing::info!("network status: {}", basalt_sys::error_chain(&e));
             }
         }
     });
@@ -149,14 +146,14 @@ pub fn start(
             }
             if !wanted || start.elapsed() > READY_TIMEOUT {
                 if wanted && !have {
-                    log::line("network: no address within 30 s; going on without one");
+                    tracing::info!("network: no address within 30 s; going on without one");
                 }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for line in summary(&store) {
-            log::line(&format!("network: {line}"));
+            tracing::info!("network: {line}");
         }
         sup.set_condition(supervisor::NETWORK, true);
     });
@@ -214,43 +211,6 @@ pub fn summary(store: &Store) -> Vec<String> {
             format!("{l} {}{}", a.join(", "), gw.concat())
         })
         .collect()
-}
-
-/// Every non-loopback IPv4/IPv6 address, as text, for the maintenance banner.
-/// Every address on the node's links now, with its link and prefix length.
-fn runtime_addresses() -> Vec<(String, std::net::IpAddr, u8)> {
-    let Ok(all) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    all.filter_map(|i| {
-        let (a, m) = (i.address?, i.netmask?);
-        let (ip, len): (std::net::IpAddr, u32) =
-            if let (Some(a), Some(m)) = (a.as_sockaddr_in(), m.as_sockaddr_in()) {
-                (a.ip().into(), m.ip().to_bits().count_ones())
-            } else {
-                let (a, m) = (a.as_sockaddr_in6()?, m.as_sockaddr_in6()?);
-                (a.ip().into(), m.ip().to_bits().count_ones())
-            };
-        Some((i.interface_name, ip, u8::try_from(len).ok()?))
-    })
-    .collect()
-}
-
-pub fn addresses() -> Vec<String> {
-    nix::ifaddrs::getifaddrs()
-        .map(|it| {
-            it.filter(|i| i.interface_name != "lo")
-                .filter_map(|i| {
-                    let a = i.address?;
-                    if let Some(v4) = a.as_sockaddr_in() {
-                        Some(v4.ip().to_string())
-                    } else {
-                        a.as_sockaddr_in6().map(|v6| v6.ip().to_string())
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

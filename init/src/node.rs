@@ -8,9 +8,9 @@ use std::time::Instant;
 use basalt_resources::Store;
 
 use crate::configstate::ConfigState;
-use crate::logring::Logs;
 use crate::sequence::{Power, SequenceError, Sequencer, Step};
-use crate::supervisor::Supervisor;
+use basalt_supervisor::Supervisor;
+use basalt_supervisor::logring::Logs;
 
 /// Where things are on this node (tests point them into a temporary directory).
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ pub struct Node {
     /// networkd's DHCP clients: their leases are released at shutdown.
     pub leases: basalt_networkd::dhcp::Leases,
     /// The node's Kubernetes side (etcd bootstrap and membership).
-    pub kube: crate::kubernetes::Kube,
+    pub kube: basalt_kubernetes::Kube,
 }
 
 /// What a shutdown-like sequence ends with.
@@ -151,7 +151,7 @@ impl Node {
         let claim = self.seq.claim(name)?;
         tokio::spawn(async move {
             if let Err(e) = claim.run(steps).await {
-                crate::log::line(&basalt_resources::error_chain(&e));
+                tracing::info!("{}", &basalt_sys::error_chain(&e));
             }
         });
         Ok(())
@@ -161,7 +161,7 @@ impl Node {
 /// Unmounts what may hold unwritten data (deepest first); a busy mount is detached lazily.
 fn unmount_writable() -> Result<String, String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mut points: Vec<String> = crate::mounts::parse(&info)
+    let mut points: Vec<String> = basalt_sys::mountinfo::parse(&info)
         .into_iter()
         .filter(|m| {
             !m.read_only && (m.point.starts_with("/var") || m.point.starts_with("/system/state"))

@@ -12,14 +12,17 @@ use std::time::{Duration, Instant};
 use basalt_resources::Store;
 
 use crate::api::Api;
-use crate::cmdline::{Cmdline, Platform};
 use crate::configstate::ConfigState;
-use crate::logring::Logs;
 use crate::node::{End, Node, Paths};
-use crate::process::ProcessSpec;
 use crate::sequence::{ContainerPower, RealPower, Sequencer};
-use crate::supervisor::{self, Dependency, Health, ServiceDef, Supervisor};
-use crate::{apid, cgroup, containerd, log, mounts, net, reaper, tasks};
+use crate::{logging, net};
+use basalt_apid as apid;
+use basalt_containerd as containerd;
+use basalt_supervisor::logring::Logs;
+use basalt_supervisor::process::ProcessSpec;
+use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef, Supervisor};
+use basalt_supervisor::{cgroup, reaper, tasks};
+use basalt_sys::cmdline::{Cmdline, Platform};
 
 /// Filesystem label of the disk that keeps state across reboots when no install exists yet.
 pub const STATE_LABEL: &str = "BASALT-STATE";
@@ -28,21 +31,19 @@ const STATE_MOUNT: &str = "/system/state";
 pub fn run() -> ! {
     let (cmdline, bad) = Cmdline::read();
     // A container's /dev/kmsg, if it has one, is the host's kernel log: logs go to stdout.
-    if cmdline.platform == Platform::Metal {
-        log::open_kmsg();
-    }
+    logging::init(cmdline.platform == Platform::Metal);
     let pid = std::process::id();
     if pid != 1 {
-        log::line(&format!("init runs as pid {pid}, not 1: nothing to do"));
+        tracing::info!("init runs as pid {pid}, not 1: nothing to do");
         std::process::exit(1);
     }
-    log::line("PID 1 running");
+    tracing::info!("PID 1 running");
     std::panic::set_hook(Box::new(|info| {
-        log::line(&format!("panic: {info}"));
+        tracing::error!("panic: {info}");
     }));
     reaper::reap_every_child();
     if cmdline.platform == Platform::Metal {
-        crate::verity::start_scrub(cmdline.reboot_delay);
+        crate::scrub::start_scrub(cmdline.reboot_delay);
     }
     let container = cmdline.platform == Platform::Container;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -51,28 +52,30 @@ pub fn run() -> ! {
         .enable_all()
         .build();
     match rt {
-        Ok(rt) => {
-            rt.block_on(main(cmdline, bad));
-            log::line("PID 1's main task ended; rebooting");
-        }
-        Err(e) => log::line(&format!("cannot start the runtime: {e}; rebooting")),
+        Ok(rt) => match tasks::guarded(|| rt.block_on(main(cmdline, bad))) {
+            Ok(()) => tracing::error!("PID 1's main task ended; rebooting"),
+            // The hook logged where; this says what it means. Unwinding out of PID 1 would
+            // be a kernel panic with nothing on the console but the kernel's own lines.
+            Err(msg) => tracing::error!("FATAL: PID 1 panicked: {msg}; rebooting"),
+        },
+        Err(e) => tracing::warn!("cannot start the runtime: {e}; rebooting"),
     }
     if container {
         std::process::exit(crate::sequence::CONTAINER_REBOOT_STATUS);
     }
-    crate::early::fatal_reboot(10)
+    basalt_sys::power::fatal_reboot(10)
 }
 
-async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
+async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     let booted = Instant::now();
     let container = cmdline.platform == Platform::Container;
     if container {
-        log::line(
-            "platform: container (arguments from BASALT_CMDLINE; links, /etc/hosts and resolv.conf are the runtime's)",
+        tracing::info!(
+            "platform: container (arguments from BASALT_CMDLINE; links, /etc/hosts and resolv.conf are the runtime's)"
         );
     }
     for b in bad {
-        log::line(&format!("kernel argument ignored: {b}"));
+        tracing::info!("kernel argument ignored: {b}");
     }
     report_mounts();
     reaper::ensure_running();
@@ -80,12 +83,12 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     let cgroups = match cgroup::setup() {
         Ok(dir) => Some(dir),
         Err(e) => {
-            log::line(&format!("services run without cgroups: {e}"));
+            tracing::info!("services run without cgroups: {e}");
             None
         }
     };
     let logs = Logs::new(Some("/var/log".into()), 2000, 1 << 20);
-    log::keep_in(logs.ring("init"));
+    logging::keep_in(logs.ring("init"));
     let store = Store::default();
     let sup = Supervisor::new(store.clone(), logs.clone(), cgroups);
 
@@ -94,20 +97,17 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     let t = Instant::now();
     match tokio::task::spawn_blocking(move || match container {
         true => Ok(0),
-        false => crate::early::load_modules(crate::early::LOAD_ORDER),
+        false => basalt_sys::modules::load(basalt_sys::modules::LOAD_ORDER),
     })
     .await
     {
-        Ok(Ok(_)) if container => log::line("node modules: none loaded (the host's kernel)"),
-        Ok(Ok(n)) => log::line(&format!(
+        Ok(Ok(_)) if container => tracing::info!("node modules: none loaded (the host's kernel)"),
+        Ok(Ok(n)) => tracing::info!(
             "node modules loaded ({n} modules in {} ms)",
             t.elapsed().as_millis()
-        )),
-        Ok(Err(e)) => log::line(&format!(
-            "cannot load node modules: {}",
-            basalt_resources::error_chain(&e)
-        )),
-        Err(e) => log::line(&format!("module loading panicked: {e}")),
+        ),
+        Ok(Err(e)) => tracing::warn!("cannot load node modules: {}", basalt_sys::error_chain(&e)),
+        Err(e) => tracing::warn!("module loading panicked: {e}"),
     }
 
     let state_dir = match container {
@@ -118,9 +118,9 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
         match var_on_state_disk() {
             Ok(()) => {
                 logs.reopen();
-                log::line(&format!("/var: {STATE_MOUNT}/var (kept across reboots)"));
+                tracing::info!("/var: {STATE_MOUNT}/var (kept across reboots)");
             }
-            Err(e) => log::line(&format!("/var stays tmpfs: {e}")),
+            Err(e) => tracing::info!("/var stays tmpfs: {e}"),
         }
     }
     let mode = match cmdline.platform {
@@ -129,7 +129,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     };
     let config = ConfigState::new(state_dir.clone(), mode, store.clone());
     for note in config.load_at_boot() {
-        log::line(&note);
+        tracing::info!("{}", &note);
     }
     let leases = basalt_networkd::dhcp::Leases::default();
     let node = Node {
@@ -147,7 +147,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
             wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
         },
         booted,
-        kube: crate::kubernetes::Kube::new(crate::kubernetes::Paths::default()),
+        kube: basalt_kubernetes::Kube::new(basalt_kubernetes::Paths::default()),
     };
 
     let api = Api::new(node.clone(), Path::new(containerd::SOCKET));
@@ -155,7 +155,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
         let api = api.clone();
         async move {
             if let Err(e) = crate::api::serve(api, Path::new(basalt_api::INIT_SOCKET)).await {
-                log::line(&format!("machine API: {e}"));
+                tracing::info!("machine API: {e}");
             }
         }
     });
@@ -171,7 +171,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     );
 
     crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
-    crate::kubernetes::start(
+    basalt_kubernetes::start(
         store.clone(),
         sup.clone(),
         node.kube.clone(),
@@ -184,14 +184,14 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
     sup.set_condition(supervisor::TIME, true);
 
     if Path::new("/usr/bin/containerd").exists() {
-        let cri = crate::kubernetes::prepare_cri();
+        let cri = basalt_kubernetes::prepare_cri();
         match containerd::prepare(cri.as_ref()) {
             Ok(()) => {
                 sup.add(containerd::service(containerd::SOCKET.into()))
                     .await;
                 tokio::spawn(import_images(sup.clone()));
             }
-            Err(e) => log::line(&format!("containerd not started: cannot prepare it: {e}")),
+            Err(e) => tracing::warn!("containerd not started: cannot prepare it: {e}"),
         }
     }
 
@@ -234,21 +234,22 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
                         }
                         Some(c) => {
                             if last.as_ref().is_some_and(Option::is_none) {
-                                log::line("config present: leaving maintenance mode");
+                                tracing::info!("config present: leaving maintenance mode");
                             }
                             sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
                                 .await;
-                            let issued = apid::Pki::issue(c, &net::addresses()).and_then(|p| {
-                                p.write(Path::new(apid::PKI_DIR))
-                                    .map_err(|e| format!("cannot write {}: {e}", apid::PKI_DIR))
-                            });
+                            let issued = apid::Pki::issue(c, &basalt_sys::netif::addresses_text())
+                                .and_then(|p| {
+                                    p.write(Path::new(apid::PKI_DIR))
+                                        .map_err(|e| format!("cannot write {}: {e}", apid::PKI_DIR))
+                                });
                             match issued {
                                 Ok(()) => {
-                                    log::line("apid certificate issued from the OS CA");
+                                    tracing::info!("apid certificate issued from the OS CA");
                                     sup.set_condition(supervisor::NODE_CERT, true);
                                     sup.add(apid_service(false)).await;
                                 }
-                                Err(e) => log::line(&format!("apid not started: {e}")),
+                                Err(e) => tracing::warn!("apid not started: {e}"),
                             }
                         }
                     }
@@ -269,7 +270,7 @@ async fn main(cmdline: Cmdline, bad: Vec<crate::cmdline::BadArg>) {
                     s == supervisor::State::Running && h == supervisor::HealthState::Healthy
                 })
                 .await;
-            log::line("basalt.test=poweroff: powering off");
+            tracing::info!("basalt.test=poweroff: powering off");
             let _ = n.spawn_sequence("shutdown", n.shutdown_steps(End::PowerOff));
         });
     }
@@ -285,22 +286,24 @@ async fn import_images(sup: Arc<Supervisor>) {
         })
         .await;
     if !up {
-        log::line("images not imported: containerd did not become healthy");
+        tracing::info!("images not imported: containerd did not become healthy");
         return;
     }
     let t = Instant::now();
     let client = containerd::Client::new(Path::new(containerd::SOCKET));
-    match crate::containers::import_all(&client, Path::new(crate::containers::IMAGES_DIR)).await {
+    match basalt_containerd::containers::import_all(
+        &client,
+        Path::new(basalt_containerd::containers::IMAGES_DIR),
+    )
+    .await
+    {
         Ok(names) if names.is_empty() => {}
-        Ok(names) => log::line(&format!(
+        Ok(names) => tracing::info!(
             "images imported into containerd: {} ({} ms)",
             names.join(", "),
             t.elapsed().as_millis()
-        )),
-        Err(e) => log::line(&format!(
-            "cannot import images: {}",
-            basalt_resources::error_chain(&e)
-        )),
+        ),
+        Err(e) => tracing::warn!("cannot import images: {}", basalt_sys::error_chain(&e)),
     }
 }
 
@@ -322,14 +325,14 @@ fn state_dir() -> PathBuf {
         None::<&str>,
     ) {
         Ok(()) => {
-            log::line(&format!("state: {} on {STATE_MOUNT}", dev.display()));
+            tracing::info!("state: {} on {STATE_MOUNT}", dev.display());
             PathBuf::from(STATE_MOUNT).join("config")
         }
         Err(e) => {
-            log::line(&format!(
+            tracing::warn!(
                 "cannot mount state disk {}: {e}; state is not kept across reboots",
                 dev.display()
-            ));
+            );
             fallback
         }
     }
@@ -370,13 +373,14 @@ fn var_on_state_disk() -> Result<(), String> {
 /// block device: a privileged container sees the host's disks); without one, on `/var`.
 fn container_state_dir() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if mounts::parse(&info).iter().any(|m| m.point == STATE_MOUNT) {
-        log::line(&format!("state: the volume on {STATE_MOUNT}"));
+    if basalt_sys::mountinfo::parse(&info)
+        .iter()
+        .any(|m| m.point == STATE_MOUNT)
+    {
+        tracing::info!("state: the volume on {STATE_MOUNT}");
         PathBuf::from(STATE_MOUNT).join("config")
     } else {
-        log::line(&format!(
-            "no volume on {STATE_MOUNT}: state is not kept across restarts"
-        ));
+        tracing::warn!("no volume on {STATE_MOUNT}: state is not kept across restarts");
         PathBuf::from("/var/lib/basalt")
     }
 }
@@ -445,8 +449,8 @@ fn apid_service(maintenance: bool) -> ServiceDef {
 }
 
 fn maintenance_banner() {
-    let addrs = net::addresses();
-    log::line(&format!(
+    let addrs = basalt_sys::netif::addresses_text();
+    tracing::info!(
         "maintenance mode: no config; apply one with `osctl apply-config --insecure -n <address> -f <file>` on {}",
         if addrs.is_empty() {
             "(no address yet)".to_string()
@@ -460,13 +464,13 @@ fn maintenance_banner() {
                 .collect::<Vec<_>>()
                 .join(", ")
         }
-    ));
+    );
 }
 
 /// Reports how `/`, `/var` and friends are mounted, and proves it by writing.
 fn report_mounts() {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let all = mounts::parse(&info);
+    let all = basalt_sys::mountinfo::parse(&info);
     let shown: Vec<String> = [
         "/", "/system", "/tmp", "/var", "/run", "/dev", "/proc", "/sys",
     ]
@@ -481,18 +485,18 @@ fn report_mounts() {
         )
     })
     .collect();
-    log::line(&format!("mounts: {}", shown.join(", ")));
+    tracing::info!("mounts: {}", shown.join(", "));
     let root_ro = matches!(
         std::fs::write("/.basalt-probe", b"x"),
         Err(e) if e.raw_os_error() == Some(nix::libc::EROFS)
     );
     let var_rw = std::fs::write("/var/.basalt-probe", b"x").is_ok();
     let _ = std::fs::remove_file("/var/.basalt-probe");
-    log::line(&format!(
+    tracing::info!(
         "root is {}; /var is {}",
         if root_ro { "read-only" } else { "WRITABLE" },
         if var_rw { "writable" } else { "NOT writable" }
-    ));
+    );
 }
 
 /// SIGTERM, SIGINT and SIGPWR start the shutdown sequence.
@@ -503,7 +507,7 @@ async fn serve_signals(node: Node) {
         signal(SignalKind::interrupt()),
         signal(SignalKind::from_raw(nix::libc::SIGPWR)),
     ) else {
-        log::line("cannot listen for signals");
+        tracing::warn!("cannot listen for signals");
         std::future::pending::<()>().await;
         return;
     };
@@ -513,9 +517,9 @@ async fn serve_signals(node: Node) {
             _ = int.recv() => "SIGINT",
             _ = pwr.recv() => "SIGPWR",
         };
-        log::line(&format!("{which} received: shutting down"));
+        tracing::info!("{which} received: shutting down");
         if let Err(e) = node.spawn_sequence("shutdown", node.shutdown_steps(End::PowerOff)) {
-            log::line(&e.to_string());
+            tracing::info!("{}", &e.to_string());
         }
     }
 }

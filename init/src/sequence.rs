@@ -12,7 +12,7 @@ use basalt_resources::Store;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::logring::now_ms;
+use basalt_supervisor::logring::now_ms;
 
 pub const OWNER: &str = "sequencer";
 
@@ -224,13 +224,9 @@ impl Claim {
         };
         publish(&status);
         let n = steps.len();
-        crate::log::line(&format!("sequence {name}: {n} steps"));
+        tracing::info!("sequence {name}: {n} steps");
         for (i, step) in steps.into_iter().enumerate() {
-            crate::log::line(&format!(
-                "sequence {name}: step {}/{n}: {}",
-                i + 1,
-                step.name
-            ));
+            tracing::info!("sequence {name}: step {}/{n}: {}", i + 1, step.name);
             status.steps[i].state = StepState::Running;
             publish(&status);
             let t = Instant::now();
@@ -240,14 +236,14 @@ impl Claim {
                 Ok(note) => {
                     status.steps[i].state = StepState::Done;
                     if !note.is_empty() {
-                        crate::log::line(&format!("sequence {name}: {}: {note}", step.name));
+                        tracing::info!("sequence {name}: {}: {note}", step.name);
                     }
                     status.steps[i].message = note;
                 }
                 Err(e) => {
                     status.steps[i].state = StepState::Failed;
                     status.steps[i].message = e.clone();
-                    crate::log::line(&format!("sequence {name}: {} failed: {e}", step.name));
+                    tracing::warn!("sequence {name}: {} failed: {e}", step.name);
                     if !step.may_fail {
                         status.state = StepState::Failed;
                         publish(&status);
@@ -263,7 +259,7 @@ impl Claim {
         }
         status.state = StepState::Done;
         publish(&status);
-        crate::log::line(&format!("sequence {name}: done"));
+        tracing::info!("sequence {name}: done");
         Ok(())
     }
 }

@@ -66,7 +66,7 @@ pub fn processes(proc: &Path) -> Vec<pb::ProcessInfo> {
 
 /// Mounts from mountinfo text, with sizes from statvfs where it answers.
 pub fn mounts(mountinfo: &str) -> Vec<pb::MountInfo> {
-    crate::mounts::parse(mountinfo)
+    basalt_sys::mountinfo::parse(mountinfo)
         .into_iter()
         .map(|m| {
             let (size, avail) = nix::sys::statvfs::statvfs(m.point.as_str())

@@ -86,7 +86,7 @@ impl KeyPair {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = Self::generate();
-                basalt_config::files::atomic_write(
+                basalt_sys::fs::atomic_write(
                     path,
                     format!("{}\n", B64.encode(k.private())).as_bytes(),
                     0o600,

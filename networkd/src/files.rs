@@ -169,6 +169,6 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> Result<(), ReconcileE
     if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
         return Ok(());
     }
-    basalt_config::files::atomic_write(&path, text.as_bytes(), 0o644)
+    basalt_sys::fs::atomic_write(&path, text.as_bytes(), 0o644)
         .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }

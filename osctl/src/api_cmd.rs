@@ -820,7 +820,7 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             };
             let merged = existing.is_some();
             let out = crate::kubeconfig::merge(existing, &new);
-            basalt_config::files::atomic_write(
+            basalt_sys::fs::atomic_write(
                 &path,
                 basalt_config::yaml::to_yaml_text(&out).as_bytes(),
                 0o600,
@@ -919,7 +919,7 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             {
                 data.extend_from_slice(&c.data);
             }
-            basalt_config::files::atomic_write(&path, &data, 0o600)
+            basalt_sys::fs::atomic_write(&path, &data, 0o600)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             stdout(&format!(
                 "etcd snapshot from {} saved to {} ({})\n",

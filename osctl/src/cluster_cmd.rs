@@ -153,7 +153,7 @@ fn state_path(dir: &Path) -> PathBuf {
 
 fn save(dir: &Path, st: &State) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec_pretty(st)?;
-    basalt_config::files::atomic_write(&state_path(dir), &bytes, 0o600)
+    basalt_sys::fs::atomic_write(&state_path(dir), &bytes, 0o600)
         .with_context(|| format!("cannot write {}", state_path(dir).display()))
 }
 
@@ -496,7 +496,7 @@ fn write_pxe(pxe: &Path, vmlinuz: &Path, initramfs: &Path) -> anyhow::Result<()>
         basalt_image::build::BASE_CMDLINE,
         DHCP_CMDLINE.join(" ")
     );
-    basalt_config::files::atomic_write(&pxe.join("boot.ipxe"), script.as_bytes(), 0o644)
+    basalt_sys::fs::atomic_write(&pxe.join("boot.ipxe"), script.as_bytes(), 0o644)
         .with_context(|| format!("cannot write {}", pxe.join("boot.ipxe").display()))
 }
 

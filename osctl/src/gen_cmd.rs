@@ -107,7 +107,7 @@ pub fn write_file(path: &Path, contents: &str, force: bool, mode: u32) -> anyhow
             path.display()
         );
     }
-    basalt_config::files::atomic_write(path, contents.as_bytes(), mode)
+    basalt_sys::fs::atomic_write(path, contents.as_bytes(), mode)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

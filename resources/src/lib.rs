@@ -18,15 +18,5 @@ pub use controller::{
 pub use resource::{Kind, Metadata, Phase, Resource, Spec};
 pub use store::{Event, EventKind, Store, StoreError, Watch, WatchError};
 
-/// An error and its sources as one line, `"outer: cause: root cause"`: the one way every Basalt
-/// program prints an error chain.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut src = err.source();
-    while let Some(e) = src {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        src = e.source();
-    }
-    s
-}
+/// An error and its sources as one line (defined in `basalt-sys`, below every crate).
+pub use basalt_sys::error_chain;

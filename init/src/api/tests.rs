@@ -10,11 +10,11 @@ use tonic::Code;
 
 use super::*;
 use crate::configstate::ConfigState;
-use crate::logring::Logs;
 use crate::node::{Node, Paths};
-use crate::process::ProcessSpec;
 use crate::sequence::{FakePower, Sequencer};
-use crate::supervisor::{ServiceDef, Supervisor};
+use basalt_supervisor::logring::Logs;
+use basalt_supervisor::process::ProcessSpec;
+use basalt_supervisor::{ServiceDef, Supervisor};
 
 const CP: &str = include_str!("../../../config/testdata/valid/controlplane.yaml");
 
@@ -49,7 +49,7 @@ async fn fixture() -> Fixture {
             wipe_on_reset: vec![data],
         },
         booted: Instant::now(),
-        kube: crate::kubernetes::Kube::default(),
+        kube: basalt_kubernetes::Kube::default(),
     };
     let mut def = ServiceDef::new(
         "sleeper",
@@ -196,7 +196,7 @@ async fn services_logs_and_resources() {
         f.node
             .sup
             .wait_for("sleeper", Duration::from_secs(10), |s, _| s
-                == crate::supervisor::State::Running)
+                == basalt_supervisor::State::Running)
             .await
     );
     let list = f
@@ -375,7 +375,7 @@ async fn reboot_stops_services_then_reboots_and_reset_wipes() {
         f.node
             .sup
             .wait_for("sleeper", Duration::from_secs(10), |s, _| s
-                == crate::supervisor::State::Running)
+                == basalt_supervisor::State::Running)
             .await
     );
     let r = f
@@ -393,7 +393,7 @@ async fn reboot_stops_services_then_reboots_and_reset_wipes() {
     assert_eq!(*f.power.calls.lock().unwrap(), ["reboot"]);
     assert_eq!(
         f.node.sup.state("sleeper").unwrap().0,
-        crate::supervisor::State::Stopped
+        basalt_supervisor::State::Stopped
     );
     let seq = f
         .client
@@ -478,7 +478,7 @@ impl TestPki {
             30,
             basalt_config::pki::Usage::ServerAndClient,
         );
-        crate::apid::Pki {
+        basalt_apid::Pki {
             ca: self.ca.crt.0.as_str().to_string(),
             node,
         }
@@ -512,13 +512,13 @@ async fn start_apid_until(
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let o = crate::apid::Options {
+    let o = basalt_apid::Options {
         listen: addr,
         init_socket,
         maintenance,
         pki,
     };
-    (addr, tokio::spawn(crate::apid::serve_on(listener, o, stop)))
+    (addr, tokio::spawn(basalt_apid::serve_on(listener, o, stop)))
 }
 
 fn tls_client(

@@ -71,7 +71,7 @@ async fn an_invalid_config_changes_nothing_and_reports_every_problem() {
         .replace("type: controlplane", "type: boss")
         .replace("dnsDomain: cluster.local", "dnsDomain: -bad-");
     let err = s.apply(&bad, ApplyMode::NoReboot, false).unwrap_err();
-    let text = basalt_resources::error_chain(&err);
+    let text = basalt_sys::error_chain(&err);
     assert!(
         text.starts_with("the config was rejected and nothing changed: config has 2 problems"),
         "{text}"

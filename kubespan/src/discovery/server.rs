@@ -297,7 +297,7 @@ fn save(svc: &DiscoveryService, path: &std::path::Path) {
     let s = svc.snapshot();
     match serde_json::to_vec(&s) {
         Ok(bytes) => {
-            if let Err(e) = basalt_config::files::atomic_write(path, &bytes, 0o600) {
+            if let Err(e) = basalt_sys::fs::atomic_write(path, &bytes, 0o600) {
                 warn!(path = %path.display(), error = %e, "snapshot not saved");
             }
         }

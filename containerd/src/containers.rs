@@ -1,0 +1,717 @@
+//! Images and containers through containerd's API: importing the OCI image layouts shipped in
+//! the rootfs (no registry is reachable), and running a container to completion.
+//!
+//! Import is what containerd's own clients do: write each blob to the content store (labelled
+//! so containerd's garbage collector keeps the graph image → manifest → config/layers →
+//! snapshot), unpack the layers into committed snapshots named by chain ID, then create the
+//! image record. Everything is written under a lease, so nothing is collected half-way.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::{Client, proto};
+
+pub const SNAPSHOTTER: &str = "overlayfs";
+/// Where OCI image layouts ship in the rootfs.
+pub const IMAGES_DIR: &str = "/usr/share/basalt/images";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Layout { path: PathBuf, message: String },
+    #[error("containerd: {what}")]
+    Api {
+        what: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("image {0:?}: {1}")]
+    Image(String, String),
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> ContainerError {
+    let what = what.into();
+    move |source| ContainerError::Api { what, source }
+}
+
+fn json(path: &Path, data: &[u8]) -> Result<serde_json::Value, ContainerError> {
+    serde_json::from_slice(data).map_err(|e| ContainerError::Layout {
+        path: path.to_path_buf(),
+        message: format!("not JSON: {e}"),
+    })
+}
+
+/// `sha256:…` of bytes.
+fn digest(data: &[u8]) -> String {
+    let h = Sha256::digest(data);
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The index annotation naming the containerd namespaces a layout is imported into,
+/// comma-separated (default: [`crate::NAMESPACE`]).
+pub const NAMESPACE_ANNOTATION: &str = "io.basalt.containerd.namespace";
+
+/// Chain IDs of a layer stack, from its diff IDs (OCI image spec).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => digest(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+fn desc(v: &serde_json::Value) -> proto::Descriptor {
+    proto::Descriptor {
+        media_type: v["mediaType"].as_str().unwrap_or_default().to_string(),
+        digest: v["digest"].as_str().unwrap_or_default().to_string(),
+        size: v["size"].as_i64().unwrap_or(0),
+    }
+}
+
+impl Client {
+    async fn exists(&self, digest: &str) -> Result<bool, ContainerError> {
+        match self
+            .call::<_, proto::InfoResponse>(
+                "/containerd.services.content.v1.Content/Info",
+                Some(self.namespace()),
+                proto::InfoRequest {
+                    digest: digest.into(),
+                },
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(api(format!("content info {digest}"))(s)),
+        }
+    }
+
+    /// Writes one blob (skipped when the store has it), with GC labels.
+    async fn write_blob(
+        &self,
+        data: &[u8],
+        labels: HashMap<String, String>,
+    ) -> Result<String, ContainerError> {
+        let d = digest(data);
+        if self.exists(&d).await? {
+            return Ok(d);
+        }
+        let r#ref = format!("basalt-import-{d}");
+        let total = data.len() as i64;
+        let mut reqs = Vec::new();
+        let chunk = 1 << 20;
+        let mut off = 0usize;
+        while off < data.len() {
+            let end = (off + chunk).min(data.len());
+            reqs.push(proto::WriteContentRequest {
+                action: 1,
+                r#ref: r#ref.clone(),
+                total,
+                expected: d.clone(),
+                offset: off as i64,
+                data: data[off..end].to_vec(),
+                labels: HashMap::new(),
+            });
+            off = end;
+        }
+        reqs.push(proto::WriteContentRequest {
+            action: 2,
+            r#ref,
+            total,
+            expected: d.clone(),
+            offset: total,
+            data: Vec::new(),
+            labels,
+        });
+        let mut grpc = tonic::client::Grpc::new(self.channel());
+        grpc.ready()
+            .await
+            .map_err(|e| api("content write")(tonic::Status::unavailable(e.to_string())))?;
+        let mut r = tonic::Request::new(futures::stream::iter(reqs));
+        if let Ok(ns) = self.namespace().parse() {
+            r.metadata_mut().insert("containerd-namespace", ns);
+        }
+        if let Some(l) = self.lease()
+            && let Ok(v) = l.parse()
+        {
+            r.metadata_mut().insert("containerd-lease", v);
+        }
+        let codec = tonic_prost::ProstCodec::<
+            proto::WriteContentRequest,
+            proto::WriteContentResponse,
+        >::default();
+        let mut stream = grpc
+            .streaming(
+                r,
+                http::uri::PathAndQuery::from_static(
+                    "/containerd.services.content.v1.Content/Write",
+                ),
+                codec,
+            )
+            .await
+            .map_err(api(format!("content write {d}")))?
+            .into_inner();
+        while let Some(resp) = stream
+            .message()
+            .await
+            .map_err(api(format!("content write {d}")))?
+        {
+            if resp.action == 2 && !resp.digest.is_empty() && resp.digest != d {
+                return Err(ContainerError::Image(
+                    d.clone(),
+                    format!("containerd committed {} instead", resp.digest),
+                ));
+            }
+        }
+        Ok(d)
+    }
+
+    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ContainerError> {
+        let mut grpc = tonic::client::Grpc::new(self.channel());
+        grpc.ready()
+            .await
+            .map_err(|e| api("content read")(tonic::Status::unavailable(e.to_string())))?;
+        let mut r = tonic::Request::new(proto::ReadContentRequest {
+            digest: digest.into(),
+        });
+        if let Ok(ns) = self.namespace().parse() {
+            r.metadata_mut().insert("containerd-namespace", ns);
+        }
+        let codec =
+            tonic_prost::ProstCodec::<proto::ReadContentRequest, proto::ReadContentResponse>::default();
+        let mut stream = grpc
+            .server_streaming(
+                r,
+                http::uri::PathAndQuery::from_static(
+                    "/containerd.services.content.v1.Content/Read",
+                ),
+                codec,
+            )
+            .await
+            .map_err(api(format!("content read {digest}")))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = stream
+            .message()
+            .await
+            .map_err(api(format!("content read {digest}")))?
+        {
+            out.extend_from_slice(&m.data);
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn snapshot_exists(&self, key: &str) -> Result<bool, ContainerError> {
+        match self
+            .call::<_, proto::InfoResponse>(
+                "/containerd.services.snapshots.v1.Snapshots/Stat",
+                Some(self.namespace()),
+                proto::SnapshotKey {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: key.into(),
+                },
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(api(format!("snapshot stat {key}"))(s)),
+        }
+    }
+
+    pub(crate) async fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+    ) -> Result<Vec<proto::Mount>, ContainerError> {
+        let r: proto::PrepareSnapshotResponse = self
+            .call(
+                "/containerd.services.snapshots.v1.Snapshots/Prepare",
+                Some(self.namespace()),
+                proto::PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: key.into(),
+                    parent: parent.into(),
+                },
+            )
+            .await
+            .map_err(api(format!("snapshot prepare {key}")))?;
+        Ok(r.mounts)
+    }
+
+    async fn empty_call<Req: prost::Message + Send + Sync + 'static>(
+        &self,
+        path: &'static str,
+        what: String,
+        req: Req,
+    ) -> Result<(), ContainerError> {
+        self.call::<_, proto::Empty>(path, Some(self.namespace()), req)
+            .await
+            .map(|_| ())
+            .map_err(api(what))
+    }
+
+    /// Imports one OCI image layout directory; returns the references it created (an image
+    /// that already exists is left as it is).
+    pub async fn import_layout(&self, dir: &Path) -> Result<Vec<String>, ContainerError> {
+        let read = |rel: &str| {
+            let p = dir.join(rel);
+            std::fs::read(&p).map_err(|source| ContainerError::Read { path: p, source })
+        };
+        let blob = |d: &str| read(&format!("blobs/sha256/{}", d.trim_start_matches("sha256:")));
+        let index_path = dir.join("index.json");
+        let index = json(&index_path, &read("index.json")?)?;
+        let mut created = Vec::new();
+        for m in index["manifests"].as_array().into_iter().flatten() {
+            let Some(name) = m["annotations"]["org.opencontainers.image.ref.name"].as_str() else {
+                continue;
+            };
+            let exists = self
+                .call::<_, proto::ImageMessage>(
+                    "/containerd.services.images.v1.Images/Get",
+                    Some(self.namespace()),
+                    proto::NameRequest { name: name.into() },
+                )
+                .await;
+            match exists {
+                Ok(_) => continue,
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(api(format!("image get {name}"))(s)),
+            }
+            let mdesc = desc(m);
+            let manifest_bytes = blob(&mdesc.digest)?;
+            let manifest = json(&index_path, &manifest_bytes)?;
+            let cdesc = desc(&manifest["config"]);
+            let config_bytes = blob(&cdesc.digest)?;
+            let config = json(&index_path, &config_bytes)?;
+            let layers: Vec<proto::Descriptor> = manifest["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(desc)
+                .collect();
+            let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if diff_ids.len() != layers.len() {
+                return Err(ContainerError::Image(
+                    name.into(),
+                    "the config's diff_ids do not match the manifest's layers".into(),
+                ));
+            }
+            if layers.iter().any(|l| !l.media_type.ends_with(".tar")) {
+                return Err(ContainerError::Image(
+                    name.into(),
+                    "only uncompressed layers are imported".into(),
+                ));
+            }
+            let chains = chain_ids(&diff_ids);
+            let top = chains.last().cloned().unwrap_or_default();
+
+            for l in &layers {
+                self.write_blob(&blob(&l.digest)?, HashMap::new()).await?;
+            }
+            let mut cl = HashMap::new();
+            cl.insert(
+                format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
+                top.clone(),
+            );
+            self.write_blob(&config_bytes, cl).await?;
+            let mut ml = HashMap::new();
+            ml.insert(
+                "containerd.io/gc.ref.content.config".to_string(),
+                cdesc.digest.clone(),
+            );
+            for (i, l) in layers.iter().enumerate() {
+                ml.insert(
+                    format!("containerd.io/gc.ref.content.l.{i}"),
+                    l.digest.clone(),
+                );
+            }
+            self.write_blob(&manifest_bytes, ml).await?;
+
+            // Unpack: one committed snapshot per layer, named by chain ID.
+            let mut parent = String::new();
+            for (l, chain) in layers.iter().zip(&chains) {
+                if !self.snapshot_exists(chain).await? {
+                    let key = format!("basalt-extract-{chain}");
+                    let mounts = self.prepare(&key, &parent).await?;
+                    let _: proto::ApplyResponse = self
+                        .call(
+                            "/containerd.services.diff.v1.Diff/Apply",
+                            Some(self.namespace()),
+                            proto::ApplyRequest {
+                                diff: Some(l.clone()),
+                                mounts,
+                            },
+                        )
+                        .await
+                        .map_err(api(format!("apply layer {}", l.digest)))?;
+                    self.empty_call(
+                        "/containerd.services.snapshots.v1.Snapshots/Commit",
+                        format!("snapshot commit {chain}"),
+                        proto::CommitSnapshotRequest {
+                            snapshotter: SNAPSHOTTER.into(),
+                            name: chain.clone(),
+                            key,
+                        },
+                    )
+                    .await?;
+                }
+                parent = chain.clone();
+            }
+            let _: proto::ImageMessage = self
+                .call(
+                    "/containerd.services.images.v1.Images/Create",
+                    Some(self.namespace()),
+                    proto::ImageMessage {
+                        image: Some(proto::ImageRecord {
+                            name: name.into(),
+                            labels: HashMap::new(),
+                            target: Some(mdesc),
+                        }),
+                    },
+                )
+                .await
+                .map_err(api(format!("image create {name}")))?;
+            created.push(name.to_string());
+        }
+        Ok(created)
+    }
+}
+
+/// Imports every layout under `dir` into containerd, under one lease.
+pub async fn import_all(client: &Client, dir: &Path) -> Result<Vec<String>, ContainerError> {
+    let mut dirs: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ContainerError::Read {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    dirs.sort();
+    let mut out = Vec::new();
+    for d in dirs {
+        // A layout may name the namespaces it belongs in, comma-separated (the pause image:
+        // the CRI's `k8s.io`).
+        let index = d.join("index.json");
+        let list = std::fs::read(&index)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["annotations"][NAMESPACE_ANNOTATION]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| crate::NAMESPACE.to_string());
+        for ns in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            for name in client.in_namespace(ns).import_leased(&d).await? {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Client {
+    /// Runs `f` with this client under a new lease (leases are per namespace), then deletes
+    /// the lease. containerd's garbage collector takes what nothing refers to — a snapshot just
+    /// prepared, a blob just written — and runs whenever something is deleted: what `f` writes
+    /// must be held by the lease until a record that lasts (an image, a container) refers to it.
+    pub(crate) async fn leased<T, F, Fut>(&self, f: F) -> Result<T, ContainerError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ContainerError>>,
+    {
+        let lease: proto::CreateLeaseResponse = self
+            .call(
+                "/containerd.services.leases.v1.Leases/Create",
+                Some(self.namespace()),
+                proto::IdRequest { id: String::new() },
+            )
+            .await
+            .map_err(api("lease create"))?;
+        let lease = lease.lease.map(|l| l.id).unwrap_or_default();
+        let result = f(self.with_lease(&lease)).await;
+        let _ = self
+            .empty_call(
+                "/containerd.services.leases.v1.Leases/Delete",
+                "lease delete".into(),
+                proto::DeleteLeaseRequest {
+                    id: lease,
+                    sync: false,
+                },
+            )
+            .await;
+        result
+    }
+
+    /// [`Client::import_layout`] under a lease: nothing written is collected before the image
+    /// record holds it.
+    async fn import_leased(&self, dir: &Path) -> Result<Vec<String>, ContainerError> {
+        self.leased(|c| async move { c.import_layout(dir).await })
+            .await
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// The OCI runtime spec for a run: its own PID, IPC, UTS, mount and network namespaces, no
+/// capabilities, no new privileges, a read-only root.
+pub fn runtime_spec(id: &str, args: &[String], env: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": args,
+            "env": env,
+            "cwd": "/",
+            "capabilities": { "bounding": [], "effective": [], "permitted": [] },
+            "noNewPrivileges": true,
+        },
+        "root": { "path": "rootfs", "readonly": true },
+        "hostname": id,
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc",
+              "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        ],
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "ipc" }, { "type": "uts" },
+                { "type": "mount" }, { "type": "network" },
+            ],
+            "cgroupsPath": format!("/containers/{id}"),
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"],
+        },
+    })
+}
+
+/// Runs `image` to completion as container `id` and collects its output from files the shim
+/// writes (`file://` stdio). With `remove`, the container and its snapshot go afterwards.
+pub async fn run(
+    client: &Client,
+    image: &str,
+    args: &[String],
+    id: &str,
+    io_dir: &Path,
+    remove: bool,
+) -> Result<RunOutput, ContainerError> {
+    let ns = Some(crate::NAMESPACE);
+    let img: proto::ImageMessage = client
+        .call(
+            "/containerd.services.images.v1.Images/Get",
+            ns,
+            proto::NameRequest { name: image.into() },
+        )
+        .await
+        .map_err(api(format!("image {image}")))?;
+    let target = img.image.and_then(|i| i.target).unwrap_or_default();
+    let manifest = json(Path::new(image), &client.read_blob(&target.digest).await?)?;
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let config = json(Path::new(image), &client.read_blob(&config_digest).await?)?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let chain = chain_ids(&diff_ids).pop().unwrap_or_default();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut argv = strings(&config["config"]["Entrypoint"]);
+    if args.is_empty() {
+        argv.extend(strings(&config["config"]["Cmd"]));
+    } else {
+        argv.extend(args.iter().cloned());
+    }
+    if argv.is_empty() {
+        return Err(ContainerError::Image(
+            image.into(),
+            "no entrypoint, no command and no arguments".into(),
+        ));
+    }
+    let mut env = strings(&config["config"]["Env"]);
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+
+    // The snapshot is held by a lease until the container record refers to it: unheld, the
+    // garbage collector (run after the image import's lease went, say) could remove it between
+    // the two, and the task's overlay mount then fails on a missing directory.
+    let spec = serde_json::to_vec(&runtime_spec(id, &argv, &env)).unwrap_or_default();
+    let mounts = client
+        .leased(|c| async move {
+            let mounts = c.prepare(id, &chain).await?;
+            let _: proto::ContainerMessage = c
+                .call(
+                    "/containerd.services.containers.v1.Containers/Create",
+                    ns,
+                    proto::ContainerMessage {
+                        container: Some(proto::ContainerRecord {
+                            id: id.into(),
+                            image: image.into(),
+                            runtime: Some(proto::Runtime {
+                                name: "io.containerd.runc.v2".into(),
+                            }),
+                            spec: Some(prost_types::Any {
+                                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+                                    .into(),
+                                value: spec,
+                            }),
+                            snapshotter: SNAPSHOTTER.into(),
+                            snapshot_key: id.into(),
+                        }),
+                    },
+                )
+                .await
+                .map_err(api(format!("container create {id}")))?;
+            Ok(mounts)
+        })
+        .await?;
+
+    std::fs::create_dir_all(io_dir).map_err(|source| ContainerError::Read {
+        path: io_dir.to_path_buf(),
+        source,
+    })?;
+    let out_path = io_dir.join(format!("{id}.stdout"));
+    let err_path = io_dir.join(format!("{id}.stderr"));
+    let _: proto::Empty = client
+        .call(
+            "/containerd.services.tasks.v1.Tasks/Create",
+            ns,
+            proto::CreateTaskRequest {
+                container_id: id.into(),
+                rootfs: mounts,
+                stdin: String::new(),
+                stdout: format!("file://{}", out_path.display()),
+                stderr: format!("file://{}", err_path.display()),
+            },
+        )
+        .await
+        .map_err(api(format!("task create {id}")))?;
+    client
+        .empty_call(
+            "/containerd.services.tasks.v1.Tasks/Start",
+            format!("task start {id}"),
+            proto::IdRequest { id: id.into() },
+        )
+        .await?;
+    let wait = client.call::<_, proto::WaitResponse>(
+        "/containerd.services.tasks.v1.Tasks/Wait",
+        ns,
+        proto::IdRequest { id: id.into() },
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .map_err(|_| api(format!("task wait {id}"))(tonic::Status::deadline_exceeded("60 s")))?
+        .map_err(api(format!("task wait {id}")))?;
+    // The shim copies output asynchronously; deleting the task flushes and closes it.
+    let _ = client
+        .empty_call(
+            "/containerd.services.tasks.v1.Tasks/Delete",
+            format!("task delete {id}"),
+            proto::IdRequest { id: id.into() },
+        )
+        .await;
+    let read = |p: &Path| std::fs::read(p).unwrap_or_default();
+    let out = RunOutput {
+        exit_code: exit.exit_status as i32,
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+    };
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    if remove {
+        client
+            .empty_call(
+                "/containerd.services.containers.v1.Containers/Delete",
+                format!("container delete {id}"),
+                proto::IdRequest { id: id.into() },
+            )
+            .await?;
+        let removed = client
+            .empty_call(
+                "/containerd.services.snapshots.v1.Snapshots/Remove",
+                format!("snapshot remove {id}"),
+                proto::SnapshotKey {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.into(),
+                },
+            )
+            .await;
+        match removed {
+            // containerd's garbage collector may have taken the snapshot with the container:
+            // gone is what we wanted.
+            Err(ContainerError::Api { source, .. }) if source.code() == tonic::Code::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_rule() {
+        let a = "sha256:aaaa".to_string();
+        let b = "sha256:bbbb".to_string();
+        let c = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(c[0], a);
+        assert_eq!(c[1], digest(b"sha256:aaaa sha256:bbbb"));
+    }
+
+    #[test]
+    fn spec_confines_the_process() {
+        let s = runtime_spec("t1", &["/hello".into()], &["PATH=/bin".into()]);
+        assert_eq!(s["process"]["args"][0], "/hello");
+        assert_eq!(s["root"]["readonly"], true);
+        assert_eq!(s["process"]["noNewPrivileges"], true);
+        assert_eq!(s["linux"]["namespaces"].as_array().unwrap().len(), 5);
+    }
+}

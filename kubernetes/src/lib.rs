@@ -1,0 +1,596 @@
+//! Kubernetes on the node (an image built with Kubernetes has `/usr/bin/kubelet`): its PKI
+//! from the config's CAs, and on control planes etcd — bootstrapped once by `osctl bootstrap`,
+//! joined by every other control plane by itself — then the API server, controller manager and
+//! scheduler, and on every node the kubelet after its TLS bootstrap.
+//!
+//! What it must not do: own the node's lifecycle (init decides when this starts) or run a
+//! process itself (every program is a service of `basalt-supervisor`).
+
+pub mod controlplane;
+pub mod etcd;
+pub mod https;
+pub mod kubelet;
+pub mod layout;
+pub mod pki;
+pub mod podroutes;
+pub mod tlsboot;
+
+pub use kubelet::prepare_cri;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use basalt_config::Config;
+use basalt_config::v1alpha1::MachineType;
+use tokio::sync::watch;
+
+use basalt_supervisor::{self as supervisor, Supervisor};
+
+pub use layout::{KUBELET, available};
+
+/// Why a Kubernetes request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{0}")]
+    NotHere(String),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    AlreadyBootstrapped(String),
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+/// What the node knows of its Kubernetes side, shared by the controller and the API.
+#[derive(Debug, Clone, Default)]
+pub struct Kube {
+    inner: Arc<Mutex<State>>,
+    paths: Arc<Paths>,
+}
+
+/// Where things go (tests point them elsewhere).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub pki: PathBuf,
+    pub etcd_data: PathBuf,
+    pub etcd_config: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            pki: pki::DIR.into(),
+            etcd_data: etcd::DATA_DIR.into(),
+            etcd_config: etcd::CONFIG.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Set once the PKI is issued on a control plane.
+    me: Option<etcd::Me>,
+    controlplane: bool,
+    /// The cluster endpoint's host (where a joining control plane finds etcd).
+    endpoint_host: String,
+    /// etcd's config file is written: it starts (or started) as a member.
+    initialized: bool,
+    /// This node left etcd (`osctl etcd leave`): it does not join again until it reboots.
+    left: bool,
+}
+
+impl Kube {
+    pub fn new(paths: Paths) -> Kube {
+        Kube {
+            inner: Arc::default(),
+            paths: Arc::new(paths),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// init's client of the etcd on this node.
+    pub fn local_etcd(&self) -> Result<etcd::Client, KubeError> {
+        let s = self.state();
+        if !s.controlplane || s.me.is_none() {
+            return Err(KubeError::NotHere(
+                "this node runs no etcd: only control planes do".into(),
+            ));
+        }
+        drop(s);
+        etcd::Client::local(&self.paths.pki).map_err(KubeError::Etcd)
+    }
+
+    /// Writes etcd's config for `start` and lets the service start.
+    fn initialize(
+        &self,
+        sup: &Supervisor,
+        me: &etcd::Me,
+        start: &etcd::Start,
+    ) -> Result<(), String> {
+        let text = etcd::config_yaml(me, start, &self.paths.pki, &self.paths.etcd_data);
+        basalt_sys::fs::atomic_write(&self.paths.etcd_config, text.as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", self.paths.etcd_config.display()))?;
+        std::fs::create_dir_all(&self.paths.etcd_data)
+            .map_err(|e| format!("cannot create {}: {e}", self.paths.etcd_data.display()))?;
+        self.state().initialized = true;
+        sup.set_condition(etcd::INITIALIZED, true);
+        Ok(())
+    }
+
+    /// `osctl bootstrap`: this control plane becomes the first member of a new etcd cluster.
+    /// Refused on a worker, before the node is ready, when etcd has data here, and when the
+    /// cluster endpoint's etcd already answers (a second cluster would split the control
+    /// plane).
+    pub async fn bootstrap(&self, sup: &Supervisor) -> Result<String, KubeError> {
+        if !available() {
+            return Err(KubeError::NotHere(
+                "this node's image has no Kubernetes (build it with --kubernetes)".into(),
+            ));
+        }
+        let (me, endpoint_host) = {
+            let s = self.state();
+            if !s.controlplane {
+                return Err(KubeError::NotHere(
+                    "this node is not a control plane: bootstrap one of the control planes".into(),
+                ));
+            }
+            let Some(me) = s.me.clone() else {
+                return Err(KubeError::NotReady(
+                    "the node is not ready to bootstrap yet (no config applied, or no network): try again shortly".into(),
+                ));
+            };
+            if s.initialized || etcd::has_data(&self.paths.etcd_data) {
+                return Err(KubeError::AlreadyBootstrapped(format!(
+                    "etcd is already bootstrapped on this node ({} holds its data): bootstrap runs once per cluster; other control planes join by themselves",
+                    self.paths.etcd_data.display()
+                )));
+            }
+            (me, s.endpoint_host.clone())
+        };
+        if !is_me(&endpoint_host, &me)
+            && let Ok(c) = etcd::Client::new(&endpoint_host, &self.paths.pki)
+            && let Ok(Ok(members)) = tokio::time::timeout(Duration::from_secs(3), c.members()).await
+        {
+            let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+            return Err(KubeError::AlreadyBootstrapped(format!(
+                "etcd at {endpoint_host} already runs this cluster (members: {}): this node joins it by itself",
+                names.join(", ")
+            )));
+        }
+        self.initialize(sup, &me, &etcd::Start::New)
+            .map_err(KubeError::NotReady)?;
+        tracing::info!(
+            "etcd: bootstrapping a new cluster with {} ({})",
+            me.name,
+            me.peer_url()
+        );
+        Ok(format!(
+            "etcd bootstrapped: {} is the first member ({})",
+            me.name,
+            me.peer_url()
+        ))
+    }
+
+    /// `osctl health`: etcd, the API server and every node, as this control plane sees them:
+    /// (check, passed, what was found).
+    pub async fn health(&self) -> Result<Vec<(String, bool, String)>, KubeError> {
+        let c = self.local_etcd()?;
+        let mut out = Vec::new();
+        let etcd = match (c.health().await, c.members().await, c.status().await) {
+            (Ok(()), Ok(m), Ok((_, _, leader, _))) => {
+                let unstarted = m.iter().filter(|m| m.name.is_empty()).count();
+                let leader = m
+                    .iter()
+                    .find(|x| x.id == leader)
+                    .map_or("none".to_string(), |x| x.name.clone());
+                (
+                    unstarted == 0 && leader != "none",
+                    format!(
+                        "{} members, leader {leader}{}",
+                        m.len(),
+                        if unstarted > 0 {
+                            format!(", {unstarted} not started")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+            }
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => (false, e),
+        };
+        out.push(("etcd".to_string(), etcd.0, etcd.1));
+        let pki = &self.paths.pki;
+        let api = match https::Https::from_files(
+            "127.0.0.1",
+            pki::APISERVER_PORT,
+            &pki.join("ca.crt"),
+            &pki.join("admin.crt"),
+            &pki.join("admin.key"),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                out.push(("kube-apiserver".into(), false, e));
+                return Ok(out);
+            }
+        };
+        match api.get("/readyz").await {
+            Ok(r) if r.status.is_success() => {
+                out.push(("kube-apiserver".into(), true, "ready".into()));
+            }
+            Ok(r) => out.push((
+                "kube-apiserver".into(),
+                false,
+                format!("{}: {}", r.status, String::from_utf8_lossy(&r.body).trim()),
+            )),
+            Err(e) => {
+                out.push(("kube-apiserver".into(), false, e));
+                return Ok(out);
+            }
+        }
+        match api.get("/api/v1/nodes").await.and_then(|r| r.json()) {
+            Ok(nodes) => {
+                let items = nodes["items"].as_array().cloned().unwrap_or_default();
+                let mut ready = 0;
+                let mut each = Vec::new();
+                for n in &items {
+                    let name = n["metadata"]["name"].as_str().unwrap_or_default();
+                    let cond = n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["type"] == "Ready");
+                    let ok = cond.is_some_and(|c| c["status"] == "True");
+                    ready += usize::from(ok);
+                    let msg = cond
+                        .and_then(|c| c["message"].as_str())
+                        .unwrap_or("no Ready condition yet")
+                        .to_string();
+                    each.push((format!("node/{name}"), ok, msg));
+                }
+                out.push((
+                    "nodes".into(),
+                    !items.is_empty() && ready == items.len(),
+                    format!("{ready} of {} Ready", items.len()),
+                ));
+                out.extend(each);
+            }
+            Err(e) => out.push(("nodes".into(), false, e)),
+        }
+        Ok(out)
+    }
+
+    /// `osctl etcd leave`: this member leaves the cluster; etcd stops and its data goes.
+    pub async fn leave(&self, sup: &Supervisor) -> Result<String, KubeError> {
+        let c = self.local_etcd()?;
+        let (_, _, _, my_id) = c.status().await.map_err(KubeError::Etcd)?;
+        let members = c.members().await.map_err(KubeError::Etcd)?;
+        if members.len() == 1 {
+            return Err(KubeError::NotHere(
+                "this is etcd's only member: leaving would lose the cluster's data".into(),
+            ));
+        }
+        c.remove(my_id).await.map_err(KubeError::Etcd)?;
+        {
+            let mut s = self.state();
+            s.left = true;
+            s.initialized = false;
+        }
+        sup.set_condition(etcd::INITIALIZED, false);
+        let _ = sup.stop("etcd").await;
+        let _ = std::fs::remove_dir_all(&self.paths.etcd_data);
+        tracing::info!("etcd: this node left the cluster; it joins again after a reboot");
+        Ok(format!(
+            "left etcd (member {my_id:x}); etcd stopped and its data removed"
+        ))
+    }
+}
+
+/// Whether `host` (the cluster endpoint's) is this node.
+fn is_me(host: &str, me: &etcd::Me) -> bool {
+    host == me.name
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| {
+                ip == me.ip || basalt_sys::netif::addresses_text().contains(&ip.to_string())
+            })
+}
+
+/// The configs of a generated cluster `demo` with its endpoint at 10.5.0.2, for tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn test_configs() -> basalt_config::generate::Generated {
+    basalt_config::generate::generate(&basalt_config::generate::GenOptions {
+        cluster_name: "demo".parse().unwrap(),
+        endpoint: "https://10.5.0.2:6443".parse().unwrap(),
+        with_kubespan: false,
+        secrets: None,
+        install_disk: None,
+    })
+    .unwrap()
+}
+
+/// The address Kubernetes and etcd use for this node: the first in the config's
+/// `nodeIPSubnets`, else the first global IPv4 address on a link that is not KubeSpan's or a
+/// pod bridge, else the first global IPv6 one.
+pub fn node_ip(subnets: &[basalt_config::types::Prefix]) -> Option<IpAddr> {
+    let mut all: Vec<(String, IpAddr)> = basalt_sys::netif::addresses()
+        .into_iter()
+        .map(|(link, ip, _)| (link, ip))
+        .collect();
+    all.retain(|(_, ip)| {
+        !ip.is_loopback()
+            && !ip.is_unspecified()
+            && match ip {
+                IpAddr::V4(a) => !a.is_link_local(),
+                IpAddr::V6(a) => !a.is_unicast_link_local(),
+            }
+    });
+    if let Some(ip) = subnets.iter().find_map(|s| {
+        all.iter()
+            .find(|(_, ip)| s.contains(*ip))
+            .map(|(_, ip)| *ip)
+    }) {
+        return Some(ip);
+    }
+    all.retain(|(name, _)| name != "kubespan" && name != "cni0" && !name.starts_with("veth"));
+    all.iter()
+        .find(|(_, ip)| ip.is_ipv4())
+        .or_else(|| all.first())
+        .map(|(_, ip)| *ip)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "basalt".into())
+}
+
+/// Runs the node's Kubernetes side once a config is present: issues the PKI, and on a control
+/// plane prepares etcd (started from its data, or waiting for bootstrap or a join).
+pub fn start(
+    store: basalt_resources::Store,
+    sup: Arc<Supervisor>,
+    kube: Kube,
+    config: watch::Receiver<Option<Arc<Config>>>,
+    container: bool,
+) {
+    if !available() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut config = config;
+        let cfg = loop {
+            if let Some(c) = config.borrow_and_update().clone() {
+                break c;
+            }
+            if config.changed().await.is_err() {
+                return;
+            }
+        };
+        sup.wait_condition(supervisor::NETWORK, Duration::from_secs(60))
+            .await;
+        let subnets = cfg
+            .machine()
+            .kubelet
+            .as_ref()
+            .map(|k| k.node_ip_subnets.clone())
+            .unwrap_or_default();
+        // The address may come a little after network-ready (DHCP, a container's runtime).
+        let mut ip = node_ip(&subnets);
+        for _ in 0..30 {
+            if ip.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ip = node_ip(&subnets);
+        }
+        let Some(ip) = ip else {
+            tracing::info!("kubernetes: no node address found: nothing started");
+            return;
+        };
+        let me = etcd::Me {
+            name: hostname(),
+            ip,
+        };
+        let info = pki::NodeInfo {
+            hostname: me.name.clone(),
+            addresses: vec![ip],
+        };
+        let issued = pki::issue_all(&cfg, &info).and_then(|files| {
+            pki::write(&kube.paths.pki, &files)
+                .map_err(|e| format!("cannot write {}: {e}", kube.paths.pki.display()))
+        });
+        if let Err(e) = issued {
+            tracing::info!("kubernetes: PKI not issued: {e}");
+            return;
+        }
+        tracing::info!(
+            "kubernetes: PKI issued for {} ({ip}) in {}",
+            me.name,
+            kube.paths.pki.display()
+        );
+        // The kubelet, on every node.
+        if container {
+            for note in kubelet::prepare_container() {
+                tracing::info!("kubelet: {note}");
+            }
+        }
+        match kubelet::config_yaml(&cfg, &kube.paths.pki).and_then(|y| {
+            basalt_sys::fs::atomic_write(Path::new(kubelet::CONFIG), y.as_bytes(), 0o644)
+                .map_err(|e| format!("cannot write {}: {e}", kubelet::CONFIG))
+        }) {
+            Ok(()) => {
+                let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
+                sup.add(kubelet::service(args)).await;
+                tokio::spawn(tlsboot::run(
+                    sup.clone(),
+                    cfg.clone(),
+                    kube.paths.pki.clone(),
+                    me.name.clone(),
+                ));
+                // Routes to the other nodes' pods, through the link of the node's address.
+                match basalt_sys::netif::link_of(ip) {
+                    Some(link) => {
+                        let e = &cfg.cluster().control_plane.endpoint;
+                        tokio::spawn(podroutes::run(
+                            store.clone(),
+                            (e.host.clone(), e.port),
+                            Arc::from(kube.paths.pki.as_path()),
+                            me.name.clone(),
+                            link,
+                        ));
+                    }
+                    None => tracing::info!("kubernetes: no link holds {ip}: no pod routes"),
+                }
+            }
+            Err(e) => tracing::warn!("kubelet not started: {e}"),
+        }
+
+        let controlplane = cfg.machine().machine_type == MachineType::ControlPlane;
+        {
+            let mut s = kube.state();
+            s.controlplane = controlplane;
+            s.me = Some(me.clone());
+            s.endpoint_host = cfg.cluster().control_plane.endpoint.host.clone();
+        }
+        if !controlplane {
+            return;
+        }
+        if etcd::has_data(&kube.paths.etcd_data) {
+            if let Err(e) = kube.initialize(&sup, &me, &etcd::Start::Existing) {
+                tracing::info!("etcd: {e}");
+            }
+        } else {
+            tracing::info!(
+                "etcd: no data here: waiting for `osctl bootstrap`, or to join the cluster"
+            );
+            tokio::spawn(join_loop(sup.clone(), kube.clone(), me.clone()));
+        }
+        sup.add(etcd::service(kube.paths.pki.clone())).await;
+
+        let settings = controlplane::Settings::from_config(&cfg, ip, &kube.paths.pki);
+        for def in controlplane::services(&settings) {
+            sup.add(def).await;
+        }
+        // What kubelets need to join, as soon as the API server answers (tried every second
+        // while it runs; each new reason it cannot be made yet logged once).
+        let mut last = String::new();
+        loop {
+            sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, _| {
+                s == supervisor::State::Running
+            })
+            .await;
+            let pki = &kube.paths.pki;
+            let made = https::Https::from_files(
+                "127.0.0.1",
+                pki::APISERVER_PORT,
+                &pki.join("ca.crt"),
+                &pki.join("admin.crt"),
+                &pki.join("admin.key"),
+            );
+            let made = match made {
+                Ok(api) => kubelet::bootstrap_objects(&api, &cfg).await,
+                Err(e) => Err(e),
+            };
+            match made {
+                Ok(n) => {
+                    tracing::info!(
+                        "kubernetes: the kubelets' bootstrap token and RBAC are in place ({n} made)"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    if e != last {
+                        tracing::warn!("kubernetes: cannot make the bootstrap objects yet: {e}");
+                        last = e;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Until etcd is initialized here: ask the etcd at the cluster endpoint's host to add this
+/// node, then start etcd as the newest member.
+async fn join_loop(sup: Arc<Supervisor>, kube: Kube, me: etcd::Me) {
+    let mut last_error = String::new();
+    loop {
+        let (host, done) = {
+            let s = kube.state();
+            (s.endpoint_host.clone(), s.initialized || s.left)
+        };
+        if done {
+            return;
+        }
+        if !is_me(&host, &me) {
+            match try_join(&kube, &host, &me).await {
+                Ok(members) => {
+                    let start = etcd::Start::Join(members);
+                    if kube.state().initialized {
+                        return;
+                    }
+                    match kube.initialize(&sup, &me, &start) {
+                        Ok(()) => {
+                            tracing::info!("etcd: joining the cluster through {host}");
+                            return;
+                        }
+                        Err(e) => tracing::info!("etcd: {e}"),
+                    }
+                }
+                Err(e) if e != last_error => {
+                    tracing::warn!("etcd: cannot join through {host} yet: {e}");
+                    last_error = e;
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Adds this node as a member through the etcd at `host`: every member as (name, peer URL).
+async fn try_join(kube: &Kube, host: &str, me: &etcd::Me) -> Result<Vec<(String, String)>, String> {
+    let c = etcd::Client::new(host, &kube.paths.pki)?;
+    let mut members = c.members().await?;
+    let mine = me.peer_url();
+    if let Some(m) = members.iter().find(|m| m.peer_urls.contains(&mine)) {
+        if !m.name.is_empty() {
+            // A member by this address that has run before, and no data here: it lost its
+            // data. It goes, and comes back as a new member.
+            c.remove(m.id).await?;
+            members = c.add(&mine).await?;
+        }
+        // Else: added before (a restart between the add and the first start): start now.
+    } else {
+        members = c.add(&mine).await?;
+    }
+    members
+        .iter()
+        .map(|m| {
+            let peer = m.peer_urls.first().cloned().unwrap_or_default();
+            let name = if peer == mine {
+                me.name.clone()
+            } else if m.name.is_empty() {
+                return Err(format!(
+                    "member {peer} was added but has not started yet: one join at a time"
+                ));
+            } else {
+                m.name.clone()
+            };
+            Ok((name, peer))
+        })
+        .collect()
+}

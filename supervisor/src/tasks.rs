@@ -1,0 +1,120 @@
+//! Long-lived tasks of PID 1 (the API server, the config watcher, ...) run under a guard: a
+//! task that panics or returns is logged and started again with back-off, so no single bug
+//! takes the node down.
+
+use std::future::Future;
+use std::time::Duration;
+
+use basalt_resources::backoff::Backoff;
+
+/// What a panic said: its `&str` or `String` payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".into())
+}
+
+/// Runs `f`, turning a panic into its message (for PID 1, which must never unwind).
+pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+}
+
+/// Runs `make()` forever: restarted after a panic or an early return, with back-off (reset
+/// after a run of a minute or more).
+pub fn supervise<F, Fut>(name: &'static str, make: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    supervise_with(
+        name,
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 2),
+        make,
+    )
+}
+
+pub fn supervise_with<F, Fut>(
+    name: &'static str,
+    mut backoff: Backoff,
+    mut make: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let started = tokio::time::Instant::now();
+            let why = match tokio::spawn(make()).await {
+                Ok(()) => "ended".to_string(),
+                Err(e) if e.is_panic() => {
+                    format!("panicked: {}", panic_message(&*e.into_panic()))
+                }
+                Err(_) => return,
+            };
+            if started.elapsed() >= Duration::from_secs(60) {
+                backoff.reset();
+            }
+            let d = backoff.fail();
+            tracing::warn!(
+                "task {name} {why}; restarting in {}",
+                crate::fmt_duration(d)
+            );
+            tokio::time::sleep(d).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn a_guarded_panic_is_its_message_not_an_unwind() {
+        assert_eq!(guarded(|| 7), Ok(7));
+        let r: Result<(), String> = guarded(|| panic!("wiring broke at step {}", 3));
+        assert_eq!(r, Err("wiring broke at step 3".into()));
+        let r: Result<(), String> = guarded(|| std::panic::panic_any(42u8));
+        assert_eq!(r, Err("a panic with a non-string payload".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_is_restarted_with_backoff() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let h = supervise_with(
+            "flaky",
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(10), 2),
+            move || {
+                let n = r.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(tokio::time::Instant::now());
+                    if n < 3 {
+                        panic!("injected panic {n}");
+                    }
+                    std::future::pending::<()>().await;
+                }
+            },
+        );
+        let mut starts = Vec::new();
+        for _ in 0..4 {
+            starts.push(rx.recv().await.unwrap());
+        }
+        let gaps: Vec<u64> = starts.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert_eq!(gaps, [1, 2, 4], "restarted with doubling back-off");
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            4,
+            "a healthy task is left alone"
+        );
+        h.abort();
+    }
+}
