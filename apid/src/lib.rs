@@ -503,7 +503,10 @@ async fn handle(
     let (role, route) = match decision {
         Ok(d) => d,
         Err(s) => {
-            shared.noisy(format_args!("apid: denied {path} from {peer}: {}", s.message()));
+            shared.noisy(format_args!(
+                "apid: denied {path} from {peer}: {}",
+                s.message()
+            ));
             return s.into_http::<Body>();
         }
     };

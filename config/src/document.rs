@@ -46,7 +46,7 @@ macro_rules! documents {
 
             /// The JSON Schema of every kind, by kind.
             pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
-                vec![$( ($kind, crate::schema::document_schema::<$ty>($kind, $named)), )*]
+                vec![$( ($kind, document_schema::<$ty>($kind, $named)), )*]
             }
         }
     };
@@ -65,6 +65,32 @@ documents! {
     Time(TimeConfig) = "TimeConfig", named: false;
     KubeSpan(KubeSpanConfig) = "KubeSpanConfig", named: false;
     Discovery(DiscoveryConfig) = "DiscoveryConfig", named: false;
+}
+
+/// The schema of one document kind, with `apiVersion` and `kind` added.
+pub fn document_schema<T: schemars::JsonSchema>(kind: &str, _named: bool) -> serde_json::Value {
+    let mut generator = schemars::SchemaGenerator::default();
+    let mut schema = generator.root_schema_for::<T>().to_value();
+    if let Some(props) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        let mut all = serde_json::Map::new();
+        all.insert("apiVersion".into(), json!({"const": API_VERSION}));
+        all.insert("kind".into(), json!({"const": kind}));
+        all.extend(std::mem::take(props));
+        *props = all;
+    }
+    let required = schema
+        .get("required")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut req = vec![json!("apiVersion"), json!("kind")];
+    req.extend(required);
+    schema["required"] = json!(req);
+    schema["title"] = json!(kind);
+    schema
 }
 
 impl Document {

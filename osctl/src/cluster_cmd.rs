@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::host::{ip, sh};
 use anyhow::{Context as _, anyhow, bail};
 use basalt_image::qemu::{Boot, TapNic, VmOptions};
 use clap::{Args, Subcommand, ValueEnum};
@@ -195,26 +196,6 @@ fn check_name(name: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs a command; its stderr in the error when it fails.
-fn sh(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} {:?} failed: {}",
-            cmd.get_program(),
-            cmd.get_args().collect::<Vec<_>>(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub(crate) fn ip(args: &[&str]) -> anyhow::Result<String> {
-    sh(Command::new("ip").args(args))
 }
 
 /// This program, for the steps that are other osctl commands.

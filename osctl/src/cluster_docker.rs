@@ -134,14 +134,14 @@ pub fn network_up(
         &network_name(cluster),
     ])?;
     let access = format!("bsa-{cluster}");
-    crate::cluster_cmd::ip(&["netns", "add", netns])?;
-    crate::cluster_cmd::ip(&["-n", netns, "link", "set", "lo", "up"])?;
-    crate::cluster_cmd::ip(&[
+    crate::host::ip(&["netns", "add", netns])?;
+    crate::host::ip(&["-n", netns, "link", "set", "lo", "up"])?;
+    crate::host::ip(&[
         "link", "add", &access, "type", "veth", "peer", "name", "eth0", "netns", netns,
     ])?;
-    crate::cluster_cmd::ip(&["link", "set", &access, "master", &bridge, "up"])?;
-    crate::cluster_cmd::ip(&["-n", netns, "addr", "add", access_address, "dev", "eth0"])?;
-    crate::cluster_cmd::ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+    crate::host::ip(&["link", "set", &access, "master", &bridge, "up"])?;
+    crate::host::ip(&["-n", netns, "addr", "add", access_address, "dev", "eth0"])?;
+    crate::host::ip(&["-n", netns, "link", "set", "eth0", "up"])?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod cluster_docker;
 mod config_cmd;
 mod docs;
 mod gen_cmd;
+mod host;
 mod image_cmd;
 mod kubeconfig;
 mod output;
