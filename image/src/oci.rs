@@ -104,7 +104,7 @@ pub fn write_layout(
         } ],
     });
     if let Some(ns) = namespace {
-        // Read by init's import (init/src/containers.rs, NAMESPACE_ANNOTATION).
+        // Read by containerd's import (containerd/src/containers.rs, NAMESPACE_ANNOTATION).
         index["annotations"] = serde_json::json!({ "io.basalt.containerd.namespace": ns });
     }
     let write = |name: &str, v: &serde_json::Value| -> Result<(), ImageError> {

@@ -28,8 +28,8 @@ pub struct ImageArgs {
     /// Output directory.
     #[arg(long, default_value = "_out/image")]
     out: PathBuf,
-    /// Use this init binary instead of building one (`basalt-early`, built with it, must be
-    /// beside it).
+    /// Use this init binary instead of building one (`basalt-early` and `hello`, built with
+    /// it, must be beside it).
     #[arg(long)]
     init: Option<PathBuf>,
     /// Extra kernel arguments for the ISO and PXE entries; may repeat.
