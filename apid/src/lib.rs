@@ -308,59 +308,7 @@ struct Shared {
     peers: Mutex<HashMap<String, tonic::transport::Channel>>,
     /// Lines an outside party triggers (failed handshakes, denied calls): a flood of them
     /// must not flood the log.
-    noisy: Mutex<RateLimit>,
-}
-
-/// At most [`RateLimit::BURST`] lines in each [`RateLimit::WINDOW`]; the lines held back are
-/// counted and the count is said with the next line let through.
-#[derive(Debug)]
-struct RateLimit {
-    window_start: std::time::Instant,
-    in_window: u32,
-    held_back: u64,
-}
-
-impl RateLimit {
-    const BURST: u32 = 10;
-    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
-
-    fn new(now: std::time::Instant) -> Self {
-        RateLimit {
-            window_start: now,
-            in_window: 0,
-            held_back: 0,
-        }
-    }
-
-    /// `Some(n)` when a line may be written now, `n` being how many were held back before it.
-    fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
-        if now.duration_since(self.window_start) >= Self::WINDOW {
-            self.window_start = now;
-            self.in_window = 0;
-        }
-        if self.in_window >= Self::BURST {
-            self.held_back += 1;
-            return None;
-        }
-        self.in_window += 1;
-        Some(std::mem::take(&mut self.held_back))
-    }
-}
-
-impl Shared {
-    /// Logs a line an outside party caused, within the rate limit.
-    fn noisy(&self, line: std::fmt::Arguments<'_>) {
-        let allowed = self
-            .noisy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(std::time::Instant::now());
-        match allowed {
-            Some(0) => tracing::warn!("{line}"),
-            Some(n) => tracing::warn!("{line} ({n} such lines held back)"),
-            None => {}
-        }
-    }
+    noisy: basalt_resources::ratelimit::SharedRateLimit,
 }
 
 impl Shared {
@@ -432,7 +380,7 @@ pub async fn serve_on(
         upstream: basalt_api::unix_channel(&o.init_socket),
         node_client,
         peers: Mutex::default(),
-        noisy: Mutex::new(RateLimit::new(std::time::Instant::now())),
+        noisy: Default::default(),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
@@ -457,7 +405,9 @@ pub async fn serve_on(
             let tls = match tls {
                 Ok(t) => t,
                 Err(e) => {
-                    shared.noisy(format_args!("apid: TLS handshake with {peer} failed: {e}"));
+                    shared
+                        .noisy
+                        .warn(format_args!("apid: TLS handshake with {peer} failed: {e}"));
                     return;
                 }
             };
@@ -503,7 +453,7 @@ async fn handle(
     let (role, route) = match decision {
         Ok(d) => d,
         Err(s) => {
-            shared.noisy(format_args!(
+            shared.noisy.warn(format_args!(
                 "apid: denied {path} from {peer}: {}",
                 s.message()
             ));
@@ -581,17 +531,6 @@ pub fn run(args: &[String]) -> ! {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn lines_an_outsider_causes_are_rate_limited_and_counted() {
-        use super::RateLimit;
-        let t0 = std::time::Instant::now();
-        let mut r = RateLimit::new(t0);
-        let allowed = (0..25).filter(|_| r.allow(t0).is_some()).count();
-        assert_eq!(allowed, RateLimit::BURST as usize);
-        // The next window lets a line through and says how many were held back.
-        assert_eq!(r.allow(t0 + RateLimit::WINDOW), Some(15));
-        assert_eq!(r.allow(t0 + RateLimit::WINDOW), Some(0));
-    }
 
     use super::*;
 

@@ -611,6 +611,33 @@ mod node {
                 "{lines:?}"
             );
 
+            // init's log holds the events of the libraries PID 1 runs, with their fields:
+            // networkd's netlink operations (its `tracing` events, through PID 1's one
+            // pipeline), not only init's own lines.
+            let mut logs = c
+                .logs(pb::LogsRequest {
+                    id: "init".into(),
+                    follow: false,
+                    tail_lines: 2000,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut lines = Vec::new();
+            while let Some(l) = logs.message().await.unwrap() {
+                lines.push(l.line);
+            }
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with("networkd: applied op=") && l.contains("eth0")),
+                "no networkd event in init's log: {lines:?}"
+            );
+            assert!(
+                lines.iter().any(|l| l == "PID 1 running"),
+                "init's own lines are there too: {lines:?}"
+            );
+
             // A tried config comes back out after its timeout.
             let tried = CP.replacen(
                 "type: controlplane\n",

@@ -90,6 +90,15 @@ fn source(target: &str) -> Option<&str> {
     }
 }
 
+/// A value as it stands, or quoted when it has spaces (so `key=value` pairs stay readable).
+fn quoted(v: &str) -> String {
+    if v.is_empty() || v.contains(char::is_whitespace) {
+        format!("{v:?}")
+    } else {
+        v.to_string()
+    }
+}
+
 #[derive(Default)]
 struct Fields {
     message: String,
@@ -100,18 +109,17 @@ impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.message = value.to_string();
-        } else if value.is_empty() || value.contains(char::is_whitespace) {
-            self.fields.push((field.name(), format!("{value:?}")));
         } else {
-            self.fields.push((field.name(), value.to_string()));
+            self.fields.push((field.name(), quoted(value)));
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
         if field.name() == "message" {
-            self.message = format!("{value:?}");
+            self.message = text;
         } else {
-            self.fields.push((field.name(), format!("{value:?}")));
+            self.fields.push((field.name(), quoted(&text)));
         }
     }
 
@@ -144,6 +152,8 @@ mod tests {
         tracing::subscriber::with_default(sub, || {
             tracing::info!("PID 1 running");
             tracing::info!(target: "basalt_networkd::apply", ops = 3, link = "eth0", "applied");
+            let op = "address add 10.0.2.15/24 dev eth0";
+            tracing::info!(target: "basalt_networkd::apply", op = %op, "applied");
             let e = std::io::Error::other("disk on fire");
             tracing::warn!(target: "basalt_resources::controller", controller = "merge", error = &e as &dyn std::error::Error, "reconcile failed");
             tracing::info!(target: "basalt_kubespan::agent", peer = "node 2", "peer up");
@@ -154,6 +164,7 @@ mod tests {
             vec![
                 "PID 1 running".to_string(),
                 "networkd: applied ops=3 link=eth0".into(),
+                "networkd: applied op=\"address add 10.0.2.15/24 dev eth0\"".into(),
                 "resources: reconcile failed controller=merge error=\"disk on fire\"".into(),
                 "kubespan: peer up peer=\"node 2\"".into(),
             ]

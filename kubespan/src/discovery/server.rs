@@ -364,6 +364,8 @@ fn tls_incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    // Anyone can connect and fail a handshake: those lines are rate-limited.
+    let noisy = Arc::new(basalt_resources::ratelimit::SharedRateLimit::default());
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -375,7 +377,7 @@ fn tls_incoming(
                 }
             };
             let local = tcp.local_addr().ok();
-            let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, conn_tx, noisy) = (acceptor.clone(), tx.clone(), noisy.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
@@ -387,8 +389,10 @@ fn tls_incoming(
                             }))
                             .await;
                     }
-                    Ok(Err(e)) => warn!(peer = %remote, error = %e, "TLS handshake failed"),
-                    Err(_) => warn!(peer = %remote, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        noisy.warn(format_args!("TLS handshake with {remote} failed: {e}"))
+                    }
+                    Err(_) => noisy.warn(format_args!("TLS handshake with {remote} timed out")),
                 }
             });
             if tx.is_closed() {
