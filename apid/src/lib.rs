@@ -365,7 +365,18 @@ pub async fn serve_on(
         (tls::server_config(&pki.node, Some(&pki.ca)), Some(client))
     };
     let server = server.map_err(|e| basalt_sys::error_chain(&e))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    // Swapped whole when the certificate is reloaded (SIGHUP: init reissued it for new node
+    // addresses); a connection takes the acceptor of the moment it arrives.
+    let acceptor = Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(
+        server,
+    )));
+    let mut hup = match o.maintenance {
+        true => None,
+        false => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
+        ),
+    };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         "apid listening on {local} (TLS 1.3{})",
@@ -388,12 +399,28 @@ pub async fn serve_on(
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = &mut stop => break,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match reload(&o.pki) {
+                    Ok(a) => {
+                        *acceptor.write().unwrap_or_else(|p| p.into_inner()) = a;
+                        tracing::info!("apid: certificate reloaded from {}", o.pki.display());
+                    }
+                    Err(e) => tracing::warn!("apid: certificate not reloaded, the old one serves: {e}"),
+                }
+                continue;
+            }
         };
         let Ok((tcp, peer)) = accepted else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let shared = shared.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let Ok(tls) =
@@ -433,6 +460,14 @@ pub async fn serve_on(
         tracing::info!("apid: calls still under way after SIGTERM were cut");
     }
     Ok(())
+}
+
+/// A TLS acceptor from the PKI files as they are now (same CA, a reissued node certificate).
+fn reload(dir: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let pki = Pki::read(dir)?;
+    let server =
+        tls::server_config(&pki.node, Some(&pki.ca)).map_err(|e| basalt_sys::error_chain(&e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(server))
 }
 
 /// How long calls under way may take to finish once apid is told to stop (the supervisor's

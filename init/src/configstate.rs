@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use basalt_config::v1alpha1::MachineType;
 use basalt_config::{Config, ConfigError, Document, Mode};
 use basalt_resources::{Kind, Store};
 use serde::Serialize;
@@ -123,6 +124,40 @@ pub fn needs_reboot(old: &Config, new: &Config) -> Vec<String> {
     let net = |c: &Config| serde_json::to_value(&c.cluster().network).ok();
     if net(old) != net(new) {
         out.push("ClusterConfig.network: pod and service subnets are fixed at boot".to_string());
+    }
+    // What Kubernetes on the node reads once: its PKI, etcd membership and kubeconfigs are
+    // issued at boot for this name, endpoint and address. (The kubelet's other settings, the
+    // node's labels and the control-plane taint follow a change live.)
+    let (oc, nc) = (old.cluster(), new.cluster());
+    if oc.name != nc.name {
+        out.push("ClusterConfig.name: the Kubernetes PKI and kubeconfigs name the cluster".into());
+    }
+    if oc.control_plane.endpoint != nc.control_plane.endpoint {
+        out.push(
+            "ClusterConfig.controlPlane.endpoint: certificates, kubeconfigs and etcd joins use it"
+                .into(),
+        );
+    }
+    let subnets = |c: &Config| {
+        c.machine()
+            .kubelet
+            .as_ref()
+            .map(|k| k.node_ip_subnets.clone())
+            .unwrap_or_default()
+    };
+    if subnets(old) != subnets(new) {
+        out.push(
+            "MachineConfig.kubelet.nodeIPSubnets: the node's Kubernetes address is chosen at boot"
+                .into(),
+        );
+    }
+    if old.machine().cert_sans != new.machine().cert_sans
+        && old.machine().machine_type == MachineType::ControlPlane
+    {
+        out.push(
+            "MachineConfig.certSANs: the Kubernetes API server's certificate is issued at boot (apid's follows at once)"
+                .into(),
+        );
     }
     out
 }

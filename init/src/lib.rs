@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apidcert;
 pub mod configstate;
 pub mod kubespan;
 pub mod logging;

@@ -16,11 +16,9 @@ use crate::configstate::ConfigState;
 use crate::node::{End, Node, Paths};
 use crate::sequence::{ContainerPower, RealPower, Sequencer};
 use crate::{logging, net};
-use basalt_apid as apid;
 use basalt_containerd as containerd;
 use basalt_supervisor::logring::Logs;
-use basalt_supervisor::process::ProcessSpec;
-use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef, Supervisor};
+use basalt_supervisor::{self as supervisor, Supervisor};
 use basalt_supervisor::{cgroup, reaper, tasks};
 use basalt_sys::cmdline::{Cmdline, Platform};
 
@@ -195,72 +193,9 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         }
     }
 
-    // apid follows the config: maintenance mode without one; with one, a certificate issued
-    // from the config's OS CA (again when the CA or the certSANs change).
-    let s3 = sup.clone();
-    let changes = config.subscribe();
-    tasks::supervise("config-watch", move || {
-        let sup = s3.clone();
-        let mut changes = changes.clone();
-        async move {
-            // What apid was last started for: None = maintenance, Some(CA + SANs).
-            let mut last: Option<Option<String>> = None;
-            loop {
-                let cfg = changes.borrow_and_update().clone();
-                let want = cfg.as_ref().map(|c| {
-                    format!(
-                        "{}{:?}",
-                        c.secrets().certs.os.crt.0.as_str(),
-                        c.machine().cert_sans
-                    )
-                });
-                if last.as_ref() != Some(&want) {
-                    if last.is_some() {
-                        // Let the reply to the ApplyConfiguration that got us here leave
-                        // through the apid about to be replaced.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    sup.set_condition(supervisor::CONFIG, cfg.is_some());
-                    if cfg.is_none() {
-                        sup.set_condition(supervisor::NODE_CERT, false);
-                    }
-                    match &cfg {
-                        None => {
-                            sup.add(apid_service(true)).await;
-                            // The banner names the node's addresses: wait for the boot network.
-                            sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
-                                .await;
-                            maintenance_banner();
-                        }
-                        Some(c) => {
-                            if last.as_ref().is_some_and(Option::is_none) {
-                                tracing::info!("config present: leaving maintenance mode");
-                            }
-                            sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
-                                .await;
-                            let issued = apid::Pki::issue(c, &basalt_sys::netif::addresses_text())
-                                .and_then(|p| {
-                                    p.write(Path::new(apid::PKI_DIR))
-                                        .map_err(|e| format!("cannot write {}: {e}", apid::PKI_DIR))
-                                });
-                            match issued {
-                                Ok(()) => {
-                                    tracing::info!("apid certificate issued from the OS CA");
-                                    sup.set_condition(supervisor::NODE_CERT, true);
-                                    sup.add(apid_service(false)).await;
-                                }
-                                Err(e) => tracing::warn!("apid not started: {e}"),
-                            }
-                        }
-                    }
-                    last = Some(want);
-                }
-                if changes.changed().await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    // apid follows the config (maintenance mode without one) and its certificate follows the
+    // node's addresses.
+    crate::apidcert::start(sup.clone(), store.clone(), config.subscribe());
 
     if cmdline.poweroff_when_up {
         let n = node.clone();
@@ -413,58 +348,6 @@ fn ext_label(sb: &[u8]) -> Option<String> {
     let raw = sb.get(0x78..0x88)?;
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     Some(String::from_utf8_lossy(&raw[..end]).into_owned())
-}
-
-fn apid_service(maintenance: bool) -> ServiceDef {
-    let mut args = Vec::new();
-    if maintenance {
-        args.push("--maintenance".to_string());
-    }
-    let process = ProcessSpec {
-        program: "/sbin/init".into(),
-        arg0: Some("apid".into()),
-        args,
-        env: vec![("PATH".into(), "/usr/bin:/usr/sbin".into())],
-        // apid binds an unprivileged port and talks to a socket its uid owns: it keeps no
-        // capability.
-        keep_caps: Some(Vec::new()),
-        ..ProcessSpec::default()
-    };
-    let mut def = ServiceDef::new("apid", process);
-    def.depends = vec![Dependency::Condition(supervisor::NETWORK)];
-    def.stop_timeout = Duration::from_secs(5);
-    def.health = Some(Health {
-        check: Arc::new(|| {
-            Box::pin(async {
-                tokio::net::TcpStream::connect(("127.0.0.1", basalt_api::APID_PORT))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("port {}: {e}", basalt_api::APID_PORT))
-            })
-        }),
-        interval: Duration::from_secs(2),
-        timeout: Duration::from_secs(2),
-    });
-    def
-}
-
-fn maintenance_banner() {
-    let addrs = basalt_sys::netif::addresses_text();
-    tracing::info!(
-        "maintenance mode: no config; apply one with `osctl apply-config --insecure -n <address> -f <file>` on {}",
-        if addrs.is_empty() {
-            "(no address yet)".to_string()
-        } else {
-            addrs
-                .iter()
-                .map(|a| match a.contains(':') {
-                    true => format!("[{a}]:{}", basalt_api::APID_PORT),
-                    false => format!("{a}:{}", basalt_api::APID_PORT),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    );
 }
 
 /// Reports how `/`, `/var` and friends are mounted, and proves it by writing.

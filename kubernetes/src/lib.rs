@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod https;
 pub mod kubelet;
 pub mod layout;
+pub mod node;
 pub mod pki;
 pub mod podroutes;
 pub mod tlsboot;
@@ -433,7 +434,21 @@ pub fn start(
         }) {
             Ok(()) => {
                 let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
+                let running = kubelet_key(&args, &cfg, &kube.paths.pki);
                 sup.add(kubelet::service(args)).await;
+                tokio::spawn(follow_kubelet(
+                    sup.clone(),
+                    config.clone(),
+                    ip,
+                    me.name.clone(),
+                    kube.paths.pki.clone(),
+                    running,
+                ));
+                tokio::spawn(node::run(
+                    node_access(&cfg, &kube.paths.pki),
+                    me.name.clone(),
+                    config.clone(),
+                ));
                 tokio::spawn(tlsboot::run(
                     sup.clone(),
                     cfg.clone(),
@@ -521,6 +536,76 @@ pub fn start(
             }
         }
     });
+}
+
+/// What the running kubelet was started with, for telling whether a new config changes it:
+/// its arguments (but `--node-labels`, which the kubelet reads only when it registers; the
+/// [`node`] reconciler keeps the labels) and its config file.
+fn kubelet_key(args: &[String], cfg: &Config, pki: &Path) -> (Vec<String>, String) {
+    let args = args
+        .iter()
+        .filter(|a| !a.starts_with("--node-labels="))
+        .cloned()
+        .collect();
+    (args, kubelet::config_yaml(cfg, pki).unwrap_or_default())
+}
+
+/// Restarts the kubelet with a new config when the config changes what it runs with
+/// (`kubelet.extraArgs`, `kubelet.clusterDNS`, ...): the kubelet reads both once, at start.
+async fn follow_kubelet(
+    sup: Arc<Supervisor>,
+    mut config: watch::Receiver<Option<Arc<Config>>>,
+    ip: IpAddr,
+    name: String,
+    pki: PathBuf,
+    mut running: (Vec<String>, String),
+) {
+    while config.changed().await.is_ok() {
+        let Some(cfg) = config.borrow_and_update().clone() else {
+            continue;
+        };
+        let args = kubelet::args(&cfg, ip, &name, &pki);
+        let key = kubelet_key(&args, &cfg, &pki);
+        if key == running {
+            continue;
+        }
+        if let Err(e) =
+            basalt_sys::fs::atomic_write(Path::new(kubelet::CONFIG), key.1.as_bytes(), 0o644)
+        {
+            tracing::warn!(
+                "kubelet: cannot write {}: {e}; it keeps its config",
+                kubelet::CONFIG
+            );
+            continue;
+        }
+        sup.add(kubelet::service(args)).await;
+        tracing::info!("kubelet: restarted for the new config");
+        running = key;
+    }
+}
+
+/// How the [`node`] reconciler calls the API: as the admin on a control plane (through its
+/// own API server; the taint needs it), as the kubelet on a worker (it may change its own
+/// node's labels, and nothing else).
+fn node_access(cfg: &Config, pki: &Path) -> node::Access {
+    let e = &cfg.cluster().control_plane.endpoint;
+    if cfg.machine().machine_type == MachineType::ControlPlane {
+        node::Access {
+            host: "127.0.0.1".into(),
+            port: pki::APISERVER_PORT,
+            ca: pki.join("ca.crt"),
+            crt: pki.join("admin.crt"),
+            key: pki.join("admin.key"),
+        }
+    } else {
+        node::Access {
+            host: e.host.clone(),
+            port: e.port,
+            ca: pki.join("ca.crt"),
+            crt: tlsboot::KUBELET_CLIENT.into(),
+            key: tlsboot::KUBELET_CLIENT.into(),
+        }
+    }
 }
 
 /// Until etcd is initialized here: ask the etcd at the cluster endpoint's host to add this

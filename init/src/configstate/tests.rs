@@ -224,3 +224,25 @@ async fn a_persisted_config_that_no_longer_validates_is_moved_aside() {
     assert!(s.active().is_none());
     assert!(s.dir.join("config.rejected").exists());
 }
+
+#[test]
+fn what_kubernetes_reads_once_needs_a_reboot_and_the_rest_does_not() {
+    let old = Config::parse(CP, Mode::Metal).unwrap();
+    // The kubelet's arguments and the node's labels follow live.
+    let live = with_label(CP, "zone", "b").replacen(
+        "type: controlplane\n",
+        "type: controlplane\nkubelet:\n  extraArgs:\n    max-pods: \"50\"\n",
+        1,
+    );
+    let new = Config::parse(&live, Mode::Metal).unwrap();
+    assert_eq!(needs_reboot(&old, &new), Vec::<String>::new());
+    // The endpoint the PKI and kubeconfigs were issued for does not.
+    let moved = CP.replacen("https://", "https://moved.", 1);
+    assert_ne!(moved, CP, "the test config names an endpoint");
+    let new = Config::parse(&moved, Mode::Metal).unwrap();
+    let r = needs_reboot(&old, &new);
+    assert!(
+        r.len() == 1 && r[0].starts_with("ClusterConfig.controlPlane.endpoint"),
+        "{r:?}"
+    );
+}

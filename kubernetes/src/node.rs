@@ -1,0 +1,272 @@
+//! The node's own `Node` object, kept as the config says while the node runs: its labels
+//! (`MachineConfig.nodeLabels`) and, on a control plane, its `NoSchedule` taint
+//! (`ClusterConfig.allowSchedulingOnControlPlanes`).
+//!
+//! The kubelet applies `--node-labels` and `--register-with-taints` only when it registers the
+//! node, so a later config change would say "applied" and change nothing. This reconciler
+//! patches the object itself instead, on every config change and once at start. It removes
+//! only labels it set: the keys it owns are kept in an annotation on the node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use basalt_config::Config;
+use basalt_config::v1alpha1::MachineType;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::https::Https;
+
+/// The annotation listing the label keys Basalt set (comma-separated).
+pub const OWNED_LABELS: &str = "node.basalt.dev/owned-labels";
+/// The taint a control plane carries unless workloads may run there.
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/master";
+
+/// What the config asks of the Node object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub labels: BTreeMap<String, String>,
+    /// `Some(true)`: the control-plane taint must be there; `Some(false)`: it must not;
+    /// `None`: not this reconciler's business (a worker).
+    pub taint: Option<bool>,
+}
+
+impl Wanted {
+    pub fn from_config(c: &Config) -> Wanted {
+        Wanted {
+            labels: c.machine().node_labels.clone(),
+            taint: (c.machine().machine_type == MachineType::ControlPlane)
+                .then_some(!c.cluster().allow_scheduling_on_control_planes),
+        }
+    }
+}
+
+/// The merge patch that brings `node` (a `Node` object) to `want`, or `None` when it is
+/// already there. Labels Basalt set earlier and no longer wants are removed; labels set by
+/// anyone else are left alone.
+pub fn patch(node: &Value, want: &Wanted) -> Option<Value> {
+    let meta = &node["metadata"];
+    let have: BTreeMap<String, String> = meta["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let owned: BTreeSet<String> = meta["annotations"][OWNED_LABELS]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut labels = serde_json::Map::new();
+    for (k, v) in &want.labels {
+        if have.get(k) != Some(v) {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    for k in owned.iter().filter(|k| !want.labels.contains_key(*k)) {
+        if have.contains_key(k) {
+            labels.insert(k.clone(), Value::Null);
+        }
+    }
+    let now_owned: Vec<&str> = want.labels.keys().map(String::as_str).collect();
+    let now_owned = now_owned.join(",");
+    let mut metadata = serde_json::Map::new();
+    if !labels.is_empty() {
+        metadata.insert("labels".into(), Value::Object(labels));
+    }
+    if meta["annotations"][OWNED_LABELS]
+        .as_str()
+        .unwrap_or_default()
+        != now_owned
+    {
+        metadata.insert("annotations".into(), json!({ OWNED_LABELS: now_owned }));
+    }
+    let mut out = serde_json::Map::new();
+    if !metadata.is_empty() {
+        out.insert("metadata".into(), Value::Object(metadata));
+    }
+    if let Some(tainted) = want.taint {
+        let taints: Vec<Value> = node["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let is = |t: &Value| {
+            t["key"].as_str() == Some(CONTROL_PLANE_TAINT)
+                && t["effect"].as_str() == Some("NoSchedule")
+        };
+        let has = taints.iter().any(is);
+        if has != tainted {
+            // A merge patch replaces the whole list: the others are kept as they are.
+            let mut list: Vec<Value> = taints.into_iter().filter(|t| !is(t)).collect();
+            if tainted {
+                list.push(json!({"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}));
+            }
+            out.insert("spec".into(), json!({ "taints": list }));
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
+/// How the reconciler reaches the API: the host and port of the cluster endpoint, the CA, and
+/// the client certificate and key it calls with (the kubelet's on a worker, which may change
+/// its own node's labels; the admin's on a control plane, which the taint needs too).
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub host: String,
+    pub port: u16,
+    pub ca: PathBuf,
+    pub crt: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One pass: reads the node, patches it if it differs.
+pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<bool, String> {
+    let api = Https::from_files(
+        &access.host,
+        access.port,
+        &access.ca,
+        &access.crt,
+        &access.key,
+    )?;
+    let path = format!("/api/v1/nodes/{name}");
+    let node = api.get(&path).await?.json()?;
+    let Some(p) = patch(&node, want) else {
+        return Ok(false);
+    };
+    let body = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
+    api.request(
+        http::Method::PATCH,
+        &path,
+        Some(("application/merge-patch+json", body)),
+    )
+    .await?
+    .json()?;
+    Ok(true)
+}
+
+/// Keeps the node's object as the config says, for as long as the node runs: a pass at start
+/// and at every config change, retried every 2 s until it succeeds (the node may not be
+/// registered yet).
+pub async fn run(access: Access, name: String, mut config: watch::Receiver<Option<Arc<Config>>>) {
+    let mut last_error = String::new();
+    loop {
+        let want = config
+            .borrow_and_update()
+            .as_deref()
+            .map(Wanted::from_config);
+        if let Some(want) = want {
+            loop {
+                match reconcile(&access, &name, &want).await {
+                    Ok(changed) => {
+                        if changed {
+                            tracing::info!(
+                                "kubernetes: node {name} labels {:?}{}",
+                                want.labels,
+                                match want.taint {
+                                    Some(true) => ", control-plane taint on",
+                                    Some(false) => ", control-plane taint off",
+                                    None => "",
+                                }
+                            );
+                        }
+                        last_error.clear();
+                        break;
+                    }
+                    Err(e) => {
+                        if e != last_error {
+                            tracing::warn!("kubernetes: node {name} not updated yet: {e}");
+                            last_error = e;
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    changed = config.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            if config.has_changed().unwrap_or(false) {
+                continue;
+            }
+        }
+        if config.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want(labels: &[(&str, &str)], taint: Option<bool>) -> Wanted {
+        Wanted {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            taint,
+        }
+    }
+
+    #[test]
+    fn new_labels_are_set_and_owned() {
+        let node = json!({"metadata": {"labels": {"kubernetes.io/hostname": "w1"}}});
+        let p = patch(&node, &want(&[("zone", "a")], None)).unwrap();
+        assert_eq!(
+            p,
+            json!({"metadata": {"labels": {"zone": "a"}, "annotations": {OWNED_LABELS: "zone"}}})
+        );
+    }
+
+    #[test]
+    fn only_owned_labels_are_removed() {
+        let node = json!({"metadata": {
+            "labels": {"zone": "a", "team": "x", "kubernetes.io/hostname": "w1"},
+            "annotations": {OWNED_LABELS: "zone"},
+        }});
+        // `team` was set by someone else: it stays; `zone` was ours: it goes.
+        let p = patch(&node, &want(&[], None)).unwrap();
+        assert_eq!(
+            p,
+            json!({"metadata": {"labels": {"zone": null}, "annotations": {OWNED_LABELS: ""}}})
+        );
+    }
+
+    #[test]
+    fn a_node_as_wanted_needs_no_patch() {
+        let node = json!({
+            "metadata": {"labels": {"zone": "a"}, "annotations": {OWNED_LABELS: "zone"}},
+            "spec": {"taints": [{"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}]},
+        });
+        assert_eq!(patch(&node, &want(&[("zone", "a")], Some(true))), None);
+        assert_eq!(patch(&node, &want(&[("zone", "a")], None)), None);
+    }
+
+    #[test]
+    fn the_control_plane_taint_follows_the_config_and_others_stay() {
+        let other = json!({"key": "dedicated", "value": "db", "effect": "NoExecute"});
+        let node = json!({
+            "metadata": {},
+            "spec": {"taints": [other.clone(), {"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}]},
+        });
+        let p = patch(&node, &want(&[], Some(false))).unwrap();
+        assert_eq!(p["spec"]["taints"], json!([other.clone()]));
+        let node = json!({"metadata": {}, "spec": {"taints": [other.clone()]}});
+        let p = patch(&node, &want(&[], Some(true))).unwrap();
+        assert_eq!(
+            p["spec"]["taints"],
+            json!([other, {"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}])
+        );
+    }
+}
