@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use basalt_testkit::{Tier, tier};
 
 mod common;
-use common::{Destroy, docker_out, eventually, ok, osctl};
+use common::{Destroy, docker_out, eventually, ok, osctl, uptime_secs};
 
 fn qemu_processes_of(dir: &Path) -> usize {
     let out = Command::new("pgrep")
@@ -23,28 +23,6 @@ fn qemu_processes_of(dir: &Path) -> usize {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
-/// Seconds in an uptime as `osctl version` prints it (`5s`, `1m17s`, `2h3m`).
-fn uptime_secs(s: &str) -> Option<u64> {
-    let mut total = 0;
-    let mut n = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            n.push(c);
-            continue;
-        }
-        let v: u64 = n.parse().ok()?;
-        n.clear();
-        total += v * match c {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        };
-    }
-    n.is_empty().then_some(total)
 }
 
 /// One cluster at a time: two would share 2 cores and race to build the same images.
@@ -138,6 +116,22 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
         }
         assert!(a.contains(&format!("eth0/{net}.4/24")), "{a}");
         Ok(())
+    });
+    // apid's certificate follows the node's addresses: osctl checks the certificate names
+    // the address it dials, so a call to the new address proves it (no restart, no reboot).
+    eventually(Duration::from_secs(60), Duration::from_secs(1), || {
+        let v = osctl(
+            clusters,
+            &["--osconfig", oc, "-n", &format!("{net}.104"), "version"],
+        );
+        if v.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "apid at the new address: {}",
+                String::from_utf8_lossy(&v.stderr)
+            ))
+        }
     });
     // The other nodes are untouched.
     let a = ok(

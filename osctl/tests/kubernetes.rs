@@ -17,7 +17,7 @@ use std::time::Duration;
 use basalt_testkit::{Tier, tier};
 
 mod common;
-use common::{Destroy, eventually, ok, osctl};
+use common::{Destroy, eventually, ok, osctl, uptime};
 
 /// kubectl from inside the cluster's access namespace, as osctl dials (the host's own traffic
 /// to the segment may be filtered, as it is in CI).
@@ -305,6 +305,89 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     });
     let got = kubectl(&ns, &kc, &["logs", "cli"]).unwrap();
     assert!(got.contains("says: hello from srv"), "{got}");
+
+    // A config change the kubelet reads takes effect live, with no reboot: a label on the Node
+    // object (patched: the kubelet reads --node-labels only when it registers) and a kubelet
+    // argument (it restarts with it). Then the label goes again when the config drops it.
+    let worker_yaml = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
+    let up_before = uptime(clusters, oc, &w2_addr);
+    let asked = std::time::Instant::now();
+    let changed = worker_yaml.replacen(
+        "type: worker\n",
+        "type: worker\nnodeLabels:\n  zone: live\nkubelet:\n  extraArgs:\n    max-pods: \"50\"\n",
+        1,
+    );
+    assert_ne!(
+        changed, worker_yaml,
+        "worker.yaml has a MachineConfig of type worker"
+    );
+    let changed_file = dir.join("worker-changed.yaml");
+    std::fs::write(&changed_file, &changed).unwrap();
+    let said = ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &w2_addr,
+            "apply-config",
+            "-f",
+            changed_file.to_str().unwrap(),
+        ],
+    );
+    assert!(said.contains("applied live"), "{said}");
+    eventually(Duration::from_secs(180), Duration::from_secs(3), || {
+        let got = kubectl(
+            &ns,
+            &kc,
+            &[
+                "get",
+                "node",
+                &w2,
+                "-o",
+                "jsonpath={.metadata.labels.zone} {.status.capacity.pods}",
+            ],
+        )?;
+        if got.trim() == "live 50" {
+            Ok(())
+        } else {
+            Err(format!(
+                "{w2}: zone label and pod capacity are {got:?}, not \"live 50\""
+            ))
+        }
+    });
+    let said = ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &w2_addr,
+            "apply-config",
+            "-f",
+            dir.join("worker.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(said.contains("applied live"), "{said}");
+    eventually(Duration::from_secs(180), Duration::from_secs(3), || {
+        let labels = kubectl(
+            &ns,
+            &kc,
+            &["get", "node", &w2, "-o", "jsonpath={.metadata.labels}"],
+        )?;
+        if labels.contains("\"zone\"") {
+            Err(format!("{w2} still has the dropped label: {labels}"))
+        } else {
+            Ok(())
+        }
+    });
+    // No reboot on the way: worker 2's PID 1 kept running all along (the uptime is read
+    // with a precision of seconds, hence the slack).
+    let up_after = uptime(clusters, oc, &w2_addr);
+    assert!(
+        up_after + 2 >= up_before + asked.elapsed().as_secs(),
+        "worker 2 rebooted: uptime {up_before} s, then {up_after} s"
+    );
 
     // Merging a second time replaces the entries instead of adding more.
     ok(

@@ -93,3 +93,35 @@ pub fn eventually(
         }
     }
 }
+
+/// Seconds in an uptime as `osctl version` prints it (`5s`, `1m17s`, `2h3m`).
+pub fn uptime_secs(s: &str) -> Option<u64> {
+    let mut total = 0;
+    let mut n = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            n.push(c);
+            continue;
+        }
+        let v: u64 = n.parse().ok()?;
+        n.clear();
+        total += v * match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    n.is_empty().then_some(total)
+}
+
+/// A node's uptime, from `osctl version` (one node).
+pub fn uptime(clusters: &Path, oc: &str, node: &str) -> u64 {
+    let text = ok(clusters, &["--osconfig", oc, "-n", node, "version"]);
+    text.lines()
+        .last()
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(uptime_secs)
+        .unwrap_or_else(|| panic!("no uptime in {text}"))
+}
