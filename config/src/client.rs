@@ -99,4 +99,63 @@ impl ClientConfig {
         }
         renamed
     }
+
+    /// Removes the contexts that hold the same client certificate as a context of `other`
+    /// (what [`ClientConfig::merge`] of `other` added, under whatever name); the current
+    /// context is unset if it goes. Returns the names removed.
+    pub fn forget(&mut self, other: &ClientConfig) -> Vec<String> {
+        let theirs: Vec<&str> = other.contexts.values().map(|c| c.crt.0.as_str()).collect();
+        let gone: Vec<String> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| theirs.contains(&c.crt.0.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &gone {
+            self.contexts.remove(n);
+        }
+        if self.context.as_ref().is_some_and(|c| gone.contains(c)) {
+            self.context = None;
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::generate::{GenOptions, generate};
+
+    fn cluster(name: &str) -> super::ClientConfig {
+        generate(&GenOptions {
+            cluster_name: name.parse().unwrap(),
+            endpoint: "https://10.5.0.2:6443".parse().unwrap(),
+            with_kubespan: false,
+            secrets: None,
+            install_disk: None,
+        })
+        .unwrap()
+        .client
+    }
+
+    #[test]
+    fn forgetting_a_cluster_removes_its_contexts_under_any_name_and_no_other() {
+        let (a, b) = (cluster("a"), cluster("b"));
+        let mut mine = a.clone();
+        mine.merge(b.clone());
+        // Merged twice: the second copy got a new name.
+        assert_eq!(mine.merge(b.clone()), vec!["b-1".to_string()]);
+        assert_eq!(mine.context.as_deref(), Some("b-1"));
+        let mut gone = mine.forget(&b);
+        gone.sort();
+        assert_eq!(gone, vec!["b".to_string(), "b-1".to_string()]);
+        assert_eq!(mine.contexts.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(
+            mine.context, None,
+            "the current context was b-1: none is current now"
+        );
+        // Another cluster's contexts are not touched; forgetting twice removes nothing.
+        assert!(mine.forget(&b).is_empty());
+        assert_eq!(mine.forget(&a), vec!["a".to_string()]);
+    }
 }

@@ -39,9 +39,14 @@ pub struct Global {
 
 /// Where the client config is: `--osconfig`, `$OSCONFIG`, `~/.osctl/config`.
 pub fn config_path(g: &Global) -> PathBuf {
-    if let Some(p) = &g.osconfig {
-        return p.clone();
+    match &g.osconfig {
+        Some(p) => p.clone(),
+        None => default_config_path(),
     }
+}
+
+/// The client config when no `--osconfig` is given: `$OSCONFIG`, `~/.osctl/config`.
+pub fn default_config_path() -> PathBuf {
     if let Some(p) = std::env::var_os("OSCONFIG").filter(|p| !p.is_empty()) {
         return p.into();
     }
@@ -117,6 +122,11 @@ impl Target {
     }
 }
 
+/// Whether a named network namespace exists (`ip netns` keeps them under /run/netns).
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
 /// The targets of a command, from the flags and the client config.
 pub fn targets(g: &Global) -> anyhow::Result<Vec<Target>> {
     let path = config_path(g);
@@ -128,10 +138,12 @@ pub fn targets(g: &Global) -> anyhow::Result<Vec<Target>> {
             .and_then(|c| context(g, &path, Some(c)).ok())
             .map(|(_, c)| c);
         let from_ctx = ctx.map(|c| c.endpoints.clone()).unwrap_or_default();
-        let netns = g
-            .netns
-            .clone()
-            .or_else(|| ctx.and_then(|c| c.netns.clone()));
+        // A context's namespace that is gone (its cluster destroyed) does not stand in the way
+        // of dialing a node by address: only one named with --netns must exist.
+        let netns = g.netns.clone().or_else(|| {
+            ctx.and_then(|c| c.netns.clone())
+                .filter(|n| netns_exists(n))
+        });
         let addrs = [g.nodes.clone(), g.endpoints.clone(), from_ctx]
             .into_iter()
             .find(|v| !v.is_empty())
@@ -172,6 +184,12 @@ pub fn targets(g: &Global) -> anyhow::Result<Vec<Target>> {
         )
     })?;
     let netns = g.netns.as_deref().or(ctx.netns.as_deref());
+    if let Some(n) = netns.filter(|n| g.netns.is_none() && !netns_exists(n)) {
+        bail!(
+            "context {name:?} in {} dials from network namespace {n:?}, which does not exist (was its cluster destroyed?): `osctl config context OTHER`, or remove the context",
+            path.display()
+        );
+    }
     let client = MachineClient::new(channel(endpoint, tls_cfg, netns)?);
     let nodes = if g.nodes.is_empty() {
         ctx.nodes.clone()

@@ -783,6 +783,30 @@ fn stop(pid: i32) {
     }
 }
 
+/// Removes the cluster's contexts from the client config they were merged into (`osctl config
+/// merge` of the cluster's osconfig): a context left behind would dial a network namespace
+/// that is gone.
+fn forget_contexts(dir: &Path) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(dir.join("osconfig")) else {
+        return Ok(());
+    };
+    let Ok(theirs) = basalt_config::client::ClientConfig::parse(&text) else {
+        return Ok(());
+    };
+    let path = crate::client::default_config_path();
+    let Some(mut cfg) = crate::client::read_config(&path)? else {
+        return Ok(());
+    };
+    let gone = cfg.forget(&theirs);
+    if !gone.is_empty() {
+        crate::client::write_config(&path, &cfg)?;
+        for n in gone {
+            print_line(&format!("removed context {n:?} from {}", path.display()));
+        }
+    }
+    Ok(())
+}
+
 fn destroy(name: &str) -> anyhow::Result<()> {
     check_name(name)?;
     let dir = clusters_root().join(name);
@@ -813,6 +837,7 @@ fn destroy(name: &str) -> anyhow::Result<()> {
     if ip(&["link", "show", &host_link]).is_ok() {
         ip(&["link", "del", &host_link])?;
     }
+    forget_contexts(&dir)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot remove {}", dir.display()))?;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn osctl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_osctl"))
+    basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))
         .args(args)
         .current_dir(dir)
         .output()
@@ -328,7 +328,7 @@ fn client_config_contexts_endpoints_nodes_and_merge() {
     let out = text(&o).0;
     assert!(out.contains("Roles:           os:admin"), "{out}");
     // OSCONFIG works as --osconfig does.
-    let o = Command::new(env!("CARGO_BIN_EXE_osctl"))
+    let o = basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))
         .args(["config", "info"])
         .env("OSCONFIG", &cfg)
         .current_dir(dir.path())
@@ -406,4 +406,52 @@ fn unreachable_nodes_are_named_with_the_fix() {
     );
     assert!(err.contains("nothing answers there"), "{err}");
     assert!(err.contains("2 of 2 nodes failed"), "{err}");
+}
+
+#[test]
+fn a_context_whose_namespace_is_gone_is_named_and_insecure_calls_go_around_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = osctl(
+        dir.path(),
+        &["gen", "config", "demo", "https://10.5.0.2:6443"],
+    );
+    assert!(o.status.success());
+    // What a destroyed local cluster's context looked like: it dials from its namespace.
+    let oc = std::fs::read_to_string(dir.path().join("osconfig")).unwrap();
+    let gone = format!("basalt-gone-{}", std::process::id());
+    let stale = oc.replacen(
+        "    endpoints:\n",
+        &format!("    netns: {gone}\n    endpoints:\n"),
+        1,
+    );
+    assert_ne!(stale, oc);
+    std::fs::write(dir.path().join("stale"), stale).unwrap();
+    let o = osctl(dir.path(), &["--osconfig", "stale", "version"]);
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains(&format!(
+            "network namespace \"{gone}\", which does not exist"
+        )) && err.contains("osctl config context"),
+        "{err}"
+    );
+    // In maintenance mode a node is dialed by its address: the stale namespace is not tried
+    // (nothing listens on port 1, which is the error to expect, not the namespace).
+    let o = osctl(
+        dir.path(),
+        &[
+            "--osconfig",
+            "stale",
+            "--insecure",
+            "-n",
+            "127.0.0.1:1",
+            "version",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("nothing answers there") && !err.contains(&gone),
+        "{err}"
+    );
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use basalt_testkit::{Tier, tier};
 
 mod common;
-use common::{Destroy, docker_out, eventually, ok, osctl, uptime_secs};
+use common::{Destroy, docker_out, eventually, ok, osctl, osctl_with, uptime_secs};
 
 fn qemu_processes_of(dir: &Path) -> usize {
     let out = Command::new("pgrep")
@@ -275,7 +275,26 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
         );
     }
 
-    // Destroy leaves nothing.
+    // Destroy leaves nothing, not even the context a user merged into their client config
+    // (a context whose namespace is gone would break every later osctl call).
+    let user_config = clusters.join(format!("user-osconfig-{name}"));
+    let mine = [("OSCONFIG", user_config.as_path())];
+    let merged = osctl_with(
+        clusters,
+        &mine,
+        &["config", "merge", dir.join("osconfig").to_str().unwrap()],
+    );
+    assert!(merged.status.success(), "{merged:?}");
+    let destroyed = osctl_with(clusters, &mine, &["cluster", "destroy", "--name", &name]);
+    let said = String::from_utf8_lossy(&destroyed.stdout);
+    assert!(
+        destroyed.status.success() && said.contains("removed context"),
+        "{said}{}",
+        String::from_utf8_lossy(&destroyed.stderr)
+    );
+    let left = std::fs::read_to_string(&user_config).unwrap();
+    assert!(!left.contains("crt:"), "a context is left:\n{left}");
+    let _ = std::fs::remove_file(&user_config);
     drop(guard);
     assert!(!dir.exists(), "the cluster's directory is left");
     assert!(

@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_osctl"))
+    basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))
         .args(args)
         .current_dir(dir)
         .output()
@@ -227,7 +227,7 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
     assert!(y.contains("id: containerd") && y.contains("node: "), "{y}");
 
     // logs -f streams: the first line arrives, then we stop it.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_osctl"))
+    let mut child = basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))
         .args(["--osconfig", oc, "logs", "containerd", "-f", "--tail", "5"])
         .stdout(Stdio::piped())
         .spawn()

@@ -59,6 +59,28 @@ pub fn tier(tier: Tier, test: &str) -> bool {
     true
 }
 
+/// A home directory of this test process's own (made once, empty), so that what a test runs
+/// reads none of the user's client configs (`~/.osctl/config`, `~/.kube/config`) and writes
+/// none.
+pub fn home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("basalt-test-home-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
+        dir
+    })
+}
+
+/// Makes `cmd` hermetic: its `HOME` is [`home`], and the variables that name client configs
+/// (`OSCONFIG`, `KUBECONFIG`) are unset. A test that wants one sets it after this.
+pub fn hermetic(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    cmd.env("HOME", home())
+        .env_remove("OSCONFIG")
+        .env_remove("KUBECONFIG")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +92,16 @@ mod tests {
         assert!(!listed("unit", Tier::Vm));
         assert!(!listed("", Tier::Cluster));
         assert!(!listed("vmx", Tier::Vm));
+    }
+
+    #[test]
+    fn a_hermetic_command_sees_its_own_home_and_no_client_config() {
+        let mut cmd = std::process::Command::new("env");
+        hermetic(&mut cmd);
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&(std::ffi::OsStr::new("HOME"), Some(home().as_os_str()))));
+        assert!(envs.contains(&(std::ffi::OsStr::new("OSCONFIG"), None)));
+        assert!(envs.contains(&(std::ffi::OsStr::new("KUBECONFIG"), None)));
+        assert!(home().is_dir() && home().read_dir().unwrap().next().is_none());
     }
 }

@@ -16,11 +16,17 @@ pub fn clusters_root() -> PathBuf {
 }
 
 pub fn osctl(clusters: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_osctl"))
+    osctl_with(clusters, &[], args)
+}
+
+/// [`osctl`] with more environment (after [`basalt_testkit::hermetic`]'s).
+pub fn osctl_with(clusters: &Path, env: &[(&str, &Path)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osctl"));
+    basalt_testkit::hermetic(&mut cmd)
         .env("BASALT_CLUSTERS", clusters)
-        .args(args)
-        .output()
-        .unwrap()
+        .envs(env.iter().copied())
+        .args(args);
+    cmd.output().unwrap()
 }
 
 pub fn ok(clusters: &Path, args: &[&str]) -> String {
