@@ -101,7 +101,7 @@ impl Prefix {
         let bits = Self::bits(self.addr).0 & self.mask();
         let addr = match self.addr {
             // Masking a v4 value keeps it in 32 bits.
-            IpAddr::V4(_) => IpAddr::V4((bits as u32).into()),
+            IpAddr::V4(_) => IpAddr::V4(u32::try_from(bits).unwrap_or(u32::MAX).into()),
             IpAddr::V6(_) => IpAddr::V6(bits.into()),
         };
         Prefix {

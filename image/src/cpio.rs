@@ -67,7 +67,7 @@ impl Archive {
             let nlink = if matches!(entry, Entry::Dir) { 2 } else { 1 };
             written += header(
                 out,
-                ino as u32 + 1,
+                u32::try_from(ino).unwrap_or(u32::MAX - 1) + 1,
                 mode,
                 nlink,
                 mtime,

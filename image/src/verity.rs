@@ -23,7 +23,9 @@ use sha2::{Digest, Sha256};
 use crate::{ImageError, hex, io_err};
 
 /// Bytes per data and per hash block.
-pub const BLOCK: u64 = 4096;
+/// The block size, as a length.
+pub const BLOCK_SIZE: usize = 4096;
+pub const BLOCK: u64 = BLOCK_SIZE as u64;
 const DIGEST: usize = 32;
 
 /// What early init needs to map a rootfs through dm-verity.
@@ -74,10 +76,10 @@ fn hash(salt: &[u8], block: &[u8]) -> [u8; DIGEST] {
 fn levels(salt: &[u8], data: &[u8]) -> Vec<Vec<u8>> {
     let level = |below: &[u8]| {
         let mut l: Vec<u8> = below
-            .chunks(BLOCK as usize)
+            .chunks(BLOCK_SIZE)
             .flat_map(|b| hash(salt, b))
             .collect();
-        l.resize(l.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+        l.resize(l.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE, 0);
         l
     };
     let mut out = vec![level(data)];
@@ -111,7 +113,7 @@ pub fn append_tree(path: &Path) -> Result<Verity, ImageError> {
     if data.is_empty() {
         return Err(ImageError::Init(format!("{} is empty", path.display())));
     }
-    let whole = data.len().div_ceil(BLOCK as usize) * BLOCK as usize;
+    let whole = data.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
     data.resize(whole, 0);
     let salt: [u8; DIGEST] = Sha256::digest(&data).into();
     let (tree, v) = tree(&data, salt);
@@ -147,7 +149,7 @@ pub fn read(path: &Path) -> Result<Verity, ImageError> {
             "it has no dm-verity hash tree after the SquashFS data".into()
         ));
     }
-    let (data, stored) = all.split_at(whole as usize);
+    let (data, stored) = all.split_at(usize::try_from(whole).unwrap_or(usize::MAX));
     let salt: [u8; DIGEST] = Sha256::digest(data).into();
     let (tree, v) = tree(data, salt);
     if tree != stored {
@@ -165,11 +167,11 @@ mod tests {
 
     fn data(blocks: usize) -> Vec<u8> {
         // Distinct blocks, so a tree that mixes them up cannot pass.
-        let mut d = Vec::with_capacity(blocks * BLOCK as usize);
+        let mut d = Vec::with_capacity(blocks * BLOCK_SIZE);
         for i in 0..blocks {
-            let mut b = vec![0u8; BLOCK as usize];
+            let mut b = vec![0u8; BLOCK_SIZE];
             b[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            b[100] = (i % 251) as u8;
+            b[100] = u8::try_from(i % 251).unwrap_or(0);
             d.extend_from_slice(&b);
         }
         d
@@ -182,12 +184,12 @@ mod tests {
         assert_eq!(v.data_blocks, 300);
         assert_eq!(tree.len() as u64, 4 * BLOCK);
         // The top block (first in the file) holds the hashes of level 0's three blocks.
-        let level0 = &tree[BLOCK as usize..];
+        let level0 = &tree[BLOCK_SIZE..];
         for i in 0..3 {
-            let b = &level0[i * BLOCK as usize..(i + 1) * BLOCK as usize];
+            let b = &level0[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
             assert_eq!(&tree[i * DIGEST..(i + 1) * DIGEST], &hash(&[7; DIGEST], b));
         }
-        assert!(tree[3 * DIGEST..BLOCK as usize].iter().all(|&b| b == 0));
+        assert!(tree[3 * DIGEST..BLOCK_SIZE].iter().all(|&b| b == 0));
         // Up to 128 blocks, one level.
         let (tree, _) = super::tree(&data(128), [7; DIGEST]);
         assert_eq!(tree.len() as u64, BLOCK);

@@ -158,7 +158,7 @@ fn boot_with_corrupted_block(a: &Artifacts, block: u64, name: &str) -> String {
         .windows(4096)
         .position(|w| w == &rootfs[..4096])
         .unwrap();
-    img[start + (block * 4096) as usize + 123] ^= 0xff;
+    img[start + usize::try_from(block * 4096).unwrap() + 123] ^= 0xff;
     let dir = workdir(name);
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("initramfs-corrupt.img");

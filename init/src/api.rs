@@ -797,14 +797,14 @@ impl Machine for Api {
             .map_err(ApiError::Ping)?;
         Ok(Response::new(pb::PingResponse {
             address: to.to_string(),
-            sent: rtts.len() as u32,
+            sent: u32::try_from(rtts.len()).unwrap_or(u32::MAX),
             replies: rtts
                 .iter()
                 .enumerate()
                 .map(|(i, rtt)| pb::PingReply {
-                    seq: i as u32 + 1,
+                    seq: u32::try_from(i + 1).unwrap_or(u32::MAX),
                     received: rtt.is_some(),
-                    rtt_us: rtt.map_or(0, |d| d.as_micros() as u64),
+                    rtt_us: rtt.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 })
                 .collect(),
         }))

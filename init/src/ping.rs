@@ -45,11 +45,13 @@ pub fn ping(to: IpAddr, o: &Options) -> io::Result<Vec<Option<Duration>>> {
     let fd = socket::socket(family, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto)
         .map_err(|e| err(e, "opening a raw ICMP socket".into()))?;
     let dest = SockaddrStorage::from(SocketAddr::new(to, 0));
-    let id = (std::process::id() as u16).wrapping_add(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let id = u16::try_from(std::process::id() & 0xffff)
+        .unwrap_or(0)
+        .wrapping_add(NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let mut out = Vec::with_capacity(o.count as usize);
     let mut buf = [0u8; 1500];
     for n in 0..o.count {
-        let seq = (n + 1) as u16;
+        let seq = u16::try_from(n + 1).unwrap_or(u16::MAX);
         let packet = echo_request(v6, id, seq);
         let sent = Instant::now();
         socket::sendto(
@@ -110,7 +112,7 @@ pub fn echo_request(v6: bool, id: u16, seq: u16) -> Vec<u8> {
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6..8].copy_from_slice(&seq.to_be_bytes());
     for (i, b) in p[8..].iter_mut().enumerate() {
-        *b = i as u8;
+        *b = u8::try_from(i % 256).unwrap_or(0);
     }
     if !v6 {
         let c = checksum(&p);
@@ -152,7 +154,8 @@ pub fn checksum(data: &[u8]) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    // Folded: it fits in 16 bits.
+    !u16::try_from(sum & 0xffff).unwrap_or(0)
 }
 
 #[cfg(test)]

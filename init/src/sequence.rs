@@ -231,7 +231,7 @@ impl Claim {
             publish(&status);
             let t = Instant::now();
             let r = (step.run)().await;
-            status.steps[i].millis = t.elapsed().as_millis() as u64;
+            status.steps[i].millis = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
             match r {
                 Ok(note) => {
                     status.steps[i].state = StepState::Done;

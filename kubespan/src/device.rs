@@ -160,7 +160,9 @@ impl Device {
                     p.allowed_ips = n.allowed_ips.clone();
                 }
                 None => {
-                    let index = ((rand::random::<u32>() >> 8) ^ i as u32) & 0x00ff_ffff;
+                    let index = ((rand::random::<u32>() >> 8)
+                        ^ u32::try_from(i & 0x00ff_ffff).unwrap_or(0))
+                        & 0x00ff_ffff;
                     match Tunn::new(
                         self.secret.clone(),
                         PublicKey::from(n.public_key),

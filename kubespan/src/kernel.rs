@@ -209,7 +209,10 @@ impl DataPlane for Kernel {
                             WireguardPeerAttribute::PublicKey(k) => s.public_key = k,
                             WireguardPeerAttribute::Endpoint(e) => s.endpoint = Some(e),
                             WireguardPeerAttribute::LastHandshake(t) if t.seconds > 0 => {
-                                let at = Duration::new(t.seconds as u64, t.nano_seconds as u32);
+                                let at = Duration::new(
+                                    t.seconds as u64,
+                                    u32::try_from(t.nano_seconds).unwrap_or(0),
+                                );
                                 s.since_handshake = Some(now_wall.saturating_sub(at));
                             }
                             WireguardPeerAttribute::RxBytes(n) => s.rx_bytes = n,

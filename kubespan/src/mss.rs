@@ -68,7 +68,9 @@ struct Attrs(Vec<u8>);
 impl Attrs {
     fn raw(mut self, kind: u16, value: &[u8]) -> Self {
         let len = 4 + value.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        // The few attributes of an nftables rule are far below 64 KiB.
+        self.0
+            .extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(value);
         self.0.resize(self.0.len() + (4 - len % 4) % 4, 0);
@@ -178,7 +180,7 @@ fn message(
     attrs: &[u8],
 ) {
     let len = 16 + 4 + attrs.len();
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());

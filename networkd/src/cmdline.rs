@@ -127,7 +127,7 @@ impl IpConfig {
                 if bits.leading_ones() + bits.trailing_zeros() != 32 {
                     return Err(bad("the netmask is not contiguous".into()));
                 }
-                bits.leading_ones() as u8
+                u8::try_from(bits.leading_ones()).unwrap_or(32)
             }
         };
         Ok(IpConfig::Static(IpArg {

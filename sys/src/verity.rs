@@ -20,7 +20,8 @@ pub const PARAMS: &str = "/etc/basalt/rootfs.verity";
 /// Written by early init for PID 1: the mapped device to scrub.
 pub const MAPPED: &str = "/run/basalt/rootfs.verity";
 const NAME: &str = "basalt-root";
-const BLOCK: u64 = 4096;
+const BLOCK_SIZE: usize = 4096;
+const BLOCK: u64 = BLOCK_SIZE as u64;
 
 /// `/etc/basalt/rootfs.verity`: `key value` lines, `#` comments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,7 +331,7 @@ pub fn scrub(device: &Path, bytes: u64) -> Scrub {
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     while off < bytes {
-        let want = buf.len().min((bytes - off) as usize);
+        let want = usize::try_from(bytes - off).map_or(buf.len(), |left| buf.len().min(left));
         match f.read_at(&mut buf[..want], off) {
             Ok(0) => break,
             Ok(n) => {
@@ -346,7 +347,7 @@ pub fn scrub(device: &Path, bytes: u64) -> Scrub {
                 // Find the block: read this chunk block by block.
                 let mut at = off;
                 while at < off + want as u64 {
-                    if f.read_at(&mut buf[..BLOCK as usize], at).is_err() {
+                    if f.read_at(&mut buf[..BLOCK_SIZE], at).is_err() {
                         break;
                     }
                     at += BLOCK;

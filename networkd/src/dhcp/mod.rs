@@ -343,7 +343,9 @@ fn lease_of(m: &Message) -> Option<Lease> {
         return None;
     }
     let prefix = match o.get(OptionCode::SubnetMask) {
-        Some(DhcpOption::SubnetMask(mask)) => u32::from(*mask).leading_ones() as u8,
+        Some(DhcpOption::SubnetMask(mask)) => {
+            u8::try_from(u32::from(*mask).leading_ones()).unwrap_or(32)
+        }
         _ => 24,
     };
     let lease_time = match o.get(OptionCode::AddressLeaseTime) {
