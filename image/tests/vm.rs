@@ -187,11 +187,13 @@ fn boot_with_corrupted_block(a: &Artifacts, block: u64, name: &str) -> String {
     let console = vm.console();
     assert!(!console.contains("Kernel panic"), "{name}:\n{console}");
     assert!(!console.contains("rootfs scrubbed"), "{name}:\n{console}");
-    console
+    // The line as Basalt wrote it: an error-level line is echoed by the kernel itself, after
+    // its timestamp (`[    2.91] basalt: FATAL: ...`).
+    let line = console
         .lines()
-        .find(|l| l.contains("FATAL"))
-        .unwrap_or_else(|| panic!("{name}:\n{console}"))
-        .to_string()
+        .find(|l| l.contains("basalt: FATAL"))
+        .unwrap_or_else(|| panic!("{name}:\n{console}"));
+    line[line.find("basalt: FATAL").unwrap_or(0)..].to_string()
 }
 
 /// The rootfs is checked block by block as it is read (dm-verity), and read whole once in the
