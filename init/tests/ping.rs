@@ -30,9 +30,10 @@ fn echo_requests_are_answered_timed_out_or_refused() {
         // Commands started from this thread inherit its namespace.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         ip(&["link", "set", "lo", "up"]);
+        // A generous timeout: a guard on a loaded machine, not a measure of the round trip.
         let o = Options {
             count: 3,
-            timeout: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
             interval: Duration::from_millis(10),
         };
         for to in ["127.0.0.1", "::1"] {
@@ -40,7 +41,7 @@ fn echo_requests_are_answered_timed_out_or_refused() {
             assert_eq!(rtts.len(), 3, "{to}");
             for rtt in &rtts {
                 let rtt = rtt.unwrap_or_else(|| panic!("{to}: an echo request got no reply"));
-                assert!(rtt < Duration::from_millis(500), "{to}: {rtt:?}");
+                assert!(rtt > Duration::ZERO, "{to}: {rtt:?}");
             }
         }
 
