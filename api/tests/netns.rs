@@ -5,24 +5,10 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::Command;
 
 use basalt_testkit::{Tier, tier};
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    assert!(
-        Command::new("ip").args(args).status().unwrap().success(),
-        "ip {args:?}"
-    );
-}
+use basalt_testkit::Netns;
 
 #[test]
 fn connections_are_made_inside_the_named_namespace() {
@@ -32,9 +18,7 @@ fn connections_are_made_inside_the_named_namespace() {
     ) {
         return;
     }
-    let ns = Netns(format!("bst-api{}", std::process::id() % 100_000));
-    ip(&["netns", "add", &ns.0]);
-    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    let ns = Netns::new("bst-api");
     // A listener on the namespace's loopback, on a port the host's loopback does not serve.
     let path = format!("/run/netns/{}", ns.0);
     let listener = std::thread::spawn({

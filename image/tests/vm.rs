@@ -341,13 +341,7 @@ mod node {
         MachineClient::new(basalt_api::tls::channel(&format!("127.0.0.1:{port}"), tls).unwrap())
     }
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    use basalt_testkit::free_port;
 
     fn apply(data: &str, mode: pb::ApplyMode, try_secs: u32) -> pb::ApplyConfigurationRequest {
         pb::ApplyConfigurationRequest {

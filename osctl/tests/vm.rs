@@ -15,13 +15,7 @@ use basalt_testkit::{Tier, tier};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use basalt_testkit::free_port;
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))

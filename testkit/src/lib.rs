@@ -59,6 +59,69 @@ pub fn tier(tier: Tier, test: &str) -> bool {
     true
 }
 
+/// Calls `check` every `every` until it passes and returns what it gave; fails with its last
+/// complaint after `within`. The timeout is a guard for a loaded machine, not a measure.
+pub fn eventually<T>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("after {within:?}: {e}"),
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
+/// A TCP port free on loopback now (the OS picked it; nothing holds it after this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on loopback: {e}"))
+}
+
+/// Runs `ip` with `args`; fails the test if it fails.
+pub fn ip(args: &[&str]) {
+    let ok = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {}", args.join(" "));
+}
+
+/// A network namespace of the test's own (privileged tier), named uniquely from `prefix` and
+/// the process, with `lo` up; removed when dropped.
+#[derive(Debug)]
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("{prefix}{}-{n}", std::process::id() % 100_000);
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
 /// A home directory of this test process's own (made once, empty), so that what a test runs
 /// reads none of the user's client configs (`~/.osctl/config`, `~/.kube/config`) and writes
 /// none.
@@ -92,6 +155,38 @@ mod tests {
         assert!(!listed("unit", Tier::Vm));
         assert!(!listed("", Tier::Cluster));
         assert!(!listed("vmx", Tier::Vm));
+    }
+
+    #[test]
+    fn eventually_returns_what_passed_and_fails_with_the_last_complaint() {
+        let mut n = 0;
+        let got = eventually(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::ZERO,
+            || {
+                n += 1;
+                if n == 3 {
+                    Ok(n)
+                } else {
+                    Err(format!("try {n}"))
+                }
+            },
+        );
+        assert_eq!(got, 3);
+        let r = std::panic::catch_unwind(|| {
+            eventually::<()>(std::time::Duration::ZERO, std::time::Duration::ZERO, || {
+                Err("never".into())
+            })
+        });
+        let msg = r.unwrap_err();
+        let msg = msg.downcast_ref::<String>().unwrap();
+        assert!(msg.ends_with(": never"), "{msg}");
+    }
+
+    #[test]
+    fn a_free_port_can_be_bound() {
+        let p = free_port();
+        assert!(std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
     }
 
     #[test]

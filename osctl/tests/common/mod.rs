@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 /// Where the tests' clusters live: under the target directory, so the images are built once
 /// and reused by later runs.
@@ -84,21 +83,8 @@ pub fn docker_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-/// Calls `check` every `every` until it passes; fails with its last complaint after `within`.
-pub fn eventually(
-    within: Duration,
-    every: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) {
-    let deadline = Instant::now() + within;
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) if Instant::now() >= deadline => panic!("after {within:?}: {e}"),
-            Err(_) => std::thread::sleep(every),
-        }
-    }
-}
+#[allow(unused_imports)] // not every test binary that includes this module polls
+pub use basalt_testkit::eventually;
 
 /// Seconds in an uptime as `osctl version` prints it (`5s`, `1m17s`, `2h3m`).
 pub fn uptime_secs(s: &str) -> Option<u64> {
