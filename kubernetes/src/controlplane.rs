@@ -169,7 +169,7 @@ fn health(check: impl Fn() -> Https + Send + Sync + 'static, path: &'static str)
         check: std::sync::Arc::new(move || {
             let c = check();
             Box::pin(async move {
-                let r = c.get(path).await?;
+                let r = c.get(path).await.map_err(|e| basalt_sys::error_chain(&e))?;
                 if r.status.is_success() {
                     Ok(())
                 } else {

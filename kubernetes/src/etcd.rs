@@ -297,7 +297,8 @@ impl Client {
         Ok(Client {
             host: bare.to_string(),
             channel,
-            https: Https::new(bare, CLIENT_PORT, &ca, &crt, &key)?,
+            https: Https::new(bare, CLIENT_PORT, &ca, &crt, &key)
+                .map_err(|e| basalt_sys::error_chain(&e))?,
         })
     }
 
@@ -334,8 +335,12 @@ impl Client {
     }
 
     pub async fn health(&self) -> Result<(), String> {
-        let r = self.https.get("/health").await?;
-        let v = r.json()?;
+        let r = self
+            .https
+            .get("/health")
+            .await
+            .map_err(|e| basalt_sys::error_chain(&e))?;
+        let v = r.json().map_err(|e| basalt_sys::error_chain(&e))?;
         match v["health"].as_str() {
             Some("true") => Ok(()),
             _ => Err(format!("etcd says it is not healthy: {v}")),

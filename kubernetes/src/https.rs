@@ -9,6 +9,55 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+/// Why a call to the Kubernetes API (or etcd's HTTP side) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpsError {
+    #[error("cannot read {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the client's TLS settings")]
+    Tls(#[source] basalt_api::tls::TlsError),
+    #[error("{what}: no answer within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("{what}")]
+    Call {
+        what: String,
+        #[source]
+        source: CallError,
+    },
+    #[error("{status}: {body}")]
+    Status {
+        status: http::StatusCode,
+        body: String,
+    },
+    #[error("the reply is not JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+/// What went wrong on the way to an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot resolve the host")]
+    Resolve(#[source] std::io::Error),
+    #[error("the host resolves to nothing")]
+    NoAddress,
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    #[error("{0:?} is not a server name")]
+    ServerName(String),
+    #[error("TLS")]
+    Tls(#[source] std::io::Error),
+    #[error("HTTP/2")]
+    Http2(#[source] hyper::Error),
+    #[error("the request")]
+    Build(#[source] http::Error),
+    #[error("reading the reply")]
+    Body(#[source] hyper::Error),
+}
+
 /// Where and as whom to call.
 #[derive(Clone)]
 pub struct Https {
@@ -35,15 +84,14 @@ pub struct Reply {
 
 impl Reply {
     /// The body as JSON, for a 2xx status; otherwise an error with the status and the body.
-    pub fn json(&self) -> Result<serde_json::Value, String> {
+    pub fn json(&self) -> Result<serde_json::Value, HttpsError> {
         if !self.status.is_success() {
-            return Err(format!(
-                "{}: {}",
-                self.status,
-                String::from_utf8_lossy(&self.body).trim()
-            ));
+            return Err(HttpsError::Status {
+                status: self.status,
+                body: String::from_utf8_lossy(&self.body).trim().to_string(),
+            });
         }
-        serde_json::from_slice(&self.body).map_err(|e| format!("the reply is not JSON: {e}"))
+        serde_json::from_slice(&self.body).map_err(HttpsError::Json)
     }
 }
 
@@ -63,21 +111,19 @@ impl Https {
     }
 
     /// `ca`, `crt`, `key`: PEM. The server must present a certificate from `ca` for `host`.
-    pub fn new(host: &str, port: u16, ca: &str, crt: &str, key: &str) -> Result<Https, String> {
+    pub fn new(host: &str, port: u16, ca: &str, crt: &str, key: &str) -> Result<Https, HttpsError> {
         let id = basalt_api::tls::Identity {
             crt: crt.to_string(),
             key: key.to_string(),
         };
-        let tls = basalt_api::tls::client_config(ca, &id)
-            .map_err(|e| basalt_resources::error_chain(&e))?;
+        let tls = basalt_api::tls::client_config(ca, &id).map_err(HttpsError::Tls)?;
         Ok(Https::build(tls, host, port, None))
     }
 
     /// Checks the server against `ca`; authenticates with a bearer token instead of a client
     /// certificate.
-    pub fn with_token(host: &str, port: u16, ca: &str, token: &str) -> Result<Https, String> {
-        let tls = basalt_api::tls::server_checking_client_config(ca)
-            .map_err(|e| basalt_resources::error_chain(&e))?;
+    pub fn with_token(host: &str, port: u16, ca: &str, token: &str) -> Result<Https, HttpsError> {
+        let tls = basalt_api::tls::server_checking_client_config(ca).map_err(HttpsError::Tls)?;
         Ok(Https::build(tls, host, port, Some(token)))
     }
 
@@ -94,9 +140,12 @@ impl Https {
         ca: &std::path::Path,
         crt: &std::path::Path,
         key: &std::path::Path,
-    ) -> Result<Https, String> {
+    ) -> Result<Https, HttpsError> {
         let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            std::fs::read_to_string(p).map_err(|source| HttpsError::Read {
+                path: p.into(),
+                source,
+            })
         };
         Https::new(host, port, &read(ca)?, &read(crt)?, &read(key)?)
     }
@@ -116,12 +165,15 @@ impl Https {
         method: http::Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, HttpsError> {
         let what = format!("{method} https://{}:{}{path}", self.host, self.port);
-        tokio::time::timeout(self.timeout, self.request_inner(method, path, body))
-            .await
-            .map_err(|_| format!("{what}: no answer within {:?}", self.timeout))?
-            .map_err(|e| format!("{what}: {e}"))
+        match tokio::time::timeout(self.timeout, self.request_inner(method, path, body)).await {
+            Err(_) => Err(HttpsError::Timeout {
+                what,
+                timeout: self.timeout,
+            }),
+            Ok(r) => r.map_err(|source| HttpsError::Call { what, source }),
+        }
     }
 
     async fn request_inner(
@@ -129,28 +181,28 @@ impl Https {
         method: http::Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, CallError> {
         let addr = match self.host.parse::<std::net::IpAddr>() {
             Ok(ip) => std::net::SocketAddr::new(ip, self.port),
             Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
                 .await
-                .map_err(|e| format!("cannot resolve: {e}"))?
+                .map_err(CallError::Resolve)?
                 .next()
-                .ok_or("the name resolves to nothing")?,
+                .ok_or(CallError::NoAddress)?,
         };
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(CallError::Connect)?;
         let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-            .map_err(|e| format!("{:?} is not a server name: {e}", self.host))?;
+            .map_err(|_| CallError::ServerName(self.host.clone()))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(CallError::Tls)?;
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
-                .map_err(|e| format!("HTTP/2: {e}"))?;
+                .map_err(CallError::Http2)?;
         let conn = tokio::spawn(conn);
         let mut req = http::Request::builder()
             .method(method)
@@ -168,14 +220,14 @@ impl Https {
         };
         let req = req
             .body(Full::new(Bytes::from(data)))
-            .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            .map_err(CallError::Build)?;
+        let resp = send.send_request(req).await.map_err(CallError::Http2)?;
         let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("reading the reply: {e}"))?
+            .map_err(CallError::Body)?
             .to_bytes();
         conn.abort();
         Ok(Reply { status, body })
@@ -186,14 +238,14 @@ impl Https {
         &self,
         path: &str,
         v: &serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
-        let body = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+    ) -> Result<serde_json::Value, HttpsError> {
+        let body = serde_json::to_vec(v).map_err(HttpsError::Json)?;
         self.request(http::Method::POST, path, Some(("application/json", body)))
             .await?
             .json()
     }
 
-    pub async fn get(&self, path: &str) -> Result<Reply, String> {
+    pub async fn get(&self, path: &str) -> Result<Reply, HttpsError> {
         self.request(http::Method::GET, path, None).await
     }
 }

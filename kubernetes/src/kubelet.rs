@@ -10,7 +10,7 @@ use std::time::Duration;
 use basalt_config::Config;
 use basalt_config::v1alpha1::MachineType;
 
-use super::https::Https;
+use super::https::{Https, HttpsError};
 use super::pki;
 use crate::layout::{KUBELET_CLIENT_READY, KUBELET_ROOT as ROOT_DIR, process};
 use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef};
@@ -293,7 +293,7 @@ pub fn prepare_container() -> Vec<String> {
 /// control plane makes them; one that exists already is left as it is): the bootstrap
 /// token's Secret, and the bindings that let the token's group ask for node client
 /// certificates and have them approved, and nodes renew theirs.
-pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, String> {
+pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, HttpsError> {
     let token = &config.secrets().bootstrap_token;
     let secret_part = token.as_str().split_once('.').map_or("", |(_, s)| s);
     let secret = serde_json::json!({
@@ -359,7 +359,7 @@ pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, St
     ];
     let mut made = 0;
     for (path, obj) in objects {
-        let body = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&obj).map_err(HttpsError::Json)?;
         let r = api
             .request(http::Method::POST, path, Some(("application/json", body)))
             .await?;
@@ -367,12 +367,14 @@ pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, St
             200..=299 => made += 1,
             409 => {}
             _ => {
-                return Err(format!(
-                    "POST {path} ({}): {}: {}",
-                    obj["metadata"]["name"],
-                    r.status,
-                    String::from_utf8_lossy(&r.body).trim()
-                ));
+                return Err(HttpsError::Status {
+                    status: r.status,
+                    body: format!(
+                        "POST {path} ({}): {}",
+                        obj["metadata"]["name"],
+                        String::from_utf8_lossy(&r.body).trim()
+                    ),
+                });
             }
         }
     }

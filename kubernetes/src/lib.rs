@@ -219,7 +219,7 @@ impl Kube {
         ) {
             Ok(a) => a,
             Err(e) => {
-                out.push(("kube-apiserver".into(), false, e));
+                out.push(("kube-apiserver".into(), false, basalt_sys::error_chain(&e)));
                 return Ok(out);
             }
         };
@@ -233,7 +233,7 @@ impl Kube {
                 format!("{}: {}", r.status, String::from_utf8_lossy(&r.body).trim()),
             )),
             Err(e) => {
-                out.push(("kube-apiserver".into(), false, e));
+                out.push(("kube-apiserver".into(), false, basalt_sys::error_chain(&e)));
                 return Ok(out);
             }
         }
@@ -264,7 +264,7 @@ impl Kube {
                 ));
                 out.extend(each);
             }
-            Err(e) => out.push(("nodes".into(), false, e)),
+            Err(e) => out.push(("nodes".into(), false, basalt_sys::error_chain(&e))),
         }
         Ok(out)
     }
@@ -527,6 +527,7 @@ pub fn start(
                     break;
                 }
                 Err(e) => {
+                    let e = basalt_sys::error_chain(&e);
                     if e != last {
                         tracing::warn!("kubernetes: cannot make the bootstrap objects yet: {e}");
                         last = e;

@@ -17,7 +17,7 @@ use basalt_config::v1alpha1::MachineType;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::https::Https;
+use crate::https::{Https, HttpsError};
 
 /// The annotation listing the label keys Basalt set (comma-separated).
 pub const OWNED_LABELS: &str = "node.basalt.dev/owned-labels";
@@ -126,7 +126,7 @@ pub struct Access {
 }
 
 /// One pass: reads the node, patches it if it differs.
-pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<bool, String> {
+pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<bool, HttpsError> {
     let api = Https::from_files(
         &access.host,
         access.port,
@@ -139,7 +139,7 @@ pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<boo
     let Some(p) = patch(&node, want) else {
         return Ok(false);
     };
-    let body = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&p).map_err(HttpsError::Json)?;
     api.request(
         http::Method::PATCH,
         &path,
@@ -179,6 +179,7 @@ pub async fn run(access: Access, name: String, mut config: watch::Receiver<Optio
                         break;
                     }
                     Err(e) => {
+                        let e = basalt_sys::error_chain(&e);
                         if e != last_error {
                             tracing::warn!("kubernetes: node {name} not updated yet: {e}");
                             last_error = e;

@@ -142,12 +142,14 @@ pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: Stri
                     }
                 }
             }
-            Err(e) if e != last_error => {
-                // Before the kubelet's bootstrap there is no certificate yet: say it once.
-                tracing::warn!("kubernetes: cannot list nodes yet: {e}");
-                last_error = e;
+            Err(e) => {
+                let e = basalt_sys::error_chain(&e);
+                if e != last_error {
+                    // Before the kubelet's bootstrap there is no certificate yet: say it once.
+                    tracing::warn!("kubernetes: cannot list nodes yet: {e}");
+                    last_error = e;
+                }
             }
-            Err(_) => {}
         }
         let every = if settled { 10 } else { 2 };
         tokio::time::sleep(Duration::from_secs(every)).await;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use basalt_config::Config;
 use base64::Engine as _;
 
-use super::https::Https;
+use super::https::{Https, HttpsError};
 use super::pki;
 use crate::layout::{KUBELET_CLIENT_READY as CLIENT_READY, KUBELET_ROOT as ROOT_DIR};
 use basalt_supervisor::Supervisor;
@@ -44,26 +44,49 @@ pub fn csr_object(request_pem: &str) -> serde_json::Value {
     })
 }
 
+/// Why the kubelet has no client certificate yet: each is a reason to try again.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("cannot make the certificate request")]
+    Request(#[source] basalt_config::pki::PkiError),
+    #[error(transparent)]
+    Api(#[from] HttpsError),
+    #[error("the API server does not know the bootstrap token yet")]
+    TokenUnknown,
+    #[error("the bootstrap token may not ask for certificates yet")]
+    NotAllowed,
+    #[error("certificate request {0} was deleted")]
+    Deleted(String),
+    #[error("the request was {verdict}: {reason}")]
+    Refused { verdict: String, reason: String },
+    #[error("the issued certificate is not base64")]
+    NotBase64(#[source] base64::DecodeError),
+    #[error("the issued certificate is not PEM text")]
+    NotText,
+}
+
 /// What a CSR's status says: `Ok(Some(pem))` issued, `Ok(None)` pending, `Err` denied/failed.
-pub fn issued(csr: &serde_json::Value) -> Result<Option<String>, String> {
+pub fn issued(csr: &serde_json::Value) -> Result<Option<String>, BootstrapError> {
     for c in csr["status"]["conditions"].as_array().into_iter().flatten() {
         let t = c["type"].as_str().unwrap_or_default();
         if (t == "Denied" || t == "Failed") && c["status"] != "False" {
-            return Err(format!(
-                "the request was {}: {}",
-                t.to_lowercase(),
-                c["message"].as_str().unwrap_or("no reason given")
-            ));
+            return Err(BootstrapError::Refused {
+                verdict: t.to_lowercase(),
+                reason: c["message"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_string(),
+            });
         }
     }
     match csr["status"]["certificate"].as_str() {
         Some(b) if !b.is_empty() => {
             let pem = base64::engine::general_purpose::STANDARD
                 .decode(b)
-                .map_err(|e| format!("the issued certificate is not base64: {e}"))?;
+                .map_err(BootstrapError::NotBase64)?;
             String::from_utf8(pem)
                 .map(Some)
-                .map_err(|_| "the issued certificate is not PEM text".into())
+                .map_err(|_| BootstrapError::NotText)
         }
         _ => Ok(None),
     }
@@ -112,10 +135,14 @@ pub fn write_client(dir: &Path, crt_pem: &str, key_pem: &str) -> std::io::Result
 
 /// One attempt: send a request, wait for it to be issued (checked every second). `Err` says
 /// why not yet (the token unknown, not allowed yet, the API server not answering, ...).
-async fn attempt(api: &Https, node: &str, last: &mut String) -> Result<(String, String), String> {
+async fn attempt(
+    api: &Https,
+    node: &str,
+    last: &mut String,
+) -> Result<(String, String), BootstrapError> {
     let (req, key) = basalt_config::pki::request(&format!("system:node:{node}"), &["system:nodes"])
-        .map_err(|e| basalt_resources::error_chain(&e))?;
-    let body = serde_json::to_vec(&csr_object(&req)).map_err(|e| e.to_string())?;
+        .map_err(BootstrapError::Request)?;
+    let body = serde_json::to_vec(&csr_object(&req)).map_err(HttpsError::Json)?;
     let r = api
         .request(http::Method::POST, CSRS, Some(("application/json", body)))
         .await?;
@@ -124,9 +151,17 @@ async fn attempt(api: &Https, node: &str, last: &mut String) -> Result<(String, 
             .as_str()
             .unwrap_or_default()
             .to_string(),
-        401 => return Err("the API server does not know the bootstrap token yet".into()),
-        403 => return Err("the bootstrap token may not ask for certificates yet".into()),
-        _ => return Err(r.json().map_or_else(|e| e, |_| "no name".into())),
+        401 => return Err(BootstrapError::TokenUnknown),
+        403 => return Err(BootstrapError::NotAllowed),
+        _ => {
+            return Err(match r.json() {
+                Err(e) => e.into(),
+                Ok(_) => BootstrapError::Refused {
+                    verdict: "answered".into(),
+                    reason: format!("{} with no name", r.status),
+                },
+            });
+        }
     };
     note(
         last,
@@ -137,17 +172,17 @@ async fn attempt(api: &Https, node: &str, last: &mut String) -> Result<(String, 
         let r = match api.get(&format!("{CSRS}/{name}")).await {
             Ok(r) => r,
             Err(e) => {
-                note(last, &e);
+                note(last, &basalt_sys::error_chain(&e));
                 continue;
             }
         };
         if r.status == http::StatusCode::NOT_FOUND {
-            return Err(format!("certificate request {name} was deleted"));
+            return Err(BootstrapError::Deleted(name));
         }
-        match r.json().and_then(|v| issued(&v)) {
+        match issued(&r.json()?) {
             Ok(Some(crt)) => return Ok((crt, key.0.as_str().to_string())),
             Ok(None) => {}
-            Err(e) => return Err(format!("certificate request {name}: {e}")),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -179,7 +214,7 @@ pub async fn run(sup: Arc<Supervisor>, config: Arc<Config>, pki_dir: PathBuf, no
     let api = match Https::with_token(&e.host, e.port, &ca, &token) {
         Ok(a) => a.with_timeout(Duration::from_secs(5)),
         Err(err) => {
-            tracing::info!("kubelet: {err}");
+            tracing::warn!("kubelet: {}", basalt_sys::error_chain(&err));
             return;
         }
     };
@@ -188,7 +223,10 @@ pub async fn run(sup: Arc<Supervisor>, config: Arc<Config>, pki_dir: PathBuf, no
         match attempt(&api, &node, &mut last).await {
             Ok(pair) => break pair,
             Err(err) => {
-                note(&mut last, &format!("waiting: {err}"));
+                note(
+                    &mut last,
+                    &format!("waiting: {}", basalt_sys::error_chain(&err)),
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -253,18 +291,18 @@ mod tests {
     #[test]
     fn a_csr_status_is_pending_issued_or_denied() {
         let pending = serde_json::json!({ "status": {} });
-        assert_eq!(issued(&pending), Ok(None));
+        assert_eq!(issued(&pending).unwrap(), None);
         let approved_not_signed = serde_json::json!({ "status": {
             "conditions": [{ "type": "Approved", "status": "True" }] } });
-        assert_eq!(issued(&approved_not_signed), Ok(None));
+        assert_eq!(issued(&approved_not_signed).unwrap(), None);
         let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let signed = serde_json::json!({ "status": {
             "conditions": [{ "type": "Approved", "status": "True" }],
             "certificate": base64::engine::general_purpose::STANDARD.encode(pem) } });
-        assert_eq!(issued(&signed), Ok(Some(pem.to_string())));
+        assert_eq!(issued(&signed).unwrap(), Some(pem.to_string()));
         let denied = serde_json::json!({ "status": {
             "conditions": [{ "type": "Denied", "status": "True", "message": "not a node" }] } });
-        let e = issued(&denied).unwrap_err();
+        let e = issued(&denied).unwrap_err().to_string();
         assert!(e.contains("denied: not a node"), "{e}");
     }
 
