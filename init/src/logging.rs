@@ -4,7 +4,8 @@
 //! stdout in a container) and in the `init` log ring that `osctl logs init` reads.
 //!
 //! Lines of a library name it first (`networkd: applied ...`), so the ring tells whose event it
-//! was; init's own lines read as before (`basalt: PID 1 running`).
+//! was; init's and the supervisor's lines read as before (`basalt: PID 1 running`,
+//! `basalt: service containerd: healthy`).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -63,7 +64,7 @@ impl<S: Subscriber> Layer<S> for Pipeline {
     }
 }
 
-/// `crate: message key=value ...`, the crate left out for init's own events.
+/// `crate: message key=value ...`, the crate left out for init's and the supervisor's events.
 pub fn format_event(event: &Event<'_>) -> String {
     let mut v = Fields::default();
     event.record(&mut v);
@@ -84,7 +85,9 @@ pub fn format_event(event: &Event<'_>) -> String {
 fn source(target: &str) -> Option<&str> {
     let krate = target.split("::").next().unwrap_or(target);
     match krate.strip_prefix("basalt_") {
-        Some("init") => None,
+        // The supervisor's lines name their service (`service containerd: healthy`): they
+        // read as the node's own.
+        Some("init" | "supervisor") => None,
         Some(short) => Some(short),
         None => Some(krate),
     }
@@ -157,6 +160,7 @@ mod tests {
             let e = std::io::Error::other("disk on fire");
             tracing::warn!(target: "basalt_resources::controller", controller = "merge", error = &e as &dyn std::error::Error, "reconcile failed");
             tracing::info!(target: "basalt_kubespan::agent", peer = "node 2", "peer up");
+            tracing::info!(target: "basalt_supervisor", "service containerd: healthy");
         });
         let lines = lines.lock().unwrap().clone();
         assert_eq!(
@@ -167,6 +171,7 @@ mod tests {
                 "networkd: applied op=\"address add 10.0.2.15/24 dev eth0\"".into(),
                 "resources: reconcile failed controller=merge error=\"disk on fire\"".into(),
                 "kubespan: peer up peer=\"node 2\"".into(),
+                "service containerd: healthy".into(),
             ]
         );
     }

@@ -542,11 +542,21 @@ impl Executor {
             }
             Op::AddressAdd { link, address } => {
                 let i = self.index(link, op).await?;
-                h.address()
+                match h
+                    .address()
                     .add(i, address.addr(), address.prefix_len())
                     .execute()
                     .await
-                    .map_err(failed)
+                {
+                    // The kernel put it there between the status read and this (loopback's
+                    // addresses come with `lo` up): what was wanted is what there is.
+                    Err(rtnetlink::Error::NetlinkError(m))
+                        if m.raw_code() == -nix::libc::EEXIST =>
+                    {
+                        Ok(())
+                    }
+                    r => r.map_err(failed),
+                }
             }
             Op::AddressDel { link, address } => {
                 let i = self.index(link, op).await?;

@@ -622,3 +622,45 @@ async fn policy_rules_route_into_their_table_and_come_back() {
         },
     );
 }
+
+/// An address the kernel already has when its `add` arrives (loopback's come with `lo` up,
+/// between networkd's status read and its plan) is what was wanted: not a failed operation.
+#[test]
+fn adding_an_address_the_link_already_has_succeeds() {
+    if !basalt_testkit::tier(
+        basalt_testkit::Tier::Privileged,
+        "adding_an_address_the_link_already_has_succeeds",
+    ) {
+        return;
+    }
+    let result = std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the netns");
+        ip("link set lo up");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let h = basalt_networkd::netlink::connect().unwrap();
+            // Observed before lo had its address... as the plan saw it.
+            let obs = basalt_networkd::netlink::observe(&h).await.unwrap();
+            let mut ex = basalt_networkd::netlink::Executor::new(h, &obs);
+            let op = basalt_networkd::plan::Op::AddressAdd {
+                link: "lo".into(),
+                address: "127.0.0.1/8".parse().unwrap(),
+            };
+            ex.run(&op).await.unwrap();
+            // A real conflict still fails: the link does not exist.
+            let bad = basalt_networkd::plan::Op::AddressAdd {
+                link: "nosuch0".into(),
+                address: "10.9.9.9/24".parse().unwrap(),
+            };
+            assert!(ex.run(&bad).await.is_err());
+        });
+        assert!(ip("addr show dev lo").contains("127.0.0.1/8"));
+    })
+    .join();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
