@@ -336,6 +336,10 @@ impl Shared {
 /// calls under way finish: the reply to the Reboot that started the sequence is still on its way
 /// back through here when the sequence stops apid.
 pub async fn serve(o: Options) -> Result<(), String> {
+    // SIGHUP's default action ends the process: take it over before anything can be sent
+    // (init signals apid once it answers; this comes before apid listens).
+    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", o.listen))?;
@@ -354,6 +358,15 @@ pub async fn serve_on(
     o: Options,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    // Before the PKI is read: a certificate written after the read comes with a SIGHUP that
+    // this stream then holds.
+    let mut hup = match o.maintenance {
+        true => None,
+        false => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
+        ),
+    };
     let addresses = basalt_sys::netif::addresses_text();
     let (server, node_client) = if o.maintenance {
         let id = maintenance_identity(&addresses)?;
@@ -370,13 +383,6 @@ pub async fn serve_on(
     let acceptor = Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(
         server,
     )));
-    let mut hup = match o.maintenance {
-        true => None,
-        false => Some(
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
-        ),
-    };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         "apid listening on {local} (TLS 1.3{})",

@@ -97,6 +97,12 @@ async fn follow(
             if now != named {
                 match issue(c, &now) {
                     Ok(()) => {
+                        // An apid still starting reads the new files itself; one that answers
+                        // is told.
+                        sup.wait_for("apid", Duration::from_secs(30), |s, h| {
+                            s == supervisor::State::Running && h == supervisor::HealthState::Healthy
+                        })
+                        .await;
                         let signalled = sup.signal("apid", nix::sys::signal::Signal::SIGHUP);
                         tracing::info!(
                             "apid certificate reissued for the node's addresses {}{}",
