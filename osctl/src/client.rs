@@ -114,12 +114,18 @@ pub struct Target {
 impl Target {
     /// A request for this target.
     pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        if let Some(v) = self.node.as_ref().and_then(|n| n.parse().ok()) {
-            r.metadata_mut().insert(basalt_api::auth::NODE_HEADER, v);
-        }
-        r
+        request(self.node.as_deref(), msg)
     }
+}
+
+/// A request for `node` (the `node` metadata: proxied through the endpoint), or for the
+/// endpoint itself.
+pub fn request<T>(node: Option<&str>, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(v) = node.and_then(|n| n.parse().ok()) {
+        r.metadata_mut().insert(basalt_api::auth::NODE_HEADER, v);
+    }
+    r
 }
 
 /// Whether a named network namespace exists (`ip netns` keeps them under /run/netns).

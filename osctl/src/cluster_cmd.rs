@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::client::request;
 use crate::host::{ip, sh};
 use anyhow::{Context as _, anyhow, bail};
+use basalt_api::machine as pb;
 use basalt_image::qemu::{Boot, TapNic, VmOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -198,15 +200,63 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This program, for the steps that are other osctl commands.
-fn osctl(args: &[&str]) -> anyhow::Result<String> {
-    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
-    // Rebuilt or upgraded while a create runs: the file at the same path is the new osctl.
-    let exe = match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
-        Some(p) => PathBuf::from(p),
-        None => exe,
+/// A client for one node of the cluster: with the cluster's osconfig, or (maintenance
+/// mode, `oc` None) without a client certificate; dialed from the cluster's namespace when it
+/// has one. The calls are made in this process: nothing is run and scraped.
+fn node_client(st: &State, n: &NodeState, oc: Option<&Path>) -> anyhow::Result<NodeClient> {
+    let g = crate::client::Global {
+        osconfig: oc.map(Path::to_path_buf),
+        context: None,
+        endpoints: Vec::new(),
+        nodes: vec![n.address.clone()],
+        insecure: oc.is_none(),
+        netns: Some(st.netns.clone()).filter(|ns| Path::new("/run/netns").join(ns).exists()),
     };
-    sh(Command::new(exe).args(args))
+    let target = crate::client::targets(&g)?
+        .into_iter()
+        .next()
+        .context("no target")?;
+    Ok(NodeClient { target })
+}
+
+/// One node's machine API, called synchronously (cluster commands are plain sequential steps).
+struct NodeClient {
+    target: crate::client::Target,
+}
+
+impl NodeClient {
+    /// Calls `f` with the node's client and its `node` metadata (for
+    /// [`crate::client::request`]).
+    fn call<T, Fut>(
+        &self,
+        f: impl FnOnce(
+            basalt_api::machine::machine_client::MachineClient<tonic::transport::Channel>,
+            Option<String>,
+        ) -> Fut,
+    ) -> anyhow::Result<T>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a runtime")?;
+        let client = self.target.client.clone();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), f(client, self.target.node.clone()))
+                .await
+                .map_err(|_| anyhow!("{}: no answer in 30 s", self.target.label))?
+                .map(tonic::Response::into_inner)
+                .map_err(|s| anyhow!("{}: {}", self.target.label, crate::client::explain(&s)))
+        })
+    }
+
+    fn version(&self) -> anyhow::Result<pb::VersionResponse> {
+        self.call(|mut c, node| async move {
+            c.version(request(node.as_deref(), pb::VersionRequest {}))
+                .await
+        })
+    }
 }
 
 fn segment(cidr: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
@@ -322,23 +372,26 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
 
     step("configs");
     let endpoint = format!("https://{}:6443", nodes[0].address);
-    let mut gen_args = vec![
-        "gen",
-        "config",
-        a.name.as_str(),
-        endpoint.as_str(),
-        "--output-dir",
-        dir.to_str().context("the cluster directory is not UTF-8")?,
-        "--force",
-    ];
-    if a.with_kubespan {
-        gen_args.push("--with-kubespan");
-    }
-    for p in &a.config_patch {
-        gen_args.push("--config-patch");
-        gen_args.push(p);
-    }
-    osctl(&gen_args)?;
+    crate::gen_cmd::run(
+        crate::gen_cmd::GenCommand::Config {
+            name: a
+                .name
+                .parse()
+                .map_err(|e| anyhow!("--name {}: {e}", a.name))?,
+            endpoint: endpoint
+                .parse()
+                .map_err(|e| anyhow!("the cluster endpoint {endpoint}: {e}"))?,
+            with_secrets: None,
+            config_patch: a.config_patch.clone(),
+            config_patch_control_plane: Vec::new(),
+            config_patch_worker: Vec::new(),
+            output_dir: dir.to_path_buf(),
+            with_kubespan: a.with_kubespan,
+            install_disk: None,
+            force: true,
+        },
+        &[],
+    )?;
     // osctl dials this cluster's nodes from inside its namespace.
     let oc_path = dir.join("osconfig");
     let mut oc_cfg = crate::client::read_config(&oc_path)?
@@ -527,14 +580,6 @@ fn dhcp_up(st: &State, dir: &Path, host: Ipv4Addr, len: u8, tftp: bool) -> anyho
     Ok(())
 }
 
-/// osctl against one node in maintenance mode (no client certificate), dialed from the
-/// cluster's namespace.
-fn insecure(st: &State, n: &NodeState, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["--insecure", "--netns", &st.netns, "-n", &n.address];
-    all.extend_from_slice(args);
-    osctl(&all)
-}
-
 /// Every node in maintenance mode, its config applied, then answering with it and healthy.
 fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyhow::Result<()> {
     step("waiting for every node's API (maintenance mode)");
@@ -544,21 +589,33 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
             n,
             "the maintenance API",
             Duration::from_secs(300),
-            || insecure(st, n, &["version"]).map(drop),
+            || node_client(st, n, None)?.version().map(drop),
         )?;
     }
     step("applying the configs");
     for n in &st.nodes {
         let file = dir.join(format!("{}.yaml", n.role));
-        insecure(
-            st,
-            n,
-            &["apply-config", "-f", file.to_str().unwrap_or_default()],
-        )
-        .with_context(|| format!("{}: apply-config", n.name))?;
+        let data =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        node_client(st, n, None)
+            .and_then(|c| {
+                c.call(|mut c, node| async move {
+                    c.apply_configuration(request(
+                        node.as_deref(),
+                        pb::ApplyConfigurationRequest {
+                            data,
+                            mode: pb::ApplyMode::NoReboot as i32,
+                            dry_run: false,
+                            try_timeout_seconds: 0,
+                        },
+                    ))
+                    .await
+                })
+            })
+            .with_context(|| format!("{}: apply-config", n.name))?;
     }
-    let oc = dir.join("osconfig");
-    let oc = oc.to_str().unwrap_or_default();
+    let oc_file = dir.join("osconfig");
+    let oc = oc_file.to_str().unwrap_or_default();
     if a.kubernetes.is_some()
         && let Some(first) = st.nodes.iter().find(|n| n.role == "controlplane")
     {
@@ -569,10 +626,27 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
             first,
             "etcd bootstrap",
             Duration::from_secs(300),
-            || match osctl(&["--osconfig", oc, "-n", &first.address, "bootstrap"]) {
-                Ok(_) => Ok(()),
-                Err(e) if format!("{e:#}").contains("AlreadyExists") => Ok(()),
-                Err(e) => Err(e),
+            || {
+                let c = node_client(st, first, Some(&oc_file))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start a runtime")?;
+                let mut m = c.target.client.clone();
+                let r = rt.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(30),
+                        m.bootstrap(c.target.req(pb::BootstrapRequest {})),
+                    )
+                    .await
+                });
+                match r {
+                    Ok(Ok(_)) => Ok(()),
+                    // Asked again after an answer that got lost: it is done.
+                    Ok(Err(s)) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                    Ok(Err(s)) => bail!("{}", crate::client::explain(&s)),
+                    Err(_) => bail!("no answer in 30 s"),
+                }
             },
         )?;
     }
@@ -584,10 +658,18 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
             "a healthy configured node",
             Duration::from_secs(300),
             || {
-                let s = osctl(&["--osconfig", oc, "-n", &n.address, "services"])?;
-                let lines: Vec<&str> = s.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
-                if lines.is_empty() || !lines.iter().all(|l| l.contains("running")) {
-                    bail!("not every service running:\n{s}");
+                let list = node_client(st, n, Some(&oc_file))?.call(|mut c, node| async move {
+                    c.service_list(request(node.as_deref(), pb::ServiceListRequest {}))
+                        .await
+                })?;
+                let not: Vec<String> = list
+                    .services
+                    .iter()
+                    .filter(|s| s.state != "running")
+                    .map(|s| format!("{} {}", s.id, s.state))
+                    .collect();
+                if list.services.is_empty() || !not.is_empty() {
+                    bail!("not every service running: {}", not.join(", "));
                 }
                 Ok(())
             },
@@ -598,7 +680,7 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
         a.name,
         started.elapsed().as_secs_f64()
     ));
-    table(st, oc);
+    table(st, &oc_file);
     print_line(&format!(
         "\nTalk to it:  osctl --osconfig {oc} -n {} version\n(or: osctl config merge {oc})\nRemove it:   osctl cluster destroy --name {}",
         st.nodes[0].address, a.name
@@ -733,18 +815,21 @@ fn alive(pid: Option<i32>) -> bool {
     pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
 }
 
-fn table(st: &State, oc: &str) {
+fn table(st: &State, oc: &Path) {
     print_line(&format!(
         "{:<28} {:<13} {:<15} {:<8} {}",
         "NODE", "ROLE", "ADDRESS", "STATE", "API"
     ));
     for n in &st.nodes {
-        let api = match osctl(&["--osconfig", oc, "-n", &n.address, "version"]) {
-            Ok(v) => v
-                .lines()
-                .find(|l| l.contains("running") || l.contains("maintenance"))
-                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-                .unwrap_or_else(|| "answers".into()),
+        let api = match node_client(st, n, Some(oc)).and_then(|c| c.version()) {
+            Ok(v) => format!(
+                "{} {} {} {} {}",
+                v.tag,
+                v.mode,
+                v.hostname,
+                v.kernel,
+                crate::output::age(v.uptime_seconds)
+            ),
             Err(_) => "no answer".into(),
         };
         print_line(&format!(
@@ -764,8 +849,7 @@ fn table(st: &State, oc: &str) {
 
 fn show(name: &str) -> anyhow::Result<()> {
     let (dir, st) = load(name)?;
-    let oc = dir.join("osconfig");
-    table(&st, oc.to_str().unwrap_or_default());
+    table(&st, &dir.join("osconfig"));
     Ok(())
 }
 
