@@ -22,6 +22,10 @@ pub enum Level {
 /// Opens `/dev/kmsg` for writing; call once `/dev` is mounted. Before that (or where it cannot
 /// be opened, in a container), lines go to stdout only.
 pub fn open() {
+    // The kernel rate-limits what userspace writes to /dev/kmsg (a burst of 10 lines, then
+    // silently dropped): a node's boot writes more, and the line dropped can be the FATAL one.
+    // PID 1 owns this node's kernel log.
+    let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
     if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
         *KMSG.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
