@@ -40,8 +40,18 @@ pub fn init(use_kmsg: bool) {
         .try_init();
 }
 
-/// From now on every line is also kept in `ring`.
+/// Lines logged before the ring exists (the first second of PID 1: mounts, the state disk),
+/// handed to the ring when it comes, so `osctl logs init` starts at the beginning.
+static EARLY: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// At most this many early lines are kept.
+const EARLY_MAX: usize = 500;
+
+/// From now on every line is also kept in `ring`, the ones before it first.
 pub fn keep_in(ring: Arc<LogRing>) {
+    let mut early = EARLY.lock().unwrap_or_else(|p| p.into_inner());
+    for l in early.drain(..) {
+        ring.push(&l);
+    }
     let _ = RING.set(ring);
 }
 
@@ -51,8 +61,17 @@ struct Pipeline;
 impl<S: Subscriber> Layer<S> for Pipeline {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let text = format_event(event);
-        if let Some(r) = RING.get() {
-            r.push(&text);
+        match RING.get() {
+            Some(r) => r.push(&text),
+            None => {
+                let mut early = EARLY.lock().unwrap_or_else(|p| p.into_inner());
+                // keep_in may have set the ring while this waited for the lock.
+                match RING.get() {
+                    Some(r) => r.push(&text),
+                    None if early.len() < EARLY_MAX => early.push(text.clone()),
+                    None => {}
+                }
+            }
         }
         let level = match *event.metadata().level() {
             Level::ERROR => kmsg::Level::Error,
