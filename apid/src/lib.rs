@@ -33,6 +33,42 @@ pub const MAINTENANCE_METHODS: &[&str] = &[
 /// (this node's certificate: serving, and client for proxying as `os:impersonator`).
 pub const PKI_DIR: &str = "/system/run/apid";
 
+/// Why apid could not start, or could not (re)load its certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ApidError {
+    #[error("{flag} needs {what}")]
+    MissingValue {
+        flag: &'static str,
+        what: &'static str,
+    },
+    #[error("--listen {0:?}: not HOST:PORT")]
+    BadListen(String),
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the config's Secrets.certs.os has no key: this node cannot issue its API certificate")]
+    NoCaKey,
+    #[error("cannot issue the {0} certificate")]
+    Issue(&'static str, #[source] basalt_config::pki::PkiError),
+    #[error("the TLS settings")]
+    Tls(#[source] tls::TlsError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot handle {0}")]
+    Signal(&'static str, #[source] std::io::Error),
+    #[error("cannot start the runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub listen: SocketAddr,
@@ -43,7 +79,7 @@ pub struct Options {
 
 impl Options {
     /// `apid [--maintenance] [--listen ADDR] [--init-socket PATH] [--pki DIR]`.
-    pub fn from_args(args: &[String]) -> Result<Self, String> {
+    pub fn from_args(args: &[String]) -> Result<Self, ApidError> {
         let mut o = Options {
             listen: SocketAddr::from(([0, 0, 0, 0], basalt_api::APID_PORT)),
             init_socket: basalt_api::INIT_SOCKET.into(),
@@ -55,16 +91,31 @@ impl Options {
             match a.as_str() {
                 "--maintenance" => o.maintenance = true,
                 "--listen" => {
-                    let v = it.next().ok_or("--listen needs an address")?;
-                    o.listen = v
-                        .parse()
-                        .map_err(|_| format!("--listen {v:?}: not HOST:PORT"))?;
+                    let v = it.next().ok_or(ApidError::MissingValue {
+                        flag: "--listen",
+                        what: "an address",
+                    })?;
+                    o.listen = v.parse().map_err(|_| ApidError::BadListen(v.clone()))?;
                 }
                 "--init-socket" => {
-                    o.init_socket = it.next().ok_or("--init-socket needs a path")?.into();
+                    o.init_socket = it
+                        .next()
+                        .ok_or(ApidError::MissingValue {
+                            flag: "--init-socket",
+                            what: "a path",
+                        })?
+                        .into();
                 }
-                "--pki" => o.pki = it.next().ok_or("--pki needs a directory")?.into(),
-                other => return Err(format!("unknown argument {other:?}")),
+                "--pki" => {
+                    o.pki = it
+                        .next()
+                        .ok_or(ApidError::MissingValue {
+                            flag: "--pki",
+                            what: "a directory",
+                        })?
+                        .into();
+                }
+                other => return Err(ApidError::UnknownArgument(other.to_string())),
             }
         }
         Ok(o)
@@ -79,10 +130,12 @@ pub struct Pki {
 }
 
 impl Pki {
-    pub fn read(dir: &Path) -> Result<Pki, String> {
+    pub fn read(dir: &Path) -> Result<Pki, ApidError> {
         let read = |f: &str| {
-            std::fs::read_to_string(dir.join(f))
-                .map_err(|e| format!("cannot read {}: {e}", dir.join(f).display()))
+            std::fs::read_to_string(dir.join(f)).map_err(|source| ApidError::Read {
+                path: dir.join(f),
+                source,
+            })
         };
         Ok(Pki {
             ca: read("ca.crt")?,
@@ -95,11 +148,9 @@ impl Pki {
 
     /// Issues this node's certificate from the config's OS CA: the node's addresses, its host
     /// name, loopback (for port-forwarded access) and the config's `certSANs`.
-    pub fn issue(config: &basalt_config::Config, addresses: &[String]) -> Result<Pki, String> {
+    pub fn issue(config: &basalt_config::Config, addresses: &[String]) -> Result<Pki, ApidError> {
         let os = &config.secrets().certs.os;
-        let key = os.key.clone().ok_or(
-            "the config's Secrets.certs.os has no key: this node cannot issue its API certificate",
-        )?;
+        let key = os.key.clone().ok_or(ApidError::NoCaKey)?;
         let ca = basalt_config::pki::CertAndKey {
             crt: os.crt.clone(),
             key,
@@ -122,7 +173,7 @@ impl Pki {
             basalt_config::pki::Usage::ServerAndClient,
             365,
         )
-        .map_err(|e| basalt_sys::error_chain(&e))?;
+        .map_err(|e| ApidError::Issue("node", e))?;
         Ok(Pki {
             ca: os.crt.0.as_str().to_string(),
             node: Identity {
@@ -161,9 +212,9 @@ fn node_sans(addresses: &[String], host: &str, extra: &[String]) -> Vec<String> 
 }
 
 /// A self-signed serving certificate for maintenance mode (nothing to trust it with yet).
-fn maintenance_identity(addresses: &[String]) -> Result<Identity, String> {
+fn maintenance_identity(addresses: &[String]) -> Result<Identity, ApidError> {
     let ca = basalt_config::pki::new_ca("basalt maintenance", None, 1)
-        .map_err(|e| basalt_sys::error_chain(&e))?;
+        .map_err(|e| ApidError::Issue("maintenance CA", e))?;
     let sans = node_sans(addresses, "", &[]);
     let leaf = basalt_config::pki::issue(
         &ca,
@@ -173,7 +224,7 @@ fn maintenance_identity(addresses: &[String]) -> Result<Identity, String> {
         basalt_config::pki::Usage::Server,
         30,
     )
-    .map_err(|e| basalt_sys::error_chain(&e))?;
+    .map_err(|e| ApidError::Issue("maintenance", e))?;
     Ok(Identity {
         crt: format!("{}\n{}", leaf.crt.0.as_str(), ca.crt.0.as_str()),
         key: leaf.key.0.as_str().to_string(),
@@ -335,16 +386,19 @@ impl Shared {
 /// Serves until SIGTERM (the supervisor stopping apid: a reboot, a new config), then lets the
 /// calls under way finish: the reply to the Reboot that started the sequence is still on its way
 /// back through here when the sequence stops apid.
-pub async fn serve(o: Options) -> Result<(), String> {
+pub async fn serve(o: Options) -> Result<(), ApidError> {
     // SIGHUP's default action ends the process: take it over before anything can be sent
     // (init signals apid once it answers; this comes before apid listens).
     let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        .map_err(|e| ApidError::Signal("SIGHUP", e))?;
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", o.listen))?;
+        .map_err(|source| ApidError::Listen {
+            addr: o.listen,
+            source,
+        })?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        .map_err(|e| ApidError::Signal("SIGTERM", e))?;
     serve_on(listener, o, async move {
         term.recv().await;
     })
@@ -357,14 +411,14 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     o: Options,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), ApidError> {
     // Before the PKI is read: a certificate written after the read comes with a SIGHUP that
     // this stream then holds.
     let mut hup = match o.maintenance {
         true => None,
         false => Some(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
+                .map_err(|e| ApidError::Signal("SIGHUP", e))?,
         ),
     };
     let addresses = basalt_sys::netif::addresses_text();
@@ -373,17 +427,19 @@ pub async fn serve_on(
         (tls::server_config(&id, None), None)
     } else {
         let pki = Pki::read(&o.pki)?;
-        let client =
-            tls::client_config(&pki.ca, &pki.node).map_err(|e| basalt_sys::error_chain(&e))?;
+        let client = tls::client_config(&pki.ca, &pki.node).map_err(ApidError::Tls)?;
         (tls::server_config(&pki.node, Some(&pki.ca)), Some(client))
     };
-    let server = server.map_err(|e| basalt_sys::error_chain(&e))?;
+    let server = server.map_err(ApidError::Tls)?;
     // Swapped whole when the certificate is reloaded (SIGHUP: init reissued it for new node
     // addresses); a connection takes the acceptor of the moment it arrives.
     let acceptor = Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(
         server,
     )));
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let local = listener.local_addr().map_err(|source| ApidError::Listen {
+        addr: o.listen,
+        source,
+    })?;
     tracing::info!(
         "apid listening on {local} (TLS 1.3{})",
         if o.maintenance {
@@ -416,7 +472,10 @@ pub async fn serve_on(
                         *acceptor.write().unwrap_or_else(|p| p.into_inner()) = a;
                         tracing::info!("apid: certificate reloaded from {}", o.pki.display());
                     }
-                    Err(e) => tracing::warn!("apid: certificate not reloaded, the old one serves: {e}"),
+                    Err(e) => tracing::warn!(
+                        "apid: certificate not reloaded, the old one serves: {}",
+                        basalt_sys::error_chain(&e)
+                    ),
                 }
                 continue;
             }
@@ -469,10 +528,9 @@ pub async fn serve_on(
 }
 
 /// A TLS acceptor from the PKI files as they are now (same CA, a reissued node certificate).
-fn reload(dir: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+fn reload(dir: &Path) -> Result<tokio_rustls::TlsAcceptor, ApidError> {
     let pki = Pki::read(dir)?;
-    let server =
-        tls::server_config(&pki.node, Some(&pki.ca)).map_err(|e| basalt_sys::error_chain(&e))?;
+    let server = tls::server_config(&pki.node, Some(&pki.ca)).map_err(ApidError::Tls)?;
     Ok(tokio_rustls::TlsAcceptor::from(server))
 }
 
@@ -543,29 +601,22 @@ pub fn run(args: &[String]) -> ! {
         .with_ansi(false)
         .with_writer(std::io::stdout)
         .try_init();
-    let code = match Options::from_args(args) {
-        Err(e) => {
-            tracing::info!("apid: {e}");
-            2
-        }
+    let run = || -> Result<(), (ApidError, i32)> {
+        let o = Options::from_args(args).map_err(|e| (e, 2))?;
         // One thread: a call is a few microseconds of work between two sockets, and staying on
         // one thread saves the cross-thread wake-ups (measured by the apid bench).
-        Ok(o) => match tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            Ok(rt) => match rt.block_on(serve(o)) {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::info!("apid: {e}");
-                    1
-                }
-            },
-            Err(e) => {
-                tracing::warn!("apid: cannot start the runtime: {e}");
-                1
-            }
-        },
+            .map_err(|e| (ApidError::Runtime(e), 1))?;
+        rt.block_on(serve(o)).map_err(|e| (e, 1))
+    };
+    let code = match run() {
+        Ok(()) => 0,
+        Err((e, code)) => {
+            tracing::error!("apid: {}", basalt_sys::error_chain(&e));
+            code
+        }
     };
     std::process::exit(code)
 }

@@ -87,7 +87,9 @@ async fn follow(
                             sup.set_condition(supervisor::NODE_CERT, true);
                             sup.add(apid_service(false)).await;
                         }
-                        Err(e) => tracing::warn!("apid not started: {e}"),
+                        Err(e) => {
+                            tracing::warn!("apid not started: {}", basalt_sys::error_chain(&e))
+                        }
                     }
                 }
             }
@@ -114,7 +116,10 @@ async fn follow(
                         );
                         named = now;
                     }
-                    Err(e) => tracing::warn!("apid certificate not reissued: {e}"),
+                    Err(e) => tracing::warn!(
+                        "apid certificate not reissued: {}",
+                        basalt_sys::error_chain(&e)
+                    ),
                 }
             }
         }
@@ -139,12 +144,20 @@ async fn follow(
     }
 }
 
+/// Why the node's certificate is not there.
+#[derive(Debug, thiserror::Error)]
+enum IssueError {
+    #[error(transparent)]
+    Issue(#[from] apid::ApidError),
+    #[error("cannot write {}", apid::PKI_DIR)]
+    Write(#[source] std::io::Error),
+}
+
 /// Issues the node's certificate for `addresses` and writes it where apid reads it.
-fn issue(c: &Config, addresses: &[String]) -> Result<(), String> {
-    apid::Pki::issue(c, addresses).and_then(|p| {
-        p.write(Path::new(apid::PKI_DIR))
-            .map_err(|e| format!("cannot write {}: {e}", apid::PKI_DIR))
-    })
+fn issue(c: &Config, addresses: &[String]) -> Result<(), IssueError> {
+    apid::Pki::issue(c, addresses)?
+        .write(Path::new(apid::PKI_DIR))
+        .map_err(IssueError::Write)
 }
 
 fn apid_service(maintenance: bool) -> ServiceDef {

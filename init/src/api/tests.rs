@@ -495,7 +495,7 @@ async fn start_apid(
     pki: std::path::PathBuf,
 ) -> (
     std::net::SocketAddr,
-    tokio::task::JoinHandle<std::result::Result<(), String>>,
+    tokio::task::JoinHandle<std::result::Result<(), basalt_apid::ApidError>>,
 ) {
     start_apid_until(init_socket, maintenance, pki, std::future::pending()).await
 }
@@ -508,7 +508,7 @@ async fn start_apid_until(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (
     std::net::SocketAddr,
-    tokio::task::JoinHandle<std::result::Result<(), String>>,
+    tokio::task::JoinHandle<std::result::Result<(), basalt_apid::ApidError>>,
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -589,7 +589,7 @@ async fn apid_told_to_stop_finishes_the_calls_under_way_and_takes_no_new_one() {
     let r = tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("apid did not return after its grace");
-    assert_eq!(r.unwrap(), Ok(()));
+    r.unwrap().unwrap();
     assert!(
         asked.elapsed() >= Duration::from_millis(1900),
         "{:?}",
