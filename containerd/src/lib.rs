@@ -125,7 +125,7 @@ pub fn service(socket: PathBuf) -> ServiceDef {
                     .version()
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.message().to_string())
+                    .map_err(|e| e.message().to_string().into())
             })
         }),
         interval: Duration::from_secs(2),

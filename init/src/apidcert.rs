@@ -184,7 +184,7 @@ fn apid_service(maintenance: bool) -> ServiceDef {
                 tokio::net::TcpStream::connect(("127.0.0.1", basalt_api::APID_PORT))
                     .await
                     .map(|_| ())
-                    .map_err(|e| format!("port {}: {e}", basalt_api::APID_PORT))
+                    .map_err(|e| format!("port {}: {e}", basalt_api::APID_PORT).into())
             })
         }),
         interval: Duration::from_secs(2),

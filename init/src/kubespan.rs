@@ -264,7 +264,7 @@ fn discovery_service(dir: &std::path::Path, tls: bool) -> ServiceDef {
                 tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .map(|_| ())
-                    .map_err(|e| format!("port {port}: {e}"))
+                    .map_err(|e| format!("port {port}: {e}").into())
             })
         }),
         interval: Duration::from_secs(2),

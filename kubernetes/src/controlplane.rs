@@ -169,7 +169,7 @@ fn health(check: impl Fn() -> Https + Send + Sync + 'static, path: &'static str)
         check: std::sync::Arc::new(move || {
             let c = check();
             Box::pin(async move {
-                let r = c.get(path).await.map_err(|e| basalt_sys::error_chain(&e))?;
+                let r = c.get(path).await?;
                 if r.status.is_success() {
                     Ok(())
                 } else {
@@ -177,7 +177,8 @@ fn health(check: impl Fn() -> Https + Send + Sync + 'static, path: &'static str)
                         "{path}: {}: {}",
                         r.status,
                         String::from_utf8_lossy(&r.body).trim()
-                    ))
+                    )
+                    .into())
                 }
             })
         }),

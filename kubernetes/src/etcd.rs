@@ -131,7 +131,7 @@ pub fn service(pki: PathBuf) -> ServiceDef {
             let pki = pki.clone();
             Box::pin(async move {
                 let c = Client::local(&pki)?;
-                c.health().await
+                c.health().await.map_err(Into::into)
             })
         }),
         interval: Duration::from_secs(5),

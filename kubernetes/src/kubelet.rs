@@ -182,26 +182,18 @@ pub fn args(config: &Config, ip: IpAddr, hostname: &str, pki_dir: &Path) -> Vec<
 }
 
 /// `GET /healthz` on the kubelet's plain-HTTP loopback port.
-async fn healthz() -> Result<(), String> {
+async fn healthz() -> Result<(), basalt_supervisor::HealthError> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", HEALTHZ_PORT))
-        .await
-        .map_err(|e| format!("healthz: {e}"))?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", HEALTHZ_PORT)).await?;
     s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .map_err(|e| format!("healthz: {e}"))?;
+        .await?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out)
-        .await
-        .map_err(|e| format!("healthz: {e}"))?;
+    s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out);
     if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
         Ok(())
     } else {
-        Err(format!(
-            "healthz: {}",
-            text.lines().next().unwrap_or("no answer")
-        ))
+        Err(format!("healthz: {}", text.lines().next().unwrap_or("no answer")).into())
     }
 }
 

@@ -59,7 +59,11 @@ impl fmt::Display for Dependency {
     }
 }
 
-pub type HealthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// Why a health check failed: whatever error the check met (its chain is the service's
+/// health message).
+pub type HealthError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pub type HealthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), HealthError>> + Send + Sync>;
 
 /// How often a starting service's health is checked until its first good check.
 pub const STARTUP_CHECK: Duration = Duration::from_millis(500);
@@ -637,7 +641,7 @@ async fn run_service(
                         let r = tokio::time::timeout(h.timeout, (h.check)()).await;
                         let failure = match r {
                             Ok(Ok(())) => None,
-                            Ok(Err(e)) => Some(e),
+                            Ok(Err(e)) => Some(basalt_sys::error_chain(&*e)),
                             Err(_) => Some(format!("no answer in {}", fmt_duration(h.timeout))),
                         };
                         match failure {

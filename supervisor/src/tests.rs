@@ -192,7 +192,7 @@ async fn a_service_waits_for_its_dependencies_to_be_healthy() {
                 if f.exists() {
                     Ok(())
                 } else {
-                    Err("not ready".to_string())
+                    Err("not ready".into())
                 }
             })
         }),
