@@ -36,7 +36,7 @@ pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Ar
                 let opts = cfg.as_deref().and_then(|c| match options(c, &key_path) {
                     Ok(o) => o,
                     Err(e) => {
-                        tracing::info!("kubespan: {e}");
+                        tracing::warn!("kubespan: {}", basalt_sys::error_chain(&e));
                         None
                     }
                 });
@@ -125,11 +125,14 @@ fn relevant(
 }
 
 /// The node's KubeSpan options from the config; `None` when KubeSpan is off.
-fn options(c: &Config, key_path: &std::path::Path) -> Result<Option<NodeOptions>, String> {
+fn options(
+    c: &Config,
+    key_path: &std::path::Path,
+) -> Result<Option<NodeOptions>, basalt_kubespan::identity::IdentityError> {
     let Some(ks) = c.kubespan().filter(|k| k.enabled) else {
         return Ok(None);
     };
-    let keys = KeyPair::load_or_create(key_path).map_err(|e| basalt_sys::error_chain(&e))?;
+    let keys = KeyPair::load_or_create(key_path)?;
     let discovery = c.documents().find_map(|d| match d {
         basalt_config::Document::Discovery(d) if d.enabled => d
             .endpoint

@@ -118,7 +118,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
                 logs.reopen();
                 tracing::info!("/var: {STATE_MOUNT}/var (kept across reboots)");
             }
-            Err(e) => tracing::info!("/var stays tmpfs: {e}"),
+            Err(e) => tracing::warn!("/var stays tmpfs: {}", basalt_sys::error_chain(&e)),
         }
     }
     let mode = match cmdline.platform {
@@ -276,32 +276,53 @@ fn state_dir() -> PathBuf {
 /// `/var` on the state disk (its `var/` directory, bind-mounted), so containerd's content and
 /// the logs survive reboots — as an EPHEMERAL partition will once installs exist. What was
 /// written to the tmpfs `/var` before (the first log lines) stays in memory only.
-fn var_on_state_disk() -> Result<(), String> {
+fn var_on_state_disk() -> Result<(), MountError> {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = Path::new(STATE_MOUNT).join("var");
     std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
-        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-    nix::mount::mount(
-        Some(dir.as_path()),
-        "/var",
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot bind {} on /var: {e}", dir.display()))?;
+        .map_err(|source| MountError::MakeDir {
+            dir: dir.clone(),
+            source,
+        })?;
+    let bind = |flags, from: Option<&Path>| {
+        nix::mount::mount(from, "/var", None::<&str>, flags, None::<&str>)
+    };
+    bind(nix::mount::MsFlags::MS_BIND, Some(dir.as_path())).map_err(|source| {
+        MountError::Mount {
+            what: format!("bind {} on /var", dir.display()),
+            source,
+        }
+    })?;
     // The state mount is noexec; /var is not (containerd's snapshots are under it).
-    nix::mount::mount(
-        None::<&str>,
-        "/var",
-        None::<&str>,
+    bind(
         nix::mount::MsFlags::MS_REMOUNT
             | nix::mount::MsFlags::MS_BIND
             | nix::mount::MsFlags::MS_NOSUID
             | nix::mount::MsFlags::MS_NODEV,
-        None::<&str>,
+        None,
     )
-    .map_err(|e| format!("cannot remount /var: {e}"))
+    .map_err(|source| MountError::Mount {
+        what: "remount /var".into(),
+        source,
+    })
+}
+
+/// Why `/var` could not go on the state disk.
+#[derive(Debug, thiserror::Error)]
+enum MountError {
+    #[error("cannot make {dir}")]
+    MakeDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {what}")]
+    Mount {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 /// A container node keeps its state on the volume mounted at `/system/state` (never on a
