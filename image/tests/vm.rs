@@ -369,6 +369,24 @@ mod node {
         }
     }
 
+    /// The last `tail` lines of a log (a service's, or `init`'s), through the Logs API.
+    async fn log_lines(c: &mut MachineClient<Channel>, id: &str, tail: u32) -> Vec<String> {
+        let mut logs = c
+            .logs(pb::LogsRequest {
+                id: id.into(),
+                follow: false,
+                tail_lines: tail,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(l) = logs.message().await.unwrap() {
+            lines.push(l.line);
+        }
+        lines
+    }
+
     async fn services(c: &mut MachineClient<Channel>) -> Result<Vec<pb::ServiceInfo>, String> {
         c.service_list(pb::ServiceListRequest {})
             .await
@@ -589,19 +607,7 @@ mod node {
             );
 
             // Logs of a service, through apid.
-            let mut logs = c
-                .logs(pb::LogsRequest {
-                    id: "containerd".into(),
-                    follow: false,
-                    tail_lines: 500,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let mut lines = Vec::new();
-            while let Some(l) = logs.message().await.unwrap() {
-                lines.push(l.line);
-            }
+            let lines = log_lines(&mut c, "containerd", 500).await;
             assert!(
                 lines.iter().any(|l| l == "exited (killed by SIGKILL)"),
                 "{lines:?}"
@@ -610,19 +616,7 @@ mod node {
             // init's log holds the events of the libraries PID 1 runs, with their fields:
             // networkd's netlink operations (its `tracing` events, through PID 1's one
             // pipeline), not only init's own lines.
-            let mut logs = c
-                .logs(pb::LogsRequest {
-                    id: "init".into(),
-                    follow: false,
-                    tail_lines: 2000,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let mut lines = Vec::new();
-            while let Some(l) = logs.message().await.unwrap() {
-                lines.push(l.line);
-            }
+            let lines = log_lines(&mut c, "init", 2000).await;
             assert!(
                 lines
                     .iter()

@@ -323,19 +323,22 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     );
     let changed_file = dir.join("worker-changed.yaml");
     std::fs::write(&changed_file, &changed).unwrap();
-    let said = ok(
-        clusters,
-        &[
-            "--osconfig",
-            oc,
-            "-n",
-            &w2_addr,
-            "apply-config",
-            "-f",
-            changed_file.to_str().unwrap(),
-        ],
-    );
-    assert!(said.contains("applied live"), "{said}");
+    let apply_on_w2 = |file: &std::path::Path| {
+        let said = ok(
+            clusters,
+            &[
+                "--osconfig",
+                oc,
+                "-n",
+                &w2_addr,
+                "apply-config",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert!(said.contains("applied live"), "{said}");
+    };
+    apply_on_w2(&changed_file);
     eventually(Duration::from_secs(180), Duration::from_secs(3), || {
         let got = kubectl(
             &ns,
@@ -356,19 +359,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             ))
         }
     });
-    let said = ok(
-        clusters,
-        &[
-            "--osconfig",
-            oc,
-            "-n",
-            &w2_addr,
-            "apply-config",
-            "-f",
-            dir.join("worker.yaml").to_str().unwrap(),
-        ],
-    );
-    assert!(said.contains("applied live"), "{said}");
+    apply_on_w2(&dir.join("worker.yaml"));
     eventually(Duration::from_secs(180), Duration::from_secs(3), || {
         let labels = kubectl(
             &ns,
