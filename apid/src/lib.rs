@@ -88,33 +88,19 @@ impl Options {
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
+            let mut value = |flag: &'static str, what: &'static str| {
+                it.next()
+                    .cloned()
+                    .ok_or(ApidError::MissingValue { flag, what })
+            };
             match a.as_str() {
                 "--maintenance" => o.maintenance = true,
                 "--listen" => {
-                    let v = it.next().ok_or(ApidError::MissingValue {
-                        flag: "--listen",
-                        what: "an address",
-                    })?;
-                    o.listen = v.parse().map_err(|_| ApidError::BadListen(v.clone()))?;
+                    let v = value("--listen", "an address")?;
+                    o.listen = v.parse().map_err(|_| ApidError::BadListen(v))?;
                 }
-                "--init-socket" => {
-                    o.init_socket = it
-                        .next()
-                        .ok_or(ApidError::MissingValue {
-                            flag: "--init-socket",
-                            what: "a path",
-                        })?
-                        .into();
-                }
-                "--pki" => {
-                    o.pki = it
-                        .next()
-                        .ok_or(ApidError::MissingValue {
-                            flag: "--pki",
-                            what: "a directory",
-                        })?
-                        .into();
-                }
+                "--init-socket" => o.init_socket = value("--init-socket", "a path")?.into(),
+                "--pki" => o.pki = value("--pki", "a directory")?.into(),
                 other => return Err(ApidError::UnknownArgument(other.to_string())),
             }
         }
@@ -623,6 +609,21 @@ pub fn run(args: &[String]) -> ! {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arguments_are_read_and_mistakes_named() {
+        let args = |a: &[&str]| {
+            super::Options::from_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        let o = args(&["--maintenance", "--listen", "127.0.0.1:5", "--pki", "/p"]).unwrap();
+        assert!(o.maintenance);
+        assert_eq!(o.listen.to_string(), "127.0.0.1:5");
+        assert_eq!(o.pki, std::path::PathBuf::from("/p"));
+        let e = |a: &[&str]| args(a).unwrap_err().to_string();
+        assert_eq!(e(&["--pki"]), "--pki needs a directory");
+        assert_eq!(e(&["--listen", "nowhere"]), "--listen \"nowhere\": not HOST:PORT");
+        assert_eq!(e(&["--bogus"]), "unknown argument \"--bogus\"");
+    }
+
 
     use super::*;
 
