@@ -620,10 +620,12 @@ mod tests {
         assert_eq!(o.pki, std::path::PathBuf::from("/p"));
         let e = |a: &[&str]| args(a).unwrap_err().to_string();
         assert_eq!(e(&["--pki"]), "--pki needs a directory");
-        assert_eq!(e(&["--listen", "nowhere"]), "--listen \"nowhere\": not HOST:PORT");
+        assert_eq!(
+            e(&["--listen", "nowhere"]),
+            "--listen \"nowhere\": not HOST:PORT"
+        );
         assert_eq!(e(&["--bogus"]), "unknown argument \"--bogus\"");
     }
-
 
     use super::*;
 

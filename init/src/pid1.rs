@@ -108,19 +108,36 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         Err(e) => tracing::warn!("module loading panicked: {e}"),
     }
 
-    let state_dir = match container {
-        true => container_state_dir(),
-        false => state_dir(),
-    };
-    if state_dir.starts_with(STATE_MOUNT) && !container {
-        match var_on_state_disk() {
-            Ok(()) => {
-                logs.reopen();
-                tracing::info!("/var: {STATE_MOUNT}/var (kept across reboots)");
+    // Finding, checking and mounting the state disk is blocking work: off the runtime's
+    // threads, which the API and the controllers need.
+    let mounted = tokio::task::spawn_blocking(move || {
+        let state_dir = match container {
+            true => container_state_dir(),
+            false => state_dir(),
+        };
+        let var = (state_dir.starts_with(STATE_MOUNT) && !container).then(var_on_state_disk);
+        (state_dir, var)
+    })
+    .await;
+    let state_dir = match mounted {
+        Ok((state_dir, var)) => {
+            match var {
+                Some(Ok(())) => {
+                    logs.reopen();
+                    tracing::info!("/var: {STATE_MOUNT}/var (kept across reboots)");
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("/var stays tmpfs: {}", basalt_sys::error_chain(&e))
+                }
+                None => {}
             }
-            Err(e) => tracing::warn!("/var stays tmpfs: {}", basalt_sys::error_chain(&e)),
+            state_dir
         }
-    }
+        Err(e) => {
+            tracing::error!("the state disk's setup panicked: {e}; state is not kept");
+            PathBuf::from("/var/lib/basalt")
+        }
+    };
     let mode = match cmdline.platform {
         Platform::Metal => basalt_config::Mode::Metal,
         Platform::Container => basalt_config::Mode::Container,
