@@ -212,21 +212,50 @@ fn node_client(st: &State, n: &NodeState, oc: Option<&Path>) -> anyhow::Result<N
         insecure: oc.is_none(),
         netns: Some(st.netns.clone()).filter(|ns| Path::new("/run/netns").join(ns).exists()),
     };
-    let target = crate::client::targets(&g)?
-        .into_iter()
-        .next()
-        .context("no target")?;
-    Ok(NodeClient { target })
+    // The channel's connection runs on the runtime it is made in: the client keeps it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let target = {
+        let _in = rt.enter();
+        crate::client::targets(&g)?
+            .into_iter()
+            .next()
+            .context("no target")?
+    };
+    Ok(NodeClient { rt, target })
 }
 
 /// One node's machine API, called synchronously (cluster commands are plain sequential steps).
 struct NodeClient {
+    rt: tokio::runtime::Runtime,
     target: crate::client::Target,
 }
 
 impl NodeClient {
     /// Calls `f` with the node's client and its `node` metadata (for
-    /// [`crate::client::request`]).
+    /// [`crate::client::request`]): the node's answer, or its refusal as a status.
+    fn call_status<T, Fut>(
+        &self,
+        f: impl FnOnce(
+            basalt_api::machine::machine_client::MachineClient<tonic::transport::Channel>,
+            Option<String>,
+        ) -> Fut,
+    ) -> anyhow::Result<Result<T, tonic::Status>>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.target.client.clone();
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), f(client, self.target.node.clone()))
+                .await
+                .map_err(|_| anyhow!("{}: no answer in 30 s", self.target.label))
+                .map(|r| r.map(tonic::Response::into_inner))
+        })
+    }
+
+    /// [`NodeClient::call_status`], a refusal being an error that explains it.
     fn call<T, Fut>(
         &self,
         f: impl FnOnce(
@@ -237,18 +266,8 @@ impl NodeClient {
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start a runtime")?;
-        let client = self.target.client.clone();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), f(client, self.target.node.clone()))
-                .await
-                .map_err(|_| anyhow!("{}: no answer in 30 s", self.target.label))?
-                .map(tonic::Response::into_inner)
-                .map_err(|s| anyhow!("{}: {}", self.target.label, crate::client::explain(&s)))
-        })
+        self.call_status(f)?
+            .map_err(|s| anyhow!("{}: {}", self.target.label, crate::client::explain(&s)))
     }
 
     fn version(&self) -> anyhow::Result<pb::VersionResponse> {
@@ -627,25 +646,17 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
             "etcd bootstrap",
             Duration::from_secs(300),
             || {
-                let c = node_client(st, first, Some(&oc_file))?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("cannot start a runtime")?;
-                let mut m = c.target.client.clone();
-                let r = rt.block_on(async {
-                    tokio::time::timeout(
-                        Duration::from_secs(30),
-                        m.bootstrap(c.target.req(pb::BootstrapRequest {})),
-                    )
-                    .await
-                });
+                let r = node_client(st, first, Some(&oc_file))?.call_status(
+                    |mut c, node| async move {
+                        c.bootstrap(request(node.as_deref(), pb::BootstrapRequest {}))
+                            .await
+                    },
+                )?;
                 match r {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(_) => Ok(()),
                     // Asked again after an answer that got lost: it is done.
-                    Ok(Err(s)) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                    Ok(Err(s)) => bail!("{}", crate::client::explain(&s)),
-                    Err(_) => bail!("no answer in 30 s"),
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                    Err(s) => bail!("{}", crate::client::explain(&s)),
                 }
             },
         )?;
