@@ -689,7 +689,7 @@ impl Machine for Api {
         _: Request<pb::EtcdMembersRequest>,
     ) -> Result<pb::EtcdMembersResponse> {
         let c = self.node.kube.local_etcd().map_err(ApiError::Kube)?;
-        let etcd = |e: String| ApiError::Kube(basalt_kubernetes::KubeError::Etcd(e));
+        let etcd = |e: basalt_kubernetes::etcd::EtcdError| ApiError::Kube(e.into());
         let members = c.members().await.map_err(etcd)?;
         let (version, db, leader, me) = c.status().await.map_err(etcd)?;
         Ok(Response::new(pb::EtcdMembersResponse {
@@ -727,10 +727,7 @@ impl Machine for Api {
         _: Request<pb::EtcdSnapshotRequest>,
     ) -> Result<Self::EtcdSnapshotStream> {
         let c = self.node.kube.local_etcd().map_err(ApiError::Kube)?;
-        let data = c
-            .snapshot()
-            .await
-            .map_err(|e| ApiError::Kube(basalt_kubernetes::KubeError::Etcd(e)))?;
+        let data = c.snapshot().await.map_err(|e| ApiError::Kube(e.into()))?;
         let chunks: Vec<std::result::Result<pb::DataChunk, Status>> = data
             .chunks(1 << 20)
             .map(|c| Ok(pb::DataChunk { data: c.to_vec() }))

@@ -269,11 +269,45 @@ pub struct Client {
     https: Https,
 }
 
+/// Why a call to etcd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("cannot read {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the client's TLS settings")]
+    Tls(#[source] basalt_api::tls::TlsError),
+    #[error("the client's HTTPS side")]
+    Https(#[source] crate::https::HttpsError),
+    #[error("{what}: {host} did not answer within 10 s")]
+    Timeout { what: &'static str, host: String },
+    #[error("{what}: cannot reach {host}")]
+    Unreachable {
+        what: &'static str,
+        host: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("{what} at {host}: {message}")]
+    Refused {
+        what: &'static str,
+        host: String,
+        message: String,
+    },
+    #[error("etcd says it is not healthy: {0}")]
+    Unhealthy(String),
+    #[error("snapshot: the stream ended before the last chunk")]
+    Truncated,
+}
+
 impl Client {
-    pub fn new(host: &str, pki: &Path) -> Result<Client, String> {
+    pub fn new(host: &str, pki: &Path) -> Result<Client, EtcdError> {
         let read = |f: &str| {
-            let p = pki.join(f);
-            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            let path = pki.join(f);
+            std::fs::read_to_string(&path).map_err(|source| EtcdError::Read { path, source })
         };
         let (ca, crt, key) = (
             read("etcd/ca.crt")?,
@@ -284,26 +318,23 @@ impl Client {
             crt: crt.clone(),
             key: key.clone(),
         };
-        let tls = basalt_api::tls::client_config(&ca, &id)
-            .map_err(|e| basalt_resources::error_chain(&e))?;
+        let tls = basalt_api::tls::client_config(&ca, &id).map_err(EtcdError::Tls)?;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let endpoint = if bare.contains(':') {
             format!("[{bare}]:{CLIENT_PORT}")
         } else {
             format!("{bare}:{CLIENT_PORT}")
         };
-        let channel = basalt_api::tls::channel(&endpoint, tls)
-            .map_err(|e| basalt_resources::error_chain(&e))?;
+        let channel = basalt_api::tls::channel(&endpoint, tls).map_err(EtcdError::Tls)?;
         Ok(Client {
             host: bare.to_string(),
             channel,
-            https: Https::new(bare, CLIENT_PORT, &ca, &crt, &key)
-                .map_err(|e| basalt_sys::error_chain(&e))?,
+            https: Https::new(bare, CLIENT_PORT, &ca, &crt, &key).map_err(EtcdError::Https)?,
         })
     }
 
     /// The etcd on this node.
-    pub fn local(pki: &Path) -> Result<Client, String> {
+    pub fn local(pki: &Path) -> Result<Client, EtcdError> {
         Client::new("127.0.0.1", pki)
     }
 
@@ -311,7 +342,7 @@ impl Client {
         &self.host
     }
 
-    async fn call<Req, Resp>(&self, path: &'static str, req: Req) -> Result<Resp, String>
+    async fn call<Req, Resp>(&self, path: &'static str, req: Req) -> Result<Resp, EtcdError>
     where
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
@@ -320,8 +351,15 @@ impl Client {
         let what = path.rsplit('/').next().unwrap_or(path);
         tokio::time::timeout(Duration::from_secs(10), grpc.ready())
             .await
-            .map_err(|_| format!("{what}: {} did not answer within 10 s", self.host))?
-            .map_err(|e| format!("{what}: cannot reach {}: {e}", self.host))?;
+            .map_err(|_| EtcdError::Timeout {
+                what,
+                host: self.host.clone(),
+            })?
+            .map_err(|source| EtcdError::Unreachable {
+                what,
+                host: self.host.clone(),
+                source,
+            })?;
         let mut r = tonic::Request::new(req);
         r.set_timeout(Duration::from_secs(10));
         grpc.unary(
@@ -331,23 +369,23 @@ impl Client {
         )
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|s| format!("{what} at {}: {}", self.host, s.message()))
+        .map_err(|s| EtcdError::Refused {
+            what,
+            host: self.host.clone(),
+            message: s.message().to_string(),
+        })
     }
 
-    pub async fn health(&self) -> Result<(), String> {
-        let r = self
-            .https
-            .get("/health")
-            .await
-            .map_err(|e| basalt_sys::error_chain(&e))?;
-        let v = r.json().map_err(|e| basalt_sys::error_chain(&e))?;
+    pub async fn health(&self) -> Result<(), EtcdError> {
+        let r = self.https.get("/health").await.map_err(EtcdError::Https)?;
+        let v = r.json().map_err(EtcdError::Https)?;
         match v["health"].as_str() {
             Some("true") => Ok(()),
-            _ => Err(format!("etcd says it is not healthy: {v}")),
+            _ => Err(EtcdError::Unhealthy(v.to_string())),
         }
     }
 
-    pub async fn members(&self) -> Result<Vec<Member>, String> {
+    pub async fn members(&self) -> Result<Vec<Member>, EtcdError> {
         let r: proto::MemberListResponse = self
             .call(
                 "/etcdserverpb.Cluster/MemberList",
@@ -358,7 +396,7 @@ impl Client {
     }
 
     /// Adds a member by its peer URL; every member after the change.
-    pub async fn add(&self, peer_url: &str) -> Result<Vec<Member>, String> {
+    pub async fn add(&self, peer_url: &str) -> Result<Vec<Member>, EtcdError> {
         let r: proto::MemberAddResponse = self
             .call(
                 "/etcdserverpb.Cluster/MemberAdd",
@@ -370,7 +408,7 @@ impl Client {
         Ok(members_of(r.members))
     }
 
-    pub async fn remove(&self, id: u64) -> Result<(), String> {
+    pub async fn remove(&self, id: u64) -> Result<(), EtcdError> {
         let _: proto::MemberRemoveResponse = self
             .call(
                 "/etcdserverpb.Cluster/MemberRemove",
@@ -381,7 +419,7 @@ impl Client {
     }
 
     /// This member's status: (version, database size in bytes, leader's ID, its own ID).
-    pub async fn status(&self) -> Result<(String, u64, u64, u64), String> {
+    pub async fn status(&self) -> Result<(String, u64, u64, u64), EtcdError> {
         let r: proto::StatusResponse = self
             .call("/etcdserverpb.Maintenance/Status", proto::StatusRequest {})
             .await?;
@@ -394,11 +432,21 @@ impl Client {
     }
 
     /// A snapshot of the database.
-    pub async fn snapshot(&self) -> Result<Vec<u8>, String> {
+    pub async fn snapshot(&self) -> Result<Vec<u8>, EtcdError> {
+        let what = "snapshot";
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready()
             .await
-            .map_err(|e| format!("snapshot: cannot reach {}: {e}", self.host))?;
+            .map_err(|source| EtcdError::Unreachable {
+                what,
+                host: self.host.clone(),
+                source,
+            })?;
+        let refused = |s: tonic::Status| EtcdError::Refused {
+            what,
+            host: self.host.clone(),
+            message: s.message().to_string(),
+        };
         let mut stream = grpc
             .server_streaming(
                 tonic::Request::new(proto::SnapshotRequest {}),
@@ -407,20 +455,16 @@ impl Client {
                 ),
             )
             .await
-            .map_err(|s| format!("snapshot: {}", s.message()))?
+            .map_err(refused)?
             .into_inner();
         let mut out = Vec::new();
         let mut complete = false;
-        while let Some(m) = stream
-            .message()
-            .await
-            .map_err(|s| format!("snapshot: {}", s.message()))?
-        {
+        while let Some(m) = stream.message().await.map_err(refused)? {
             out.extend_from_slice(&m.blob);
             complete = m.remaining_bytes == 0;
         }
         if !complete || out.is_empty() {
-            return Err("snapshot: the stream ended before the last chunk".into());
+            return Err(EtcdError::Truncated);
         }
         Ok(out)
     }

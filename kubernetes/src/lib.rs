@@ -40,8 +40,8 @@ pub enum KubeError {
     NotReady(String),
     #[error("{0}")]
     AlreadyBootstrapped(String),
-    #[error("etcd: {0}")]
-    Etcd(String),
+    #[error("etcd")]
+    Etcd(#[from] etcd::EtcdError),
 }
 
 /// What the node knows of its Kubernetes side, shared by the controller and the API.
@@ -107,7 +107,7 @@ impl Kube {
             ));
         }
         drop(s);
-        etcd::Client::local(&self.paths.pki).map_err(KubeError::Etcd)
+        Ok(etcd::Client::local(&self.paths.pki)?)
     }
 
     /// Writes etcd's config for `start` and lets the service start.
@@ -206,7 +206,7 @@ impl Kube {
                     ),
                 )
             }
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => (false, e),
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => (false, basalt_sys::error_chain(&e)),
         };
         out.push(("etcd".to_string(), etcd.0, etcd.1));
         let pki = &self.paths.pki;
@@ -272,14 +272,14 @@ impl Kube {
     /// `osctl etcd leave`: this member leaves the cluster; etcd stops and its data goes.
     pub async fn leave(&self, sup: &Supervisor) -> Result<String, KubeError> {
         let c = self.local_etcd()?;
-        let (_, _, _, my_id) = c.status().await.map_err(KubeError::Etcd)?;
-        let members = c.members().await.map_err(KubeError::Etcd)?;
+        let (_, _, _, my_id) = c.status().await?;
+        let members = c.members().await?;
         if members.len() == 1 {
             return Err(KubeError::NotHere(
                 "this is etcd's only member: leaving would lose the cluster's data".into(),
             ));
         }
-        c.remove(my_id).await.map_err(KubeError::Etcd)?;
+        c.remove(my_id).await?;
         {
             let mut s = self.state();
             s.left = true;
@@ -636,7 +636,8 @@ async fn join_loop(sup: Arc<Supervisor>, kube: Kube, me: etcd::Me) {
                         Err(e) => tracing::info!("etcd: {e}"),
                     }
                 }
-                Err(e) if e != last_error => {
+                Err(e) if basalt_sys::error_chain(&e) != last_error => {
+                    let e = basalt_sys::error_chain(&e);
                     tracing::warn!("etcd: cannot join through {host} yet: {e}");
                     last_error = e;
                 }
@@ -647,8 +648,21 @@ async fn join_loop(sup: Arc<Supervisor>, kube: Kube, me: etcd::Me) {
     }
 }
 
+/// Why this node cannot join etcd yet.
+#[derive(Debug, thiserror::Error)]
+enum JoinError {
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+    #[error("member {0} was added but has not started yet: one join at a time")]
+    Unstarted(String),
+}
+
 /// Adds this node as a member through the etcd at `host`: every member as (name, peer URL).
-async fn try_join(kube: &Kube, host: &str, me: &etcd::Me) -> Result<Vec<(String, String)>, String> {
+async fn try_join(
+    kube: &Kube,
+    host: &str,
+    me: &etcd::Me,
+) -> Result<Vec<(String, String)>, JoinError> {
     let c = etcd::Client::new(host, &kube.paths.pki)?;
     let mut members = c.members().await?;
     let mine = me.peer_url();
@@ -670,9 +684,7 @@ async fn try_join(kube: &Kube, host: &str, me: &etcd::Me) -> Result<Vec<(String,
             let name = if peer == mine {
                 me.name.clone()
             } else if m.name.is_empty() {
-                return Err(format!(
-                    "member {peer} was added but has not started yet: one join at a time"
-                ));
+                return Err(JoinError::Unstarted(peer));
             } else {
                 m.name.clone()
             };
