@@ -744,7 +744,7 @@ impl Machine for Api {
             ApiError::Kube(KubeError::NotReady("the node has no config yet".into()))
         })?;
         let text = basalt_kubernetes::pki::admin_kubeconfig(&cfg)
-            .map_err(|e| ApiError::Kube(KubeError::NotHere(e)))?;
+            .map_err(|e| ApiError::Kube(KubeError::NotHere(basalt_sys::error_chain(&e))))?;
         Ok(Response::new(pb::KubeconfigResponse {
             data: text.into_bytes(),
             cluster: cfg.cluster().name.to_string(),

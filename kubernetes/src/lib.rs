@@ -44,6 +44,26 @@ pub enum KubeError {
     Etcd(#[from] etcd::EtcdError),
 }
 
+/// A file of Kubernetes' on the node could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {}", path.display())]
+pub struct FileError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl FileError {
+    fn write(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError {
+            what: "write",
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// What the node knows of its Kubernetes side, shared by the controller and the API.
 #[derive(Debug, Clone, Default)]
 pub struct Kube {
@@ -116,12 +136,15 @@ impl Kube {
         sup: &Supervisor,
         me: &etcd::Me,
         start: &etcd::Start,
-    ) -> Result<(), String> {
+    ) -> Result<(), FileError> {
         let text = etcd::config_yaml(me, start, &self.paths.pki, &self.paths.etcd_data);
         basalt_sys::fs::atomic_write(&self.paths.etcd_config, text.as_bytes(), 0o600)
-            .map_err(|e| format!("cannot write {}: {e}", self.paths.etcd_config.display()))?;
-        std::fs::create_dir_all(&self.paths.etcd_data)
-            .map_err(|e| format!("cannot create {}: {e}", self.paths.etcd_data.display()))?;
+            .map_err(FileError::write(&self.paths.etcd_config))?;
+        std::fs::create_dir_all(&self.paths.etcd_data).map_err(|source| FileError {
+            what: "create",
+            path: self.paths.etcd_data.clone(),
+            source,
+        })?;
         self.state().initialized = true;
         sup.set_condition(etcd::INITIALIZED, true);
         Ok(())
@@ -168,7 +191,7 @@ impl Kube {
             )));
         }
         self.initialize(sup, &me, &etcd::Start::New)
-            .map_err(KubeError::NotReady)?;
+            .map_err(|e| KubeError::NotReady(basalt_sys::error_chain(&e)))?;
         tracing::info!(
             "etcd: bootstrapping a new cluster with {} ({})",
             me.name,
@@ -409,13 +432,25 @@ pub fn start(
             hostname: me.name.clone(),
             addresses: vec![ip],
         };
-        let issued = pki::issue_all(&cfg, &info).and_then(|files| {
-            pki::write(&kube.paths.pki, &files)
-                .map_err(|e| format!("cannot write {}: {e}", kube.paths.pki.display()))
+        let issued = pki::issue_all(&cfg, &info).map(|files| {
+            pki::write(&kube.paths.pki, &files).map_err(FileError::write(&kube.paths.pki))
         });
-        if let Err(e) = issued {
-            tracing::info!("kubernetes: PKI not issued: {e}");
-            return;
+        match issued {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "kubernetes: PKI not written: {}",
+                    basalt_sys::error_chain(&e)
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "kubernetes: PKI not issued: {}",
+                    basalt_sys::error_chain(&e)
+                );
+                return;
+            }
         }
         tracing::info!(
             "kubernetes: PKI issued for {} ({ip}) in {}",
@@ -428,10 +463,14 @@ pub fn start(
                 tracing::info!("kubelet: {note}");
             }
         }
-        match kubelet::config_yaml(&cfg, &kube.paths.pki).and_then(|y| {
-            basalt_sys::fs::atomic_write(Path::new(kubelet::CONFIG), y.as_bytes(), 0o644)
-                .map_err(|e| format!("cannot write {}: {e}", kubelet::CONFIG))
-        }) {
+        let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki);
+        match basalt_sys::fs::atomic_write(
+            Path::new(kubelet::CONFIG),
+            kubelet_yaml.as_bytes(),
+            0o644,
+        )
+        .map_err(FileError::write(Path::new(kubelet::CONFIG)))
+        {
             Ok(()) => {
                 let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
                 let running = kubelet_key(&args, &cfg, &kube.paths.pki);
@@ -470,7 +509,7 @@ pub fn start(
                     None => tracing::info!("kubernetes: no link holds {ip}: no pod routes"),
                 }
             }
-            Err(e) => tracing::warn!("kubelet not started: {e}"),
+            Err(e) => tracing::warn!("kubelet not started: {}", basalt_sys::error_chain(&e)),
         }
 
         let controlplane = cfg.machine().machine_type == MachineType::ControlPlane;
@@ -485,7 +524,7 @@ pub fn start(
         }
         if etcd::has_data(&kube.paths.etcd_data) {
             if let Err(e) = kube.initialize(&sup, &me, &etcd::Start::Existing) {
-                tracing::info!("etcd: {e}");
+                tracing::warn!("etcd: {}", basalt_sys::error_chain(&e));
             }
         } else {
             tracing::info!(
@@ -548,7 +587,7 @@ fn kubelet_key(args: &[String], cfg: &Config, pki: &Path) -> (Vec<String>, Strin
         .filter(|a| !a.starts_with("--node-labels="))
         .cloned()
         .collect();
-    (args, kubelet::config_yaml(cfg, pki).unwrap_or_default())
+    (args, kubelet::config_yaml(cfg, pki))
 }
 
 /// Restarts the kubelet with a new config when the config changes what it runs with
@@ -633,7 +672,7 @@ async fn join_loop(sup: Arc<Supervisor>, kube: Kube, me: etcd::Me) {
                             tracing::info!("etcd: joining the cluster through {host}");
                             return;
                         }
-                        Err(e) => tracing::info!("etcd: {e}"),
+                        Err(e) => tracing::warn!("etcd: {}", basalt_sys::error_chain(&e)),
                     }
                 }
                 Err(e) if basalt_sys::error_chain(&e) != last_error => {

@@ -42,8 +42,23 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
 }
 
+/// Why the node's Kubernetes PKI (or an admin kubeconfig) could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum KubePkiError {
+    #[error("a control plane needs {0} in the config's Secrets")]
+    Missing(&'static str),
+    #[error("this node holds no Kubernetes CA key (a worker): ask a control plane")]
+    NoCaKey,
+    #[error("cannot issue {what}")]
+    Issue {
+        what: String,
+        #[source]
+        source: basalt_config::pki::PkiError,
+    },
+}
+
 /// Every file this node needs, issued from the config's CAs.
-pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> {
+pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, KubePkiError> {
     let s = config.secrets();
     let c = config.cluster();
     let k8s_ca_pem = s.certs.kubernetes.crt.0.as_str().to_string();
@@ -63,7 +78,7 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
         return Ok(out);
     }
 
-    let need = |what: &str| format!("a control plane needs {what} in the config's Secrets");
+    let need = KubePkiError::Missing;
     let k8s = CertAndKey {
         crt: s.certs.kubernetes.crt.clone(),
         key: s
@@ -82,7 +97,10 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
         .service_account_key
         .as_ref()
         .ok_or_else(|| need("serviceAccountKey"))?;
-    let err = |e: basalt_config::pki::PkiError| basalt_resources::error_chain(&e);
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source| KubePkiError::Issue { what, source }
+    };
     let leaf = |ca: &CertAndKey,
                 name: &str,
                 cn: &str,
@@ -90,8 +108,8 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
                 sans: &[String],
                 usage: Usage,
                 out: &mut Vec<File>|
-     -> Result<CertAndKey, String> {
-        let c = issue(ca, cn, orgs, sans, usage, DAYS).map_err(err)?;
+     -> Result<CertAndKey, KubePkiError> {
+        let c = issue(ca, cn, orgs, sans, usage, DAYS).map_err(err(name))?;
         out.push(file(&format!("{name}.crt"), c.crt.0.as_str(), 0o644));
         out.push(file(&format!("{name}.key"), c.key.0.as_str(), 0o600));
         Ok(c)
@@ -152,7 +170,7 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
         "apiserver",
         "kube-apiserver",
         &[],
-        &apiserver_sans(config, node)?,
+        &apiserver_sans(config, node),
         Usage::Server,
         &mut out,
     )?;
@@ -189,7 +207,8 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
             0o600,
         ));
     }
-    let public = basalt_config::pki::public_key_pem(sa).map_err(err)?;
+    let public =
+        basalt_config::pki::public_key_pem(sa).map_err(err("the service-account public key"))?;
     out.push(file("sa.pub", &public, 0o644));
 
     // Local clients of the API server: through loopback, which the serving certificate names.
@@ -203,7 +222,7 @@ pub fn issue_all(config: &Config, node: &NodeInfo) -> Result<Vec<File>, String> 
         ("scheduler", "system:kube-scheduler", &[][..]),
         ("admin", "basalt:admin", &["system:masters"][..]),
     ] {
-        let c = issue(&k8s, cn, orgs, &[], Usage::Client, DAYS).map_err(err)?;
+        let c = issue(&k8s, cn, orgs, &[], Usage::Client, DAYS).map_err(err(cn))?;
         if name == "admin" {
             // init's own client of the API server (health, the cluster's first objects).
             out.push(file("admin.crt", c.crt.0.as_str(), 0o644));
@@ -241,20 +260,25 @@ fn file(path: &str, data: &str, mode: u32) -> File {
 
 /// A new admin kubeconfig (`osctl kubeconfig`): a client certificate in `system:masters`,
 /// valid a year, for the cluster endpoint; the context is `admin@<cluster>`.
-pub fn admin_kubeconfig(config: &Config) -> Result<String, String> {
+pub fn admin_kubeconfig(config: &Config) -> Result<String, KubePkiError> {
     let s = config.secrets();
     let key = s
         .certs
         .kubernetes
         .key
         .clone()
-        .ok_or("this node holds no Kubernetes CA key (a worker): ask a control plane")?;
+        .ok_or(KubePkiError::NoCaKey)?;
     let ca = CertAndKey {
         crt: s.certs.kubernetes.crt.clone(),
         key,
     };
-    let c = issue(&ca, "admin", &["system:masters"], &[], Usage::Client, DAYS)
-        .map_err(|e| basalt_resources::error_chain(&e))?;
+    let c =
+        issue(&ca, "admin", &["system:masters"], &[], Usage::Client, DAYS).map_err(|source| {
+            KubePkiError::Issue {
+                what: "the admin certificate".into(),
+                source,
+            }
+        })?;
     Ok(kubeconfig(
         &c_name(config),
         &endpoint_url(config),
@@ -274,17 +298,17 @@ pub fn endpoint_url(config: &Config) -> String {
 }
 
 /// The first address of the first service subnet: the `kubernetes` service's cluster IP.
-pub fn service_ip(config: &Config) -> Result<IpAddr, String> {
-    let subnet = config
+/// (10.96.0.0/12, Kubernetes' default, when the config names none).
+pub fn service_ip(config: &Config) -> IpAddr {
+    let base = config
         .cluster()
         .network
         .as_ref()
         .and_then(|n| n.service_subnets.first().copied())
-        .map_or_else(
-            || "10.96.0.0/12".parse::<basalt_config::types::Prefix>(),
-            Ok,
-        )?;
-    Ok(nth_address(subnet.addr(), 1))
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 0)), |p| {
+            p.addr()
+        });
+    nth_address(base, 1)
 }
 
 /// `base + n` (within the address family).
@@ -297,7 +321,7 @@ pub fn nth_address(base: IpAddr, n: u32) -> IpAddr {
 
 /// Names and addresses the API server is reached at: the in-cluster service names, the
 /// service IP, loopback, the node's name and addresses, the endpoint's host and `certSANs`.
-pub fn apiserver_sans(config: &Config, node: &NodeInfo) -> Result<Vec<String>, String> {
+pub fn apiserver_sans(config: &Config, node: &NodeInfo) -> Vec<String> {
     let domain = config
         .cluster()
         .network
@@ -310,7 +334,7 @@ pub fn apiserver_sans(config: &Config, node: &NodeInfo) -> Result<Vec<String>, S
         format!("kubernetes.default.svc.{domain}"),
         "localhost".into(),
         "127.0.0.1".into(),
-        service_ip(config)?.to_string(),
+        service_ip(config).to_string(),
         node.hostname.clone(),
         config.cluster().control_plane.endpoint.host.clone(),
     ];
@@ -318,7 +342,7 @@ pub fn apiserver_sans(config: &Config, node: &NodeInfo) -> Result<Vec<String>, S
     sans.extend(config.machine().cert_sans.iter().cloned());
     let mut seen = std::collections::HashSet::new();
     sans.retain(|s| !s.is_empty() && seen.insert(s.clone()));
-    Ok(sans)
+    sans
 }
 
 /// How a kubeconfig's user authenticates.
