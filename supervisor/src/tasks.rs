@@ -16,9 +16,15 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic with a non-string payload".into())
 }
 
+/// A panic caught, with what it said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
+
 /// Runs `f`, turning a panic into its message (for PID 1, which must never unwind).
-pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|p| Panicked(panic_message(&*p)))
 }
 
 /// Runs `make()` forever: restarted after a panic or an early return, with back-off (reset
@@ -76,10 +82,10 @@ mod tests {
     #[test]
     fn a_guarded_panic_is_its_message_not_an_unwind() {
         assert_eq!(guarded(|| 7), Ok(7));
-        let r: Result<(), String> = guarded(|| panic!("wiring broke at step {}", 3));
-        assert_eq!(r, Err("wiring broke at step 3".into()));
-        let r: Result<(), String> = guarded(|| std::panic::panic_any(42u8));
-        assert_eq!(r, Err("a panic with a non-string payload".into()));
+        let r = guarded(|| -> () { panic!("wiring broke at step {}", 3) });
+        assert_eq!(r, Err(Panicked("wiring broke at step 3".into())));
+        let r = guarded(|| -> () { std::panic::panic_any(42u8) });
+        assert_eq!(r, Err(Panicked("a panic with a non-string payload".into())));
     }
 
     #[tokio::test(start_paused = true)]
