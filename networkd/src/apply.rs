@@ -54,8 +54,8 @@ pub async fn plan_now(desired: &Desired) -> Result<Plan, ApplyError> {
 pub enum ApplyError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("{0}")]
-    Plan(String),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
     #[error("{} of {total} operations failed: {}", .failed.len(), .failed.join("; "))]
     Ops { total: usize, failed: Vec<String> },
 }

@@ -249,23 +249,35 @@ fn is_link_local_v6(p: &Prefix) -> bool {
     matches!(p.addr(), IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80)
 }
 
+/// Why there is no plan: what is asked cannot be made from what is there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("links depend on each other in a cycle: {}", .0.join(" → "))]
+    Cycle(Vec<String>),
+    #[error(
+        "a link named {name} exists and is {have}, not the {want} the config asks for; networkd deletes only links it created"
+    )]
+    NotOurs {
+        name: String,
+        have: String,
+        want: String,
+    },
+}
+
 /// Links in dependency order: a VLAN after its parent, a member after its master.
-fn order(desired: &Desired) -> Result<Vec<String>, String> {
+fn order(desired: &Desired) -> Result<Vec<String>, PlanError> {
     fn visit(
         name: &str,
         desired: &Desired,
         state: &mut BTreeMap<String, bool>,
         out: &mut Vec<String>,
         path: &mut Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PlanError> {
         match state.get(name) {
             Some(true) => return Ok(()),
             Some(false) => {
                 path.push(name.to_string());
-                return Err(format!(
-                    "links depend on each other in a cycle: {}",
-                    path.join(" → ")
-                ));
+                return Err(PlanError::Cycle(path.clone()));
             }
             None => {}
         }
@@ -296,7 +308,7 @@ fn order(desired: &Desired) -> Result<Vec<String>, String> {
 }
 
 /// What it takes to make the kernel match `desired`.
-pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, String> {
+pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, PlanError> {
     let mut p = Plan::default();
     // Config names → kernel names (a selector picks the kernel's link).
     let mut kname: BTreeMap<String, String> = BTreeMap::new();
@@ -393,14 +405,15 @@ pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, String> {
                     && !same
                 {
                     if h.alias.as_deref() != Some(ALIAS) {
-                        return Err(format!(
-                            "a link named {kn} exists and is {}, not the {} the config asks for; networkd deletes only links it created",
-                            h.kind
+                        return Err(PlanError::NotOurs {
+                            name: kn.clone(),
+                            have: h
+                                .kind
                                 .as_deref()
                                 .map(|k| format!("a {k}"))
                                 .unwrap_or("hardware".into()),
-                            want_kind.unwrap_or("?")
-                        ));
+                            want: want_kind.unwrap_or("?").to_string(),
+                        });
                     }
                     p.ops.push(Op::LinkDel { name: kn.clone() });
                     recreated.insert(kn.clone());

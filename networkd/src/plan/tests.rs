@@ -228,7 +228,7 @@ fn links_networkd_made_are_removed_when_unwanted_and_others_never() {
     assert_eq!(lines(&plan(&d, &obs).unwrap()), ["link del br0"]);
     // A link of the same name but another kind that networkd did not make is an error.
     let d = desired(vec![link("cni0", LinkKind::Dummy)], &[], vec![]);
-    let err = plan(&d, &obs).unwrap_err();
+    let err = plan(&d, &obs).unwrap_err().to_string();
     assert!(
         err.contains("a link named cni0 exists and is a bridge"),
         "{err}"
@@ -376,7 +376,9 @@ fn a_dependency_cycle_is_an_error_not_a_hang() {
             id: 2,
         },
     );
-    let err = plan(&desired(vec![a, b], &[], vec![]), &Observed::default()).unwrap_err();
+    let err = plan(&desired(vec![a, b], &[], vec![]), &Observed::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cycle: a → b → a"), "{err}");
 }
 
