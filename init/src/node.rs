@@ -8,7 +8,7 @@ use std::time::Instant;
 use basalt_resources::Store;
 
 use crate::configstate::ConfigState;
-use crate::sequence::{Power, SequenceError, Sequencer, Step};
+use crate::sequence::{Power, SequenceError, Sequencer, Step, StepError};
 use basalt_supervisor::Supervisor;
 use basalt_supervisor::logring::Logs;
 
@@ -125,10 +125,7 @@ impl Node {
         }
         let config = self.config.clone();
         steps.push(Step::new("wipe config", move || async move {
-            config
-                .wipe()
-                .map(|()| String::new())
-                .map_err(|e| e.to_string())
+            config.wipe().map(|()| String::new()).map_err(Into::into)
         }));
         let wipe = self.paths.wipe_on_reset.clone();
         steps.push(Step::new("wipe data", move || async move {
@@ -137,7 +134,7 @@ impl Node {
                 match std::fs::remove_dir_all(p) {
                     Ok(()) => n += 1,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("{}: {e}", p.display())),
+                    Err(e) => return Err(format!("{}: {e}", p.display()).into()),
                 }
             }
             Ok(format!("{n} directories removed"))
@@ -159,8 +156,8 @@ impl Node {
 }
 
 /// Unmounts what may hold unwritten data (deepest first); a busy mount is detached lazily.
-fn unmount_writable() -> Result<String, String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+fn unmount_writable() -> Result<String, StepError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut points: Vec<String> = basalt_sys::mountinfo::parse(&info)
         .into_iter()
         .filter(|m| {
@@ -184,6 +181,6 @@ fn unmount_writable() -> Result<String, String> {
     if failed.is_empty() {
         Ok(format!("{} unmounted", points.len()))
     } else {
-        Err(format!("cannot unmount {}", failed.join(", ")))
+        Err(format!("cannot unmount {}", failed.join(", ")).into())
     }
 }

@@ -108,7 +108,10 @@ impl basalt_resources::Spec for SequenceStatus {
     const NAMESPACE: &'static str = "runtime";
 }
 
-pub type StepFn = Box<dyn FnOnce() -> BoxFuture<'static, Result<String, String>> + Send>;
+/// Why a step failed: whatever error it met (its chain is the step's message).
+pub type StepError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pub type StepFn = Box<dyn FnOnce() -> BoxFuture<'static, Result<String, StepError>> + Send>;
 
 /// One step: a name and what it does (returning a short note, or why it failed).
 pub struct Step {
@@ -130,7 +133,7 @@ impl Step {
     pub fn new<F, Fut>(name: &str, f: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<String, StepError>> + Send + 'static,
     {
         Step {
             name: name.to_string(),
@@ -241,6 +244,7 @@ impl Claim {
                     status.steps[i].message = note;
                 }
                 Err(e) => {
+                    let e = basalt_sys::error_chain(&*e);
                     status.steps[i].state = StepState::Failed;
                     status.steps[i].message = e.clone();
                     tracing::warn!("sequence {name}: {} failed: {e}", step.name);
@@ -279,7 +283,7 @@ mod tests {
                 a.lock().unwrap().push("one");
                 Ok(String::new())
             }),
-            Step::new("two", || async { Err("flaky".to_string()) }).may_fail(),
+            Step::new("two", || async { Err("flaky".into()) }).may_fail(),
             Step::new("three", move || async move {
                 b.lock().unwrap().push("three");
                 Ok("all good".to_string())
@@ -309,7 +313,7 @@ mod tests {
             .claim("apply")
             .unwrap()
             .run(vec![
-                Step::new("validate", || async { Err("bad config".to_string()) }),
+                Step::new("validate", || async { Err("bad config".into()) }),
                 Step::new("after", move || async move {
                     *r.lock().unwrap() = true;
                     Ok(String::new())
