@@ -18,7 +18,7 @@ async fn start(
 ) -> (
     String,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), String>>,
+    tokio::task::JoinHandle<Result<(), basalt_kubespan::discovery::ServeError>>,
 ) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());

@@ -44,14 +44,18 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     .map_err(|_| format!("{s:?} is not a mark (a number, decimal or 0x-hex)"))
 }
 
-async fn serve(a: Args) -> Result<(), String> {
+async fn serve(a: Args) -> Result<(), super::ServeError> {
+    use super::ServeError;
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+        .map_err(|source| ServeError::Listen {
+            addr: a.listen.to_string(),
+            source,
+        })?;
     if let Some(mark) = a.fwmark {
         // Accepted connections take the listener's mark (their SYN-ACK already does).
         nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::Mark, &mark)
-            .map_err(|e| format!("--fwmark {mark:#x}: {e} (it needs CAP_NET_ADMIN)"))?;
+            .map_err(|source| ServeError::Mark { mark, source })?;
     }
     let shutdown = async {
         let mut term =
@@ -64,16 +68,16 @@ async fn serve(a: Args) -> Result<(), String> {
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
             let read = |p: &PathBuf| {
-                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                std::fs::read_to_string(p).map_err(|source| ServeError::Read {
+                    path: p.clone(),
+                    source,
+                })
             };
             let id = basalt_api::tls::Identity {
                 crt: read(c)?,
                 key: read(k)?,
             };
-            Some(
-                basalt_api::tls::server_config(&id, None)
-                    .map_err(|e| format!("TLS: {}", basalt_resources::error_chain(&e)))?,
-            )
+            Some(basalt_api::tls::server_config(&id, None).map_err(ServeError::Tls)?)
         }
         _ => None,
     };
@@ -112,7 +116,7 @@ pub fn run(args: &[String]) -> i32 {
     match rt.block_on(serve(a)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("basalt-discovery: {e}");
+            eprintln!("basalt-discovery: {}", basalt_resources::error_chain(&e));
             1
         }
     }

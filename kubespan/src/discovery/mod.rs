@@ -8,4 +8,4 @@ mod registry;
 mod server;
 
 pub use registry::{AffiliateView, Change, Limits, RateLimiter, Registry, RegistryError, Snapshot};
-pub use server::{DiscoveryService, serve, serve_with};
+pub use server::{DiscoveryService, ServeError, serve, serve_with};

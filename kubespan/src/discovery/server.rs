@@ -203,6 +203,39 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     }
 }
 
+/// Why the discovery server stopped or did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a discovery snapshot")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--fwmark {mark:#x} (it needs CAP_NET_ADMIN)")]
+    Mark {
+        mark: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the TLS settings")]
+    Tls(#[source] basalt_api::tls::TlsError),
+    #[error("the discovery server")]
+    Server(#[source] tonic::transport::Error),
+}
+
 /// How long in-flight calls get at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -213,7 +246,7 @@ pub async fn serve(
     limits: Limits,
     snapshot: Option<(PathBuf, Duration)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     serve_with(listener, None, limits, snapshot, shutdown).await
 }
 
@@ -225,19 +258,27 @@ pub async fn serve_with(
     limits: Limits,
     snapshot: Option<(PathBuf, Duration)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let reg = match &snapshot {
         Some((path, _)) => match std::fs::read(path) {
             Ok(bytes) => {
-                let s: Snapshot = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: not a discovery snapshot: {e}", path.display()))?;
+                let s: Snapshot =
+                    serde_json::from_slice(&bytes).map_err(|source| ServeError::Snapshot {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let (reg, dropped) =
                     Registry::restore(limits, &s, Duration::ZERO, SystemTime::now());
                 info!(path = %path.display(), records = reg.len(), dropped, "snapshot loaded");
                 reg
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::new(limits),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => {
+                return Err(ServeError::Read {
+                    path: path.clone(),
+                    source,
+                });
+            }
         },
         None => Registry::new(limits),
     };
@@ -280,7 +321,7 @@ pub async fn serve_with(
         }
     };
     let result = tokio::select! {
-        r = server => r.map_err(|e| format!("discovery server: {e}")),
+        r = server => r.map_err(ServeError::Server),
         _ = async {
             let _ = fired_rx.wait_for(|f| *f).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
