@@ -333,6 +333,42 @@ fn is_me(host: &str, me: &etcd::Me) -> bool {
 /// The configs of a generated cluster `demo` with its endpoint at 10.5.0.2, for tests.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
+mod node_ip_tests {
+    use super::node_ip;
+
+    fn addrs(a: &[(&str, &str)]) -> Vec<(String, std::net::IpAddr)> {
+        a.iter()
+            .map(|(l, ip)| (l.to_string(), ip.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_node_address_is_the_first_global_ipv4_off_the_mesh_and_pod_links() {
+        let all = addrs(&[
+            ("lo", "127.0.0.1"),
+            ("kubespan", "fd7f::1"),
+            ("eth0", "fe80::1"),
+            ("cni0", "10.244.1.1"),
+            ("eth0", "fd00::5"),
+            ("eth0", "10.5.0.5"),
+            ("eth1", "192.168.9.5"),
+        ]);
+        assert_eq!(node_ip(all.clone(), &[]), Some("10.5.0.5".parse().unwrap()));
+        // nodeIPSubnets pick, whatever the link.
+        let subnet = ["192.168.9.0/24".parse().unwrap()];
+        assert_eq!(
+            node_ip(all.clone(), &subnet),
+            Some("192.168.9.5".parse().unwrap())
+        );
+        // IPv6 only: the global one, not link-local.
+        let v6 = addrs(&[("eth0", "fe80::1"), ("eth0", "fd00::5")]);
+        assert_eq!(node_ip(v6, &[]), Some("fd00::5".parse().unwrap()));
+        assert_eq!(node_ip(addrs(&[("lo", "127.0.0.1")]), &[]), None);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
 fn test_configs() -> basalt_config::generate::Generated {
     basalt_config::generate::generate(&basalt_config::generate::GenOptions {
         cluster_name: "demo".parse().unwrap(),
@@ -344,14 +380,25 @@ fn test_configs() -> basalt_config::generate::Generated {
     .unwrap()
 }
 
-/// The address Kubernetes and etcd use for this node: the first in the config's
-/// `nodeIPSubnets`, else the first global IPv4 address on a link that is not KubeSpan's or a
-/// pod bridge, else the first global IPv6 one.
-pub fn node_ip(subnets: &[basalt_config::types::Prefix]) -> Option<IpAddr> {
-    let mut all: Vec<(String, IpAddr)> = basalt_sys::netif::addresses()
+/// The node's addresses as networkd reports them (`AddressStatus`), in the order of their
+/// links: (link, address).
+fn node_addresses(store: &basalt_resources::Store) -> Vec<(String, IpAddr)> {
+    let mut all: Vec<(u32, String, IpAddr)> = store
+        .list::<basalt_networkd::spec::AddressStatus>()
         .into_iter()
-        .map(|(link, ip, _)| (link, ip))
+        .map(|(_, a)| (a.index, a.link, a.address.addr()))
         .collect();
+    all.sort_by_key(|(index, ..)| *index);
+    all.into_iter().map(|(_, link, ip)| (link, ip)).collect()
+}
+
+/// The address Kubernetes and etcd use for this node, of `all` (link, address): the first in
+/// the config's `nodeIPSubnets`, else the first global IPv4 address on a link that is not
+/// KubeSpan's or a pod bridge, else the first global IPv6 one.
+pub fn node_ip(
+    mut all: Vec<(String, IpAddr)>,
+    subnets: &[basalt_config::types::Prefix],
+) -> Option<IpAddr> {
     all.retain(|(_, ip)| {
         !ip.is_loopback()
             && !ip.is_unspecified()
@@ -412,13 +459,13 @@ pub fn start(
             .map(|k| k.node_ip_subnets.clone())
             .unwrap_or_default();
         // The address may come a little after network-ready (DHCP, a container's runtime).
-        let mut ip = node_ip(&subnets);
+        let mut ip = node_ip(node_addresses(&store), &subnets);
         for _ in 0..30 {
             if ip.is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            ip = node_ip(&subnets);
+            ip = node_ip(node_addresses(&store), &subnets);
         }
         let Some(ip) = ip else {
             tracing::info!("kubernetes: no node address found: nothing started");
@@ -495,7 +542,11 @@ pub fn start(
                     me.name.clone(),
                 ));
                 // Routes to the other nodes' pods, through the link of the node's address.
-                match basalt_sys::netif::link_of(ip) {
+                let link = node_addresses(&store)
+                    .into_iter()
+                    .find(|(_, a)| *a == ip)
+                    .map(|(link, _)| link);
+                match link {
                     Some(link) => {
                         let e = &cfg.cluster().control_plane.endpoint;
                         tokio::spawn(podroutes::run(

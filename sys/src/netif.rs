@@ -1,8 +1,8 @@
 //! The addresses on the node's links as the kernel has them now (`getifaddrs(3)`).
 //!
 //! For the few places that must know before networkd's status resources exist (the runtime
-//! layer of a container node, maintenance mode's banner); a controller reads
-//! `AddressStatus` instead, which follows every change.
+//! layer of a container node, maintenance mode's banner, apid's first certificate); anything
+//! that follows the node reads `AddressStatus` instead, which follows every change.
 
 use std::net::IpAddr;
 
@@ -34,20 +34,12 @@ pub fn addresses_text() -> Vec<String> {
         .collect()
 }
 
-/// The link holding `ip`.
-pub fn link_of(ip: IpAddr) -> Option<String> {
-    addresses()
-        .into_iter()
-        .find(|(_, a, _)| *a == ip)
-        .map(|(link, _, _)| link)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn loopback_is_found_and_left_out_of_the_text() {
+    fn loopback_is_left_out_of_the_text() {
         // Every network namespace has lo with 127.0.0.1 (up or not, getifaddrs lists it
         // when up; the test runner's namespace has it up).
         let all = addresses();
@@ -56,7 +48,6 @@ mod tests {
             .any(|(l, ip, len)| l == "lo" && ip.is_loopback() && *len == 8)
         {
             assert!(!addresses_text().contains(&"127.0.0.1".to_string()));
-            assert_eq!(link_of("127.0.0.1".parse().unwrap()).as_deref(), Some("lo"));
         }
     }
 }
