@@ -1,8 +1,8 @@
 //! OCI image layouts built locally (no registry is reachable): the node imports every layout
 //! under `/usr/share/basalt/images` into containerd at boot.
 //!
-//! The test image `basalt.local/hello:v1` is one uncompressed layer holding the node's own
-//! static binary as `/hello` (its `hello` mode prints a greeting, its arguments and what it
+//! The test image `basalt.local/hello:v1` is one uncompressed layer holding `hello`, a small
+//! static binary of `testkit/`, as `/hello` (it prints a greeting, its arguments and what it
 //! sees of its namespaces). Everything is deterministic: fixed tar headers, sorted JSON keys.
 
 use std::path::Path;
