@@ -249,7 +249,8 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
             Ok(())
         } else {
             Err(format!(
-                "worker 1 did not come back with its config after a reboot: {text}"
+                "worker 1 did not come back with its config after a reboot: {text}{}",
+                String::from_utf8_lossy(&o.stderr)
             ))
         }
     });
