@@ -307,6 +307,16 @@ fn order(desired: &Desired) -> Result<Vec<String>, PlanError> {
     Ok(out)
 }
 
+/// The metric the kernel gives a route: an IPv6 route asked for with metric 0 gets 1024
+/// (`IP6_RT_PRIO_USER`). Compared as asked, such a route never matched what the kernel had, and
+/// every pass deleted and added it again.
+fn kernel_metric(r: &RouteSpec) -> u32 {
+    match (r.destination.addr(), r.metric) {
+        (IpAddr::V6(_), 0) => 1024,
+        (_, m) => m,
+    }
+}
+
 /// What it takes to make the kernel match `desired`.
 pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, PlanError> {
     let mut p = Plan::default();
@@ -538,7 +548,7 @@ pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, PlanError> {
         destination: r.destination.network(),
         gateway: r.gateway,
         source: r.source,
-        metric: r.metric,
+        metric: kernel_metric(r),
         table: r.table,
     };
     let want: Vec<RouteOp> = desired

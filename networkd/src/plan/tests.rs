@@ -482,3 +482,50 @@ fn kubespans_userspace_tun_device_stands_for_the_wireguard_link() {
     // Any other kind is not KubeSpan's.
     assert!(plan(&d, &tun("veth")).is_err());
 }
+
+/// An IPv6 route asked for with metric 0 is one the kernel keeps with metric 1024: it matches,
+/// and nothing is done (KubeSpan's mesh routes were deleted and added again on every pass).
+#[test]
+fn an_ipv6_route_with_metric_0_is_the_kernels_1024() {
+    let route = RouteSpec {
+        link: "kubespan".into(),
+        destination: p("fd02::5/128"),
+        gateway: None,
+        source: None,
+        metric: 0,
+        table: 180,
+    };
+    let d = desired(
+        vec![link("kubespan", LinkKind::Physical)],
+        &[],
+        vec![route.clone()],
+    );
+    let obs = Observed {
+        links: vec![hw(7, "kubespan", true)],
+        routes: vec![ObservedRoute {
+            index: Some(7),
+            destination: p("fd02::5/128"),
+            gateway: None,
+            source: None,
+            metric: 1024,
+            table: 180,
+            protocol: PROTO_STATIC,
+        }],
+        ..Observed::default()
+    };
+    assert_eq!(lines(&plan(&d, &obs).unwrap()), Vec::<String>::new());
+    // An IPv4 route keeps its 0.
+    let v4 = RouteSpec {
+        destination: p("10.5.0.3/32"),
+        ..route
+    };
+    let d = desired(vec![link("kubespan", LinkKind::Physical)], &[], vec![v4]);
+    let obs = Observed {
+        links: vec![hw(7, "kubespan", true)],
+        ..Observed::default()
+    };
+    assert_eq!(
+        lines(&plan(&d, &obs).unwrap()),
+        ["route add 10.5.0.3/32 dev kubespan metric 0 table 180 proto static"]
+    );
+}
