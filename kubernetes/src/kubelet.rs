@@ -52,7 +52,7 @@ pub fn prepare_cri() -> Option<basalt_containerd::Cri> {
         basalt_sys::fs::atomic_write(Path::new(CNI_TEMPLATE), CNI_TEMPLATE_TEXT.as_bytes(), 0o644)
     });
     if let Err(e) = written {
-        tracing::warn!("kubernetes: cannot write {CNI_TEMPLATE}: {e}");
+        tracing::warn!("cannot write {CNI_TEMPLATE}: {e}");
     }
     Some(basalt_containerd::Cri {
         sandbox_image: "k8s.gcr.io/pause:3.4".into(),

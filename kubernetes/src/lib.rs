@@ -468,7 +468,7 @@ pub fn start(
             ip = node_ip(node_addresses(&store), &subnets);
         }
         let Some(ip) = ip else {
-            tracing::info!("kubernetes: no node address found: nothing started");
+            tracing::info!("no node address found: nothing started");
             return;
         };
         let me = etcd::Me {
@@ -485,22 +485,16 @@ pub fn start(
         match issued {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(
-                    "kubernetes: PKI not written: {}",
-                    basalt_sys::error_chain(&e)
-                );
+                tracing::warn!("PKI not written: {}", basalt_sys::error_chain(&e));
                 return;
             }
             Err(e) => {
-                tracing::warn!(
-                    "kubernetes: PKI not issued: {}",
-                    basalt_sys::error_chain(&e)
-                );
+                tracing::warn!("PKI not issued: {}", basalt_sys::error_chain(&e));
                 return;
             }
         }
         tracing::info!(
-            "kubernetes: PKI issued for {} ({ip}) in {}",
+            "PKI issued for {} ({ip}) in {}",
             me.name,
             kube.paths.pki.display()
         );
@@ -557,7 +551,7 @@ pub fn start(
                             link,
                         ));
                     }
-                    None => tracing::info!("kubernetes: no link holds {ip}: no pod routes"),
+                    None => tracing::info!("no link holds {ip}: no pod routes"),
                 }
             }
             Err(e) => tracing::warn!("kubelet not started: {}", basalt_sys::error_chain(&e)),
@@ -612,14 +606,14 @@ pub fn start(
             match made {
                 Ok(n) => {
                     tracing::info!(
-                        "kubernetes: the kubelets' bootstrap token and RBAC are in place ({n} made)"
+                        "the kubelets' bootstrap token and RBAC are in place ({n} made)"
                     );
                     break;
                 }
                 Err(e) => {
                     let e = basalt_sys::error_chain(&e);
                     if e != last {
-                        tracing::warn!("kubernetes: cannot make the bootstrap objects yet: {e}");
+                        tracing::warn!("cannot make the bootstrap objects yet: {e}");
                         last = e;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;

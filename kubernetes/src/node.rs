@@ -166,7 +166,7 @@ pub async fn run(access: Access, name: String, mut config: watch::Receiver<Optio
                     Ok(changed) => {
                         if changed {
                             tracing::info!(
-                                "kubernetes: node {name} labels {:?}{}",
+                                "node {name} labels {:?}{}",
                                 want.labels,
                                 match want.taint {
                                     Some(true) => ", control-plane taint on",
@@ -181,7 +181,7 @@ pub async fn run(access: Access, name: String, mut config: watch::Receiver<Optio
                     Err(e) => {
                         let e = basalt_sys::error_chain(&e);
                         if e != last_error {
-                            tracing::warn!("kubernetes: node {name} not updated yet: {e}");
+                            tracing::warn!("node {name} not updated yet: {e}");
                             last_error = e;
                         }
                     }

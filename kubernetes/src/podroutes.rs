@@ -105,7 +105,7 @@ pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: Stri
                     let spec = PodNetworksSpec { cidrs: own.clone() };
                     match store.apply(OWNER, LOCAL_POD_NETWORKS, spec) {
                         Ok(()) => last_own = Some(own),
-                        Err(e) => tracing::warn!("kubernetes: pod networks not kept: {e}"),
+                        Err(e) => tracing::warn!("pod networks not kept: {e}"),
                     }
                 }
                 let want = routes_from(&nodes, &me);
@@ -129,7 +129,7 @@ pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: Stri
                             let shown: Vec<String> =
                                 want.iter().map(|(p, ip)| format!("{p} via {ip}")).collect();
                             tracing::info!(
-                                "kubernetes: pod routes: {}",
+                                "pod routes: {}",
                                 if shown.is_empty() {
                                     "none (no other node has a pod CIDR yet)".to_string()
                                 } else {
@@ -138,7 +138,7 @@ pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: Stri
                             );
                             last = Some(want);
                         }
-                        Err(e) => tracing::warn!("kubernetes: pod routes not set: {e}"),
+                        Err(e) => tracing::warn!("pod routes not set: {e}"),
                     }
                 }
             }
@@ -146,7 +146,7 @@ pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: Stri
                 let e = basalt_sys::error_chain(&e);
                 if e != last_error {
                     // Before the kubelet's bootstrap there is no certificate yet: say it once.
-                    tracing::warn!("kubernetes: cannot list nodes yet: {e}");
+                    tracing::warn!("cannot list nodes yet: {e}");
                     last_error = e;
                 }
             }

@@ -93,12 +93,12 @@ pub async fn run(store: Store, opts: NodeOptions) -> Result<(), NodeError> {
     };
     let (plane, task): (Box<dyn DataPlane>, _) = match kernel::Kernel::open(KUBESPAN_LINK).await {
         Some(k) => {
-            info!("kubespan: the kernel's WireGuard");
+            info!("the kernel's WireGuard");
             k.configure(&opts.keys, dev_opts).await?;
             (Box::new(k), None)
         }
         None => {
-            info!("kubespan: no WireGuard in the kernel; the userspace device");
+            info!("no WireGuard in the kernel; the userspace device");
             let (d, task) = device::run(&opts.keys, KUBESPAN_LINK, dev_opts).await?;
             (Box::new(d), Some(task))
         }
@@ -154,7 +154,7 @@ async fn discover(store: Store, cfg: ClientConfig) {
         if let Err(e) = client::run(store.clone(), cfg.clone()).await {
             warn!(
                 error = %basalt_resources::error_chain(&e),
-                "kubespan: discovery failed; retrying in 5 s"
+                "discovery failed; retrying in 5 s"
             );
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
