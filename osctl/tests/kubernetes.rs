@@ -250,43 +250,53 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         logs.contains("hello from a Basalt container") && logs.contains("serving on 8080"),
         "{logs}"
     );
-    // KubeSpan is on with `advertisePodNetworks`: worker 1 advertises the pod CIDR the
-    // controller manager gave it, and worker 2 has it among worker 1's allowed IPs, so the
-    // fetch below crosses WireGuard (KubeSpan's routing table comes before the main one).
-    let w1_cidr = kubectl(
-        &ns,
-        &kc,
-        &["get", "node", &w1, "-o", "jsonpath={.spec.podCIDR}"],
-    )
-    .unwrap();
-    assert!(w1_cidr.starts_with("10.244."), "{w1_cidr}");
-    let w2_addr = format!("{net}.5");
-    eventually(Duration::from_secs(60), Duration::from_secs(2), || {
-        let specs = ok(
-            clusters,
-            &[
-                "--osconfig",
-                oc,
-                "-n",
-                &w2_addr,
-                "get",
-                "kubespanpeerspecs",
-                "-o",
-                "yaml",
-            ],
-        );
-        let w1_peer = specs
-            .split("\n---")
-            .find(|d| d.contains(&format!("hostname: {w1}")))
-            .unwrap_or_default();
-        if w1_peer.contains(w1_cidr.trim()) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{w1}'s pod CIDR {w1_cidr} is not among its allowed IPs on {w2}:\n{specs}"
-            ))
-        }
-    });
+    // KubeSpan is on with `advertisePodNetworks`: each worker advertises the pod CIDR the
+    // controller manager gave it, and the other has it among its allowed IPs, so the fetch
+    // below crosses WireGuard both ways (KubeSpan's routing table comes before the main one;
+    // a reply that took the plain path would not come back).
+    let cidr_of = |node: &str| {
+        let c = kubectl(
+            &ns,
+            &kc,
+            &["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"],
+        )
+        .unwrap();
+        assert!(c.starts_with("10.244."), "{node}: {c}");
+        c.trim().to_string()
+    };
+    let (w1_cidr, w2_cidr) = (cidr_of(&w1), cidr_of(&w2));
+    let (w1_addr, w2_addr) = (format!("{net}.4"), format!("{net}.5"));
+    for (on, on_name, peer, cidr) in [
+        (&w2_addr, &w2, &w1, &w1_cidr),
+        (&w1_addr, &w1, &w2, &w2_cidr),
+    ] {
+        eventually(Duration::from_secs(60), Duration::from_secs(2), || {
+            let specs = ok(
+                clusters,
+                &[
+                    "--osconfig",
+                    oc,
+                    "-n",
+                    on,
+                    "get",
+                    "kubespanpeerspecs",
+                    "-o",
+                    "yaml",
+                ],
+            );
+            let peer_spec = specs
+                .split("\n---")
+                .find(|d| d.contains(&format!("hostname: {peer}")))
+                .unwrap_or_default();
+            if peer_spec.contains(cidr.as_str()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{peer}'s pod CIDR {cidr} is not among its allowed IPs on {on_name}:\n{specs}"
+                ))
+            }
+        });
+    }
     run("cli", &w2, &["--fetch", &format!("{srv_ip}:8080")]);
     eventually(Duration::from_secs(120), Duration::from_secs(2), || {
         let phase = kubectl(

@@ -74,8 +74,19 @@ fn serve(port: &str, host: &str) -> ! {
 fn fetch(addr: &str) -> i32 {
     use std::io::Read as _;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let to: std::net::SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            println!("{addr} is not ADDRESS:PORT: {e}");
+            return 2;
+        }
+    };
+    let each = std::time::Duration::from_secs(3);
     loop {
-        let got = std::net::TcpStream::connect(addr).and_then(|mut s| {
+        // Each try is short: a SYN lost while a route is still being set up would otherwise
+        // hold one connect for the kernel's two minutes of retries.
+        let got = std::net::TcpStream::connect_timeout(&to, each).and_then(|mut s| {
+            s.set_read_timeout(Some(each))?;
             let mut text = String::new();
             s.read_to_string(&mut text).map(|_| text)
         });
