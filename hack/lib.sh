@@ -59,3 +59,50 @@ need_docker() {
   done
   die "dockerd did not answer within 30 s: see /var/log/basalt-dockerd.log"
 }
+
+# need_go: a `go` command that can build the stack (stack/, built by the image build). The stack
+# pins its toolchain (GOTOOLCHAIN=go1.26.8, image/src/stack.rs); any Go from 1.21 on fetches
+# that version from the Go module proxy by itself, the ordinary route. Debian 12's own Go (1.19)
+# predates that, so a machine without Go gets Debian's golang-1.23 from bookworm-backports.
+# Exports BASALT_GO, the go command the build runs.
+need_go() {
+  local go
+  for go in "$(command -v go || true)" /usr/local/go/bin/go /usr/lib/go-1.2[1-9]/bin/go; do
+    [ -n "$go" ] && [ -x "$go" ] || continue
+    # `go env GOVERSION` exists from 1.16 on; 1.21's added GOTOOLCHAIN.
+    case "$(GOTOOLCHAIN=local "$go" env GOVERSION 2>/dev/null)" in
+      go1.2[1-9]*|go1.[3-9][0-9]*) export BASALT_GO="$go"; return 0 ;;
+    esac
+  done
+  [ "$(id -u)" -eq 0 ] || die "no Go 1.21 or newer: install one (Debian's golang-1.23-go from bookworm-backports)"
+  local list=/etc/apt/sources.list.d/basalt-backports.sources
+  if [ ! -f "$list" ]; then
+    step "adding bookworm-backports ($list) for Debian's golang-1.23"
+    cat >"$list" <<EOS
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOS
+    rm -f /var/lib/apt/periodic/basalt-updated
+  fi
+  need_apt golang-1.23-go
+  export BASALT_GO=/usr/lib/go-1.23/bin/go
+  step "Go: $BASALT_GO, which fetches the stack's pinned toolchain from the Go module proxy"
+}
+
+# need_stack_tools: what building the stack needs: Go; gcc, libc and libseccomp's static
+# library for runc and pause.
+need_stack_tools() {
+  need_go
+  need_apt gcc libc6-dev libseccomp-dev pkg-config
+}
+
+# need_stack: the stack itself, built once into the cache (`osctl image stack`; from cold it
+# takes the time docs/kubernetes.md gives, then it is cached by its pins).
+need_stack() {
+  need_stack_tools
+  step "the Go-built stack: containerd, runc, CNI plugins, etcd, Kubernetes, CoreDNS (cached by its pins; built once)"
+  cargo run -q --locked -p osctl -- image stack
+}

@@ -50,6 +50,23 @@ fn json(path: &Path, data: &[u8]) -> Result<serde_json::Value, ContainerError> {
     })
 }
 
+/// The image references an OCI layout directory names (its index's `ref.name` annotations).
+pub fn layout_references(dir: &Path) -> Result<Vec<String>, ContainerError> {
+    let p = dir.join("index.json");
+    let data = std::fs::read(&p).map_err(|source| ContainerError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let index = json(&p, &data)?;
+    Ok(index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(str::to_string)
+        .collect())
+}
+
 /// `sha256:…` of bytes.
 fn digest(data: &[u8]) -> String {
     let h = Sha256::digest(data);

@@ -23,14 +23,14 @@ fn main() {
         extra_cmdline: vec!["basalt.test=poweroff".into()],
         verbose: false,
         with_containerd: true,
-        kubernetes: None,
+        kubernetes: false,
     };
     let arts = basalt_image::build(Target::Iso, &opts).unwrap();
     let bare = BuildOptions {
         out: out.join("without-containerd"),
         init: arts.init.clone(),
         with_containerd: false,
-        kubernetes: None,
+        kubernetes: false,
         ..opts.clone()
     };
     let bare_rootfs = basalt_image::build(Target::Rootfs, &bare)

@@ -28,7 +28,7 @@ fn main() {
         extra_cmdline: Vec::new(),
         verbose: false,
         with_containerd: true,
-        kubernetes: None,
+        kubernetes: false,
     };
     let arts = basalt_image::build(Target::Initramfs, &opts).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

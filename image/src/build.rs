@@ -34,21 +34,35 @@ pub struct BuildOptions {
     pub extra_cmdline: Vec<String>,
     /// Prints progress lines when true.
     pub verbose: bool,
-    /// Put containerd, runc and the CNI plugins (with their libraries) in the rootfs.
+    /// Put containerd, runc and the CNI plugins in the rootfs (from the Go-built stack,
+    /// [`crate::stack`], built into the cache the first time).
     pub with_containerd: bool,
-    /// A directory with static `kubelet`, `kube-apiserver`, `kube-controller-manager`,
-    /// `kube-scheduler` and `pause` (what `hack/kubernetes` builds): they go in the rootfs with
-    /// etcd and mount/umount from pinned packages, and pause as an OCI image for containerd.
-    /// Needs `with_containerd`.
-    pub kubernetes: Option<PathBuf>,
+    /// Make a Kubernetes node: the stack's etcd, kubelet, control plane, kube-proxy and
+    /// CoreDNS in the rootfs with mount/umount from pinned packages, and pause as an OCI image
+    /// for containerd. Needs `with_containerd`.
+    pub kubernetes: bool,
 }
 
-/// The Kubernetes programs a Kubernetes directory holds, installed under `usr/bin`.
+/// The stack's programs in the rootfs of every image with containerd: (name, path in it).
+const STACK_PAYLOAD: &[(&str, &str)] = &[
+    ("containerd", "usr/bin/containerd"),
+    ("containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2"),
+    ("runc", "usr/sbin/runc"),
+    ("bridge", "usr/lib/cni/bridge"),
+    ("host-local", "usr/lib/cni/host-local"),
+    ("loopback", "usr/lib/cni/loopback"),
+    ("portmap", "usr/lib/cni/portmap"),
+];
+
+/// The stack's programs a Kubernetes node adds, under `usr/bin`.
 pub const KUBERNETES_BINARIES: &[&str] = &[
+    "etcd",
     "kubelet",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kube-proxy",
+    "coredns",
 ];
 
 /// What was built, with sizes and sha256s.
@@ -117,7 +131,7 @@ fn progress(opts: &BuildOptions, msg: &str) {
 
 /// Builds `target` into `opts.out`.
 pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageError> {
-    if opts.kubernetes.is_some() && !opts.with_containerd {
+    if opts.kubernetes && !opts.with_containerd {
         return Err(ImageError::Init(
             "a Kubernetes image needs containerd in the rootfs".into(),
         ));
@@ -146,18 +160,21 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     let mut payload = Vec::new();
     let mut images = Vec::new();
     if opts.with_containerd {
-        progress(opts, "containerd, runc, CNI plugins and their libraries");
-        let mut programs = PAYLOAD.to_vec();
-        if opts.kubernetes.is_some() {
-            programs.extend_from_slice(KUBERNETES_PAYLOAD);
+        progress(opts, "the Go-built stack (containerd, runc, CNI plugins)");
+        let stack = crate::stack::ensure(stack_components(opts), &cache, &|m| progress(opts, m))?;
+        for (name, rel) in STACK_PAYLOAD {
+            payload.push((rel.to_string(), read_static(stack.path(name)?)?));
         }
-        payload = container_payload(&programs, &pins, &cache)?;
-    }
-    if let Some(dir) = &opts.kubernetes {
-        progress(opts, &format!("Kubernetes from {}", dir.display()));
-        let (programs, pause) = kubernetes_binaries(dir)?;
-        payload.extend(programs);
-        images.push(pause);
+        if opts.kubernetes {
+            progress(
+                opts,
+                "Kubernetes from the stack, mount/umount and their libraries",
+            );
+            payload.extend(container_payload(KUBERNETES_PAYLOAD, &pins, &cache)?);
+            let (programs, pause) = kubernetes_binaries(&stack)?;
+            payload.extend(programs);
+            images.push(pause);
+        }
     }
 
     progress(opts, "rootfs.sqsh (mksquashfs)");
@@ -223,15 +240,16 @@ pub fn build_cached(
     h.update(include_str!("../inputs.lock"));
     h.update(LAYOUT);
     h.update(format!(
-        "{target:?} {} {:?} {BASE_CMDLINE}",
-        opts.with_containerd, opts.extra_cmdline
+        "{target:?} {} {} {:?} {BASE_CMDLINE}",
+        opts.with_containerd, opts.kubernetes, opts.extra_cmdline
     ));
-    if let Some(dir) = &opts.kubernetes {
-        // By content: a rebuilt kubelet is a new image.
-        for name in KUBERNETES_BINARIES.iter().chain(["pause"].iter()) {
-            let p = dir.join(name);
-            h.update(name.as_bytes());
-            h.update(sha256_file(&p)?.as_bytes());
+    if opts.with_containerd {
+        // The stack's directories are named by their pins' key.
+        let stack = crate::stack::ensure(stack_components(opts), &inputs::cache_dir(), &|m| {
+            progress(opts, m)
+        })?;
+        for (name, path) in stack.programs() {
+            h.update(format!("{name}={}\n", path.display()));
         }
     }
     let key: String = h.finalize()[..12]
@@ -393,29 +411,23 @@ fn add_modules(kernel: &Kernel, wanted: &[&str], add: &mut AddFile<'_>) -> Resul
     add("lib/modules/load.order", listing.into_bytes())
 }
 
-/// Programs from pinned Debian packages that go in the rootfs: (package, path in it).
-const PAYLOAD: &[(&str, &str)] = &[
-    ("containerd", "usr/bin/containerd"),
-    ("containerd", "usr/bin/containerd-shim-runc-v2"),
-    ("runc", "usr/sbin/runc"),
-    ("containernetworking-plugins", "usr/lib/cni/bridge"),
-    ("containernetworking-plugins", "usr/lib/cni/host-local"),
-    ("containernetworking-plugins", "usr/lib/cni/loopback"),
-    ("containernetworking-plugins", "usr/lib/cni/portmap"),
-];
+/// The stack's components an image needs.
+fn stack_components(opts: &BuildOptions) -> &'static [&'static crate::stack::Component] {
+    if opts.kubernetes {
+        crate::stack::ALL
+    } else {
+        crate::stack::NODE
+    }
+}
 
-/// More programs from pinned packages for a Kubernetes node: etcd (control planes), and the
-/// mount/umount the kubelet runs for tmpfs-backed volumes (secrets, service-account tokens).
-const KUBERNETES_PAYLOAD: &[(&str, &str)] = &[
-    ("etcd-server", "usr/bin/etcd"),
-    ("mount", "bin/mount"),
-    ("mount", "bin/umount"),
-];
+/// Programs from pinned Debian packages for a Kubernetes node: (package, path in the rootfs).
+/// The mount/umount the kubelet runs for tmpfs-backed volumes (secrets, service-account
+/// tokens).
+const KUBERNETES_PAYLOAD: &[(&str, &str)] = &[("mount", "bin/mount"), ("mount", "bin/umount")];
 
 /// Pinned packages the programs' libraries are taken from, and where libraries live in them.
 const LIBRARY_PACKAGES: &[&str] = &[
     "libc6",
-    "libseccomp2",
     "libmount1",
     "libblkid1",
     "libselinux1",
@@ -441,7 +453,7 @@ fn resolve_in(root: &Path, rel: &str) -> Option<PathBuf> {
     None
 }
 
-/// The payload programs plus their shared-library closure, read from their `DT_NEEDED`
+/// The programs from pinned packages plus their shared-library closure, read from their `DT_NEEDED`
 /// entries and `PT_INTERP`: (path in the rootfs, contents). Debian builds these programs
 /// dynamically, so the closure is resolved here from pinned library packages rather than
 /// from whatever the build host has installed.
@@ -512,7 +524,7 @@ fn container_payload(
 pub struct OciImage {
     /// Its directory under [`crate::oci::IMAGES_DIR`].
     pub dir: &'static str,
-    pub reference: &'static str,
+    pub reference: String,
     /// The containerd namespace it is imported into.
     pub namespace: &'static str,
     /// (path in the image, mode, contents).
@@ -520,38 +532,43 @@ pub struct OciImage {
     pub entrypoint: Vec<String>,
 }
 
-/// The pod sandbox image, by the name containerd's CRI asks for.
-pub const PAUSE_REF: &str = "k8s.gcr.io/pause:3.4";
+/// The pod sandbox image's name (the one the kubelet's release expects), for a pause version.
+pub fn pause_ref(version: &str) -> String {
+    format!("registry.k8s.io/pause:{version}")
+}
 
-/// The Kubernetes programs of `dir` (`usr/bin/<name>`, each checked to be static: the rootfs
-/// carries no library closure for them) and the pause image.
-fn kubernetes_binaries(dir: &Path) -> Result<(Vec<RootfsFile>, OciImage), ImageError> {
-    let read_static = |name: &str| -> Result<Vec<u8>, ImageError> {
-        let p = dir.join(name);
-        let data = std::fs::read(&p).map_err(io_err("read", &p))?;
-        let d = crate::elf::dynamic(&data).map_err(|e| ImageError::Io {
-            action: "read ELF of",
-            path: format!("{}: {e}", p.display()),
-            source: std::io::ErrorKind::InvalidData.into(),
-        })?;
-        if d.interpreter.is_some() || !d.needed.is_empty() {
-            return Err(ImageError::Init(format!(
-                "{} is dynamically linked (it needs {:?}); build it with hack/kubernetes",
-                p.display(),
-                d.needed
-            )));
-        }
-        Ok(data)
-    };
+/// A program of the stack, checked to be static: the rootfs carries no library closure for
+/// them.
+fn read_static(p: &Path) -> Result<Vec<u8>, ImageError> {
+    let data = std::fs::read(p).map_err(io_err("read", p))?;
+    let d = crate::elf::dynamic(&data).map_err(|e| ImageError::Io {
+        action: "read ELF of",
+        path: format!("{}: {e}", p.display()),
+        source: std::io::ErrorKind::InvalidData.into(),
+    })?;
+    if d.interpreter.is_some() || !d.needed.is_empty() {
+        return Err(ImageError::Init(format!(
+            "{} is dynamically linked (it needs {:?}); the stack builds every program static",
+            p.display(),
+            d.needed
+        )));
+    }
+    Ok(data)
+}
+
+/// The Kubernetes programs of the stack (`usr/bin/<name>`) and the pause image.
+fn kubernetes_binaries(
+    stack: &crate::stack::Stack,
+) -> Result<(Vec<RootfsFile>, OciImage), ImageError> {
     let mut programs = Vec::new();
     for name in KUBERNETES_BINARIES {
-        programs.push((format!("usr/bin/{name}"), read_static(name)?));
+        programs.push((format!("usr/bin/{name}"), read_static(stack.path(name)?)?));
     }
     let pause = OciImage {
         dir: "pause",
-        reference: PAUSE_REF,
+        reference: pause_ref(&crate::stack::pause_version(stack)?),
         namespace: "k8s.io",
-        files: vec![("pause".into(), 0o755, read_static("pause")?)],
+        files: vec![("pause".into(), 0o755, read_static(stack.path("pause")?)?)],
         entrypoint: vec!["/pause".into()],
     };
     Ok((programs, pause))
@@ -627,7 +644,7 @@ fn build_rootfs(
         crate::oci::write_layout(
             &staging.join(crate::oci::IMAGES_DIR).join(i.dir),
             Some(i.namespace),
-            i.reference,
+            &i.reference,
             &files,
             &entry,
         )?;
@@ -997,15 +1014,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kubernetes_binaries_must_be_there_and_static() {
+    fn stack_programs_must_be_static() {
         let d = tempfile::tempdir().unwrap();
-        let e = kubernetes_binaries(d.path()).unwrap_err().to_string();
+        let e = read_static(&d.path().join("kubelet"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kubelet"), "{e}");
         // A dynamically linked program is refused: the rootfs carries no libraries for it.
         std::fs::copy("/bin/true", d.path().join("kubelet")).unwrap();
-        let e = kubernetes_binaries(d.path()).unwrap_err().to_string();
+        let e = read_static(&d.path().join("kubelet"))
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("kubelet is dynamically linked") && e.contains("hack/kubernetes"),
+            e.contains("kubelet is dynamically linked") && e.contains("static"),
             "{e}"
         );
     }
@@ -1018,7 +1039,7 @@ mod tests {
             extra_cmdline: Vec::new(),
             verbose: false,
             with_containerd: false,
-            kubernetes: Some("/nonexistent/k8s".into()),
+            kubernetes: true,
         };
         let e = build(Target::Rootfs, &opts).unwrap_err().to_string();
         assert!(e.contains("needs containerd"), "{e}");

@@ -14,6 +14,7 @@ pub mod inputs;
 pub mod kernel;
 pub mod oci;
 pub mod qemu;
+pub mod stack;
 pub mod tools;
 pub mod verity;
 
@@ -62,6 +63,11 @@ pub enum ImageError {
     UnknownModule(String),
     #[error("the rootfs holds a shell or package manager: {0}; Basalt has none")]
     Forbidden(String),
+    #[error("the stack's {component}: {message}")]
+    Stack {
+        component: &'static str,
+        message: String,
+    },
     #[error("cannot build init: {0}")]
     Init(String),
 }

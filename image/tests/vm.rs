@@ -24,7 +24,7 @@ fn artifacts() -> &'static Artifacts {
             extra_cmdline: vec!["basalt.reboot_delay=1".into()],
             verbose: false,
             with_containerd: true,
-            kubernetes: None,
+            kubernetes: false,
         };
         basalt_image::build(Target::All, &opts).unwrap()
     })
@@ -257,7 +257,7 @@ fn builds_are_reproducible_and_the_rootfs_has_no_shell() {
         extra_cmdline: vec!["basalt.reboot_delay=1".into()],
         verbose: false,
         with_containerd: true,
-        kubernetes: None,
+        kubernetes: false,
     };
     let b = basalt_image::build(Target::All, &opts).unwrap();
     for (x, y) in [

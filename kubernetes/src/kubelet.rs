@@ -54,8 +54,24 @@ pub fn prepare_cri() -> Option<basalt_containerd::Cri> {
     if let Err(e) = written {
         tracing::warn!("cannot write {CNI_TEMPLATE}: {e}");
     }
+    // The pause image the image build put beside the others, by the name its release gives it.
+    let pause_dir = Path::new(basalt_containerd::containers::IMAGES_DIR).join("pause");
+    let sandbox_image = match basalt_containerd::containers::layout_references(&pause_dir) {
+        Ok(refs) if !refs.is_empty() => refs[0].clone(),
+        Ok(_) => {
+            tracing::warn!("{} names no image: no pod can start", pause_dir.display());
+            String::new()
+        }
+        Err(e) => {
+            tracing::warn!(
+                "no pause image: no pod can start: {}",
+                basalt_sys::error_chain(&e)
+            );
+            String::new()
+        }
+    };
     Some(basalt_containerd::Cri {
-        sandbox_image: "k8s.gcr.io/pause:3.4".into(),
+        sandbox_image,
         cni_bin_dir: CNI_BIN_DIR.into(),
         cni_conf_dir: CNI_CONF_DIR.into(),
         cni_template: CNI_TEMPLATE.into(),
@@ -91,8 +107,16 @@ fn cluster_dns(config: &Config) -> Vec<IpAddr> {
     vec![pki::nth_address(pki::service_ip(config), 9)]
 }
 
-/// The `KubeletConfiguration`.
-pub fn config_yaml(config: &Config, pki_dir: &Path) -> String {
+/// Whether the node's cgroups are v1 (a container on a host whose cgroups are v1 or hybrid, as
+/// Docker's on a cgroup v1 host are): `/sys/fs/cgroup` is then not the cgroup2 root. QEMU
+/// nodes mount cgroup2 there.
+pub fn cgroup_v1() -> bool {
+    !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The `KubeletConfiguration`. `cgroup_v1`: the node's cgroups are v1 ([`cgroup_v1`]); the
+/// kubelet refuses to start on them unless told `failCgroupV1: false`.
+pub fn config_yaml(config: &Config, pki_dir: &Path, cgroup_v1: bool) -> String {
     let domain = config
         .cluster()
         .network
@@ -116,10 +140,10 @@ authentication:
 authorization:
   mode: Webhook
 cgroupDriver: cgroupfs
-clusterDomain: {domain}
+containerRuntimeEndpoint: unix://{socket}
+{cgroups}clusterDomain: {domain}
 clusterDNS: [{dns}]
 failSwapOn: false
-makeIPTablesUtilChains: false
 rotateCertificates: true
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -136,10 +160,16 @@ evictionHard:
 ",
         ca = pki_dir.join("ca.crt").display(),
         dns = dns.join(", "),
+        socket = basalt_containerd::SOCKET,
+        cgroups = if cgroup_v1 {
+            "# The node's cgroups are v1 (its host's are): the kubelet must be told to run on them.\nfailCgroupV1: false\n"
+        } else {
+            ""
+        },
     )
 }
 
-/// The kubelet's flags (what its config file cannot say in 1.20).
+/// The kubelet's flags (what its config file cannot say).
 pub fn args(config: &Config, ip: IpAddr, hostname: &str, pki_dir: &Path) -> Vec<String> {
     let mut a = vec![
         format!("--config={CONFIG}"),
@@ -150,11 +180,6 @@ pub fn args(config: &Config, ip: IpAddr, hostname: &str, pki_dir: &Path) -> Vec<
         format!("--kubeconfig={ROOT_DIR}/kubeconfig"),
         format!("--cert-dir={ROOT_DIR}/pki"),
         format!("--root-dir={ROOT_DIR}"),
-        "--container-runtime=remote".into(),
-        format!(
-            "--container-runtime-endpoint=unix://{}",
-            basalt_containerd::SOCKET
-        ),
         format!("--node-ip={ip}"),
         format!("--hostname-override={hostname}"),
     ];
@@ -166,7 +191,10 @@ pub fn args(config: &Config, ip: IpAddr, hostname: &str, pki_dir: &Path) -> Vec<
     if config.machine().machine_type == MachineType::ControlPlane
         && !config.cluster().allow_scheduling_on_control_planes
     {
-        a.push("--register-with-taints=node-role.kubernetes.io/master=:NoSchedule".into());
+        a.push(format!(
+            "--register-with-taints={}=:NoSchedule",
+            crate::node::CONTROL_PLANE_TAINT
+        ));
     }
     for (k, v) in config
         .machine()
@@ -388,8 +416,6 @@ mod tests {
         );
         for want in [
             "--bootstrap-kubeconfig=/pki/bootstrap.kubeconfig",
-            "--container-runtime=remote",
-            "--container-runtime-endpoint=unix:///system/run/containerd/containerd.sock",
             "--node-ip=10.5.0.3",
             "--hostname-override=w-1",
         ] {
@@ -405,17 +431,24 @@ mod tests {
         );
         assert!(
             cp.iter()
-                .any(|x| x.contains("node-role.kubernetes.io/master=:NoSchedule"))
+                .any(|x| x.contains("node-role.kubernetes.io/control-plane=:NoSchedule"))
         );
     }
 
     #[test]
     fn cluster_dns_is_the_tenth_service_address() {
         let g = configs();
-        let y = config_yaml(&g.worker, Path::new("/pki"));
+        let y = config_yaml(&g.worker, Path::new("/pki"), false);
         assert!(y.contains("clusterDNS: [\"10.96.0.10\"]"), "{y}");
         assert!(y.contains("clientCAFile: /pki/ca.crt"), "{y}");
-        assert!(y.contains("makeIPTablesUtilChains: false"), "{y}");
+        assert!(
+            y.contains("containerRuntimeEndpoint: unix:///system/run/containerd/containerd.sock"),
+            "{y}"
+        );
+        assert!(!y.contains("failCgroupV1"), "{y}");
+        // On cgroup v1 (a Docker node on a v1 host) the kubelet is told it may run.
+        let y = config_yaml(&g.worker, Path::new("/pki"), true);
+        assert!(y.contains("\nfailCgroupV1: false\n"), "{y}");
     }
 
     #[test]

@@ -504,7 +504,13 @@ pub fn start(
                 tracing::info!("kubelet: {note}");
             }
         }
-        let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki);
+        if kubelet::cgroup_v1() {
+            tracing::info!(
+                "kubelet: this node's cgroups are v1 (its host's are: /sys/fs/cgroup is not cgroup2); \
+                 the kubelet runs with failCgroupV1: false"
+            );
+        }
+        let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki, kubelet::cgroup_v1());
         match basalt_sys::fs::atomic_write(
             Path::new(kubelet::CONFIG),
             kubelet_yaml.as_bytes(),
@@ -632,7 +638,7 @@ fn kubelet_key(args: &[String], cfg: &Config, pki: &Path) -> (Vec<String>, Strin
         .filter(|a| !a.starts_with("--node-labels="))
         .cloned()
         .collect();
-    (args, kubelet::config_yaml(cfg, pki))
+    (args, kubelet::config_yaml(cfg, pki, kubelet::cgroup_v1()))
 }
 
 /// Restarts the kubelet with a new config when the config changes what it runs with

@@ -21,8 +21,8 @@ use crate::https::{Https, HttpsError};
 
 /// The annotation listing the label keys Basalt set (comma-separated).
 pub const OWNED_LABELS: &str = "node.basalt.dev/owned-labels";
-/// The taint a control plane carries unless workloads may run there.
-pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/master";
+/// The taint a control plane carries unless workloads may run there, and its role label.
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 
 /// What the config asks of the Node object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,10 +35,16 @@ pub struct Wanted {
 
 impl Wanted {
     pub fn from_config(c: &Config) -> Wanted {
+        let control_plane = c.machine().machine_type == MachineType::ControlPlane;
+        let mut labels = c.machine().node_labels.clone();
+        if control_plane {
+            // The role label kubectl shows (a kubelet may not set it on itself: the control
+            // plane's reconciler runs as admin).
+            labels.insert(CONTROL_PLANE_TAINT.to_string(), String::new());
+        }
         Wanted {
-            labels: c.machine().node_labels.clone(),
-            taint: (c.machine().machine_type == MachineType::ControlPlane)
-                .then_some(!c.cluster().allow_scheduling_on_control_planes),
+            labels,
+            taint: control_plane.then_some(!c.cluster().allow_scheduling_on_control_planes),
         }
     }
 }

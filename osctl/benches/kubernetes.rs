@@ -3,10 +3,10 @@
 //! nodes (1 control plane, 2 workers) and, with `BASALT_BENCH_QEMU=1`, QEMU with 1 node (TCG:
 //! slow, measured and reported). One create first builds the images, reported apart; then
 //! `BASALT_BENCH_RUNS` (default 3) runs each, min / median / max. Goal: Docker, 3 nodes, all
-//! Ready in 60 s or less (Talos takes about 2 minutes). Needs root, a Docker engine and
-//! `BASALT_KUBERNETES` (the directory `hack/kubernetes` prints).
+//! Ready in 60 s or less (Talos takes about 2 minutes). Needs root and a Docker engine;
+//! the Go-built stack is built into the cache first if it is not there (`osctl image stack`).
 //!
-//! `BASALT_KUBERNETES=$(hack/kubernetes | tail -1) cargo bench -p osctl --bench kubernetes`
+//! `cargo bench -p osctl --bench kubernetes`
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// (create with bootstrap, create to every node Ready).
-fn run(root: &Path, k8s: &str, provisioner: &str, nodes: u8) -> (Duration, Duration) {
+fn run(root: &Path, provisioner: &str, nodes: u8) -> (Duration, Duration) {
     let name = format!("kb{}", std::process::id() % 10_000);
     let workers = (nodes - 1).to_string();
     let start = Instant::now();
@@ -40,7 +40,6 @@ fn run(root: &Path, k8s: &str, provisioner: &str, nodes: u8) -> (Duration, Durat
             "--memory",
             "2048",
             "--kubernetes",
-            k8s,
         ],
     );
     let created = start.elapsed();
@@ -74,22 +73,20 @@ fn main() {
         nix::unistd::geteuid().is_root(),
         "this benchmark needs root"
     );
-    let k8s = std::env::var("BASALT_KUBERNETES")
-        .expect("BASALT_KUBERNETES: the directory hack/kubernetes prints");
     let runs: usize = std::env::var("BASALT_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
     std::fs::create_dir_all(&root).unwrap();
-    let (first, _) = run(&root, &k8s, "docker", 1);
+    let (first, _) = run(&root, "docker", 1);
     let mut cases = vec![("docker", 3u8)];
     if std::env::var("BASALT_BENCH_QEMU").is_ok_and(|v| v == "1") {
         cases.push(("qemu", 1));
     }
     let mut rows = Vec::new();
     for (p, n) in cases {
-        let t: Vec<(Duration, Duration)> = (0..runs).map(|_| run(&root, &k8s, p, n)).collect();
+        let t: Vec<(Duration, Duration)> = (0..runs).map(|_| run(&root, p, n)).collect();
         let created = stats(t.iter().map(|x| x.0.as_secs_f64()).collect());
         let ready = stats(t.iter().map(|x| x.1.as_secs_f64()).collect());
         rows.push((p, n, created, ready));

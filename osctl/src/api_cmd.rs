@@ -763,6 +763,7 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                     "CLIENT URLS",
                     "LEARNER",
                     "LEADER",
+                    "VERSION",
                 ]);
                 for e in &m.members {
                     t.row(vec![
@@ -776,6 +777,12 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                         e.client_urls.join(","),
                         e.learner.to_string(),
                         (e.id == m.leader_id).to_string(),
+                        // The member that answered says its version.
+                        if e.id == m.self_id {
+                            m.version.clone()
+                        } else {
+                            String::new()
+                        },
                     ]);
                 }
                 t

@@ -94,10 +94,11 @@ pub struct CreateArgs {
     /// the kernel, initramfs and iPXE script over TFTP to the NIC's iPXE ROM.
     #[arg(long)]
     pxe: bool,
-    /// Run Kubernetes: the node image gets this directory's static kubelet, control plane and
-    /// pause (`hack/kubernetes` builds them and prints the directory).
+    /// Run Kubernetes: the node image gets etcd, the kubelet, the control plane, kube-proxy,
+    /// CoreDNS and pause from the Go-built stack (built once into the cache: `osctl image
+    /// stack`).
     #[arg(long)]
-    kubernetes: Option<PathBuf>,
+    kubernetes: bool,
 }
 
 /// What QEMU nodes boot from.
@@ -347,7 +348,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
             },
             verbose: false,
             with_containerd: true,
-            kubernetes: a.kubernetes.clone(),
+            kubernetes: a.kubernetes,
         },
         &clusters_root().join(".images"),
     )
@@ -635,7 +636,7 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
     }
     let oc_file = dir.join("osconfig");
     let oc = oc_file.to_str().unwrap_or_default();
-    if a.kubernetes.is_some()
+    if a.kubernetes
         && let Some(first) = st.nodes.iter().find(|n| n.role == "controlplane")
     {
         // As talosctl does: the first control plane bootstraps etcd; the others join it.

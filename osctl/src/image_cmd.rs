@@ -11,6 +11,9 @@ use crate::{error_chain, print_line};
 pub enum What {
     /// Print inputs.lock lines for the archive's current versions (does not build).
     Pin,
+    /// Build the Go-built stack (containerd, runc, CNI plugins, etcd, Kubernetes, CoreDNS)
+    /// into the cache if it is not there, and print each program's version and path.
+    Stack,
     Rootfs,
     Initramfs,
     Iso,
@@ -38,11 +41,10 @@ pub struct ImageArgs {
     /// Leave containerd, runc and the CNI plugins out of the rootfs.
     #[arg(long)]
     without_containerd: bool,
-    /// Make a Kubernetes node image from this directory's static kubelet, kube-apiserver,
-    /// kube-controller-manager, kube-scheduler and pause (`hack/kubernetes` prints it), with
-    /// etcd and mount from pinned packages.
+    /// Make a Kubernetes node image: etcd, the kubelet, the control plane, kube-proxy, CoreDNS
+    /// and pause from the Go-built stack (built once into the cache), mount from pinned packages.
     #[arg(long)]
-    kubernetes: Option<PathBuf>,
+    kubernetes: bool,
 }
 
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
@@ -58,6 +60,21 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
                     "{} {} {}{mark}",
                     new.package, new.version, new.sha256
                 ));
+            }
+            return Ok(());
+        }
+        What::Stack => {
+            let stack = basalt_image::stack::ensure(
+                basalt_image::stack::ALL,
+                &basalt_image::inputs::cache_dir(),
+                &|m| eprintln!("==> {m}"),
+            )
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            for (component, version) in stack.versions() {
+                print_line(&format!("{component:<12} {version}"));
+            }
+            for (name, path) in stack.programs() {
+                print_line(&format!("{name:<24} {}", path.display()));
             }
             return Ok(());
         }

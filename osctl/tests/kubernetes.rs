@@ -1,11 +1,11 @@
 //! Kubernetes end to end (cluster tier, root, Docker): a cluster of two control planes and two
-//! workers from a Kubernetes image (`BASALT_KUBERNETES`: the directory `hack/kubernetes`
-//! prints; the test command sets it). `cluster create` bootstraps etcd on the first control
+//! workers from a Kubernetes image (`--kubernetes`: the Go-built stack's Kubernetes, etcd and
+//! containerd; the versions a user sees are checked). `cluster create` bootstraps etcd on the first control
 //! plane and the second joins by itself; bootstrap is refused a second time and on a worker;
 //! the API server answers kubectl with the admin kubeconfig `osctl kubeconfig` writes; every
 //! node's kubelet joins and is Ready; a pod from the locally imported image runs on a worker
 //! and a pod on the other worker reaches it over KubeSpan (the pod CIDRs advertised as the
-//! peers' allowed IPs); an etcd snapshot is a bbolt database; a control
+//! peers' allowed IPs); an etcd snapshot is one `etcdutl` accepts; a control
 //! plane leaves etcd.
 
 #![allow(clippy::unwrap_used)]
@@ -19,15 +19,32 @@ use basalt_testkit::{Tier, tier};
 mod common;
 use common::{Destroy, eventually, ok, osctl, uptime};
 
+/// A program of the stack (kubectl and etcdutl of the cluster's own versions), built with it.
+fn stack_path(name: &str) -> PathBuf {
+    let stack = basalt_image::stack::ensure(
+        basalt_image::stack::ALL,
+        &basalt_image::inputs::cache_dir(),
+        &|m| eprintln!("{m}"),
+    )
+    .expect("the stack builds (osctl image stack)");
+    stack.path(name).unwrap().to_path_buf()
+}
+
+fn kubectl_path() -> PathBuf {
+    stack_path("kubectl")
+}
+
 /// kubectl from inside the cluster's access namespace, as osctl dials (the host's own traffic
 /// to the segment may be filtered, as it is in CI).
 fn kubectl(netns: &str, kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, String> {
     let o = Command::new("ip")
-        .args(["netns", "exec", netns, "kubectl", "--kubeconfig"])
+        .args(["netns", "exec", netns])
+        .arg(kubectl_path())
+        .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(args)
         .output()
-        .map_err(|e| format!("kubectl: {e} (hack/test installs kubernetes-client)"))?;
+        .map_err(|e| format!("kubectl: {e}"))?;
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     } else {
@@ -46,9 +63,6 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     ) {
         return;
     }
-    let k8s: PathBuf = std::env::var_os("BASALT_KUBERNETES")
-        .expect("BASALT_KUBERNETES names the Kubernetes binaries (hack/test sets it from hack/kubernetes)")
-        .into();
     let root = common::clusters_root();
     let clusters = root.as_path();
     let name = format!("k{}", std::process::id() % 100_000);
@@ -71,7 +85,6 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             &format!("{net}.0/24"),
             "--with-kubespan",
             "--kubernetes",
-            k8s.to_str().unwrap(),
         ],
     );
     assert!(out.contains("bootstrapping etcd"), "{out}");
@@ -203,6 +216,50 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             Err(format!("not 4 nodes Ready:\n{nodes}"))
         }
     });
+    // The versions a user sees: the API server's (the stack's Kubernetes, 1.36 or newer), the
+    // container runtime on every node (containerd 2), etcd's (3.6), and control planes
+    // carrying their role.
+    let v: serde_json::Value =
+        serde_json::from_str(&kubectl(&ns, &kc, &["version", "-o", "json"]).unwrap()).unwrap();
+    let server = v["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or_default();
+    let minor: u32 = v["serverVersion"]["minor"]
+        .as_str()
+        .and_then(|m| m.trim_end_matches('+').parse().ok())
+        .unwrap_or(0);
+    assert!(server.starts_with("v1.") && minor >= 36, "{v}");
+    assert_eq!(
+        v["clientVersion"]["gitVersion"],
+        v["serverVersion"]["gitVersion"]
+    );
+    let wide = kubectl(&ns, &kc, &["get", "nodes", "-o", "wide", "--no-headers"]).unwrap();
+    for line in wide.lines() {
+        assert!(line.contains("containerd://2."), "{wide}");
+        assert!(line.contains(server), "{wide}");
+    }
+    eventually(Duration::from_secs(60), Duration::from_secs(2), || {
+        let roles = kubectl(
+            &ns,
+            &kc,
+            &[
+                "get",
+                "nodes",
+                "-l",
+                "node-role.kubernetes.io/control-plane",
+                "-o",
+                "name",
+            ],
+        )?;
+        if roles.lines().count() == 2 {
+            Ok(())
+        } else {
+            Err(format!("not 2 control planes by role: {roles}\n{wide}"))
+        }
+    });
+    let members = ok(clusters, &["--osconfig", oc, "-n", &cp1, "etcd", "members"]);
+    assert!(members.contains("3.6."), "{members}");
+
     // A pod from the image imported at boot (no registry) on one worker, serving; a pod on the
     // other worker reaches it across nodes.
     let run = |pod: &str, node: &str, args: &[&str]| {
@@ -426,6 +483,20 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         &0xED0C_DAEDu32.to_le_bytes(),
         "not a bbolt file"
     );
+    // etcd's own tool accepts it: a hash, a revision and keys.
+    let st = Command::new(stack_path("etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "etcdutl snapshot status: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(st["revision"].as_u64().unwrap_or(0) > 1, "{st}");
+    assert!(st["totalKey"].as_u64().unwrap_or(0) > 10, "{st}");
 
     // The second control plane leaves etcd: one member remains and the API still answers.
     let left = ok(clusters, &["--osconfig", oc, "-n", &cp2, "etcd", "leave"]);

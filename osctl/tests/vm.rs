@@ -100,7 +100,7 @@ fn images() -> basalt_image::Artifacts {
                     extra_cmdline: Vec::new(),
                     verbose: false,
                     with_containerd: true,
-                    kubernetes: None,
+                    kubernetes: false,
                 },
             )
             .unwrap()
