@@ -37,9 +37,9 @@ pub struct BuildOptions {
     /// Put containerd, runc and the CNI plugins in the rootfs (from the Go-built stack,
     /// [`crate::stack`], built into the cache the first time).
     pub with_containerd: bool,
-    /// Make a Kubernetes node: the stack's etcd, kubelet, control plane, kube-proxy and
-    /// CoreDNS in the rootfs with mount/umount from pinned packages, and pause as an OCI image
-    /// for containerd. Needs `with_containerd`.
+    /// Make a Kubernetes node: the stack's etcd, kubelet and control plane in the rootfs with
+    /// mount/umount from pinned packages, and pause as an OCI image for containerd. Needs
+    /// `with_containerd`.
     pub kubernetes: bool,
 }
 
@@ -54,15 +54,15 @@ const STACK_PAYLOAD: &[(&str, &str)] = &[
     ("portmap", "usr/lib/cni/portmap"),
 ];
 
-/// The stack's programs a Kubernetes node adds, under `usr/bin`.
+/// The stack's programs a Kubernetes node adds, under `usr/bin`: what it runs. (kube-proxy
+/// and CoreDNS are built with the stack but go on a node with the Service and DNS work that
+/// runs them: 118 MiB a node would carry unused until then.)
 pub const KUBERNETES_BINARIES: &[&str] = &[
     "etcd",
     "kubelet",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
-    "kube-proxy",
-    "coredns",
 ];
 
 /// What was built, with sizes and sha256s.
@@ -210,7 +210,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
 /// Changed whenever the build lays out its artifacts differently, so [`build_cached`] does
 /// not reuse ones made the old way (its key otherwise covers only the inputs).
 const LAYOUT: &str =
-    "4: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first";
+    "5: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first; /etc/passwd";
 
 /// Like [`build`] for the rootfs or the initramfs (with the kernel), but into `root/<key>`,
 /// where the key is a hash of everything they are made from (the init binary, the pinned
@@ -613,6 +613,15 @@ fn build_rootfs(
         os_release.as_bytes(),
         0o644,
     )?;
+    // The user and group databases, with root alone: programs look names up in them (the
+    // kubelet reads /etc/passwd for a `kubelet` user's ID ranges and fails when the file is
+    // missing, rather than absent from it). No login shell: there is none.
+    write_file(
+        &staging.join("etc/passwd"),
+        b"root:x:0:0:root:/:/sbin/nologin\n",
+        0o644,
+    )?;
+    write_file(&staging.join("etc/group"), b"root:x:0:\n", 0o644)?;
     add_modules(kernel, NODE_MODULES, &mut |rel, data| {
         write_file(&staging.join(rel), &data, 0o644)
     })?;

@@ -40,7 +40,7 @@ pub struct Program {
 }
 
 /// One component: a module under `stack/`, the programs built from it.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Component {
     /// Its folder under `stack/` and its cache name.
     pub name: &'static str,
@@ -580,6 +580,49 @@ mod tests {
         assert!(f.contains("buildDate=2026-10-27T12:01:04Z"));
         assert!(f.contains("-buildid="));
         assert!(RUNC.ldflags("v1.5.3", "").contains("main.version=1.5.3"));
+    }
+
+    /// A sum that does not match stops the build with the module's name and go's reason, and
+    /// the cache holds nothing of it afterwards (VM tier: it needs Go and the module proxy, as
+    /// the VM tier's image builds do).
+    #[test]
+    fn a_sum_mismatch_stops_the_build_and_leaves_the_cache() {
+        if !basalt_testkit::tier(basalt_testkit::Tier::Vm, "stack sum mismatch") {
+            return;
+        }
+        // CNI's go.sum with the plugins module's own hash altered.
+        let bad_sum: String = CNI
+            .go_sum
+            .lines()
+            .map(|l| {
+                if l.starts_with("github.com/containernetworking/plugins v1.10.0 h1:") {
+                    "github.com/containernetworking/plugins v1.10.0 h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+                        .to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let bad = Component {
+            go_sum: Box::leak(bad_sum.into_boxed_str()),
+            ..CNI
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let e = ensure(&[&bad], cache.path(), &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("github.com/containernetworking/plugins") && e.contains("checksum mismatch"),
+            "{e}"
+        );
+        let left: Vec<_> = std::fs::read_dir(cache.path().join("stack"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -308,10 +308,14 @@ pub fn prepare_container() -> Vec<String> {
     notes
 }
 
+/// The role that lets nodes read every Node object (for the routes to their pod CIDRs).
+pub const POD_ROUTES_ROLE: &str = "basalt:node-pod-routes";
+
 /// The objects a kubelet's TLS bootstrap needs, made once the API server answers (every
 /// control plane makes them; one that exists already is left as it is): the bootstrap
 /// token's Secret, and the bindings that let the token's group ask for node client
-/// certificates and have them approved, and nodes renew theirs.
+/// certificates and have them approved, and nodes renew theirs; and the role that lets nodes
+/// read the other nodes' pod CIDRs.
 pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, HttpsError> {
     let token = &config.secrets().bootstrap_token;
     let secret_part = token.as_str().split_once('.').map_or("", |(_, s)| s);
@@ -374,6 +378,26 @@ pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, Ht
                 "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
                 "system:nodes",
             ),
+        ),
+        // Every node's init reads the other nodes' pod CIDRs with its kubelet's credentials
+        // (`podroutes`); since Kubernetes 1.34 the node authorizer lets a kubelet read only its
+        // own Node object, so the nodes are granted reading them all.
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": { "name": POD_ROUTES_ROLE },
+                "rules": [{
+                    "apiGroups": [""],
+                    "resources": ["nodes"],
+                    "verbs": ["get", "list", "watch"],
+                }],
+            }),
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            binding(POD_ROUTES_ROLE, POD_ROUTES_ROLE, "system:nodes"),
         ),
     ];
     let mut made = 0;

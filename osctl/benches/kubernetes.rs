@@ -17,8 +17,9 @@ use common::ok as osctl;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// (create with bootstrap, create to every node Ready).
-fn run(root: &Path, provisioner: &str, nodes: u8) -> (Duration, Duration) {
+/// (create with bootstrap, create to every node Ready). With `memory`, the processes of the
+/// control plane and of a worker (RSS, largest first) after every node is Ready and 30 s more.
+fn run(root: &Path, provisioner: &str, nodes: u8, memory: bool) -> (Duration, Duration, String) {
     let name = format!("kb{}", std::process::id() % 10_000);
     let workers = (nodes - 1).to_string();
     let start = Instant::now();
@@ -59,8 +60,24 @@ fn run(root: &Path, provisioner: &str, nodes: u8) -> (Duration, Duration) {
         ],
     );
     let ready = start.elapsed();
+    let mut procs = String::new();
+    if memory {
+        std::thread::sleep(Duration::from_secs(30));
+        for (role, ip) in [("control plane", "10.236.0.2"), ("worker", "10.236.0.3")] {
+            let p = osctl(
+                root,
+                &["--osconfig", oc.to_str().unwrap(), "-n", ip, "processes"],
+            );
+            procs.push_str(&format!("\n{role} ({ip}):\n"));
+            // Nodes' own processes with resident memory (kernel threads have none).
+            for line in p.lines().filter(|l| !l.contains(" 0 B ")) {
+                procs.push_str(line);
+                procs.push('\n');
+            }
+        }
+    }
     osctl(root, &["cluster", "destroy", "--name", &name]);
-    (created, ready)
+    (created, ready, procs)
 }
 
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -79,14 +96,20 @@ fn main() {
         .unwrap_or(3);
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clusters");
     std::fs::create_dir_all(&root).unwrap();
-    let (first, _) = run(&root, "docker", 1);
+    let (first, _, _) = run(&root, "docker", 1, false);
     let mut cases = vec![("docker", 3u8)];
     if std::env::var("BASALT_BENCH_QEMU").is_ok_and(|v| v == "1") {
         cases.push(("qemu", 1));
     }
     let mut rows = Vec::new();
+    let mut memory = String::new();
     for (p, n) in cases {
-        let t: Vec<(Duration, Duration)> = (0..runs).map(|_| run(&root, p, n)).collect();
+        let t: Vec<(Duration, Duration, String)> = (0..runs)
+            .map(|i| run(&root, p, n, p == "docker" && i + 1 == runs))
+            .collect();
+        if let Some(last) = t.last().filter(|l| !l.2.is_empty()) {
+            memory = last.2.clone();
+        }
         let created = stats(t.iter().map(|x| x.0.as_secs_f64()).collect());
         let ready = stats(t.iter().map(|x| x.1.as_secs_f64()).collect());
         rows.push((p, n, created, ready));
@@ -110,4 +133,6 @@ fn main() {
             format!("{:.1}/{:.1}/{:.1}", r.0, r.1, r.2)
         );
     }
+    println!();
+    println!("node memory, Docker, 30 s after every node is Ready (osctl processes: RSS){memory}");
 }

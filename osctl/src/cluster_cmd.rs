@@ -94,9 +94,8 @@ pub struct CreateArgs {
     /// the kernel, initramfs and iPXE script over TFTP to the NIC's iPXE ROM.
     #[arg(long)]
     pxe: bool,
-    /// Run Kubernetes: the node image gets etcd, the kubelet, the control plane, kube-proxy,
-    /// CoreDNS and pause from the Go-built stack (built once into the cache: `osctl image
-    /// stack`).
+    /// Run Kubernetes: the node image gets etcd, the kubelet, the control plane and pause from
+    /// the Go-built stack (built once into the cache: `osctl image stack`).
     #[arg(long)]
     kubernetes: bool,
 }

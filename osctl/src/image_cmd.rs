@@ -41,8 +41,8 @@ pub struct ImageArgs {
     /// Leave containerd, runc and the CNI plugins out of the rootfs.
     #[arg(long)]
     without_containerd: bool,
-    /// Make a Kubernetes node image: etcd, the kubelet, the control plane, kube-proxy, CoreDNS
-    /// and pause from the Go-built stack (built once into the cache), mount from pinned packages.
+    /// Make a Kubernetes node image: etcd, the kubelet, the control plane and pause from the
+    /// Go-built stack (built once into the cache), mount from pinned packages.
     #[arg(long)]
     kubernetes: bool,
 }
