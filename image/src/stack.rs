@@ -612,6 +612,7 @@ mod tests {
         let e = ensure(&[&bad], cache.path(), &|_| {})
             .unwrap_err()
             .to_string();
+        eprintln!("{e}");
         assert!(
             e.contains("github.com/containernetworking/plugins") && e.contains("checksum mismatch"),
             "{e}"
