@@ -380,8 +380,8 @@ pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, Ht
             ),
         ),
         // Every node's init reads the other nodes' pod CIDRs with its kubelet's credentials
-        // (`podroutes`); since Kubernetes 1.34 the node authorizer lets a kubelet read only its
-        // own Node object, so the nodes are granted reading them all.
+        // (`podroutes`); the node authorizer of current releases lets a kubelet read only its
+        // own Node object ("cannot read all nodes"), so the nodes are granted reading them all.
         (
             "/apis/rbac.authorization.k8s.io/v1/clusterroles",
             serde_json::json!({
