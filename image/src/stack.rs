@@ -430,7 +430,6 @@ fn build(c: &Component, version: &str, root: &Path, dir: &Path) -> Result<(), Im
             go(&src).args(["list", "-m", "-f", "{{.Time}}", c.module]),
         )?;
         let built = time
-            .trim()
             .split_whitespace()
             .take(2)
             .collect::<Vec<_>>()
