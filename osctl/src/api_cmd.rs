@@ -227,7 +227,7 @@ pub enum ApiCommand {
 }
 
 /// `90`, `90s`, `2m`, `1h` → seconds.
-fn parse_duration(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<u32, String> {
     let (num, mult) = match s.strip_suffix('h') {
         Some(n) => (n, 3600),
         None => match s.strip_suffix('m') {

@@ -64,6 +64,10 @@ pub struct CreateArgs {
     name: String,
     #[arg(long, value_enum, default_value = "qemu")]
     provisioner: Provisioner,
+    /// How long to wait for each node to be healthy with its config (90s, 5m, ...). Default: 5m,
+    /// or 15m for Kubernetes on QEMU (emulated CPUs: the control plane alone takes minutes).
+    #[arg(long, value_parser = crate::api_cmd::parse_duration)]
+    wait_timeout: Option<u32>,
     #[arg(long, default_value_t = 1)]
     controlplanes: u8,
     #[arg(long, default_value_t = 1)]
@@ -662,29 +666,30 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
         )?;
     }
     step("waiting until every node answers with its config and its services are healthy");
+    let healthy_within = Duration::from_secs(u64::from(a.wait_timeout.unwrap_or(
+        if a.kubernetes && a.provisioner == Provisioner::Qemu {
+            900
+        } else {
+            300
+        },
+    )));
     for n in &st.nodes {
-        wait(
-            st,
-            n,
-            "a healthy configured node",
-            Duration::from_secs(300),
-            || {
-                let list = node_client(st, n, Some(&oc_file))?.call(|mut c, node| async move {
-                    c.service_list(request(node.as_deref(), pb::ServiceListRequest {}))
-                        .await
-                })?;
-                let not: Vec<String> = list
-                    .services
-                    .iter()
-                    .filter(|s| s.state != "running")
-                    .map(|s| format!("{} {}", s.id, s.state))
-                    .collect();
-                if list.services.is_empty() || !not.is_empty() {
-                    bail!("not every service running: {}", not.join(", "));
-                }
-                Ok(())
-            },
-        )?;
+        wait(st, n, "a healthy configured node", healthy_within, || {
+            let list = node_client(st, n, Some(&oc_file))?.call(|mut c, node| async move {
+                c.service_list(request(node.as_deref(), pb::ServiceListRequest {}))
+                    .await
+            })?;
+            let not: Vec<String> = list
+                .services
+                .iter()
+                .filter(|s| s.state != "running")
+                .map(|s| format!("{} {}", s.id, s.state))
+                .collect();
+            if list.services.is_empty() || !not.is_empty() {
+                bail!("not every service running: {}", not.join(", "));
+            }
+            Ok(())
+        })?;
     }
     print_line(&format!(
         "\ncluster {} is up in {:.0} s:",
