@@ -507,11 +507,12 @@ fn build_pause(root: &Path, dir: &Path) -> Result<(), ImageError> {
                 .arg(&tmp)
                 .arg(pause_dir.join("linux/pause.c")),
         )?;
+        // The version first: `pause` itself is what marks the directory complete.
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        let dest = dir.join("pause");
-        std::fs::rename(&tmp, &dest).map_err(io_err("rename", &tmp))?;
         let version = dir.join("version");
         std::fs::write(&version, format!("{tag}\n")).map_err(io_err("write", &version))?;
+        let dest = dir.join("pause");
+        std::fs::rename(&tmp, &dest).map_err(io_err("rename", &tmp))?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&src_dir);
