@@ -67,6 +67,8 @@ need_docker() {
 # Exports BASALT_GO, the go command the build runs.
 need_go() {
   local go
+  # The Go module proxy is reached over https: Debian's CA bundle (a minimal system lacks it).
+  need_apt ca-certificates
   for go in "$(command -v go || true)" /usr/local/go/bin/go /usr/lib/go-1.2[1-9]/bin/go; do
     [ -n "$go" ] && [ -x "$go" ] || continue
     # `go env GOVERSION` exists from 1.16 on; 1.21's added GOTOOLCHAIN.
