@@ -302,7 +302,34 @@ impl Kube {
                 "this is etcd's only member: leaving would lose the cluster's data".into(),
             ));
         }
-        c.remove(my_id).await?;
+        // Removed through another member: a member that removes itself stops its server, and
+        // the reply can lose the race ("etcdserver: server stopped") though the removal is
+        // done. Through the first other member that answers, this one only as a last resort.
+        let others: Vec<String> = members
+            .iter()
+            .filter(|m| m.id != my_id)
+            .filter_map(|m| m.client_urls.first())
+            .filter_map(|u| url_host(u))
+            .collect();
+        let mut removed = false;
+        for host in &others {
+            match etcd::Client::new(host, &self.paths.pki) {
+                Ok(other) => match other.remove(my_id).await {
+                    Ok(()) => {
+                        removed = true;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(
+                        "etcd: cannot remove this member through {host}: {}",
+                        basalt_sys::error_chain(&e)
+                    ),
+                },
+                Err(e) => tracing::warn!("etcd: {}", basalt_sys::error_chain(&e)),
+            }
+        }
+        if !removed {
+            c.remove(my_id).await?;
+        }
         {
             let mut s = self.state();
             s.left = true;
@@ -316,6 +343,17 @@ impl Kube {
             "left etcd (member {my_id:x}); etcd stopped and its data removed"
         ))
     }
+}
+
+/// The host of a URL like `https://10.5.0.2:2379` (`[fd00::2]` for IPv6).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// Whether `host` (the cluster endpoint's) is this node.
@@ -340,6 +378,21 @@ mod node_ip_tests {
         a.iter()
             .map(|(l, ip)| (l.to_string(), ip.parse().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn a_member_url_gives_its_host() {
+        use super::url_host;
+        assert_eq!(
+            url_host("https://10.5.0.2:2379").as_deref(),
+            Some("10.5.0.2")
+        );
+        assert_eq!(
+            url_host("https://[fd00::2]:2379").as_deref(),
+            Some("[fd00::2]")
+        );
+        assert_eq!(url_host("https://cp-1").as_deref(), Some("cp-1"));
+        assert_eq!(url_host("https://:2379"), None);
     }
 
     #[test]

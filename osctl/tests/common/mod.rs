@@ -68,8 +68,57 @@ impl Drop for Destroy<'_> {
                     }
                 }
             }
+            keep_service_logs(self.0, self.1, &keep);
         }
         let _ = osctl(self.0, &["cluster", "destroy", "--name", self.1]);
+    }
+}
+
+/// The logs of the services that a failed cluster test most often needs (etcd and the control
+/// plane on control planes, the kubelet and containerd everywhere), asked of each node through
+/// the API while it still runs: `<node>.<service>.log` next to the consoles.
+fn keep_service_logs(clusters: &Path, name: &str, keep: &Path) {
+    let dir = clusters.join(name);
+    let oc = dir.join("osconfig");
+    let Ok(state) = std::fs::read(dir.join("state.json")) else {
+        return;
+    };
+    let Ok(state) = serde_json::from_slice::<serde_json::Value>(&state) else {
+        return;
+    };
+    let nodes = state["nodes"].as_array().cloned().unwrap_or_default();
+    for n in nodes {
+        let (Some(node), Some(addr), Some(role)) = (
+            n["name"].as_str(),
+            n["address"].as_str(),
+            n["role"].as_str(),
+        ) else {
+            continue;
+        };
+        let mut services = vec!["kubelet", "containerd"];
+        if role.contains("control") {
+            services.extend(["etcd", "kube-apiserver", "kube-controller-manager"]);
+        }
+        for svc in services {
+            let o = osctl(
+                clusters,
+                &[
+                    "--osconfig",
+                    oc.to_str().unwrap_or_default(),
+                    "-n",
+                    addr,
+                    "logs",
+                    svc,
+                    "--tail",
+                    "400",
+                ],
+            );
+            if o.status.success() && !o.stdout.is_empty() {
+                let to = keep.join(format!("{node}.{svc}.log"));
+                let _ = std::fs::write(&to, &o.stdout);
+                eprintln!("service log kept: {}", to.display());
+            }
+        }
     }
 }
 
