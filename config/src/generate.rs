@@ -123,6 +123,9 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
             dns_domain: "cluster.local".parse().map_err(GenerateError::Secrets)?,
         }),
         allow_scheduling_on_control_planes: false,
+        core_dns: None,
+        proxy: None,
+        inline_manifests: Vec::new(),
     };
     let machine = |machine_type| MachineConfig {
         machine_type,

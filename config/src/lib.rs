@@ -11,6 +11,7 @@ pub mod client;
 pub mod decode;
 pub mod document;
 pub mod generate;
+pub mod manifests;
 pub mod patch;
 pub mod pki;
 pub mod schema;

@@ -94,6 +94,43 @@ config_struct! {
         pub network: Option<ClusterNetworkConfig> = "network";
         /// Let workloads run on control-plane nodes.
         pub allow_scheduling_on_control_planes: bool = "allowSchedulingOnControlPlanes", default = false;
+        /// Cluster DNS (CoreDNS, a Deployment in kube-system the control planes apply).
+        pub core_dns: Option<AddonSwitch> = "coreDNS";
+        /// Service routing (kube-proxy, nftables mode, on every node).
+        pub proxy: Option<AddonSwitch> = "proxy";
+        /// The user's own Kubernetes manifests, applied by the control planes like the
+        /// cluster's add-ons: created when missing, left alone when they exist.
+        pub inline_manifests: Vec<InlineManifest> = "inlineManifests";
+    }
+}
+
+config_struct! {
+    /// Turns one of the cluster's add-ons off.
+    pub struct AddonSwitch {
+        /// Leave this add-on out.
+        pub disabled: bool = "disabled", default = false;
+    }
+}
+
+config_struct! {
+    /// A user's manifest: Kubernetes objects as YAML (one or more documents).
+    pub struct InlineManifest {
+        /// A name for the manifest (unique in the cluster config; used in messages).
+        pub name: String = "name";
+        /// The objects, as multi-document YAML.
+        pub contents: String = "contents";
+    }
+}
+
+impl ClusterConfig {
+    /// Whether CoreDNS is part of the cluster (on unless `coreDNS.disabled`).
+    pub fn core_dns_enabled(&self) -> bool {
+        self.core_dns.as_ref().is_none_or(|s| !s.disabled)
+    }
+
+    /// Whether kube-proxy runs on the nodes (on unless `proxy.disabled`).
+    pub fn proxy_enabled(&self) -> bool {
+        self.proxy.as_ref().is_none_or(|s| !s.disabled)
     }
 }
 

@@ -129,6 +129,33 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
     }
 
     if let Some((doc, c)) = cluster {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in c.inline_manifests.iter().enumerate() {
+            let at = format!(".inlineManifests[{i}]");
+            if m.name.trim().is_empty() {
+                out.push(doc.problem(&format!("{at}.name"), "a manifest needs a name"));
+            } else if !names.insert(m.name.as_str()) {
+                out.push(doc.problem(
+                    &format!("{at}.name"),
+                    format!("{:?} names two manifests", m.name),
+                ));
+            }
+            if let Err(errs) = crate::manifests::parse(&m.contents) {
+                for e in errs {
+                    let mut p = doc.problem(
+                        &format!("{at}.contents"),
+                        format!(
+                            "manifest {:?}, document {} (line {} of its contents): {}",
+                            m.name, e.document, e.line, e.message
+                        ),
+                    );
+                    // A block scalar (`contents: |`) starts on the line the span gives: the
+                    // problem's line is then the file's own.
+                    p.line = p.line.map(|l| l + e.line.saturating_sub(1));
+                    out.push(p);
+                }
+            }
+        }
         if c.control_plane.endpoint.scheme != "https" {
             out.push(doc.problem(
                 ".controlPlane.endpoint",

@@ -54,15 +54,15 @@ const STACK_PAYLOAD: &[(&str, &str)] = &[
     ("portmap", "usr/lib/cni/portmap"),
 ];
 
-/// The stack's programs a Kubernetes node adds, under `usr/bin`: what it runs. (kube-proxy
-/// and CoreDNS are built with the stack but go on a node with the Service and DNS work that
-/// runs them: 118 MiB a node would carry unused until then.)
+/// The stack's programs a Kubernetes node adds, under `usr/bin`: what it runs. (CoreDNS
+/// goes in as an image: it runs as a Deployment.)
 pub const KUBERNETES_BINARIES: &[&str] = &[
     "etcd",
     "kubelet",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kube-proxy",
 ];
 
 /// What was built, with sizes and sha256s.
@@ -174,6 +174,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
             let (programs, pause) = kubernetes_binaries(&stack)?;
             payload.extend(programs);
             images.push(pause);
+            images.push(coredns_image(&stack)?);
         }
     }
 
@@ -209,8 +210,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
 
 /// Changed whenever the build lays out its artifacts differently, so [`build_cached`] does
 /// not reuse ones made the old way (its key otherwise covers only the inputs).
-const LAYOUT: &str =
-    "5: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first; /etc/passwd";
+const LAYOUT: &str = "6: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first; /etc/passwd; kube-proxy, nft, the CoreDNS image";
 
 /// Like [`build`] for the rootfs or the initramfs (with the kernel), but into `root/<key>`,
 /// where the key is a hash of everything they are made from (the init binary, the pinned
@@ -423,7 +423,12 @@ fn stack_components(opts: &BuildOptions) -> &'static [&'static crate::stack::Com
 /// Programs from pinned Debian packages for a Kubernetes node: (package, path in the rootfs).
 /// The mount/umount the kubelet runs for tmpfs-backed volumes (secrets, service-account
 /// tokens).
-const KUBERNETES_PAYLOAD: &[(&str, &str)] = &[("mount", "bin/mount"), ("mount", "bin/umount")];
+/// And `nft`, which kube-proxy's nftables mode runs to load its rules.
+const KUBERNETES_PAYLOAD: &[(&str, &str)] = &[
+    ("mount", "bin/mount"),
+    ("mount", "bin/umount"),
+    ("nftables", "usr/sbin/nft"),
+];
 
 /// Pinned packages the programs' libraries are taken from, and where libraries live in them.
 const LIBRARY_PACKAGES: &[&str] = &[
@@ -432,6 +437,16 @@ const LIBRARY_PACKAGES: &[&str] = &[
     "libblkid1",
     "libselinux1",
     "libpcre2-8-0",
+    "libnftables1",
+    "libedit2",
+    "libmnl0",
+    "libnftnl11",
+    "libxtables12",
+    "libjansson4",
+    "libgmp10",
+    "libtinfo6",
+    "libbsd0",
+    "libmd0",
 ];
 const LIBRARY_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
 
@@ -572,6 +587,23 @@ fn kubernetes_binaries(
         entrypoint: vec!["/pause".into()],
     };
     Ok((programs, pause))
+}
+
+/// The CoreDNS image (the cluster DNS Deployment runs it): its static program as `/coredns`,
+/// named as upstream names its release image.
+fn coredns_image(stack: &crate::stack::Stack) -> Result<OciImage, ImageError> {
+    let version = crate::stack::COREDNS.version()?;
+    Ok(OciImage {
+        dir: "coredns",
+        reference: format!("registry.k8s.io/coredns/coredns:{version}"),
+        namespace: "k8s.io",
+        files: vec![(
+            "coredns".into(),
+            0o755,
+            read_static(stack.path("coredns")?)?,
+        )],
+        entrypoint: vec!["/coredns".into()],
+    })
 }
 
 fn build_rootfs(

@@ -39,6 +39,11 @@ pub const NODE_MODULES: &[&str] = &[
     "nft_masq",
     "nft_ct",
     "nft_fib_inet",
+    // kube-proxy's nftables rules: DNAT, random endpoint choice, reject of endpoint-less
+    // Services.
+    "nft_nat",
+    "nft_numgen",
+    "nft_reject_inet",
     "br_netfilter",
 ];
 

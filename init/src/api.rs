@@ -755,7 +755,13 @@ impl Machine for Api {
         &self,
         _: Request<pb::ClusterHealthRequest>,
     ) -> Result<pb::ClusterHealthResponse> {
-        let checks = self.node.kube.health().await.map_err(ApiError::Kube)?;
+        let cfg = self.node.config.active();
+        let checks = self
+            .node
+            .kube
+            .health(cfg.as_deref())
+            .await
+            .map_err(ApiError::Kube)?;
         Ok(Response::new(pb::ClusterHealthResponse {
             checks: checks
                 .into_iter()

@@ -35,22 +35,13 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(config: &Config, ip: IpAddr, pki: &Path) -> Settings {
-        let net = config.cluster().network.as_ref();
-        let or = |v: Vec<String>, d: &str| if v.is_empty() { vec![d.to_string()] } else { v };
+        let (pod_cidrs, service_cidrs) = crate::layout::cluster_cidrs(config);
         Settings {
             ip,
             pki: pki.to_path_buf(),
-            service_cidrs: or(
-                net.map(|n| n.service_subnets.iter().map(|p| p.to_string()).collect())
-                    .unwrap_or_default(),
-                "10.96.0.0/12",
-            ),
-            pod_cidrs: or(
-                net.map(|n| n.pod_subnets.iter().map(|p| p.to_string()).collect())
-                    .unwrap_or_default(),
-                "10.244.0.0/16",
-            ),
-            dns_domain: net.map_or_else(|| "cluster.local".into(), |n| n.dns_domain.to_string()),
+            service_cidrs,
+            pod_cidrs,
+            dns_domain: crate::layout::dns_domain(config),
             front_proxy: config.secrets().certs.front_proxy.is_some(),
             encryption: config.secrets().secretbox_key.is_some(),
         }

@@ -10,9 +10,8 @@ use std::time::Duration;
 use basalt_config::Config;
 use basalt_config::v1alpha1::MachineType;
 
-use super::https::{Https, HttpsError};
 use super::pki;
-use crate::layout::{KUBELET_CLIENT_READY, KUBELET_ROOT as ROOT_DIR, process};
+use crate::layout::{KUBELET_CLIENT_READY, KUBELET_ROOT as ROOT_DIR, healthz, process};
 use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef};
 
 pub const CONFIG: &str = "/system/etc/kubernetes/kubelet.yaml";
@@ -107,6 +106,46 @@ fn cluster_dns(config: &Config) -> Vec<IpAddr> {
     vec![pki::nth_address(pki::service_ip(config), 9)]
 }
 
+/// The resolv.conf the kubelet hands pods of `dnsPolicy: Default` (CoreDNS among them): the
+/// node's, without its loopback name servers — inside a pod those are the pod itself (a Docker
+/// node's is Docker's 127.0.0.11), and CoreDNS forwarding there would ask itself.
+pub const POD_RESOLV_CONF: &str = "/system/run/kubernetes/resolv.conf";
+
+/// [`POD_RESOLV_CONF`]'s text from the node's resolv.conf, and how many name servers it keeps.
+pub fn pod_resolv_conf(node: &str) -> (String, usize) {
+    let mut out =
+        String::from("# the node's resolv.conf without loopback name servers (for pods)\n");
+    let mut kept = 0;
+    for line in node.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("nameserver"), Some(ip))
+                if ip.parse::<IpAddr>().is_ok_and(|ip| !ip.is_loopback()) =>
+            {
+                out.push_str(line.trim());
+                out.push('\n');
+                kept += 1;
+            }
+            (Some("nameserver"), _) => {}
+            (Some(w), _) if !w.starts_with('#') && !w.starts_with(';') => {
+                out.push_str(line.trim());
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    (out, kept)
+}
+
+/// Writes [`POD_RESOLV_CONF`] from the node's `/etc/resolv.conf` (missing: none); how many
+/// name servers pods get.
+pub fn write_pod_resolv_conf() -> std::io::Result<usize> {
+    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (text, kept) = pod_resolv_conf(&node);
+    basalt_sys::fs::atomic_write(Path::new(POD_RESOLV_CONF), text.as_bytes(), 0o644)?;
+    Ok(kept)
+}
+
 /// Whether the node's cgroups are v1 (a container on a host whose cgroups are v1 or hybrid, as
 /// Docker's on a cgroup v1 host are): `/sys/fs/cgroup` is then not the cgroup2 root. QEMU
 /// nodes mount cgroup2 there.
@@ -117,11 +156,7 @@ pub fn cgroup_v1() -> bool {
 /// The `KubeletConfiguration`. `cgroup_v1`: the node's cgroups are v1 ([`cgroup_v1`]); the
 /// kubelet refuses to start on them unless told `failCgroupV1: false`.
 pub fn config_yaml(config: &Config, pki_dir: &Path, cgroup_v1: bool) -> String {
-    let domain = config
-        .cluster()
-        .network
-        .as_ref()
-        .map_or_else(|| "cluster.local".to_string(), |n| n.dns_domain.to_string());
+    let domain = crate::layout::dns_domain(config);
     let dns: Vec<String> = cluster_dns(config)
         .iter()
         .map(|ip| format!("\"{ip}\""))
@@ -148,7 +183,7 @@ rotateCertificates: true
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: {HEALTHZ_PORT}
-resolvConf: /etc/resolv.conf
+resolvConf: {POD_RESOLV_CONF}
 # The node's status is computed every 2 s (default 10 s) and posted only when it changes, or
 # every 5 min: a node turns Ready within seconds of its pod network being set up.
 nodeStatusUpdateFrequency: 2s
@@ -209,21 +244,6 @@ pub fn args(config: &Config, ip: IpAddr, hostname: &str, pki_dir: &Path) -> Vec<
 }
 
 /// `GET /healthz` on the kubelet's plain-HTTP loopback port.
-async fn healthz() -> Result<(), basalt_supervisor::HealthError> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", HEALTHZ_PORT)).await?;
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out);
-    if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!("healthz: {}", text.lines().next().unwrap_or("no answer")).into())
-    }
-}
-
 /// The `kubelet` service (after containerd).
 pub fn service(args: Vec<String>) -> ServiceDef {
     let mut def = ServiceDef::new("kubelet", process("/usr/bin/kubelet", args));
@@ -236,7 +256,7 @@ pub fn service(args: Vec<String>) -> ServiceDef {
     ];
     def.stop_timeout = Duration::from_secs(30);
     def.health = Some(Health {
-        check: std::sync::Arc::new(|| Box::pin(healthz())),
+        check: std::sync::Arc::new(|| Box::pin(healthz(HEALTHZ_PORT))),
         interval: Duration::from_secs(5),
         timeout: Duration::from_secs(5),
     });
@@ -311,12 +331,30 @@ pub fn prepare_container() -> Vec<String> {
 /// The role that lets nodes read every Node object (for the routes to their pod CIDRs).
 pub const POD_ROUTES_ROLE: &str = "basalt:node-pod-routes";
 
-/// The objects a kubelet's TLS bootstrap needs, made once the API server answers (every
-/// control plane makes them; one that exists already is left as it is): the bootstrap
-/// token's Secret, and the bindings that let the token's group ask for node client
+/// A `ClusterRoleBinding` of `role` to the group `group`.
+pub fn group_binding(name: &str, role: &str, group: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": { "name": name },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role,
+        },
+        "subjects": [{
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Group",
+            "name": group,
+        }],
+    })
+}
+
+/// The objects a kubelet's TLS bootstrap needs (the first of the cluster's add-ons): the
+/// bootstrap token's Secret, and the bindings that let the token's group ask for node client
 /// certificates and have them approved, and nodes renew theirs; and the role that lets nodes
 /// read the other nodes' pod CIDRs.
-pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, HttpsError> {
+pub fn bootstrap_objects(config: &Config) -> Vec<serde_json::Value> {
     let token = &config.secrets().bootstrap_token;
     let secret_part = token.as_str().split_once('.').map_or("", |(_, s)| s);
     let secret = serde_json::json!({
@@ -336,92 +374,38 @@ pub async fn bootstrap_objects(api: &Https, config: &Config) -> Result<usize, Ht
             "auth-extra-groups": "system:bootstrappers:basalt",
         },
     });
-    let binding = |name: &str, role: &str, group: &str| {
-        serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": { "name": name },
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role,
-            },
-            "subjects": [{
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Group",
-                "name": group,
-            }],
-        })
-    };
-    let objects = [
-        ("/api/v1/namespaces/kube-system/secrets", secret),
-        (
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-            binding(
-                "basalt:kubelet-bootstrap",
-                "system:node-bootstrapper",
-                "system:bootstrappers",
-            ),
+    vec![
+        secret,
+        group_binding(
+            "basalt:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            "system:bootstrappers",
         ),
-        (
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-            binding(
-                "basalt:node-autoapprove-bootstrap",
-                "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-                "system:bootstrappers",
-            ),
+        group_binding(
+            "basalt:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            "system:bootstrappers",
         ),
-        (
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-            binding(
-                "basalt:node-autoapprove-certificate-rotation",
-                "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
-                "system:nodes",
-            ),
+        group_binding(
+            "basalt:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:nodes",
         ),
         // Every node's init reads the other nodes' pod CIDRs with its kubelet's credentials
         // (`podroutes`); the node authorizer of current releases lets a kubelet read only its
         // own Node object ("cannot read all nodes"), so the nodes are granted reading them all.
-        (
-            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-            serde_json::json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": { "name": POD_ROUTES_ROLE },
-                "rules": [{
-                    "apiGroups": [""],
-                    "resources": ["nodes"],
-                    "verbs": ["get", "list", "watch"],
-                }],
-            }),
-        ),
-        (
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-            binding(POD_ROUTES_ROLE, POD_ROUTES_ROLE, "system:nodes"),
-        ),
-    ];
-    let mut made = 0;
-    for (path, obj) in objects {
-        let body = serde_json::to_vec(&obj).map_err(HttpsError::Json)?;
-        let r = api
-            .request(http::Method::POST, path, Some(("application/json", body)))
-            .await?;
-        match r.status.as_u16() {
-            200..=299 => made += 1,
-            409 => {}
-            _ => {
-                return Err(HttpsError::Status {
-                    status: r.status,
-                    body: format!(
-                        "POST {path} ({}): {}",
-                        obj["metadata"]["name"],
-                        String::from_utf8_lossy(&r.body).trim()
-                    ),
-                });
-            }
-        }
-    }
-    Ok(made)
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": { "name": POD_ROUTES_ROLE },
+            "rules": [{
+                "apiGroups": [""],
+                "resources": ["nodes"],
+                "verbs": ["get", "list", "watch"],
+            }],
+        }),
+        group_binding(POD_ROUTES_ROLE, POD_ROUTES_ROLE, "system:nodes"),
+    ]
 }
 
 #[cfg(test)]
@@ -473,6 +457,20 @@ mod tests {
         // On cgroup v1 (a Docker node on a v1 host) the kubelet is told it may run.
         let y = config_yaml(&g.worker, Path::new("/pki"), true);
         assert!(y.contains("\nfailCgroupV1: false\n"), "{y}");
+    }
+
+    #[test]
+    fn pods_get_the_node_resolvers_but_loopback_ones() {
+        let (text, kept) = pod_resolv_conf(
+            "# docker\nnameserver 127.0.0.11\nnameserver 10.0.2.3\nnameserver ::1\nsearch example.org\noptions ndots:0\n",
+        );
+        assert_eq!(kept, 1);
+        assert!(text.contains("nameserver 10.0.2.3\n"), "{text}");
+        assert!(
+            !text.contains("127.0.0.11") && !text.contains("::1"),
+            "{text}"
+        );
+        assert!(text.contains("search example.org\n") && text.contains("options ndots:0\n"));
     }
 
     #[test]

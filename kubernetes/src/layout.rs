@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use basalt_config::Config;
 use basalt_supervisor::process::ProcessSpec;
 
 pub const KUBELET: &str = "/usr/bin/kubelet";
@@ -30,4 +31,55 @@ pub fn process(program: &str, args: Vec<String>) -> ProcessSpec {
         )],
         ..ProcessSpec::default()
     }
+}
+
+/// A plain-HTTP health endpoint on the loopback answers `GET /healthz` with 200 (the kubelet's,
+/// kube-proxy's).
+pub async fn healthz(port: u16) -> Result<(), basalt_supervisor::HealthError> {
+    healthz_at(std::net::Ipv4Addr::LOCALHOST.into(), port).await
+}
+
+/// [`healthz`] at another address (kube-proxy's on another node).
+pub async fn healthz_at(
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Result<(), basalt_supervisor::HealthError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out);
+    if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("healthz: {}", text.lines().next().unwrap_or("no answer")).into())
+    }
+}
+
+/// The cluster's (pod, service) CIDRs, defaults filled in (10.244.0.0/16, 10.96.0.0/12).
+pub fn cluster_cidrs(config: &Config) -> (Vec<String>, Vec<String>) {
+    let net = config.cluster().network.as_ref();
+    let or = |v: Vec<String>, d: &str| if v.is_empty() { vec![d.to_string()] } else { v };
+    (
+        or(
+            net.map(|n| n.pod_subnets.iter().map(|p| p.to_string()).collect())
+                .unwrap_or_default(),
+            "10.244.0.0/16",
+        ),
+        or(
+            net.map(|n| n.service_subnets.iter().map(|p| p.to_string()).collect())
+                .unwrap_or_default(),
+            "10.96.0.0/12",
+        ),
+    )
+}
+
+/// The cluster's DNS domain (`cluster.local` unless configured).
+pub fn dns_domain(config: &Config) -> String {
+    config
+        .cluster()
+        .network
+        .as_ref()
+        .map_or_else(|| "cluster.local".into(), |n| n.dns_domain.to_string())
 }

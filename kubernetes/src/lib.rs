@@ -6,6 +6,7 @@
 //! What it must not do: own the node's lifecycle (init decides when this starts) or run a
 //! process itself (every program is a service of `basalt-supervisor`).
 
+pub mod addons;
 pub mod controlplane;
 pub mod etcd;
 pub mod https;
@@ -14,6 +15,7 @@ pub mod layout;
 pub mod node;
 pub mod pki;
 pub mod podroutes;
+pub mod proxy;
 pub mod tlsboot;
 
 pub use kubelet::prepare_cri;
@@ -204,9 +206,13 @@ impl Kube {
         ))
     }
 
-    /// `osctl health`: etcd, the API server and every node, as this control plane sees them:
-    /// (check, passed, what was found).
-    pub async fn health(&self) -> Result<Vec<(String, bool, String)>, KubeError> {
+    /// `osctl health`: etcd, the API server, every node, and the add-ons the config turns on
+    /// (kube-proxy answering on every node, CoreDNS's replicas ready), as this control plane
+    /// sees them: (check, passed, what was found).
+    pub async fn health(
+        &self,
+        config: Option<&Config>,
+    ) -> Result<Vec<(String, bool, String)>, KubeError> {
         let c = self.local_etcd()?;
         let mut out = Vec::new();
         let etcd = match (c.health().await, c.members().await, c.status().await) {
@@ -260,9 +266,11 @@ impl Kube {
                 return Ok(out);
             }
         }
+        let mut node_ips = Vec::new();
         match api.get("/api/v1/nodes").await.and_then(|r| r.json()) {
             Ok(nodes) => {
                 let items = nodes["items"].as_array().cloned().unwrap_or_default();
+                node_ips = items.iter().filter_map(internal_ip).collect();
                 let mut ready = 0;
                 let mut each = Vec::new();
                 for n in &items {
@@ -288,6 +296,13 @@ impl Kube {
                 out.extend(each);
             }
             Err(e) => out.push(("nodes".into(), false, basalt_sys::error_chain(&e))),
+        }
+        let cluster = config.map(Config::cluster);
+        if cluster.is_some_and(|c| c.proxy_enabled()) {
+            out.push(proxy_health(&node_ips).await);
+        }
+        if cluster.is_some_and(|c| c.core_dns_enabled()) {
+            out.push(coredns_health(&api).await);
         }
         Ok(out)
     }
@@ -342,6 +357,70 @@ impl Kube {
         Ok(format!(
             "left etcd (member {my_id:x}); etcd stopped and its data removed"
         ))
+    }
+}
+
+/// A Node object's `(name, InternalIP)`.
+fn internal_ip(node: &serde_json::Value) -> Option<(String, IpAddr)> {
+    let name = node["metadata"]["name"].as_str()?.to_string();
+    let ip = node["status"]["addresses"]
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")?["address"]
+        .as_str()?
+        .parse()
+        .ok()?;
+    Some((name, ip))
+}
+
+/// kube-proxy's health endpoint on every node (what a load balancer asks too).
+async fn proxy_health(nodes: &[(String, IpAddr)]) -> (String, bool, String) {
+    let mut bad = Vec::new();
+    for (name, ip) in nodes {
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            layout::healthz_at(*ip, proxy::HEALTHZ_PORT),
+        )
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bad.push(format!("{name}: {e}")),
+            Err(_) => bad.push(format!("{name}: no answer in 3s")),
+        }
+    }
+    let healthy = nodes.len() - bad.len();
+    let mut msg = format!("{healthy} of {} nodes healthy", nodes.len());
+    if !bad.is_empty() {
+        msg.push_str(&format!(" ({})", bad.join("; ")));
+    }
+    (
+        "kube-proxy".into(),
+        !nodes.is_empty() && bad.is_empty(),
+        msg,
+    )
+}
+
+/// CoreDNS's Deployment: every replica it asks for ready.
+async fn coredns_health(api: &https::Https) -> (String, bool, String) {
+    let name = "coredns".to_string();
+    match api
+        .get("/apis/apps/v1/namespaces/kube-system/deployments/coredns")
+        .await
+    {
+        Ok(r) if r.status == http::StatusCode::NOT_FOUND => (name, false, "not applied yet".into()),
+        Ok(r) => match r.json() {
+            Ok(d) => {
+                let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+                let ready = d["status"]["readyReplicas"].as_u64().unwrap_or(0);
+                (
+                    name,
+                    want > 0 && ready >= want,
+                    format!("{ready} of {want} replicas ready"),
+                )
+            }
+            Err(e) => (name, false, basalt_sys::error_chain(&e)),
+        },
+        Err(e) => (name, false, basalt_sys::error_chain(&e)),
     }
 }
 
@@ -563,6 +642,14 @@ pub fn start(
                  the kubelet runs with failCgroupV1: false"
             );
         }
+        match kubelet::write_pod_resolv_conf() {
+            Ok(0) => tracing::info!(
+                "kubelet: the node has no name server pods can use (loopback ones are left out): \
+                 pods of dnsPolicy Default get none, and CoreDNS answers only the cluster's names"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("kubelet: cannot write {}: {e}", kubelet::POD_RESOLV_CONF),
+        }
         let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki, kubelet::cgroup_v1());
         match basalt_sys::fs::atomic_write(
             Path::new(kubelet::CONFIG),
@@ -582,6 +669,12 @@ pub fn start(
                     me.name.clone(),
                     kube.paths.pki.clone(),
                     running,
+                ));
+                tokio::spawn(follow_proxy(
+                    sup.clone(),
+                    config.clone(),
+                    me.name.clone(),
+                    container,
                 ));
                 tokio::spawn(node::run(
                     node_access(&cfg, &kube.paths.pki),
@@ -642,44 +735,70 @@ pub fn start(
         for def in controlplane::services(&settings) {
             sup.add(def).await;
         }
-        // What kubelets need to join, as soon as the API server answers (tried every second
-        // while it runs; each new reason it cannot be made yet logged once).
-        let mut last = String::new();
-        loop {
-            sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, _| {
-                s == supervisor::State::Running
-            })
-            .await;
-            let pki = &kube.paths.pki;
-            let made = https::Https::from_files(
-                "127.0.0.1",
-                pki::APISERVER_PORT,
-                &pki.join("ca.crt"),
-                &pki.join("admin.crt"),
-                &pki.join("admin.key"),
-            );
-            let made = match made {
-                Ok(api) => kubelet::bootstrap_objects(&api, &cfg).await,
-                Err(e) => Err(e),
-            };
-            match made {
-                Ok(n) => {
-                    tracing::info!(
-                        "the kubelets' bootstrap token and RBAC are in place ({n} made)"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    let e = basalt_sys::error_chain(&e);
-                    if e != last {
-                        tracing::warn!("cannot make the bootstrap objects yet: {e}");
-                        last = e;
+        // The cluster's add-ons (what kubelets need to join first), as soon as the API server
+        // answers, and again on every config change.
+        sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, _| {
+            s == supervisor::State::Running
+        })
+        .await;
+        addons::run(
+            config.clone(),
+            kube.paths.pki.clone(),
+            me.name.clone(),
+            pki::APISERVER_PORT,
+        )
+        .await;
+    });
+}
+
+/// kube-proxy on this node, as the config says: started (or restarted with a new config file)
+/// when `proxy` is on and its file changes, stopped when it is turned off.
+async fn follow_proxy(
+    sup: Arc<Supervisor>,
+    mut config: watch::Receiver<Option<Arc<Config>>>,
+    name: String,
+    container: bool,
+) {
+    let mut running: Option<String> = None;
+    loop {
+        let current = config.borrow_and_update().clone();
+        if let Some(cfg) = current {
+            let want = cfg
+                .cluster()
+                .proxy_enabled()
+                .then(|| proxy::config_yaml(&cfg, &name, container));
+            if want != running {
+                match &want {
+                    Some(text) => {
+                        match basalt_sys::fs::atomic_write(
+                            Path::new(proxy::CONFIG),
+                            text.as_bytes(),
+                            0o644,
+                        ) {
+                            Ok(()) => {
+                                sup.add(proxy::service()).await;
+                                tracing::info!("kube-proxy: started (nftables mode)");
+                                running = want;
+                            }
+                            Err(e) => {
+                                tracing::warn!("kube-proxy: cannot write {}: {e}", proxy::CONFIG)
+                            }
+                        }
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    None => {
+                        if running.is_some() {
+                            let _ = sup.stop("kube-proxy").await;
+                            tracing::info!("kube-proxy: stopped (proxy.disabled)");
+                        }
+                        running = None;
+                    }
                 }
             }
         }
-    });
+        if config.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// What the running kubelet was started with, for telling whether a new config changes it:

@@ -43,6 +43,20 @@ pub enum ClusterCommand {
         after_help = "Example:\n  osctl cluster create --name demo --controlplanes 1 --workers 2"
     )]
     Create(CreateArgs),
+    /// Forward a host port to a port of the cluster's nodes (what `create --publish` runs,
+    /// detached; `destroy` stops it).
+    #[command(hide = true)]
+    Forward {
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The nodes' addresses, tried in order (not `--nodes`: osctl's global flag).
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<std::net::IpAddr>,
+        #[arg(long)]
+        node_port: u16,
+    },
     /// Show a local cluster's nodes and whether each answers.
     #[command(after_help = "Example:\n  osctl cluster show --name demo")]
     Show {
@@ -78,15 +92,20 @@ pub struct CreateArgs {
     /// The nodes' network: the host gets the first address, nodes the ones after it.
     #[arg(long, default_value = "10.5.0.0/24")]
     cidr: String,
-    /// Memory per node, MiB.
-    #[arg(long, default_value_t = 768)]
-    memory: u32,
+    /// Memory per node, MiB. Default: 2048 with --kubernetes (what a control plane needs,
+    /// with room for workloads), else 768.
+    #[arg(long)]
+    memory: Option<u32>,
     /// Virtual CPUs per node.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
     /// State disk per node, MiB.
     #[arg(long, default_value_t = 256)]
     disk_size: u64,
+    /// Make a port of the nodes (a NodePort) reachable on the host: HOST_PORT:NODE_PORT, or
+    /// HOST_IP:HOST_PORT:NODE_PORT (the host side is 127.0.0.1 unless given); may repeat.
+    #[arg(long = "publish", value_name = "[HOST_IP:]HOST_PORT:NODE_PORT")]
+    publish: Vec<crate::publish::Publish>,
     /// Patches applied to every node's config (inline YAML or @file); may repeat.
     #[arg(long = "config-patch")]
     config_patch: Vec<String>,
@@ -135,6 +154,9 @@ struct State {
     /// The Docker image the nodes run (Docker provisioner).
     #[serde(default)]
     image: Option<String>,
+    /// The forwarders of `--publish`: (pid, host address, node port).
+    #[serde(default)]
+    published: Vec<(i32, String, u16)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +205,19 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Create(a) => create(a),
         ClusterCommand::Show { name } => show(&name),
         ClusterCommand::Destroy { name } => destroy(&name),
+        ClusterCommand::Forward {
+            netns,
+            listen,
+            to,
+            node_port,
+        } => crate::publish::forward(&netns, listen, &to, node_port),
+    }
+}
+
+impl CreateArgs {
+    fn memory_mib(&self) -> u32 {
+        self.memory
+            .unwrap_or(if self.kubernetes { 2048 } else { 768 })
     }
 }
 
@@ -437,6 +472,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         bridge_address: format!("{}/{len}", nth(base, size - 2)),
         nodes: nodes.clone(),
         image: None,
+        published: Vec::new(),
     };
     save(&dir, &st)?;
     if a.provisioner == Provisioner::Docker {
@@ -459,7 +495,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
                 name: &n.name,
                 address: &n.address,
                 image: &image,
-                memory_mib: a.memory,
+                memory_mib: a.memory_mib(),
                 cpus: a.cpus,
             })?;
         }
@@ -471,7 +507,63 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         }
         boot_vms(&a, &dir, &mut st, &media, host, len)?;
     }
+    publish(&a, &dir, &mut st)?;
     wait_ready(&a, &dir, &st, started)
+}
+
+/// One detached forwarder per `--publish` (workers tried first, then control planes), its pid
+/// in the state for `destroy`. A forwarder that cannot listen (the port is taken) fails the
+/// create with its reason.
+fn publish(a: &CreateArgs, dir: &Path, st: &mut State) -> anyhow::Result<()> {
+    if a.publish.is_empty() {
+        return Ok(());
+    }
+    step("publishing node ports on the host");
+    let mut nodes: Vec<&NodeState> = st.nodes.iter().filter(|n| n.role == "worker").collect();
+    nodes.extend(st.nodes.iter().filter(|n| n.role != "worker"));
+    let nodes: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
+    for p in &a.publish {
+        let log_path = dir.join(format!("publish-{}.log", p.listen.port()));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut child = {
+            use std::os::unix::process::CommandExt as _;
+            Command::new(&exe)
+                .args(["cluster", "forward", "--netns", &st.netns, "--listen"])
+                .arg(p.listen.to_string())
+                .arg("--to")
+                .arg(nodes.join(","))
+                .arg("--node-port")
+                .arg(p.node_port.to_string())
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                // Its own process group: a Ctrl-C of the create does not stop it.
+                .process_group(0)
+                .spawn()
+                .context("cannot start the port forwarder")?
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "--publish {}:{}: the forwarder exited ({status}): {}",
+                p.listen,
+                p.node_port,
+                std::fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
+        let pid = i32::try_from(child.id()).context("a pid out of range")?;
+        st.published.push((pid, p.listen.to_string(), p.node_port));
+        save(dir, st)?;
+        print_line(&format!(
+            "    {} -> port {} of the nodes",
+            p.listen, p.node_port
+        ));
+    }
+    Ok(())
 }
 
 /// Boots a QEMU VM per node on a tap device of the cluster's bridge.
@@ -512,7 +604,7 @@ fn boot_vms(
             Media::Pxe => Boot::Network,
         };
         let opts = VmOptions {
-            memory_mib: a.memory,
+            memory_mib: a.memory_mib(),
             cpus: a.cpus,
             disk: Some(disk),
             allow_reboot: true,
@@ -687,6 +779,37 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
                 .collect();
             if list.services.is_empty() || !not.is_empty() {
                 bail!("not every service running: {}", not.join(", "));
+            }
+            Ok(())
+        })?;
+    }
+    if a.kubernetes
+        && let Some(first) = st.nodes.iter().find(|n| n.role == "controlplane")
+    {
+        // As the reference system's create does: the cluster is up when Kubernetes is — etcd,
+        // the API, every node Ready, kube-proxy on every node and CoreDNS ready.
+        step("waiting until Kubernetes is healthy (every node Ready, kube-proxy, CoreDNS)");
+        wait(st, first, "healthy cluster", healthy_within, || {
+            let checks = node_client(st, first, Some(&oc_file))?
+                .call(|mut c, node| async move {
+                    c.cluster_health(request(node.as_deref(), pb::ClusterHealthRequest {}))
+                        .await
+                })?
+                .checks;
+            let nodes = checks
+                .iter()
+                .filter(|c| c.name.starts_with("node/"))
+                .count();
+            let failing: Vec<String> = checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.name, c.message))
+                .collect();
+            if !failing.is_empty() {
+                bail!("{}", failing.join("; "));
+            }
+            if nodes != st.nodes.len() {
+                bail!("{nodes} of {} nodes registered", st.nodes.len());
             }
             Ok(())
         })?;
@@ -915,6 +1038,12 @@ fn destroy(name: &str) -> anyhow::Result<()> {
     let host_link = format!("bst-{name}");
     // Docker's part (containers, volumes, network, image) by label, whatever the state says.
     docker::destroy(name)?;
+    for (pid, listen, _) in st.iter().flat_map(|s| &s.published) {
+        if alive(Some(*pid)) {
+            stop(*pid);
+            print_line(&format!("stopped the forwarder of {listen}"));
+        }
+    }
     for n in st.iter().flat_map(|s| &s.nodes) {
         if let Some(pid) = n.pid.filter(|_| alive(n.pid)) {
             stop(pid);

@@ -17,6 +17,7 @@ mod host;
 mod image_cmd;
 mod kubeconfig;
 mod output;
+mod publish;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

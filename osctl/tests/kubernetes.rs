@@ -68,6 +68,11 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     let name = format!("k{}", std::process::id() % 100_000);
     let guard = Destroy(clusters, &name, "docker");
     let net = "10.234.0";
+    // A host port for the NodePort below (`--publish`).
+    let published = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
     let out = ok(
         clusters,
         &[
@@ -85,6 +90,8 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             &format!("{net}.0/24"),
             "--with-kubespan",
             "--kubernetes",
+            "--publish",
+            &format!("{published}:30080"),
         ],
     );
     assert!(out.contains("bootstrapping etcd"), "{out}");
@@ -372,6 +379,164 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     });
     let got = kubectl(&ns, &kc, &["logs", "cli"]).unwrap();
     assert!(got.contains("says: hello from srv"), "{got}");
+
+    // Services and cluster DNS: kube-proxy runs on every node, CoreDNS (applied by the control
+    // planes from the image every node imported) has its two replicas ready, and a pod on the
+    // other worker reaches srv through a ClusterIP Service by its DNS name.
+    for node in [&cp1, &cp2, &w1_addr, &w2_addr] {
+        eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+            let s = ok(clusters, &["--osconfig", oc, "-n", node, "services"]);
+            if s.lines().any(|l| {
+                l.starts_with("kube-proxy ") && l.contains("running") && l.contains("healthy")
+            }) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{node}: kube-proxy is not running and healthy:\n{s}"
+                ))
+            }
+        });
+    }
+    eventually(Duration::from_secs(240), Duration::from_secs(3), || {
+        let ready = kubectl(
+            &ns,
+            &kc,
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "deployment",
+                "coredns",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ],
+        )?;
+        if ready.trim() == "2" {
+            Ok(())
+        } else {
+            Err(format!(
+                "CoreDNS has {ready:?} ready replicas:\n{}",
+                kubectl(
+                    &ns,
+                    &kc,
+                    &["-n", "kube-system", "get", "pods", "-o", "wide"]
+                )
+                .unwrap_or_default()
+            ))
+        }
+    });
+    kubectl(
+        &ns,
+        &kc,
+        &[
+            "expose",
+            "pod",
+            "srv",
+            "--name",
+            "web",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+        ],
+    )
+    .unwrap();
+    let cluster_ip = kubectl(
+        &ns,
+        &kc,
+        &["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"],
+    )
+    .unwrap();
+    // In the service subnet, 10.96.0.0/12.
+    let ip: std::net::Ipv4Addr = cluster_ip.trim().parse().unwrap();
+    assert!(
+        ip.octets()[0] == 10 && (96..=111).contains(&ip.octets()[1]),
+        "{cluster_ip}"
+    );
+    let done = |pod: &str| {
+        eventually(Duration::from_secs(150), Duration::from_secs(2), || {
+            let phase = kubectl(
+                &ns,
+                &kc,
+                &["get", "pod", pod, "-o", "jsonpath={.status.phase}"],
+            )?;
+            let logs = kubectl(&ns, &kc, &["logs", pod]).unwrap_or_default();
+            match phase.as_str() {
+                "Succeeded" => Ok(()),
+                "Failed" => panic!("{pod} failed:\n{logs}"),
+                _ => Err(format!("{pod}: {phase}\n{logs}")),
+            }
+        });
+        kubectl(&ns, &kc, &["logs", pod]).unwrap()
+    };
+    run("dns", &w2, &["--fetch", "web.default.svc.cluster.local:80"]);
+    let got = done("dns");
+    assert!(
+        got.contains(&format!("is {}", cluster_ip.trim())) && got.contains("says: hello from srv"),
+        "{got}"
+    );
+
+    // A headless Service's name is the pod's own address.
+    kubectl(
+        &ns,
+        &kc,
+        &[
+            "expose",
+            "pod",
+            "srv",
+            "--name",
+            "direct",
+            "--cluster-ip",
+            "None",
+            "--port",
+            "8080",
+        ],
+    )
+    .unwrap();
+    run(
+        "headless",
+        &w2,
+        &["--fetch", "direct.default.svc.cluster.local:8080"],
+    );
+    let got = done("headless");
+    assert!(
+        got.contains(&format!("is {srv_ip}")) && got.contains("says: hello from srv"),
+        "{got}"
+    );
+
+    // A NodePort, reached from the host through `--publish` (the forwarder osctl started).
+    kubectl(
+        &ns,
+        &kc,
+        &[
+            "expose",
+            "pod",
+            "srv",
+            "--name",
+            "web-np",
+            "--type",
+            "NodePort",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+            r#"--overrides={"apiVersion":"v1","spec":{"ports":[{"port":80,"targetPort":8080,"nodePort":30080}]}}"#,
+        ],
+    )
+    .unwrap();
+    eventually(Duration::from_secs(60), Duration::from_secs(2), || {
+        use std::io::Read as _;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", published))
+            .map_err(|e| format!("127.0.0.1:{published}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        if text.contains("hello from srv") {
+            Ok(())
+        } else {
+            Err(format!("127.0.0.1:{published} answered {text:?}"))
+        }
+    });
 
     // A config change the kubelet reads takes effect live, with no reboot: a label on the Node
     // object (patched: the kubelet reads --node-labels only when it registers) and a kubelet

@@ -43,7 +43,8 @@ fn run(args: &[String]) -> ! {
     if let Some(port) = value("--serve") {
         serve(&port, &host);
     }
-    // `--fetch ADDR:PORT`: print what a `--serve` answers (retrying for 60 s); exit 1 if never.
+    // `--fetch HOST:PORT`: print what a `--serve` answers (retrying for 60 s); exit 1 if never.
+    // HOST is an address or a name the container's resolver looks up.
     if let Some(addr) = value("--fetch") {
         std::process::exit(fetch(&addr));
     }
@@ -74,22 +75,35 @@ fn serve(port: &str, host: &str) -> ! {
 fn fetch(addr: &str) -> i32 {
     use std::io::Read as _;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let to: std::net::SocketAddr = match addr.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            println!("{addr} is not ADDRESS:PORT: {e}");
-            return 2;
-        }
-    };
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        println!("{addr} is not HOST:PORT");
+        return 2;
+    }
     let each = std::time::Duration::from_secs(3);
     loop {
+        // A name is looked up on every try (the system resolver: /etc/resolv.conf, its search
+        // domains), so a DNS server that answers late is waited for like a route.
+        let to = std::net::ToSocketAddrs::to_socket_addrs(addr).and_then(|mut a| {
+            a.next()
+                .ok_or_else(|| std::io::Error::other("the name has no address"))
+        });
+        if let Ok(a) = &to
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            println!("{addr} is {}", a.ip());
+        }
         // Each try is short: a SYN lost while a route is still being set up would otherwise
         // hold one connect for the kernel's two minutes of retries.
-        let got = std::net::TcpStream::connect_timeout(&to, each).and_then(|mut s| {
-            s.set_read_timeout(Some(each))?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).map(|_| text)
-        });
+        let got = to
+            .and_then(|to| std::net::TcpStream::connect_timeout(&to, each))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(each))?;
+                let mut text = String::new();
+                s.read_to_string(&mut text).map(|_| text)
+            });
         match got {
             Ok(text) => {
                 println!("{addr} says: {}", text.trim());
