@@ -125,6 +125,7 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
         allow_scheduling_on_control_planes: false,
         core_dns: None,
         proxy: None,
+        storage: None,
         inline_manifests: Vec::new(),
     };
     let machine = |machine_type| MachineConfig {

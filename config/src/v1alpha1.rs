@@ -98,6 +98,9 @@ config_struct! {
         pub core_dns: Option<AddonSwitch> = "coreDNS";
         /// Service routing (kube-proxy, nftables mode, on every node).
         pub proxy: Option<AddonSwitch> = "proxy";
+        /// The default StorageClass `local-path` (Rancher's local-path provisioner: volumes
+        /// are directories under /var/local-path-provisioner on the pod's node).
+        pub storage: Option<AddonSwitch> = "storage";
         /// The user's own Kubernetes manifests, applied by the control planes like the
         /// cluster's add-ons: created when missing, left alone when they exist.
         pub inline_manifests: Vec<InlineManifest> = "inlineManifests";
@@ -131,6 +134,12 @@ impl ClusterConfig {
     /// Whether kube-proxy runs on the nodes (on unless `proxy.disabled`).
     pub fn proxy_enabled(&self) -> bool {
         self.proxy.as_ref().is_none_or(|s| !s.disabled)
+    }
+
+    /// Whether the local-path StorageClass is part of the cluster (on unless
+    /// `storage.disabled`).
+    pub fn storage_enabled(&self) -> bool {
+        self.storage.as_ref().is_none_or(|s| !s.disabled)
     }
 }
 

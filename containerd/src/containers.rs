@@ -370,14 +370,21 @@ impl Client {
                 if !self.snapshot_exists(chain).await? {
                     let key = format!("basalt-extract-{chain}");
                     let mounts = self.prepare(&key, &parent).await?;
+                    // Unpacking takes time in proportion to the layer: a minute, and two
+                    // seconds a MiB more (an emulated CPU unpacks CoreDNS's 75 MiB in about
+                    // a minute).
+                    let within = Duration::from_secs(
+                        60 + 2 * u64::try_from(l.size).unwrap_or(0) / (1 << 20),
+                    );
                     let _: proto::ApplyResponse = self
-                        .call(
+                        .call_within(
                             "/containerd.services.diff.v1.Diff/Apply",
                             Some(self.namespace()),
                             proto::ApplyRequest {
                                 diff: Some(l.clone()),
                                 mounts,
                             },
+                            within,
                         )
                         .await
                         .map_err(api(format!("apply layer {}", l.digest)))?;

@@ -520,12 +520,29 @@ impl Client {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
+        self.call_within(path, namespace, req, Duration::from_secs(10))
+            .await
+    }
+
+    /// [`Client::call`] with a deadline of its own (work that grows with its input: a layer
+    /// applied).
+    pub(crate) async fn call_within<Req, Resp>(
+        &self,
+        path: &'static str,
+        namespace: Option<&str>,
+        req: Req,
+        timeout: Duration,
+    ) -> Result<Resp, tonic::Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready()
             .await
             .map_err(|e| tonic::Status::unavailable(format!("containerd: {e}")))?;
         let mut r = tonic::Request::new(req);
-        r.set_timeout(Duration::from_secs(10));
+        r.set_timeout(timeout);
         if let Some(ns) = namespace
             && let Ok(v) = ns.parse()
         {

@@ -175,6 +175,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
             payload.extend(programs);
             images.push(pause);
             images.push(coredns_image(&stack)?);
+            images.extend(local_path_images(&stack, &pins, &cache)?);
         }
     }
 
@@ -210,7 +211,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
 
 /// Changed whenever the build lays out its artifacts differently, so [`build_cached`] does
 /// not reuse ones made the old way (its key otherwise covers only the inputs).
-const LAYOUT: &str = "6: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first; /etc/passwd; kube-proxy, nft, the CoreDNS image";
+const LAYOUT: &str = "6: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first; /etc/passwd; kube-proxy, nft, the CoreDNS, local-path and busybox images";
 
 /// Like [`build`] for the rootfs or the initramfs (with the kernel), but into `root/<key>`,
 /// where the key is a hash of everything they are made from (the init binary, the pinned
@@ -604,6 +605,51 @@ fn coredns_image(stack: &crate::stack::Stack) -> Result<OciImage, ImageError> {
         )],
         entrypoint: vec!["/coredns".into()],
     })
+}
+
+/// The local-path provisioner's image (the default StorageClass's provisioner, from the
+/// stack) and its helper pods' busybox (Debian's static one, as `sh`, `mkdir` and `rm` in
+/// `/bin`: what its setup and teardown scripts run).
+fn local_path_images(
+    stack: &crate::stack::Stack,
+    pins: &[inputs::Pin],
+    cache: &Path,
+) -> Result<Vec<OciImage>, ImageError> {
+    let version = crate::stack::LOCAL_PATH.version()?;
+    let provisioner = OciImage {
+        dir: "local-path-provisioner",
+        reference: format!("docker.io/rancher/local-path-provisioner:{version}"),
+        namespace: "k8s.io",
+        files: vec![(
+            "local-path-provisioner".into(),
+            0o755,
+            read_static(stack.path("local-path-provisioner")?)?,
+        )],
+        entrypoint: vec!["/local-path-provisioner".into()],
+    };
+    let pin = inputs::find(pins, "busybox-static")?;
+    let root = inputs::extract(pin, cache)?;
+    let path = root.join("bin/busybox");
+    let busybox = read_static(&path)?;
+    // The upstream version without Debian's epoch and revision: 1:1.35.0-4+deb12u1 → 1.35.0.
+    let upstream = pin
+        .version
+        .split_once(':')
+        .map_or(pin.version.as_str(), |(_, v)| v)
+        .split('-')
+        .next()
+        .unwrap_or_default();
+    let helper = OciImage {
+        dir: "busybox",
+        reference: format!("basalt.local/busybox:{upstream}"),
+        namespace: "k8s.io",
+        files: ["bin/sh", "bin/mkdir", "bin/rm"]
+            .iter()
+            .map(|f| (f.to_string(), 0o755, busybox.clone()))
+            .collect(),
+        entrypoint: vec!["/bin/sh".into()],
+    };
+    Ok(vec![provisioner, helper])
 }
 
 fn build_rootfs(

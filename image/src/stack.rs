@@ -188,10 +188,34 @@ pub static COREDNS: Component = {
     }
 };
 
+pub static LOCAL_PATH: Component = {
+    let (go_mod, go_sum) = component_files!("local-path-provisioner");
+    Component {
+        name: "local-path-provisioner",
+        module: "github.com/rancher/local-path-provisioner",
+        go_mod,
+        go_sum,
+        programs: &[program(
+            "github.com/rancher/local-path-provisioner",
+            "local-path-provisioner",
+        )],
+        cgo: false,
+        tags: "",
+    }
+};
+
 /// What every image with containerd needs.
 pub static NODE: &[&Component] = &[&CONTAINERD, &RUNC, &CNI];
 /// All of it: what a Kubernetes image needs.
-pub static ALL: &[&Component] = &[&CONTAINERD, &RUNC, &CNI, &ETCD, &KUBERNETES, &COREDNS];
+pub static ALL: &[&Component] = &[
+    &CONTAINERD,
+    &RUNC,
+    &CNI,
+    &ETCD,
+    &KUBERNETES,
+    &COREDNS,
+    &LOCAL_PATH,
+];
 
 impl Component {
     /// The version of the upstream module its `go.mod` requires.

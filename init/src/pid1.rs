@@ -243,19 +243,30 @@ async fn import_images(sup: Arc<Supervisor>) {
     }
     let t = Instant::now();
     let client = containerd::Client::new(Path::new(containerd::SOCKET));
-    match basalt_containerd::containers::import_all(
-        &client,
-        Path::new(basalt_containerd::containers::IMAGES_DIR),
-    )
-    .await
-    {
-        Ok(names) if names.is_empty() => {}
-        Ok(names) => tracing::info!(
-            "images imported into containerd: {} ({} ms)",
-            names.join(", "),
-            t.elapsed().as_millis()
-        ),
-        Err(e) => tracing::warn!("cannot import images: {}", basalt_sys::error_chain(&e)),
+    // Tried again after a failure (containerd restarting, a slow machine): an import picks up
+    // where the last one stopped (blobs and unpacked layers already there are kept).
+    for attempt in 1..=5 {
+        match basalt_containerd::containers::import_all(
+            &client,
+            Path::new(basalt_containerd::containers::IMAGES_DIR),
+        )
+        .await
+        {
+            Ok(names) if names.is_empty() => return,
+            Ok(names) => {
+                tracing::info!(
+                    "images imported into containerd: {} ({} ms)",
+                    names.join(", "),
+                    t.elapsed().as_millis()
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(
+                "cannot import images (attempt {attempt} of 5): {}",
+                basalt_sys::error_chain(&e)
+            ),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

@@ -22,8 +22,10 @@ use tokio::sync::watch;
 
 use crate::https::{Https, HttpsError};
 
-/// The manifest of CoreDNS, with `@IMAGE@`, `@DNS_IP@` and `@DOMAIN@` to fill in.
+/// The manifest of CoreDNS, with `@IMAGE@`, `@DNS_IP@`, `@DOMAIN@` and `@FORWARD@` to fill in.
 const COREDNS: &str = include_str!("coredns.yaml");
+/// The manifest of the local-path provisioner, with `@IMAGE@` and `@HELPER_IMAGE@`.
+const LOCAL_PATH: &str = include_str!("local-path.yaml");
 /// The Lease a control plane holds while it applies.
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/basalt-addons";
 const LEASE_SECONDS: u64 = 60;
@@ -74,6 +76,8 @@ pub struct Node {
     /// The CoreDNS image this node's image ships (`None`: CoreDNS cannot be applied, and the
     /// pass says so).
     pub coredns_image: Option<String>,
+    /// The local-path provisioner's image and its helper's (busybox), likewise.
+    pub local_path_images: Option<(String, String)>,
     /// Whether pods have a name server to forward other names to (the node's, without its
     /// loopback ones): without one, CoreDNS answers the cluster's names only (its `forward`
     /// would have nowhere to go and CoreDNS would not start).
@@ -119,6 +123,19 @@ pub fn manifests(config: &Config, node: &Node) -> Result<Vec<Manifest>, AddonErr
                 },
             );
         out.push(parsed("coredns", &text)?);
+    }
+    if cluster.storage_enabled() {
+        let (image, helper) =
+            node.local_path_images
+                .as_ref()
+                .ok_or_else(|| AddonError::Manifest {
+                    manifest: "local-path".into(),
+                    message: "this node's image ships no local-path provisioner image".into(),
+                })?;
+        let text = LOCAL_PATH
+            .replace("@IMAGE@", image)
+            .replace("@HELPER_IMAGE@", helper);
+        out.push(parsed("local-path", &text)?);
     }
     for m in &cluster.inline_manifests {
         out.push(parsed(&m.name, &m.contents)?);
@@ -397,9 +414,10 @@ pub async fn pass(api: &Https, me: &str, manifests: &[Manifest]) -> Result<Appli
     r
 }
 
-/// The CoreDNS image this node's image ships (the reference of its OCI layout), if any.
-pub fn coredns_image() -> Option<String> {
-    let dir = Path::new(basalt_containerd::containers::IMAGES_DIR).join("coredns");
+/// The reference of an image this node's image ships (the OCI layout `dir` under the images
+/// directory), if it ships it.
+pub fn shipped_image(dir: &str) -> Option<String> {
+    let dir = Path::new(basalt_containerd::containers::IMAGES_DIR).join(dir);
     basalt_containerd::containers::layout_references(&dir)
         .ok()?
         .into_iter()
@@ -416,7 +434,8 @@ pub async fn run(
     port: u16,
 ) {
     let node = Node {
-        coredns_image: coredns_image(),
+        coredns_image: shipped_image("coredns"),
+        local_path_images: shipped_image("local-path-provisioner").zip(shipped_image("busybox")),
         upstream: std::fs::read_to_string(crate::kubelet::POD_RESOLV_CONF)
             .is_ok_and(|t| t.lines().any(|l| l.starts_with("nameserver"))),
     };
@@ -490,11 +509,27 @@ mod tests {
         let g = configs();
         let node = Node {
             coredns_image: Some("registry.k8s.io/coredns/coredns:v9".into()),
+            local_path_images: Some(("lpp:v1".into(), "busybox:v1".into())),
             upstream: true,
         };
         let ms = manifests(&g.controlplane, &node).unwrap();
         let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["bootstrap", "kube-proxy", "coredns"]);
+        assert_eq!(names, ["bootstrap", "kube-proxy", "coredns", "local-path"]);
+        let lp = &ms[3].objects;
+        let sc = lp.iter().find(|o| o["kind"] == "StorageClass").unwrap();
+        assert_eq!(
+            sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"],
+            "true"
+        );
+        let cm = lp.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+        let helper = cm["data"]["helperPod.yaml"].as_str().unwrap();
+        assert!(helper.contains("image: \"busybox:v1\""), "{helper}");
+        assert!(
+            cm["data"]["config.json"]
+                .as_str()
+                .unwrap()
+                .contains("/var/local-path-provisioner")
+        );
         let dns = &ms[2].objects;
         let svc = dns.iter().find(|o| o["kind"] == "Service").unwrap();
         assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
@@ -538,7 +573,7 @@ mod tests {
         let g = configs();
         let text = g.controlplane.to_yaml().replacen(
             "kind: ClusterConfig\n",
-            "kind: ClusterConfig\ncoreDNS:\n  disabled: true\nproxy:\n  disabled: true\ninlineManifests:\n  - name: mine\n    contents: |\n      apiVersion: v1\n      kind: Namespace\n      metadata:\n        name: mine\n",
+            "kind: ClusterConfig\ncoreDNS:\n  disabled: true\nproxy:\n  disabled: true\nstorage:\n  disabled: true\ninlineManifests:\n  - name: mine\n    contents: |\n      apiVersion: v1\n      kind: Namespace\n      metadata:\n        name: mine\n",
             1,
         );
         let cfg = Config::parse(&text, basalt_config::Mode::Metal).unwrap();

@@ -154,7 +154,14 @@ pub fn scheduler_args(s: &Settings) -> Vec<String> {
     ]
 }
 
-fn health(check: impl Fn() -> Https + Send + Sync + 'static, path: &'static str) -> Health {
+/// A check of `path`, every 5 s, that may take up to `timeout` (an API server busy starting
+/// on an emulated CPU answers `/readyz` in 5 s and more: a short timeout would keep it
+/// unhealthy, and what depends on it waiting, for minutes).
+fn health(
+    check: impl Fn() -> Https + Send + Sync + 'static,
+    path: &'static str,
+    timeout: Duration,
+) -> Health {
     let check = std::sync::Arc::new(check);
     Health {
         check: std::sync::Arc::new(move || {
@@ -174,7 +181,7 @@ fn health(check: impl Fn() -> Https + Send + Sync + 'static, path: &'static str)
             })
         }),
         interval: Duration::from_secs(5),
-        timeout: Duration::from_secs(5),
+        timeout,
     }
 }
 
@@ -196,8 +203,10 @@ pub fn services(s: &Settings) -> Vec<ServiceDef> {
                 &pki_dir.join("admin.key"),
             )
             .unwrap_or_else(|_| Https::unverified("127.0.0.1", pki::APISERVER_PORT))
+            .with_timeout(Duration::from_secs(30))
         },
         "/readyz",
+        Duration::from_secs(30),
     ));
     api.stop_timeout = Duration::from_secs(30);
 
@@ -212,6 +221,7 @@ pub fn services(s: &Settings) -> Vec<ServiceDef> {
     cm.health = Some(health(
         || Https::unverified("127.0.0.1", CONTROLLER_MANAGER_PORT),
         "/healthz",
+        Duration::from_secs(10),
     ));
 
     let mut sched = ServiceDef::new(
@@ -222,6 +232,7 @@ pub fn services(s: &Settings) -> Vec<ServiceDef> {
     sched.health = Some(health(
         || Https::unverified("127.0.0.1", SCHEDULER_PORT),
         "/healthz",
+        Duration::from_secs(10),
     ));
     vec![api, cm, sched]
 }

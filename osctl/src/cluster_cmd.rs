@@ -96,9 +96,10 @@ pub struct CreateArgs {
     /// with room for workloads), else 768.
     #[arg(long)]
     memory: Option<u32>,
-    /// Virtual CPUs per node.
-    #[arg(long, default_value_t = 1)]
-    cpus: u32,
+    /// Virtual CPUs per node. Default: 2 with --kubernetes (an emulated API server on one
+    /// CPU takes minutes to set up its RBAC roles), else 1.
+    #[arg(long)]
+    cpus: Option<u32>,
     /// State disk per node, MiB.
     #[arg(long, default_value_t = 256)]
     disk_size: u64,
@@ -218,6 +219,10 @@ impl CreateArgs {
     fn memory_mib(&self) -> u32 {
         self.memory
             .unwrap_or(if self.kubernetes { 2048 } else { 768 })
+    }
+
+    fn cpus(&self) -> u32 {
+        self.cpus.unwrap_or(if self.kubernetes { 2 } else { 1 })
     }
 }
 
@@ -496,7 +501,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
                 address: &n.address,
                 image: &image,
                 memory_mib: a.memory_mib(),
-                cpus: a.cpus,
+                cpus: a.cpus(),
             })?;
         }
     } else {
@@ -605,7 +610,7 @@ fn boot_vms(
         };
         let opts = VmOptions {
             memory_mib: a.memory_mib(),
-            cpus: a.cpus,
+            cpus: a.cpus(),
             disk: Some(disk),
             allow_reboot: true,
             tap: Some(TapNic {

@@ -504,6 +504,62 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         "{got}"
     );
 
+    // Storage: a claim on the default StorageClass (local-path) is bound when a pod uses it;
+    // what the pod wrote is still there for the next pod after the first is deleted.
+    let claim_pod = |pod: &str, args: &[&str]| {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": pod,
+                    "image": "basalt.local/hello:v1",
+                    "imagePullPolicy": "Never",
+                    "args": args,
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+            },
+        })
+    };
+    let claim = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}},
+    });
+    let apply = |name: &str, v: &serde_json::Value| {
+        let f = dir.join(format!("{name}.json"));
+        std::fs::write(&f, v.to_string()).unwrap();
+        kubectl(&ns, &kc, &["apply", "-f", f.to_str().unwrap()]).unwrap();
+    };
+    apply("claim", &claim);
+    apply(
+        "writer",
+        &claim_pod("writer", &["--write", "/data/note", "kept across pods"]),
+    );
+    let got = done("writer");
+    assert!(got.contains("wrote /data/note"), "{got}");
+    let bound = kubectl(
+        &ns,
+        &kc,
+        &[
+            "get",
+            "pvc",
+            "data",
+            "-o",
+            "jsonpath={.status.phase} {.spec.storageClassName}",
+        ],
+    )
+    .unwrap();
+    assert_eq!(bound.trim(), "Bound local-path", "{bound}");
+    kubectl(&ns, &kc, &["delete", "pod", "writer", "--wait=true"]).unwrap();
+    apply("reader", &claim_pod("reader", &["--cat", "/data/note"]));
+    let got = done("reader");
+    assert!(got.contains("/data/note holds: kept across pods"), "{got}");
+
     // A NodePort, reached from the host through `--publish` (the forwarder osctl started).
     kubectl(
         &ns,

@@ -48,6 +48,34 @@ fn run(args: &[String]) -> ! {
     if let Some(addr) = value("--fetch") {
         std::process::exit(fetch(&addr));
     }
+    // `--write PATH TEXT`: write TEXT to PATH (a volume), then exit.
+    if let Some(path) = value("--write") {
+        let text = args
+            .iter()
+            .position(|a| a == "--write")
+            .and_then(|i| args.get(i + 2))
+            .cloned()
+            .unwrap_or_default();
+        match std::fs::write(&path, text) {
+            Ok(()) => println!("wrote {path}"),
+            Err(e) => {
+                println!("cannot write {path}: {e}");
+                std::process::exit(1)
+            }
+        }
+        std::process::exit(0)
+    }
+    // `--cat PATH`: print what PATH holds, then exit.
+    if let Some(path) = value("--cat") {
+        match std::fs::read_to_string(&path) {
+            Ok(t) => println!("{path} holds: {t}"),
+            Err(e) => {
+                println!("cannot read {path}: {e}");
+                std::process::exit(1)
+            }
+        }
+        std::process::exit(0)
+    }
     let code = value("--exit").and_then(|c| c.parse().ok()).unwrap_or(0);
     std::process::exit(code)
 }
