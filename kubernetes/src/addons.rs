@@ -428,7 +428,7 @@ pub fn shipped_image(dir: &str) -> Option<String> {
 /// as the admin), again every 2 s until one succeeds, and again whenever the config changes.
 /// Each new reason a pass fails is logged once.
 pub async fn run(
-    mut config: watch::Receiver<Option<Arc<Config>>>,
+    config: watch::Receiver<Option<Arc<Config>>>,
     pki: PathBuf,
     me: String,
     port: u16,
@@ -439,64 +439,30 @@ pub async fn run(
         upstream: std::fs::read_to_string(crate::kubelet::POD_RESOLV_CONF)
             .is_ok_and(|t| t.lines().any(|l| l.starts_with("nameserver"))),
     };
-    loop {
-        let current = config.borrow_and_update().clone();
-        let Some(cfg) = current else {
-            if config.changed().await.is_err() {
-                return;
+    crate::layout::each_config(config, "add-ons", Duration::from_secs(2), |cfg| {
+        let (node, pki, me) = (&node, &pki, &me);
+        async move {
+            let api = Https::from_files(
+                "127.0.0.1",
+                port,
+                &pki.join("ca.crt"),
+                &pki.join("admin.crt"),
+                &pki.join("admin.key"),
+            )?;
+            let a = pass(&api, me, &manifests(&cfg, node)?).await?;
+            if a.created.is_empty() {
+                tracing::info!("add-ons: all {} objects in place", a.existing);
+            } else {
+                tracing::info!(
+                    "add-ons: created {} ({} were in place)",
+                    a.created.join(", "),
+                    a.existing
+                );
             }
-            continue;
-        };
-        let mut last = String::new();
-        loop {
-            let result = async {
-                let api = Https::from_files(
-                    "127.0.0.1",
-                    port,
-                    &pki.join("ca.crt"),
-                    &pki.join("admin.crt"),
-                    &pki.join("admin.key"),
-                )?;
-                let manifests = manifests(&cfg, &node)?;
-                pass(&api, &me, &manifests).await
-            }
-            .await;
-            match result {
-                Ok(a) => {
-                    if a.created.is_empty() {
-                        tracing::info!("add-ons: all {} objects in place", a.existing);
-                    } else {
-                        tracing::info!(
-                            "add-ons: created {} ({} were in place)",
-                            a.created.join(", "),
-                            a.existing
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    let e = basalt_sys::error_chain(&e);
-                    if e != last {
-                        tracing::warn!("add-ons not applied yet: {e}");
-                        last = e;
-                    }
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                changed = config.changed() => {
-                    if changed.is_err() { return; }
-                    break;
-                }
-            }
+            Ok::<(), AddonError>(())
         }
-        if config.has_changed().unwrap_or(false) {
-            continue;
-        }
-        if config.changed().await.is_err() {
-            return;
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

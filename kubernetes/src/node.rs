@@ -159,57 +159,27 @@ pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<boo
 /// Keeps the node's object as the config says, for as long as the node runs: a pass at start
 /// and at every config change, retried every 2 s until it succeeds (the node may not be
 /// registered yet).
-pub async fn run(access: Access, name: String, mut config: watch::Receiver<Option<Arc<Config>>>) {
-    let mut last_error = String::new();
-    loop {
-        let want = config
-            .borrow_and_update()
-            .as_deref()
-            .map(Wanted::from_config);
-        if let Some(want) = want {
-            loop {
-                match reconcile(&access, &name, &want).await {
-                    Ok(changed) => {
-                        if changed {
-                            tracing::info!(
-                                "node {name} labels {:?}{}",
-                                want.labels,
-                                match want.taint {
-                                    Some(true) => ", control-plane taint on",
-                                    Some(false) => ", control-plane taint off",
-                                    None => "",
-                                }
-                            );
-                        }
-                        last_error.clear();
-                        break;
+pub async fn run(access: Access, name: String, config: watch::Receiver<Option<Arc<Config>>>) {
+    let what = format!("node {name} update");
+    crate::layout::each_config(config, &what, Duration::from_secs(2), |cfg| {
+        let want = Wanted::from_config(&cfg);
+        let (access, name) = (&access, &name);
+        async move {
+            if reconcile(access, name, &want).await? {
+                tracing::info!(
+                    "node {name} labels {:?}{}",
+                    want.labels,
+                    match want.taint {
+                        Some(true) => ", control-plane taint on",
+                        Some(false) => ", control-plane taint off",
+                        None => "",
                     }
-                    Err(e) => {
-                        let e = basalt_sys::error_chain(&e);
-                        if e != last_error {
-                            tracing::warn!("node {name} not updated yet: {e}");
-                            last_error = e;
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    changed = config.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                }
+                );
             }
-            if config.has_changed().unwrap_or(false) {
-                continue;
-            }
+            Ok::<(), HttpsError>(())
         }
-        if config.changed().await.is_err() {
-            return;
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
