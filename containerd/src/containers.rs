@@ -437,8 +437,10 @@ pub async fn import_all(client: &Client, dir: &Path) -> Result<Vec<String>, Cont
             });
         }
     };
-    dirs.sort();
+    // The pod sandbox first: the kubelet can run no pod without it, whatever else is slow.
+    dirs.sort_by_key(|d| (!d.ends_with("pause"), d.clone()));
     let mut out = Vec::new();
+    let mut failed = None;
     for d in dirs {
         // A layout may name the namespaces it belongs in, comma-separated (the pause image:
         // the CRI's `k8s.io`).
@@ -453,14 +455,26 @@ pub async fn import_all(client: &Client, dir: &Path) -> Result<Vec<String>, Cont
             })
             .unwrap_or_else(|| crate::NAMESPACE.to_string());
         for ns in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            for name in client.in_namespace(ns).import_leased(&d).await? {
-                if !out.contains(&name) {
-                    out.push(name);
+            // One image that cannot be imported does not keep the others out; the first
+            // error is returned once all were tried.
+            match client.in_namespace(ns).import_leased(&d).await {
+                Ok(names) => {
+                    for name in names {
+                        if !out.contains(&name) {
+                            out.push(name);
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
             }
         }
     }
-    Ok(out)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 impl Client {

@@ -52,6 +52,8 @@ pub struct Component {
     /// cgo on (runc, for libseccomp), else off: every program is static.
     cgo: bool,
     tags: &'static str,
+    /// Go files of the component's own module (path in it, text): a main package of ours.
+    sources: &'static [(&'static str, &'static str)],
 }
 
 macro_rules! component_files {
@@ -88,6 +90,7 @@ pub static KUBERNETES: Component = {
         cgo: false,
         // What Kubernetes' own release build passes (hack/lib/golang.sh).
         tags: "selinux,notest,grpcnotrace",
+        sources: &[],
     }
 };
 
@@ -104,6 +107,7 @@ pub static ETCD: Component = {
         ],
         cgo: false,
         tags: "",
+        sources: &[],
     }
 };
 
@@ -127,6 +131,7 @@ pub static CONTAINERD: Component = {
         cgo: false,
         // No btrfs snapshotter (it needs cgo); overlayfs is the one a node uses.
         tags: "no_btrfs,osusergo,netgo,static_build",
+        sources: &[],
     }
 };
 
@@ -142,6 +147,7 @@ pub static RUNC: Component = {
         // Upstream's static build, less `libpathrs` (a Rust library Debian 12 does not ship;
         // runc falls back to its Go implementation of the same checks).
         tags: "seccomp,urfave_cli_no_docs,netgo,osusergo",
+        sources: &[],
     }
 };
 
@@ -172,6 +178,7 @@ pub static CNI: Component = {
         ],
         cgo: false,
         tags: "",
+        sources: &[],
     }
 };
 
@@ -182,9 +189,13 @@ pub static COREDNS: Component = {
         module: "github.com/coredns/coredns",
         go_mod,
         go_sum,
-        programs: &[program("github.com/coredns/coredns", "coredns")],
+        programs: &[program("basalt.dev/stack/coredns/coredns", "coredns")],
         cgo: false,
         tags: "",
+        sources: &[(
+            "coredns/main.go",
+            include_str!("../../stack/coredns/coredns/main.go"),
+        )],
     }
 };
 
@@ -201,6 +212,7 @@ pub static LOCAL_PATH: Component = {
         )],
         cgo: false,
         tags: "",
+        sources: &[],
     }
 };
 
@@ -241,6 +253,12 @@ impl Component {
             if self.cgo { "cgo" } else { "nocgo" },
         ] {
             h.update(part.as_bytes());
+            h.update([0]);
+        }
+        for (path, text) in self.sources {
+            h.update(path.as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
             h.update([0]);
         }
         hex(&h.finalize())[..12].to_string()
@@ -444,8 +462,14 @@ fn build(c: &Component, version: &str, root: &Path, dir: &Path) -> Result<(), Im
     std::fs::create_dir_all(&src).map_err(io_err("create", &src))?;
     std::fs::create_dir_all(&bin).map_err(io_err("create", &bin))?;
     let result = (|| {
-        for (name, text) in [("go.mod", c.go_mod), ("go.sum", c.go_sum)] {
+        for (name, text) in [("go.mod", c.go_mod), ("go.sum", c.go_sum)]
+            .into_iter()
+            .chain(c.sources.iter().copied())
+        {
             let p = src.join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+            }
             std::fs::write(&p, text).map_err(io_err("write", &p))?;
         }
         // The release's time (from the module proxy), for the build date upstream stamps.
@@ -590,10 +614,15 @@ mod tests {
             programs: &[],
             cgo: false,
             tags: "",
+            sources: &[],
         };
         let k1 = c.key();
         c.go_sum = "m v1.0.0 h1:bbb\n";
         assert_ne!(k1, c.key());
+        // And a source of our own.
+        let k2 = c.key();
+        c.sources = &[("cmd/main.go", "package main\n")];
+        assert_ne!(k2, c.key());
     }
 
     #[test]

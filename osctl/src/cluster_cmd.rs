@@ -100,9 +100,11 @@ pub struct CreateArgs {
     /// CPU takes minutes to set up its RBAC roles), else 1.
     #[arg(long)]
     cpus: Option<u32>,
-    /// State disk per node, MiB.
-    #[arg(long, default_value_t = 256)]
-    disk_size: u64,
+    /// State disk per node, MiB (QEMU; thin, so only what is written takes space). Default:
+    /// 8192 with --kubernetes (etcd, the images imported at boot and pulled, pod volumes),
+    /// else 256.
+    #[arg(long)]
+    disk_size: Option<u64>,
     /// Make a port of the nodes (a NodePort) reachable on the host: HOST_PORT:NODE_PORT, or
     /// HOST_IP:HOST_PORT:NODE_PORT (the host side is 127.0.0.1 unless given); may repeat.
     #[arg(long = "publish", value_name = "[HOST_IP:]HOST_PORT:NODE_PORT")]
@@ -219,6 +221,11 @@ impl CreateArgs {
     fn memory_mib(&self) -> u32 {
         self.memory
             .unwrap_or(if self.kubernetes { 2048 } else { 768 })
+    }
+
+    fn disk_mib(&self) -> u64 {
+        self.disk_size
+            .unwrap_or(if self.kubernetes { 8192 } else { 256 })
     }
 
     fn cpus(&self) -> u32 {
@@ -585,7 +592,7 @@ fn boot_vms(
         let n = st.nodes[i].clone();
         std::fs::create_dir_all(&n.dir)?;
         let disk = n.dir.join("state.qcow2");
-        basalt_image::qemu::state_disk(&disk, a.disk_size)
+        basalt_image::qemu::state_disk(&disk, a.disk_mib())
             .map_err(|e| anyhow!("{}: the state disk: {}", n.name, error_chain(&e)))?;
         let tap = format!("tap{i}");
         ip(&["-n", &st.netns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
