@@ -232,11 +232,11 @@ impl Supervisor {
     }
 
     pub fn set_condition(&self, name: &str, on: bool) {
-        self.conditions.send_modify(|c| {
+        self.conditions.send_if_modified(|c| {
             if on {
-                c.insert(name.to_string());
+                c.insert(name.to_string())
             } else {
-                c.remove(name);
+                c.remove(name)
             }
         });
     }
@@ -436,6 +436,11 @@ struct Reporter {
     sup: Arc<Supervisor>,
     id: String,
     status: ServiceStatus,
+    /// What was last published: an unchanged status is not published again. (A waiting
+    /// service re-reports itself each time any service's state changes; publishing that
+    /// wakes every other waiting service, which re-reports in turn — two waiting services
+    /// kept init busy without end, a whole CPU of an emulated node.)
+    published: Option<ServiceStatus>,
 }
 
 impl Reporter {
@@ -487,15 +492,20 @@ impl Reporter {
         self.publish();
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if self.published.as_ref() == Some(&self.status) {
+            return;
+        }
         // The resource first: whoever wakes on the state change reads a current resource.
         if let Err(e) = self.sup.store.apply(OWNER, &self.id, self.status.clone()) {
             tracing::warn!("cannot record service {}: {e}", self.id);
         }
         let (s, h) = (self.status.state, self.status.health);
-        self.sup.states.send_modify(|m| {
-            m.insert(self.id.clone(), (s, h));
-        });
+        // Waiters wake only when the (state, health) they wait on changes.
+        self.sup
+            .states
+            .send_if_modified(|m| m.insert(self.id.clone(), (s, h)) != Some((s, h)));
+        self.published = Some(self.status.clone());
     }
 }
 
@@ -516,6 +526,7 @@ async fn run_service(
         policy = policy.with_backoff(b);
     }
     let mut rep = Reporter {
+        published: None,
         sup: sup.clone(),
         id: def.id.clone(),
         status: ServiceStatus {

@@ -355,3 +355,43 @@ fn confinement_in_a_cgroup_with_a_reduced_capability_set() {
     let _ = std::fs::remove_dir(root.join("confined"));
     let _ = std::fs::remove_dir(&root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_waiting_together_stay_quiet() {
+    // Two services waiting on the same condition, and a health-checked one whose checks keep
+    // failing: nothing they report changes, so nothing is published — waiting services once
+    // woke each other without end (each re-report a change to the other), a busy PID 1.
+    let sup = sup();
+    let mut checked = ServiceDef::new("checked", sh("exec sleep 30"));
+    checked.health = Some(Health {
+        check: Arc::new(|| Box::pin(async { Err("not yet".into()) })),
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(1),
+    });
+    sup.add(quick(checked)).await;
+    for id in ["a", "b"] {
+        let mut def = ServiceDef::new(id, sh("exec sleep 30"));
+        def.depends = vec![Dependency::Condition("never")];
+        sup.add(quick(def)).await;
+    }
+    for id in ["a", "b"] {
+        assert!(sup.wait_for(id, T, |s, _| s == State::Waiting).await);
+    }
+    assert!(sup.wait_for("checked", T, |s, _| s == State::Running).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = sup.store.revision();
+    let mut states = sup.states.subscribe();
+    states.borrow_and_update();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sup.store.revision(),
+        before,
+        "the store was written while nothing changed"
+    );
+    assert!(
+        !states.has_changed().unwrap(),
+        "waiters were woken while nothing changed"
+    );
+    assert_eq!(status(&sup, "a").message, "waiting for never");
+    sup.stop_all().await;
+}
