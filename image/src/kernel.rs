@@ -44,6 +44,10 @@ pub const NODE_MODULES: &[&str] = &[
     "nft_nat",
     "nft_numgen",
     "nft_reject_inet",
+    "nft_reject_ipv4",
+    "nft_reject_ipv6",
+    "nft_fib_ipv4",
+    "nft_fib_ipv6",
     "br_netfilter",
 ];
 
