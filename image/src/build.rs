@@ -244,6 +244,12 @@ pub fn build_cached(
         "{target:?} {} {} {:?} {BASE_CMDLINE}",
         opts.with_containerd, opts.kubernetes, opts.extra_cmdline
     ));
+    // What goes in, by the lists that choose it: a module or program added to one is a new
+    // image without a LAYOUT bump (a module list change once reused an image without it).
+    h.update(format!(
+        "{BOOT_MODULES:?} {NODE_MODULES:?} {STACK_PAYLOAD:?} {KUBERNETES_BINARIES:?} \
+         {KUBERNETES_PAYLOAD:?} {LIBRARY_PACKAGES:?}"
+    ));
     if opts.with_containerd {
         // The stack's directories are named by their pins' key.
         let stack = crate::stack::ensure(stack_components(opts), &inputs::cache_dir(), &|m| {
