@@ -117,48 +117,98 @@ impl Client {
         }
     }
 
-    /// Writes one blob (skipped when the store has it), with GC labels.
+    /// Writes one blob held in memory (a manifest, a config), with GC labels.
     async fn write_blob(
         &self,
         data: &[u8],
         labels: HashMap<String, String>,
     ) -> Result<String, ContainerError> {
         let d = digest(data);
-        if self.exists(&d).await? {
-            return Ok(d);
+        let chunks: Vec<Vec<u8>> = data.chunks(1 << 20).map(<[u8]>::to_vec).collect();
+        self.write_content(&d, data.len() as u64, futures::stream::iter(chunks), labels)
+            .await?;
+        Ok(d)
+    }
+
+    /// Writes one blob from a file of the layout, 1 MiB at a time: a layer is never held in
+    /// memory whole, and its digest is checked by containerd (the `expected` of the write),
+    /// not computed here too.
+    async fn write_file_blob(
+        &self,
+        path: &Path,
+        d: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), ContainerError> {
+        let read_err = |source| ContainerError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let total = file.metadata().map_err(read_err)?.len();
+        let chunks = futures::stream::unfold(Some(file), |file| async move {
+            use std::io::Read as _;
+            let mut file = file?;
+            let mut buf = vec![0u8; 1 << 20];
+            // A read that fails ends the stream short: containerd then refuses the commit
+            // (fewer bytes than `total`), and the import fails with its reason.
+            let n = file.read(&mut buf).ok().filter(|n| *n > 0)?;
+            buf.truncate(n);
+            Some((buf, Some(file)))
+        });
+        self.write_content(d, total, chunks, labels).await
+    }
+
+    /// Streams content into the store as `d` (skipped when the store has it), with GC labels
+    /// on the commit.
+    async fn write_content<S>(
+        &self,
+        d: &str,
+        total: u64,
+        chunks: S,
+        labels: HashMap<String, String>,
+    ) -> Result<(), ContainerError>
+    where
+        S: futures::Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        use futures::StreamExt as _;
+        if self.exists(d).await? {
+            return Ok(());
         }
         let r#ref = format!("basalt-import-{d}");
-        let total = data.len() as i64;
-        let mut reqs = Vec::new();
-        let chunk = 1 << 20;
-        let mut off = 0usize;
-        while off < data.len() {
-            let end = (off + chunk).min(data.len());
-            reqs.push(proto::WriteContentRequest {
+        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        let (r1, e1) = (r#ref.clone(), d.to_string());
+        let writes = chunks.scan(0i64, move |off, data| {
+            let req = proto::WriteContentRequest {
                 action: 1,
-                r#ref: r#ref.clone(),
+                r#ref: r1.clone(),
                 total,
-                expected: d.clone(),
-                offset: off as i64,
-                data: data[off..end].to_vec(),
+                expected: e1.clone(),
+                offset: *off,
                 labels: HashMap::new(),
-            });
-            off = end;
-        }
-        reqs.push(proto::WriteContentRequest {
+                data,
+            };
+            *off += req.data.len() as i64;
+            futures::future::ready(Some(req))
+        });
+        let commit = proto::WriteContentRequest {
             action: 2,
             r#ref,
             total,
-            expected: d.clone(),
+            expected: d.to_string(),
             offset: total,
             data: Vec::new(),
             labels,
-        });
+        };
+        let reqs = writes.chain(futures::stream::iter([commit]));
         let mut grpc = tonic::client::Grpc::new(self.channel());
         grpc.ready()
             .await
             .map_err(|e| api("content write")(tonic::Status::unavailable(e.to_string())))?;
-        let mut r = tonic::Request::new(futures::stream::iter(reqs));
+        let mut r = tonic::Request::new(reqs);
+        // A large layer on a slow machine: the same allowance as its unpacking.
+        r.set_timeout(Duration::from_secs(
+            60 + 2 * (total.max(0) as u64) / (1 << 20),
+        ));
         if let Ok(ns) = self.namespace().parse() {
             r.metadata_mut().insert("containerd-namespace", ns);
         }
@@ -189,12 +239,12 @@ impl Client {
         {
             if resp.action == 2 && !resp.digest.is_empty() && resp.digest != d {
                 return Err(ContainerError::Image(
-                    d.clone(),
+                    d.to_string(),
                     format!("containerd committed {} instead", resp.digest),
                 ));
             }
         }
-        Ok(d)
+        Ok(())
     }
 
     async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ContainerError> {
@@ -343,7 +393,12 @@ impl Client {
             let top = chains.last().cloned().unwrap_or_default();
 
             for l in &layers {
-                self.write_blob(&blob(&l.digest)?, HashMap::new()).await?;
+                let path = dir.join(format!(
+                    "blobs/sha256/{}",
+                    l.digest.trim_start_matches("sha256:")
+                ));
+                self.write_file_blob(&path, &l.digest, HashMap::new())
+                    .await?;
             }
             let mut cl = HashMap::new();
             cl.insert(
