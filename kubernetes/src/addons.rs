@@ -109,7 +109,7 @@ pub fn manifests(config: &Config, node: &Node) -> Result<Vec<Manifest>, AddonErr
                 manifest: "coredns".into(),
                 message: "this node's image ships no CoreDNS image".into(),
             })?;
-        let dns_ip = crate::pki::nth_address(crate::pki::service_ip(config), 9);
+        let dns_ip = crate::layout::dns_service_ip(config);
         let text = COREDNS
             .replace("@IMAGE@", image)
             .replace("@DNS_IP@", &dns_ip.to_string())

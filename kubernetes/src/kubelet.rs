@@ -10,7 +10,6 @@ use std::time::Duration;
 use basalt_config::Config;
 use basalt_config::v1alpha1::MachineType;
 
-use super::pki;
 use crate::layout::{KUBELET_CLIENT_READY, KUBELET_ROOT as ROOT_DIR, healthz, process};
 use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef};
 
@@ -103,7 +102,7 @@ fn cluster_dns(config: &Config) -> Vec<IpAddr> {
     {
         return d;
     }
-    vec![pki::nth_address(pki::service_ip(config), 9)]
+    vec![crate::layout::dns_service_ip(config)]
 }
 
 /// The resolv.conf the kubelet hands pods of `dnsPolicy: Default` (CoreDNS among them): the

@@ -75,6 +75,12 @@ pub fn cluster_cidrs(config: &Config) -> (Vec<String>, Vec<String>) {
     )
 }
 
+/// Where cluster DNS answers: the tenth address of the service subnet (CoreDNS's Service, the
+/// kubelets' default `clusterDNS`).
+pub fn dns_service_ip(config: &Config) -> std::net::IpAddr {
+    crate::pki::nth_address(crate::pki::service_ip(config), 9)
+}
+
 /// The cluster's DNS domain (`cluster.local` unless configured).
 pub fn dns_domain(config: &Config) -> String {
     config
