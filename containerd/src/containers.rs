@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::{Client, proto};
+use crate::{Client, archive, proto};
 
 pub const SNAPSHOTTER: &str = "overlayfs";
 /// Where OCI image layouts ship in the rootfs.
@@ -36,6 +36,8 @@ pub enum ContainerError {
     },
     #[error("image {0:?}: {1}")]
     Image(String, String),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> ContainerError {
@@ -68,7 +70,7 @@ pub fn layout_references(dir: &Path) -> Result<Vec<String>, ContainerError> {
 }
 
 /// `sha256:…` of bytes.
-fn digest(data: &[u8]) -> String {
+pub(crate) fn digest(data: &[u8]) -> String {
     let h = Sha256::digest(data);
     let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
@@ -100,7 +102,7 @@ fn desc(v: &serde_json::Value) -> proto::Descriptor {
 }
 
 impl Client {
-    async fn exists(&self, digest: &str) -> Result<bool, ContainerError> {
+    pub(crate) async fn exists(&self, digest: &str) -> Result<bool, ContainerError> {
         match self
             .call::<_, proto::InfoResponse>(
                 "/containerd.services.content.v1.Content/Info",
@@ -170,13 +172,64 @@ impl Client {
     where
         S: futures::Stream<Item = Vec<u8>> + Send + 'static,
     {
-        use futures::StreamExt as _;
         if self.exists(d).await? {
             return Ok(());
         }
-        let r#ref = format!("basalt-import-{d}");
+        self.write_stream(&format!("basalt-import-{d}"), d, total, chunks, labels)
+            .await
+            .map(|_| ())
+    }
+
+    /// Streams content into the store under the ingest `ref`, and commits it: as `expected`
+    /// when that is given (containerd checks it), else as whatever it hashes to. Returns the
+    /// digest committed (empty when no `expected` was given and the store had the content
+    /// already: that is not an error). A write that fails is
+    /// aborted, so no half-written ingest stays behind.
+    async fn write_stream<S>(
+        &self,
+        r#ref: &str,
+        expected: &str,
+        total: u64,
+        chunks: S,
+        labels: HashMap<String, String>,
+    ) -> Result<String, ContainerError>
+    where
+        S: futures::Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let result = self
+            .write_stream_once(r#ref, expected, total, chunks, labels)
+            .await;
+        if result.is_err() {
+            let _ = self
+                .call::<_, proto::Empty>(
+                    "/containerd.services.content.v1.Content/Abort",
+                    Some(self.namespace()),
+                    proto::IdRequest { id: r#ref.into() },
+                )
+                .await;
+        }
+        result
+    }
+
+    async fn write_stream_once<S>(
+        &self,
+        r#ref: &str,
+        expected: &str,
+        total: u64,
+        chunks: S,
+        labels: HashMap<String, String>,
+    ) -> Result<String, ContainerError>
+    where
+        S: futures::Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        use futures::StreamExt as _;
+        let what = if expected.is_empty() {
+            format!("content write {ref}")
+        } else {
+            format!("content write {expected}")
+        };
         let total = i64::try_from(total).unwrap_or(i64::MAX);
-        let (r1, e1) = (r#ref.clone(), d.to_string());
+        let (r1, e1) = (r#ref.to_string(), expected.to_string());
         let writes = chunks.scan(0i64, move |off, data| {
             let req = proto::WriteContentRequest {
                 action: 1,
@@ -192,9 +245,9 @@ impl Client {
         });
         let commit = proto::WriteContentRequest {
             action: 2,
-            r#ref,
+            r#ref: r#ref.to_string(),
             total,
-            expected: d.to_string(),
+            expected: expected.to_string(),
             offset: total,
             data: Vec::new(),
             labels,
@@ -221,7 +274,8 @@ impl Client {
             proto::WriteContentRequest,
             proto::WriteContentResponse,
         >::default();
-        let mut stream = grpc
+        let already = |s: &tonic::Status| s.code() == tonic::Code::AlreadyExists;
+        let mut stream = match grpc
             .streaming(
                 r,
                 http::uri::PathAndQuery::from_static(
@@ -230,21 +284,33 @@ impl Client {
                 codec,
             )
             .await
-            .map_err(api(format!("content write {d}")))?
-            .into_inner();
-        while let Some(resp) = stream
-            .message()
-            .await
-            .map_err(api(format!("content write {d}")))?
         {
-            if resp.action == 2 && !resp.digest.is_empty() && resp.digest != d {
-                return Err(ContainerError::Image(
-                    d.to_string(),
-                    format!("containerd committed {} instead", resp.digest),
-                ));
+            Ok(s) => s.into_inner(),
+            Err(s) if already(&s) && !expected.is_empty() => return Ok(expected.to_string()),
+            Err(s) => return Err(api(what)(s)),
+        };
+        let mut committed = expected.to_string();
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp.action == 2 && !resp.digest.is_empty() {
+                        if !expected.is_empty() && resp.digest != expected {
+                            return Err(ContainerError::Image(
+                                expected.to_string(),
+                                format!("containerd committed {} instead", resp.digest),
+                            ));
+                        }
+                        committed = resp.digest;
+                    }
+                }
+                Ok(None) => break,
+                // The store has this content already: committed as what it hashes to, which
+                // a caller that gave no `expected` computed itself.
+                Err(s) if already(&s) => break,
+                Err(s) => return Err(api(what)(s)),
             }
         }
-        Ok(())
+        Ok(committed)
     }
 
     async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ContainerError> {
@@ -377,21 +443,6 @@ impl Client {
                 .flatten()
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect();
-            if diff_ids.len() != layers.len() {
-                return Err(ContainerError::Image(
-                    name.into(),
-                    "the config's diff_ids do not match the manifest's layers".into(),
-                ));
-            }
-            if layers.iter().any(|l| !l.media_type.ends_with(".tar")) {
-                return Err(ContainerError::Image(
-                    name.into(),
-                    "only uncompressed layers are imported".into(),
-                ));
-            }
-            let chains = chain_ids(&diff_ids);
-            let top = chains.last().cloned().unwrap_or_default();
-
             for l in &layers {
                 let path = dir.join(format!(
                     "blobs/sha256/{}",
@@ -400,79 +451,215 @@ impl Client {
                 self.write_file_blob(&path, &l.digest, HashMap::new())
                     .await?;
             }
-            let mut cl = HashMap::new();
-            cl.insert(
-                format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
-                top.clone(),
-            );
-            self.write_blob(&config_bytes, cl).await?;
-            let mut ml = HashMap::new();
-            ml.insert(
-                "containerd.io/gc.ref.content.config".to_string(),
-                cdesc.digest.clone(),
-            );
-            for (i, l) in layers.iter().enumerate() {
-                ml.insert(
-                    format!("containerd.io/gc.ref.content.l.{i}"),
-                    l.digest.clone(),
-                );
-            }
-            self.write_blob(&manifest_bytes, ml).await?;
-
-            // Unpack: one committed snapshot per layer, named by chain ID.
-            let mut parent = String::new();
-            for (l, chain) in layers.iter().zip(&chains) {
-                if !self.snapshot_exists(chain).await? {
-                    let key = format!("basalt-extract-{chain}");
-                    let mounts = self.prepare(&key, &parent).await?;
-                    // Unpacking takes time in proportion to the layer: a minute, and two
-                    // seconds a MiB more (an emulated CPU unpacks CoreDNS's 75 MiB in about
-                    // a minute).
-                    let within = Duration::from_secs(
-                        60 + 2 * u64::try_from(l.size).unwrap_or(0) / (1 << 20),
-                    );
-                    let _: proto::ApplyResponse = self
-                        .call_within(
-                            "/containerd.services.diff.v1.Diff/Apply",
-                            Some(self.namespace()),
-                            proto::ApplyRequest {
-                                diff: Some(l.clone()),
-                                mounts,
-                            },
-                            within,
-                        )
-                        .await
-                        .map_err(api(format!("apply layer {}", l.digest)))?;
-                    self.empty_call(
-                        "/containerd.services.snapshots.v1.Snapshots/Commit",
-                        format!("snapshot commit {chain}"),
-                        proto::CommitSnapshotRequest {
-                            snapshotter: SNAPSHOTTER.into(),
-                            name: chain.clone(),
-                            key,
-                        },
-                    )
-                    .await?;
-                }
-                parent = chain.clone();
-            }
-            let _: proto::ImageMessage = self
-                .call(
-                    "/containerd.services.images.v1.Images/Create",
-                    Some(self.namespace()),
-                    proto::ImageMessage {
-                        image: Some(proto::ImageRecord {
-                            name: name.into(),
-                            labels: HashMap::new(),
-                            target: Some(mdesc),
-                        }),
-                    },
-                )
-                .await
-                .map_err(api(format!("image create {name}")))?;
+            self.unpack(name, &manifest_bytes, &config_bytes, &layers, &diff_ids)
+                .await?;
+            self.tag(&[name.to_string()], &mdesc).await?;
             created.push(name.to_string());
         }
         Ok(created)
+    }
+}
+
+/// What an import did to one image name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    /// The name pointed at another image before.
+    Updated,
+    /// The name already pointed at this image.
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Media types of layers containerd's differ unpacks.
+fn unpackable(media_type: &str) -> bool {
+    [".tar", ".tar+gzip", ".tar.gzip", ".tar+zstd", ".tar.zstd"]
+        .iter()
+        .any(|s| media_type.ends_with(s))
+}
+
+impl Client {
+    /// Makes an image of content already in the store (its layers) and the manifest and
+    /// config given: writes those with the labels that keep the graph from containerd's
+    /// garbage collector and unpacks every layer into a snapshot named by its chain ID,
+    /// checking what it unpacks to against the config's diff IDs. [`Client::tag`] names it.
+    async fn unpack(
+        &self,
+        label: &str,
+        manifest: &[u8],
+        config: &[u8],
+        layers: &[proto::Descriptor],
+        diff_ids: &[String],
+    ) -> Result<(), ContainerError> {
+        let label = label.to_string();
+        if diff_ids.len() != layers.len() {
+            return Err(ContainerError::Image(
+                label,
+                format!(
+                    "the config lists {} diff_ids for {} layers",
+                    diff_ids.len(),
+                    layers.len()
+                ),
+            ));
+        }
+        if let Some(l) = layers.iter().find(|l| !unpackable(&l.media_type)) {
+            return Err(ContainerError::Image(
+                label,
+                format!(
+                    "layer {} has media type {:?}, which containerd cannot unpack",
+                    l.digest, l.media_type
+                ),
+            ));
+        }
+        let chains = chain_ids(diff_ids);
+        let top = chains.last().cloned().unwrap_or_default();
+        let mut cl = HashMap::new();
+        cl.insert(
+            format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
+            top.clone(),
+        );
+        let config_digest = self.write_blob(config, cl).await?;
+        let mut ml = HashMap::new();
+        ml.insert(
+            "containerd.io/gc.ref.content.config".to_string(),
+            config_digest,
+        );
+        for (i, l) in layers.iter().enumerate() {
+            ml.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.clone(),
+            );
+        }
+        self.write_blob(manifest, ml).await?;
+
+        // Unpack: one committed snapshot per layer, named by chain ID.
+        let mut parent = String::new();
+        for ((l, chain), diff_id) in layers.iter().zip(&chains).zip(diff_ids) {
+            if !self.snapshot_exists(chain).await? {
+                let key = format!("basalt-extract-{chain}");
+                let mounts = self.prepare(&key, &parent).await?;
+                // Unpacking takes time in proportion to the layer: a minute, and two
+                // seconds a MiB more (an emulated CPU unpacks CoreDNS's 75 MiB in about
+                // a minute).
+                let within =
+                    Duration::from_secs(60 + 2 * u64::try_from(l.size).unwrap_or(0) / (1 << 20));
+                let applied: Result<proto::ApplyResponse, ContainerError> = self
+                    .call_within(
+                        "/containerd.services.diff.v1.Diff/Apply",
+                        Some(self.namespace()),
+                        proto::ApplyRequest {
+                            diff: Some(l.clone()),
+                            mounts,
+                        },
+                        within,
+                    )
+                    .await
+                    .map_err(api(format!("apply layer {}", l.digest)));
+                let unpacked = applied
+                    .map(|a| a.applied.map(|d| d.digest).unwrap_or_default())
+                    .and_then(|d| {
+                        if d.is_empty() || &d == diff_id {
+                            Ok(())
+                        } else {
+                            Err(ContainerError::Image(
+                                label.clone(),
+                                format!("layer {} unpacks to {d}, but the config's diff_id is {diff_id}", l.digest),
+                            ))
+                        }
+                    });
+                if let Err(e) = unpacked {
+                    let _ = self
+                        .empty_call(
+                            "/containerd.services.snapshots.v1.Snapshots/Remove",
+                            format!("snapshot remove {key}"),
+                            proto::SnapshotKey {
+                                snapshotter: SNAPSHOTTER.into(),
+                                key: key.clone(),
+                            },
+                        )
+                        .await;
+                    return Err(e);
+                }
+                self.empty_call(
+                    "/containerd.services.snapshots.v1.Snapshots/Commit",
+                    format!("snapshot commit {chain}"),
+                    proto::CommitSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        name: chain.clone(),
+                        key,
+                    },
+                )
+                .await?;
+            }
+            parent = chain.clone();
+        }
+        Ok(())
+    }
+
+    /// Points each name at the image whose manifest is `mdesc` (in the store, unpacked).
+    async fn tag(
+        &self,
+        names: &[String],
+        mdesc: &proto::Descriptor,
+    ) -> Result<Vec<(String, Outcome)>, ContainerError> {
+        let mut out = Vec::new();
+        for name in names {
+            let record = proto::ImageMessage {
+                image: Some(proto::ImageRecord {
+                    name: name.clone(),
+                    labels: HashMap::new(),
+                    target: Some(mdesc.clone()),
+                }),
+            };
+            let existing = self
+                .call::<_, proto::ImageMessage>(
+                    "/containerd.services.images.v1.Images/Get",
+                    Some(self.namespace()),
+                    proto::NameRequest { name: name.clone() },
+                )
+                .await;
+            let outcome = match existing {
+                Ok(m) => {
+                    let target = m.image.and_then(|i| i.target).unwrap_or_default();
+                    if target.digest == mdesc.digest {
+                        Outcome::Unchanged
+                    } else {
+                        let _: proto::ImageMessage = self
+                            .call(
+                                "/containerd.services.images.v1.Images/Update",
+                                Some(self.namespace()),
+                                record,
+                            )
+                            .await
+                            .map_err(api(format!("image update {name}")))?;
+                        Outcome::Updated
+                    }
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    let _: proto::ImageMessage = self
+                        .call(
+                            "/containerd.services.images.v1.Images/Create",
+                            Some(self.namespace()),
+                            record,
+                        )
+                        .await
+                        .map_err(api(format!("image create {name}")))?;
+                    Outcome::Created
+                }
+                Err(s) => return Err(api(format!("image get {name}"))(s)),
+            };
+            out.push((name.clone(), outcome));
+        }
+        Ok(out)
     }
 }
 
@@ -573,6 +760,253 @@ impl Client {
     }
 }
 
+/// One name an archive import touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub name: String,
+    /// The manifest's digest (what the name points at).
+    pub digest: String,
+    /// The config's digest: the image ID `docker images` shows.
+    pub id: String,
+    pub outcome: Outcome,
+}
+
+/// The archive store of a node: large files stream into containerd's content store as they
+/// arrive, hashed on the way (docker save names its layers by path, not digest).
+struct ContentStore {
+    client: Client,
+    /// Ingest refs are unique to one import.
+    id: String,
+    n: u32,
+}
+
+impl archive::Store for ContentStore {
+    async fn store<R: tokio::io::AsyncRead + Unpin + Send>(
+        &mut self,
+        entry: &archive::Entry,
+        tar: &mut archive::TarReader<R>,
+    ) -> Result<archive::Stored, ContainerError> {
+        use sha2::Digest as _;
+        self.n += 1;
+        let r#ref = format!("basalt-archive-{}-{}", self.id, self.n);
+        // An OCI layout names its blobs by digest: one the store has is not sent again.
+        let named = entry
+            .path
+            .strip_prefix("blobs/sha256/")
+            .map(|h| format!("sha256:{h}"));
+        let have = match &named {
+            Some(d) => self.client.exists(d).await?,
+            None => false,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let expected = named.clone().unwrap_or_default();
+        let write = async {
+            if have {
+                drop(rx);
+                return Ok(String::new());
+            }
+            self.client
+                .write_stream(
+                    &r#ref,
+                    &expected,
+                    entry.size,
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    HashMap::new(),
+                )
+                .await
+        };
+        let feed = async move {
+            let mut h = archive::hasher();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = tar.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                if !have && tx.send(buf[..n].to_vec()).await.is_err() {
+                    // The write failed; its error is the one reported. The rest of the entry
+                    // is still read (and hashed) so the reader stays in step.
+                    continue;
+                }
+            }
+            Ok::<_, ContainerError>(archive::hex_digest(h))
+        };
+        let (written, hashed) = tokio::join!(write, feed);
+        // A read that failed (a truncated archive) is the cause; the write it cut short is not.
+        let hashed = hashed?;
+        if named.is_some_and(|n| n != hashed) {
+            return Err(archive::ArchiveError::DigestMismatch {
+                path: entry.path.clone(),
+                actual: hashed,
+            }
+            .into());
+        }
+        let written = written?;
+        if !written.is_empty() && written != hashed {
+            return Err(ContainerError::Image(
+                entry.path.clone(),
+                format!("containerd committed {written}, but the content hashes to {hashed}"),
+            ));
+        }
+        Ok(archive::Stored {
+            digest: Some(hashed),
+            size: entry.size,
+        })
+    }
+}
+
+/// A node's platform, which an imported image must be for.
+const PLATFORM: (&str, &str) = ("linux", "amd64");
+
+impl Client {
+    /// Imports an image archive (docker save or an OCI layout in a tar) read from `r` into
+    /// this client's namespace, under one lease: an archive that is bad anywhere — or a
+    /// reader that fails half-way (a client gone) — leaves no image, and what was written is
+    /// collected. Every image of the archive is unpacked before any name points at one.
+    pub async fn import_archive<R: tokio::io::AsyncRead + Unpin + Send>(
+        &self,
+        r: R,
+    ) -> Result<Vec<Imported>, ContainerError> {
+        self.leased(|c| async move { c.import_archive_leased(r).await })
+            .await
+    }
+
+    async fn import_archive_leased<R: tokio::io::AsyncRead + Unpin + Send>(
+        &self,
+        r: R,
+    ) -> Result<Vec<Imported>, ContainerError> {
+        let mut store = ContentStore {
+            client: self.clone(),
+            id: format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ),
+            n: 0,
+        };
+        let contents = archive::read(r, &mut store).await?;
+        let images = archive::images(&contents)?;
+        let mut ready = Vec::new();
+        for img in &images {
+            let label = img
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| img.config_digest.clone());
+            let bad = |m: String| ContainerError::Image(label.clone(), m);
+            let config: serde_json::Value = serde_json::from_slice(&img.config)
+                .map_err(|e| bad(format!("its config is not JSON: {e}")))?;
+            let os = config["os"].as_str().unwrap_or(PLATFORM.0);
+            let arch = config["architecture"].as_str().unwrap_or(PLATFORM.1);
+            if (os, arch) != PLATFORM {
+                return Err(bad(format!(
+                    "it is for {os}/{arch}; this node runs {}/{}",
+                    PLATFORM.0, PLATFORM.1
+                )));
+            }
+            let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            let mut layers = Vec::new();
+            for l in &img.layers {
+                let d = match (&l.digest, contents.get(&l.path)) {
+                    (_, Some(archive::Content::Small(b))) => {
+                        // Small layers were kept in memory: into the store now.
+                        let d = self.write_blob(b, HashMap::new()).await?;
+                        if l.digest.as_ref().is_some_and(|x| *x != d) {
+                            return Err(bad(format!("layer {} has digest {d}", l.path)));
+                        }
+                        d
+                    }
+                    (Some(d), _) => d.clone(),
+                    (None, _) => contents
+                        .digest(&l.path)
+                        .ok_or_else(|| bad(format!("layer {} was not stored", l.path)))?,
+                };
+                layers.push(proto::Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: d,
+                    size: i64::try_from(l.size).unwrap_or(i64::MAX),
+                });
+            }
+            let (media_type, manifest) = match &img.manifest {
+                Some((m, b)) => (m.clone(), b.clone()),
+                None => {
+                    let ls: Vec<(String, String, u64)> = layers
+                        .iter()
+                        .map(|l| (l.media_type.clone(), l.digest.clone(), l.size as u64))
+                        .collect();
+                    (
+                        "application/vnd.docker.distribution.manifest.v2+json".to_string(),
+                        archive::docker_manifest(&img.config_digest, img.config.len(), &ls),
+                    )
+                }
+            };
+            let mdesc = proto::Descriptor {
+                media_type,
+                digest: digest(&manifest),
+                size: manifest.len() as i64,
+            };
+            self.unpack(&label, &manifest, &img.config, &layers, &diff_ids)
+                .await?;
+            ready.push((img, mdesc));
+        }
+        let mut out = Vec::new();
+        for (img, mdesc) in ready {
+            for (name, outcome) in self.tag(&img.names, &mdesc).await? {
+                out.push(Imported {
+                    name,
+                    digest: mdesc.digest.clone(),
+                    id: img.config_digest.clone(),
+                    outcome,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes image names; an unknown name is an error that names it (nothing is removed).
+    pub async fn remove_images(&self, names: &[String]) -> Result<(), ContainerError> {
+        for name in names {
+            self.call::<_, proto::ImageMessage>(
+                "/containerd.services.images.v1.Images/Get",
+                Some(self.namespace()),
+                proto::NameRequest { name: name.clone() },
+            )
+            .await
+            .map_err(api(format!("image {name}")))?;
+        }
+        for name in names {
+            self.empty_call(
+                "/containerd.services.images.v1.Images/Delete",
+                format!("image delete {name}"),
+                proto::NameRequest { name: name.clone() },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The config digest (image ID) of the image whose manifest is `manifest`.
+    pub async fn image_id(&self, manifest: &str) -> Result<String, ContainerError> {
+        let m = self.read_blob(manifest).await?;
+        let v: serde_json::Value = serde_json::from_slice(&m).map_err(|e| {
+            ContainerError::Image(manifest.to_string(), format!("manifest is not JSON: {e}"))
+        })?;
+        Ok(v["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutput {
@@ -625,7 +1059,8 @@ pub async fn run(
     io_dir: &Path,
     remove: bool,
 ) -> Result<RunOutput, ContainerError> {
-    let ns = Some(crate::NAMESPACE);
+    // The client's namespace: `system` for the API's runs, unless a caller chose another.
+    let ns = Some(client.namespace());
     let img: proto::ImageMessage = client
         .call(
             "/containerd.services.images.v1.Images/Get",

@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 use basalt_supervisor::process::ProcessSpec;
 use basalt_supervisor::{Health, ServiceDef};
 
+pub mod archive;
 pub mod containers;
 
 pub const SOCKET: &str = "/system/run/containerd/containerd.sock";
@@ -690,8 +691,9 @@ mod tests {
     }
 
     /// An OCI layout with one static program, built with the host's gcc and tar.
-    fn host_layout(dir: &Path, scratch: &Path, name: &str, namespace: Option<&str>) {
-        use sha2::Digest as _;
+    /// A layer (a tar) holding `/t`, a static C program built with the host's gcc: it prints
+    /// "hi", its arguments and its pid, and exits 3.
+    fn program_layer(scratch: &Path) -> Vec<u8> {
         let src = scratch.join("t.c");
         std::fs::write(
             &src,
@@ -722,6 +724,13 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
+        std::fs::read(&tar_path).unwrap()
+    }
+
+    /// An OCI layout with one static program ([`program_layer`]).
+    fn host_layout(dir: &Path, scratch: &Path, name: &str, namespace: Option<&str>) {
+        use sha2::Digest as _;
+        let layer = program_layer(scratch);
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
         let put = |data: &[u8]| -> (String, usize) {
@@ -732,7 +741,7 @@ mod tests {
             std::fs::write(blobs.join(&hex), data).unwrap();
             (format!("sha256:{hex}"), data.len())
         };
-        let (ld, ls) = put(&std::fs::read(&tar_path).unwrap());
+        let (ld, ls) = put(&layer);
         let config = serde_json::json!({"architecture": "amd64", "os": "linux",
             "config": {"Entrypoint": ["/t"], "Cmd": ["default"]},
             "rootfs": {"type": "layers", "diff_ids": [ld]}});
@@ -752,15 +761,11 @@ mod tests {
         std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     }
 
-    /// The client against a real containerd when the host has one (the VM tier covers the
-    /// node); the Debian package is what the image ships.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn client_talks_to_a_real_containerd() {
-        if !basalt_testkit::tier(basalt_testkit::Tier::Privileged, "containerd client") {
-            return;
-        }
-        // The node's own containerd and runc: the Go-built stack (built into the cache if it
-        // is not there).
+    /// containerd from the node's Go-built stack (built into the cache if it is not there),
+    /// run by a supervisor in `dir`.
+    async fn real_containerd(
+        dir: &Path,
+    ) -> (std::sync::Arc<basalt_supervisor::Supervisor>, Client) {
         let stack = basalt_image::stack::ensure(
             basalt_image::stack::NODE,
             &basalt_image::inputs::cache_dir(),
@@ -776,12 +781,11 @@ mod tests {
             })
             .chain(["/usr/bin".into(), "/usr/sbin".into(), "/bin".into()])
             .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("c.sock");
-        let cfg = dir.path().join("config.toml");
+        let sock = dir.join("c.sock");
+        let cfg = dir.join("config.toml");
         std::fs::write(
             &cfg,
-            config_toml(&sock, &dir.path().join("root"), &dir.path().join("state")),
+            config_toml(&sock, &dir.join("root"), &dir.join("state")),
         )
         .unwrap();
         let store = basalt_resources::Store::default();
@@ -812,7 +816,42 @@ mod tests {
             .map(|r| r.tail(20).into_iter().map(|e| e.line).collect())
             .unwrap_or_default();
         assert!(healthy, "containerd never became healthy: {log:#?}");
-        let c = Client::new(&sock);
+        (sup, Client::new(&sock))
+    }
+
+    /// Makes containerd collect what nothing refers to, now (deleting an empty lease with
+    /// `sync`).
+    async fn collect(c: &Client) {
+        let l: proto::CreateLeaseResponse = c
+            .call(
+                "/containerd.services.leases.v1.Leases/Create",
+                Some(NAMESPACE),
+                proto::IdRequest { id: String::new() },
+            )
+            .await
+            .unwrap();
+        let _: proto::Empty = c
+            .call(
+                "/containerd.services.leases.v1.Leases/Delete",
+                Some(NAMESPACE),
+                proto::DeleteLeaseRequest {
+                    id: l.lease.unwrap().id,
+                    sync: true,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The client against a real containerd when the host has one (the VM tier covers the
+    /// node); the Debian package is what the image ships.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_talks_to_a_real_containerd() {
+        if !basalt_testkit::tier(basalt_testkit::Tier::Privileged, "containerd client") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, c) = real_containerd(dir.path()).await;
         let v = c.version().await.unwrap();
         assert!(v.version.starts_with("v2."), "{v:?}");
         assert!(c.images(NAMESPACE).await.unwrap().is_empty());
@@ -852,29 +891,9 @@ mod tests {
         assert_eq!(imgs.len(), 2);
 
         // containerd collects what nothing refers to whenever something is deleted (forced
-        // here, synchronously, by deleting an empty lease with `sync`): a snapshot prepared for
-        // a container is held by a lease until the container record refers to it.
-        let collect = || async {
-            let l: proto::CreateLeaseResponse = c
-                .call(
-                    "/containerd.services.leases.v1.Leases/Create",
-                    Some(NAMESPACE),
-                    proto::IdRequest { id: String::new() },
-                )
-                .await
-                .unwrap();
-            let _: proto::Empty = c
-                .call(
-                    "/containerd.services.leases.v1.Leases/Delete",
-                    Some(NAMESPACE),
-                    proto::DeleteLeaseRequest {
-                        id: l.lease.unwrap().id,
-                        sync: true,
-                    },
-                )
-                .await
-                .unwrap();
-        };
+        // here, synchronously): a snapshot prepared for a container is held by a lease until
+        // the container record refers to it.
+        let collect = || collect(&c);
         c.prepare("unheld", "").await.unwrap();
         collect().await;
         assert!(
@@ -925,6 +944,198 @@ mod tests {
             1,
             "t2 was removed"
         );
+        sup.stop_all().await;
+    }
+
+    /// An input that gives `n` bytes of `data`, then fails: a client gone half-way.
+    struct Broken {
+        data: Vec<u8>,
+        at: usize,
+    }
+
+    impl tokio::io::AsyncRead for Broken {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.at >= self.data.len() {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the client went away",
+                )));
+            }
+            let n = buf.remaining().min(self.data.len() - self.at).min(64 << 10);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Archives as `docker save` and OCI tools write them, imported into a real containerd:
+    /// the image runs; importing again changes nothing; and every bad archive fails with its
+    /// reason and leaves nothing behind — no image, no blob once containerd collects.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn archives_import_whole_or_not_at_all() {
+        use crate::archive::tests::{docker_save, docker_save_with, oci, sha, tar};
+        use crate::containers::Outcome;
+        if !basalt_testkit::tier(basalt_testkit::Tier::Privileged, "archive import") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, c) = real_containerd(dir.path()).await;
+        let c = c.in_namespace("k8s.io");
+        let layer = program_layer(dir.path());
+        let (good, id) = docker_save(&layer);
+        let out = c.import_archive(&good[..]).await.unwrap();
+        let names: Vec<(&str, Outcome)> =
+            out.iter().map(|i| (i.name.as_str(), i.outcome)).collect();
+        assert_eq!(
+            names,
+            [
+                ("docker.io/library/hello:v1", Outcome::Created),
+                ("registry.local:5000/team/hello:v1", Outcome::Created)
+            ]
+        );
+        assert!(out.iter().all(|i| i.id == id));
+        assert_eq!(c.image_id(&out[0].digest).await.unwrap(), id);
+        let again = c.import_archive(&good[..]).await.unwrap();
+        assert!(
+            again.iter().all(|i| i.outcome == Outcome::Unchanged),
+            "{again:?}"
+        );
+        let run = crate::containers::run(
+            &c,
+            "docker.io/library/hello:v1",
+            &["/t".into(), "x".into()],
+            "a1",
+            &dir.path().join("io"),
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&run.stdout), "hi x pid=1\n");
+        // An OCI archive of the same program, a name of its own.
+        let out = c
+            .import_archive(&oci(&layer, "basalt.local/oci:v1")[..])
+            .await
+            .unwrap();
+        assert_eq!(out[0].name, "basalt.local/oci:v1");
+        assert_eq!(out[0].outcome, Outcome::Created);
+
+        let names = |c: Client| async move {
+            let mut v: Vec<String> = c
+                .images("k8s.io")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.name)
+                .collect();
+            v.sort();
+            v
+        };
+        let before = names(c.clone()).await;
+        assert_eq!(before.len(), 3);
+        // Each bad archive carries a layer of its own (larger than what is kept in memory, so
+        // it streams into the store), which must be gone once containerd collects.
+        let own = |tag: &str| {
+            let mut content = tag
+                .as_bytes()
+                .repeat(1 + usize::try_from(archive::SMALL_FILE).unwrap() / tag.len());
+            content.truncate(usize::try_from(archive::SMALL_FILE).unwrap() + 10);
+            tar(&[("f", b'0', &content, "")])
+        };
+        let l1 = own("truncated");
+        let l2 = own("diffid");
+        let l3 = own("missing");
+        let l4 = own("oci-mismatch");
+        let l5 = own("gone");
+        let l6 = own("dotdot");
+        let (truncated, _) = docker_save(&l1);
+        let (wrong_diff, _) = docker_save_with(&l2, &sha(b"another layer"), "abc/layer.tar");
+        let (missing, _) = docker_save_with(&l3, &sha(&l3), "zzz/layer.tar");
+        let mut mismatch = oci(&l4, "basalt.local/bad:v1");
+        // The OCI layer's content, changed after its name was computed (its header is the
+        // second, after oci-layout's header and one block of content).
+        mismatch[512 * 3 + 100] ^= 0xff;
+        let (gone, _) = docker_save(&l5);
+        let dotdot = tar(&[
+            ("abc/layer.tar", b'0', &l6, ""),
+            ("../../etc/evil", b'0', b"x", ""),
+        ]);
+        type Input = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+        let cases: Vec<(&str, Input, &str, &Vec<u8>)> = vec![
+            (
+                "truncated",
+                Box::new(std::io::Cursor::new(
+                    truncated[..truncated.len() / 2 + 4096].to_vec(),
+                )),
+                "the archive is truncated: it ends inside \"abc/layer.tar\"",
+                &l1,
+            ),
+            (
+                "diff_id",
+                Box::new(std::io::Cursor::new(wrong_diff)),
+                "but the config's diff_id is",
+                &l2,
+            ),
+            (
+                "missing",
+                Box::new(std::io::Cursor::new(missing)),
+                "manifest.json names \"zzz/layer.tar\", which the archive does not hold",
+                &l3,
+            ),
+            (
+                "mismatch",
+                Box::new(std::io::Cursor::new(mismatch)),
+                "not the one its name says",
+                &l4,
+            ),
+            (
+                "client gone",
+                Box::new(Broken {
+                    at: 0,
+                    data: gone[..gone.len() - 2048].to_vec(),
+                }),
+                "the client went away",
+                &l5,
+            ),
+            (
+                "dotdot",
+                Box::new(std::io::Cursor::new(dotdot)),
+                "\"../../etc/evil\": a path that climbs out",
+                &l6,
+            ),
+            (
+                "not an archive",
+                Box::new(std::io::Cursor::new(b"not a tar\n".repeat(100))),
+                "not a tar archive: the header at byte 0 is not a tar header",
+                &l6,
+            ),
+        ];
+        for (case, input, want, own_layer) in cases {
+            let e = c.import_archive(input).await.unwrap_err();
+            let msg = basalt_sys::error_chain(&e);
+            assert!(msg.contains(want), "{case}: {msg}");
+            assert_eq!(names(c.clone()).await, before, "{case}: the images changed");
+            collect(&c).await;
+            assert!(
+                !c.exists(&sha(own_layer)).await.unwrap(),
+                "{case}: its layer outlived the failed import"
+            );
+        }
+        // The good image's content is still there: nothing but the failed imports' went.
+        assert!(c.exists(&sha(&layer)).await.unwrap());
+        c.remove_images(&["docker.io/library/hello:v1".into()])
+            .await
+            .unwrap();
+        let e = c
+            .remove_images(&["docker.io/library/nope:v1".into()])
+            .await
+            .unwrap_err();
+        assert!(basalt_sys::error_chain(&e).contains("nope"), "{e}");
+        assert_eq!(names(c.clone()).await.len(), 2);
         sup.stop_all().await;
     }
 }
