@@ -88,6 +88,9 @@ pub const METHODS: &[(&str, Role)] = &[
     ("EtcdSnapshot", Role::Admin),
     // Runs code on the node.
     ("RunContainer", Role::Admin),
+    // Changes what the node's pods run.
+    ("ImageImport", Role::Admin),
+    ("ImageRemove", Role::Admin),
 ];
 
 /// The least role that may call the method at `path` (`/basalt.machine.v1.Machine/Version`).

@@ -781,4 +781,4 @@ pub(crate) fn hasher() -> Sha256 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

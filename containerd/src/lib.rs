@@ -978,8 +978,8 @@ mod tests {
     /// reason and leaves nothing behind — no image, no blob once containerd collects.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn archives_import_whole_or_not_at_all() {
-        use crate::archive::tests::{docker_save, docker_save_with, oci, sha, tar};
         use crate::containers::Outcome;
+        use basalt_testkit::archive::{docker_save, docker_save_with, oci, sha, tar};
         if !basalt_testkit::tier(basalt_testkit::Tier::Privileged, "archive import") {
             return;
         }

@@ -49,6 +49,14 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    #[error("import")]
+    Import(#[source] basalt_containerd::containers::ContainerError),
+    #[error(
+        "the archive is {} MiB and {path} has {} MiB free: an import needs twice the archive's size (its blobs, and the layers unpacked)",
+        size >> 20,
+        free >> 20
+    )]
+    NoSpace { size: u64, free: u64, path: String },
 }
 
 impl From<ApiError> for Status {
@@ -75,6 +83,17 @@ impl From<ApiError> for Status {
                 ..
             }) => Status::new(source.code(), msg),
             ApiError::Container(_) => Status::failed_precondition(msg),
+            ApiError::Import(e) => {
+                use basalt_containerd::containers::ContainerError as C;
+                match e {
+                    C::Api { source, .. } => Status::new(source.code(), msg),
+                    C::Read { .. } => Status::internal(msg),
+                    C::Archive(_) | C::Image(..) | C::Layout { .. } => {
+                        Status::invalid_argument(msg)
+                    }
+                }
+            }
+            ApiError::NoSpace { .. } => Status::resource_exhausted(msg),
             ApiError::Ping(_) => Status::unavailable(msg),
             ApiError::Kube(k) => {
                 use basalt_kubernetes::KubeError as K;
@@ -92,6 +111,11 @@ impl From<ApiError> for Status {
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+/// The most one message of an image import may carry.
+const IMPORT_CHUNK: usize = 4 << 20;
+/// The namespace images are imported into unless a request names one: the kubelet's.
+const IMPORT_NAMESPACE: &str = "k8s.io";
 
 /// Where the shim writes a run's output before the API returns it.
 const RUN_IO_DIR: &str = "/var/run/basalt/containers";
@@ -597,17 +621,125 @@ impl Machine for Api {
         };
         let mut images = Vec::new();
         for ns in namespaces {
+            let cn = c.in_namespace(&ns);
             for i in c.images(&ns).await.map_err(ApiError::Containerd)? {
                 let t = i.target.unwrap_or_default();
+                // An image whose manifest is unreadable is still listed, without an ID.
+                let id = cn.image_id(&t.digest).await.unwrap_or_default();
                 images.push(pb::ImageInfo {
                     namespace: ns.clone(),
                     name: i.name,
                     digest: t.digest,
                     size: t.size,
+                    id,
                 });
             }
         }
         Ok(Response::new(pb::ImagesResponse { images }))
+    }
+
+    async fn image_import(
+        &self,
+        req: Request<tonic::Streaming<pb::ImageImportRequest>>,
+    ) -> Result<pb::ImageImportResponse> {
+        use futures::StreamExt as _;
+        let mut s = req.into_inner();
+        let first = s.message().await?.ok_or_else(|| {
+            ApiError::BadRequest(
+                "the import stream is empty: its first message gives the archive's size".into(),
+            )
+        })?;
+        let size = u64::try_from(first.size)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "the first message gives the archive's size as {}: it must be the size in bytes",
+                    first.size
+                ))
+            })?;
+        // Refused before anything is written: the blobs, then the layers unpacked.
+        let root = basalt_containerd::ROOT;
+        let free = nix::sys::statvfs::statvfs(root)
+            .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+            .map_err(|e| ApiError::Read {
+                what: format!("the free space of {root}"),
+                source: e.into(),
+            })?;
+        if size.saturating_mul(2) > free {
+            return Err(ApiError::NoSpace {
+                size,
+                free,
+                path: root.into(),
+            }
+            .into());
+        }
+        let ns = if first.namespace.is_empty() {
+            IMPORT_NAMESPACE.to_string()
+        } else {
+            first.namespace
+        };
+        let chunks = futures::stream::once(async move { Ok(first.data) })
+            .chain(s.map(|m| m.map(|m| m.data)))
+            .scan(0u64, move |seen, m| {
+                let item = m
+                    .map_err(|st| std::io::Error::other(format!("the client's stream: {}", st.message())))
+                    .and_then(|data| {
+                        *seen += data.len() as u64;
+                        if data.len() > IMPORT_CHUNK {
+                            Err(std::io::Error::other(format!(
+                                "a chunk of {} bytes: at most {IMPORT_CHUNK} a message",
+                                data.len()
+                            )))
+                        } else if *seen > size {
+                            Err(std::io::Error::other(format!(
+                                "more than the {size} bytes the first message gave as the archive's size"
+                            )))
+                        } else {
+                            Ok(bytes::Bytes::from(data))
+                        }
+                    });
+                futures::future::ready(Some(item))
+            });
+        let reader = tokio_util::io::StreamReader::new(Box::pin(chunks));
+        let out = self
+            .containerd()
+            .in_namespace(&ns)
+            .import_archive(reader)
+            .await
+            .map_err(ApiError::Import)?;
+        Ok(Response::new(pb::ImageImportResponse {
+            images: out
+                .into_iter()
+                .map(|i| pb::ImportedImage {
+                    name: i.name,
+                    digest: i.digest,
+                    id: i.id,
+                    outcome: i.outcome.as_str().into(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn image_remove(
+        &self,
+        req: Request<pb::ImageRemoveRequest>,
+    ) -> Result<pb::ImageRemoveResponse> {
+        let r = req.into_inner();
+        if r.names.is_empty() {
+            return Err(ApiError::BadRequest("no image names given".into()).into());
+        }
+        let ns = if r.namespace.is_empty() {
+            IMPORT_NAMESPACE
+        } else {
+            &r.namespace
+        };
+        self.containerd()
+            .in_namespace(ns)
+            .remove_images(&r.names)
+            .await
+            .map_err(ApiError::Container)?;
+        Ok(Response::new(pb::ImageRemoveResponse {}))
     }
 
     async fn run_container(

@@ -528,11 +528,15 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             )
             .await;
             output::results(out.output, r, |l| {
-                let mut t = Table::new(&["NAMESPACE", "IMAGE", "DIGEST", "SIZE"]);
+                let mut t = Table::new(&["NAMESPACE", "IMAGE", "ID", "DIGEST", "SIZE"]);
                 for i in &l.images {
                     t.row(vec![
                         i.namespace.clone(),
                         i.name.clone(),
+                        i.id.trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect(),
                         i.digest.chars().take(19).collect(),
                         output::bytes(i.size.max(0) as u64),
                     ]);

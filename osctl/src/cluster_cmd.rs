@@ -63,6 +63,23 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "basalt")]
         name: String,
     },
+    /// Put images from the host's Docker engine on every node of a local cluster (`docker
+    /// save`, then `osctl image import` to each node at once); nodes that hold them already
+    /// are skipped. Pods then run them with no registry: give them a tag other than `latest`
+    /// (or `imagePullPolicy: IfNotPresent`), or the kubelet tries to pull.
+    #[command(
+        after_help = "Example:\n  docker build -t hello:v1 . && osctl cluster load --name demo hello:v1"
+    )]
+    Load {
+        #[arg(long, default_value = "basalt")]
+        name: String,
+        /// Images the host's Docker engine has (what `docker images` lists).
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Send the images even to nodes that hold them already.
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop a local cluster's nodes and remove everything it made.
     #[command(after_help = "Example:\n  osctl cluster destroy --name demo")]
     Destroy {
@@ -208,6 +225,11 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Create(a) => create(a),
         ClusterCommand::Show { name } => show(&name),
         ClusterCommand::Destroy { name } => destroy(&name),
+        ClusterCommand::Load {
+            name,
+            images,
+            force,
+        } => load_images(&name, &images, force),
         ClusterCommand::Forward {
             netns,
             listen,
@@ -996,6 +1018,39 @@ fn table(st: &State, oc: &Path) {
             api
         ));
     }
+}
+
+/// `cluster load`: `docker save` into the cluster's directory, then the import to every node.
+fn load_images(name: &str, images: &[String], force: bool) -> anyhow::Result<()> {
+    let (dir, st) = load(name)?;
+    let archive = tempfile::Builder::new()
+        .prefix("load-")
+        .suffix(".tar")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot make a file in {}", dir.display()))?;
+    let out = std::process::Command::new("docker")
+        .arg("save")
+        .arg("--output")
+        .arg(archive.path())
+        .args(images)
+        .output()
+        .context("cannot run docker (is the docker.io package installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "docker save {}: {}",
+            images.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let g = crate::client::Global {
+        osconfig: Some(dir.join("osconfig")),
+        context: None,
+        endpoints: Vec::new(),
+        nodes: st.nodes.iter().map(|n| n.address.clone()).collect(),
+        insecure: false,
+        netns: Some(st.netns.clone()).filter(|ns| Path::new("/run/netns").join(ns).exists()),
+    };
+    crate::image_import::run(&g, &archive.path().display().to_string(), "k8s.io", force)
 }
 
 fn show(name: &str) -> anyhow::Result<()> {

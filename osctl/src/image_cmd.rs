@@ -1,33 +1,57 @@
-//! `osctl image`: build boot images.
+//! `osctl image`: build boot images; import and remove container images on nodes
+//! ([`crate::image_import`]).
 
 use std::path::PathBuf;
 
 use basalt_image::{BuildOptions, Target};
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand};
 
 use crate::{error_chain, print_line};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum What {
+/// `osctl image`: build boot images, or put container images on nodes.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
     /// Print inputs.lock lines for the archive's current versions (does not build).
     Pin,
     /// Build the Go-built stack (containerd, runc, CNI plugins, etcd, Kubernetes, CoreDNS)
     /// into the cache if it is not there, and print each program's version and path.
     Stack,
-    Rootfs,
-    Initramfs,
-    Iso,
-    Pxe,
-    All,
+    /// Build rootfs.sqsh: the SquashFS root and its dm-verity tree.
+    #[command(after_help = "Example:\n  osctl image rootfs --out _out/image --kubernetes")]
+    Rootfs(BuildArgs),
+    /// Build the initramfs.
+    Initramfs(BuildArgs),
+    /// Build the hybrid ISO (BIOS and UEFI).
+    #[command(
+        after_help = "Example:\n  osctl image iso --out _out/image --extra-cmdline basalt.debug"
+    )]
+    Iso(BuildArgs),
+    /// Build the PXE assets: kernel, initramfs, rootfs and an iPXE script.
+    Pxe(BuildArgs),
+    /// Build every boot artifact.
+    #[command(after_help = "Example:\n  osctl image all --out _out/image")]
+    All(BuildArgs),
+    /// Import a container image archive (`docker save`, or an OCI layout in a tar) into the
+    /// nodes' containerd, streamed to every node at once; nodes that hold its images already
+    /// are skipped.
+    #[command(
+        after_help = "Examples:\n  docker save hello:v1 -o hello.tar && osctl image import hello.tar\n  docker save hello:v1 | osctl -n 10.5.0.3 image import -"
+    )]
+    Import(ImportArgs),
+    /// Remove container images from the nodes.
+    #[command(after_help = "Example:\n  osctl image rm docker.io/library/hello:v1")]
+    Rm {
+        /// Image names as `osctl images` shows them.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// The containerd namespace (the kubelet's is k8s.io).
+        #[arg(long, default_value = "k8s.io")]
+        namespace: String,
+    },
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  osctl image all --out _out/image\n  osctl image iso --out _out/image --extra-cmdline basalt.debug"
-)]
-pub struct ImageArgs {
-    /// What to build: rootfs, initramfs, iso, pxe or all (or pin: print current pins).
-    what: What,
+pub struct BuildArgs {
     /// Output directory.
     #[arg(long, default_value = "_out/image")]
     out: PathBuf,
@@ -47,9 +71,27 @@ pub struct ImageArgs {
     kubernetes: bool,
 }
 
-pub fn run(args: ImageArgs) -> anyhow::Result<()> {
-    let target = match args.what {
-        What::Pin => {
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive: a file, or - for standard input.
+    archive: String,
+    /// The containerd namespace (the kubelet's is k8s.io).
+    #[arg(long, default_value = "k8s.io")]
+    namespace: String,
+    /// Send the archive even to nodes that hold its images already.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(cmd: ImageCommand, g: &crate::client::Global) -> anyhow::Result<()> {
+    let (target, args) = match cmd {
+        ImageCommand::Import(a) => {
+            return crate::image_import::run(g, &a.archive, &a.namespace, a.force);
+        }
+        ImageCommand::Rm { names, namespace } => {
+            return crate::image_import::remove(g, names, namespace);
+        }
+        ImageCommand::Pin => {
             let pins =
                 basalt_image::inputs::lock().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
             let now = basalt_image::inputs::current_candidates(&pins)
@@ -63,7 +105,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        What::Stack => {
+        ImageCommand::Stack => {
             let stack = basalt_image::stack::ensure(
                 basalt_image::stack::ALL,
                 &basalt_image::inputs::cache_dir(),
@@ -78,11 +120,11 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        What::Rootfs => Target::Rootfs,
-        What::Initramfs => Target::Initramfs,
-        What::Iso => Target::Iso,
-        What::Pxe => Target::Pxe,
-        What::All => Target::All,
+        ImageCommand::Rootfs(a) => (Target::Rootfs, a),
+        ImageCommand::Initramfs(a) => (Target::Initramfs, a),
+        ImageCommand::Iso(a) => (Target::Iso, a),
+        ImageCommand::Pxe(a) => (Target::Pxe, a),
+        ImageCommand::All(a) => (Target::All, a),
     };
     let opts = BuildOptions {
         out: args.out,

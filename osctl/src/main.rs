@@ -15,6 +15,7 @@ mod docs;
 mod gen_cmd;
 mod host;
 mod image_cmd;
+mod image_import;
 mod kubeconfig;
 mod output;
 mod publish;
@@ -52,9 +53,10 @@ enum Command {
         #[arg(long = "config-patch")]
         patches: Vec<String>,
     },
-    /// Build boot images: rootfs.sqsh, initramfs, ISO, PXE assets.
-    #[command(after_help = "Example:\n  osctl image all --out _out/image")]
-    Image(image_cmd::ImageArgs),
+    /// Build boot images (rootfs.sqsh, initramfs, ISO, PXE assets); import container images
+    /// into nodes.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
     /// Local clusters of Basalt nodes: create, show, destroy.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
@@ -92,7 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::stdout(&docs::markdown(&Cli::command()));
             Ok(())
         }
-        Command::Image(args) => image_cmd::run(args),
+        Command::Image(cmd) => image_cmd::run(cmd, &cli.global),
         Command::Cluster(cmd) => cluster_cmd::run(cmd),
         Command::Validate {
             config,

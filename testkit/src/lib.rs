@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
+
 use std::io::Write as _;
 
 /// A tier above `unit`.
