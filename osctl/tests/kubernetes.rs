@@ -5,55 +5,19 @@
 //! the API server answers kubectl with the admin kubeconfig `osctl kubeconfig` writes; every
 //! node's kubelet joins and is Ready; a pod from the locally imported image runs on a worker
 //! and a pod on the other worker reaches it over KubeSpan (the pod CIDRs advertised as the
-//! peers' allowed IPs); an etcd snapshot is one `etcdutl` accepts; a control
+//! peers' allowed IPs); an image the host's Docker engine built is loaded onto every node
+//! and a Deployment runs it with no pull; an etcd snapshot is one `etcdutl` accepts; a control
 //! plane leaves etcd.
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use basalt_testkit::{Tier, tier};
 
 mod common;
-use common::{Destroy, eventually, ok, osctl, uptime};
-
-/// A program of the stack (kubectl and etcdutl of the cluster's own versions), built with it.
-fn stack_path(name: &str) -> PathBuf {
-    let stack = basalt_image::stack::ensure(
-        basalt_image::stack::ALL,
-        &basalt_image::inputs::cache_dir(),
-        &|m| eprintln!("{m}"),
-    )
-    .expect("the stack builds (osctl image stack)");
-    stack.path(name).unwrap().to_path_buf()
-}
-
-fn kubectl_path() -> PathBuf {
-    stack_path("kubectl")
-}
-
-/// kubectl from inside the cluster's access namespace, as osctl dials (the host's own traffic
-/// to the segment may be filtered, as it is in CI).
-fn kubectl(netns: &str, kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, String> {
-    let o = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(kubectl_path())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .map_err(|e| format!("kubectl: {e}"))?;
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ))
-    }
-}
+use common::{Destroy, eventually, kubectl, ok, osctl, stack_path, uptime};
 
 #[test]
 fn a_docker_cluster_runs_etcd_and_the_control_plane() {
@@ -593,6 +557,127 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             Err(format!("127.0.0.1:{published} answered {text:?}"))
         }
     });
+
+    // A user's image — a static server on scratch, built by the host's Docker engine — put on
+    // every node by `osctl cluster load`: a Deployment runs it on both workers with no pull (no
+    // registry is reachable), and a second load skips every node.
+    let build = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/basalt-init/x86_64-unknown-linux-gnu/release/hello"),
+        build.path().join("hello"),
+    )
+    .unwrap();
+    std::fs::write(
+        build.path().join("Dockerfile"),
+        "FROM scratch\nCOPY hello /hello\nENTRYPOINT [\"/hello\"]\n",
+    )
+    .unwrap();
+    let tag = format!("basalt-e2e/served:{name}");
+    let built = Command::new("docker")
+        .args(["build", "--quiet", "-t", &tag])
+        .arg(build.path())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let loaded = ok(clusters, &["cluster", "load", "--name", &name, &tag]);
+    assert_eq!(loaded.matches(" created").count(), 4, "{loaded}");
+    let again = ok(clusters, &["cluster", "load", "--name", &name, &tag]);
+    let _ = Command::new("docker")
+        .args(["rmi", "--force", &tag])
+        .output();
+    assert_eq!(
+        again.matches("skipped: the node has it").count(),
+        4,
+        "{again}"
+    );
+    let manifest = dir.join("served.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: served
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: served}}
+  template:
+    metadata:
+      labels: {{app: served}}
+    spec:
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: DoNotSchedule
+          labelSelector:
+            matchLabels: {{app: served}}
+      containers:
+        - name: served
+          image: {tag}
+          args: ["--serve", "8080"]
+"#
+        ),
+    )
+    .unwrap();
+    kubectl(&ns, &kc, &["apply", "-f", manifest.to_str().unwrap()]).unwrap();
+    eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+        let pods = kubectl(
+            &ns,
+            &kc,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=served",
+                "-o",
+                r#"jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{"\n"}{end}"#,
+            ],
+        )?;
+        let mut running: Vec<&str> = pods
+            .lines()
+            .filter(|l| l.ends_with(" Running"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        running.sort_unstable();
+        if running == [w1.as_str(), w2.as_str()] {
+            Ok(())
+        } else {
+            Err(format!(
+                "served is not running on both workers:\n{pods}\n{}",
+                kubectl(&ns, &kc, &["describe", "pods", "-l", "app=served"]).unwrap_or_default()
+            ))
+        }
+    });
+    let events = kubectl(
+        &ns,
+        &kc,
+        &[
+            "get",
+            "events",
+            "-o",
+            r#"jsonpath={range .items[*]}{.involvedObject.name} {.reason} {.message}{"\n"}{end}"#,
+        ],
+    )
+    .unwrap();
+    let served: Vec<&str> = events
+        .lines()
+        .filter(|l| l.starts_with("served-"))
+        .collect();
+    assert!(
+        served
+            .iter()
+            .filter(|l| l.contains("already present on machine"))
+            .count()
+            >= 2
+            && !served.iter().any(|l| l.contains(" Pulling ")),
+        "{events}"
+    );
 
     // A config change the kubelet reads takes effect live, with no reboot: a label on the Node
     // object (patched: the kubelet reads --node-labels only when it registers) and a kubelet

@@ -166,3 +166,39 @@ pub fn uptime(clusters: &Path, oc: &str, node: &str) -> u64 {
         .and_then(uptime_secs)
         .unwrap_or_else(|| panic!("no uptime in {text}"))
 }
+
+/// A program of the stack (kubectl and etcdutl of the cluster's own versions), built with it.
+pub fn stack_path(name: &str) -> PathBuf {
+    let stack = basalt_image::stack::ensure(
+        basalt_image::stack::ALL,
+        &basalt_image::inputs::cache_dir(),
+        &|m| eprintln!("{m}"),
+    )
+    .expect("the stack builds (osctl image stack)");
+    stack.path(name).unwrap().to_path_buf()
+}
+
+pub fn kubectl_path() -> PathBuf {
+    stack_path("kubectl")
+}
+
+/// kubectl from inside the cluster's access namespace, as osctl dials (the host's own traffic
+/// to the segment may be filtered, as it is in CI).
+pub fn kubectl(netns: &str, kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| format!("kubectl: {e}"))?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
