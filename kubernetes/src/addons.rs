@@ -439,7 +439,7 @@ pub async fn run(
         upstream: std::fs::read_to_string(crate::kubelet::POD_RESOLV_CONF)
             .is_ok_and(|t| t.lines().any(|l| l.starts_with("nameserver"))),
     };
-    crate::layout::each_config(config, "add-ons", Duration::from_secs(2), |cfg| {
+    basalt_resources::drive::each(config, "add-ons", Duration::from_secs(2), |cfg| {
         let (node, pki, me) = (&node, &pki, &me);
         async move {
             let api = Https::from_files(

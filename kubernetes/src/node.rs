@@ -161,7 +161,7 @@ pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<boo
 /// registered yet).
 pub async fn run(access: Access, name: String, config: watch::Receiver<Option<Arc<Config>>>) {
     let what = format!("node {name} update");
-    crate::layout::each_config(config, &what, Duration::from_secs(2), |cfg| {
+    basalt_resources::drive::each(config, &what, Duration::from_secs(2), |cfg| {
         let want = Wanted::from_config(&cfg);
         let (access, name) = (&access, &name);
         async move {
