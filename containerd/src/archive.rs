@@ -195,10 +195,36 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
             }
             let header = parse_header(&h).ok_or(ArchiveError::NotTar { offset: at })?;
             self.entries += 1;
-            let size = pax
-                .get("size")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(header.size);
+            let extension = matches!(header.typeflag, b'L' | b'K' | b'x' | b'g');
+            // A PAX size is the next real entry's, not an extended header's.
+            let size = match pax.get("size").and_then(|s| s.parse().ok()) {
+                Some(s) if !extension => s,
+                _ => header.size,
+            };
+            if extension {
+                if size > MAX_HEADER_EXTENSION {
+                    return Err(ArchiveError::BadEntry {
+                        path: header.name,
+                        why: format!("an extended header of {size} bytes"),
+                    });
+                }
+                self.current = "an extended header".into();
+                self.remaining = size;
+                let data = self.read_all().await?;
+                self.skip(padding(size), "inside an extended header")
+                    .await?;
+                let text = String::from_utf8_lossy(&data)
+                    .trim_end_matches('\0')
+                    .to_string();
+                match header.typeflag {
+                    b'L' => long_name = Some(text),
+                    b'K' => long_link = Some(text),
+                    // PAX records add to those of an earlier PAX header of the same entry.
+                    b'x' => pax.extend(pax_records(&text)),
+                    _ => {}
+                }
+                continue;
+            }
             let raw_path = pax
                 .remove("path")
                 .or(long_name.take())
@@ -207,32 +233,6 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
                 .remove("linkpath")
                 .or(long_link.take())
                 .unwrap_or(header.link.clone());
-            match header.typeflag {
-                b'L' | b'K' | b'x' | b'g' => {
-                    if size > MAX_HEADER_EXTENSION {
-                        return Err(ArchiveError::BadEntry {
-                            path: raw_path,
-                            why: format!("an extended header of {size} bytes"),
-                        });
-                    }
-                    self.current = "an extended header".into();
-                    self.remaining = size;
-                    let data = self.read_all().await?;
-                    self.skip(padding(size), "inside an extended header")
-                        .await?;
-                    let text = String::from_utf8_lossy(&data)
-                        .trim_end_matches('\0')
-                        .to_string();
-                    match header.typeflag {
-                        b'L' => long_name = Some(text),
-                        b'K' => long_link = Some(text),
-                        b'x' => pax = pax_records(&text),
-                        _ => {}
-                    }
-                    continue;
-                }
-                _ => {}
-            }
             let path = normalize(&raw_path)?;
             let kind = match header.typeflag {
                 b'0' | 0 | b'7' => EntryKind::File,

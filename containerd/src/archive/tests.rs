@@ -176,6 +176,17 @@ async fn long_names_from_pax_and_gnu_headers() {
     let c = read_all(&a).await.unwrap();
     assert_eq!(c.small[&long], b"one");
     assert_eq!(c.small[&long.replace("layer", "other")], b"two");
+    // A GNU long name, then a PAX header (its size: the entry's) before the same entry: both
+    // apply to the entry, neither to the other header.
+    let third = long.replace("layer", "third");
+    let pax_size = "10 size=5\n";
+    let a = tar(&[
+        ("././@LongLink", b'L', third.as_bytes(), ""),
+        ("././@PaxHeader", b'x', pax_size.as_bytes(), ""),
+        ("short3", b'0', b"three", ""),
+    ]);
+    let c = read_all(&a).await.unwrap();
+    assert_eq!(c.small[&third], b"three");
 }
 
 #[tokio::test]
