@@ -77,6 +77,8 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Reboot", Role::Operator),
     // Sends traffic from the node.
     ("Ping", Role::Operator),
+    // What the kubelet does for any pod: a pull through the node's registry settings.
+    ("ImagePull", Role::Operator),
     ("Shutdown", Role::Operator),
     ("ApplyConfiguration", Role::Admin),
     ("Reset", Role::Admin),

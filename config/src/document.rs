@@ -65,6 +65,9 @@ documents! {
     Time(TimeConfig) = "TimeConfig", named: false;
     KubeSpan(KubeSpanConfig) = "KubeSpanConfig", named: false;
     Discovery(DiscoveryConfig) = "DiscoveryConfig", named: false;
+    RegistryMirror(RegistryMirrorConfig) = "RegistryMirrorConfig", named: true;
+    RegistryAuth(RegistryAuthConfig) = "RegistryAuthConfig", named: true;
+    RegistryTls(RegistryTlsConfig) = "RegistryTLSConfig", named: true;
 }
 
 /// The schema of one document kind, with `apiVersion` and `kind` added.
@@ -94,6 +97,15 @@ pub fn document_schema<T: schemars::JsonSchema>(kind: &str, _named: bool) -> ser
 }
 
 impl Document {
+    /// Whether this document configures a link (its name is a link name, unique across the
+    /// link kinds).
+    pub fn is_link(&self) -> bool {
+        matches!(
+            self,
+            Document::Link(_) | Document::Bond(_) | Document::Vlan(_) | Document::Bridge(_)
+        )
+    }
+
     /// The document's name, for kinds that have one.
     pub fn name(&self) -> Option<&str> {
         match self {
@@ -101,6 +113,9 @@ impl Document {
             Document::Bond(b) => Some(b.name.as_str()),
             Document::Vlan(v) => Some(v.name.as_str()),
             Document::Bridge(b) => Some(b.name.as_str()),
+            Document::RegistryMirror(m) => Some(m.name.as_str()),
+            Document::RegistryAuth(a) => Some(a.name.as_str()),
+            Document::RegistryTls(t) => Some(t.name.as_str()),
             _ => None,
         }
     }

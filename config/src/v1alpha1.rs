@@ -371,3 +371,65 @@ config_struct! {
         pub serve: bool = "serve", default = false;
     }
 }
+
+config_struct! {
+    /// One mirror of a registry.
+    pub struct RegistryEndpoint {
+        /// The mirror's URL: `http://` or `https://`, a host and an optional port, e.g.
+        /// `http://10.5.0.1:5000`. Pulls ask it for `/v2/...` as they would the registry.
+        pub url: String = "url";
+    }
+}
+
+config_struct! {
+    /// Where the node pulls a registry's images from: the endpoints in order, then the
+    /// registry itself unless `skipFallback`. Read by containerd on every pull: a change is
+    /// applied live.
+    pub struct RegistryMirrorConfig {
+        /// The registry as image references name it (`docker.io`, `registry.k8s.io`,
+        /// `10.5.0.1:5000`), or `*` for every registry without a document of its own.
+        pub name: String = "name";
+        /// The mirrors, tried in order.
+        pub endpoints: Vec<RegistryEndpoint> = "endpoints";
+        /// Never pull from the registry itself: only from the endpoints.
+        pub skip_fallback: bool = "skipFallback", default = false;
+    }
+}
+
+config_struct! {
+    /// Credentials for a registry host — a mirror's or a registry's: a username and password,
+    /// or an identity token. Redacted in `osctl get` for every role but admin. containerd reads
+    /// them when it starts: a change restarts it (running containers keep running).
+    pub struct RegistryAuthConfig {
+        /// The host as pulls reach it: `host` or `host:port` (a mirror's, when pulls go
+        /// through one).
+        pub name: String = "name";
+        pub username: Option<String> = "username";
+        pub password: Option<String> = "password";
+        /// A token for the registry's token service (instead of a username and password).
+        pub identity_token: Option<String> = "identityToken";
+    }
+}
+
+config_struct! {
+    /// A client certificate and its key.
+    pub struct ClientIdentity {
+        pub crt: Certificate = "crt";
+        pub key: PrivateKey = "key";
+    }
+}
+
+config_struct! {
+    /// TLS to a registry host: the CA its certificate is checked against, a client
+    /// certificate, or no check at all. Read by containerd on every pull: applied live.
+    pub struct RegistryTlsConfig {
+        /// The host as pulls reach it: `host` or `host:port`.
+        pub name: String = "name";
+        /// The CA (PEM) the host's certificate must chain to, instead of the system's.
+        pub ca: Option<Certificate> = "ca";
+        /// A client certificate to present.
+        pub client_identity: Option<ClientIdentity> = "clientIdentity";
+        /// Do not check the host's certificate at all.
+        pub insecure_skip_verify: bool = "insecureSkipVerify", default = false;
+    }
+}

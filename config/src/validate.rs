@@ -237,6 +237,112 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
         {
             out.push(d.problem(".servers", "a time server is empty"));
         }
+        registry(d, out);
+    }
+}
+
+/// A registry host as image references name it: `host` or `host:port` (IPv6 in brackets).
+pub fn is_registry_host(s: &str) -> bool {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return false,
+        },
+        None => match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    let host_ok = host.parse::<IpAddr>().is_ok()
+        || (!host.is_empty() && host.parse::<crate::types::Hostname>().is_ok());
+    port_ok && host_ok
+}
+
+/// The host of a registry endpoint URL (`http://host:port[/path]`), or why it is not one.
+pub fn endpoint_host(url: &str) -> Result<&str, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} does not start with http:// or https://"))?;
+    if rest.contains(['?', '#', '@']) {
+        return Err(format!(
+            "{url:?}: a registry endpoint has no credentials, query or fragment"
+        ));
+    }
+    let host = rest.split('/').next().unwrap_or_default();
+    if is_registry_host(host) {
+        Ok(host)
+    } else {
+        Err(format!("{url:?}: {host:?} is not a host or host:port"))
+    }
+}
+
+fn registry(d: &Located, out: &mut Vec<Problem>) {
+    let host_problem = |name: &str, wild: bool| {
+        let also = if wild {
+            ", or * for every registry"
+        } else {
+            ""
+        };
+        format!(
+            "{name:?} is not a registry host: host or host:port (docker.io, 10.5.0.1:5000){also}"
+        )
+    };
+    match &d.doc {
+        Document::RegistryMirror(m) => {
+            if m.name != "*" && !is_registry_host(&m.name) {
+                out.push(d.problem(".name", host_problem(&m.name, true)));
+            }
+            if m.endpoints.is_empty() {
+                out.push(d.problem(".endpoints", "a mirror needs at least one endpoint"));
+            }
+            for (i, e) in m.endpoints.iter().enumerate() {
+                if let Err(why) = endpoint_host(&e.url) {
+                    out.push(d.problem(&format!(".endpoints[{i}].url"), why));
+                }
+            }
+        }
+        Document::RegistryAuth(a) => {
+            if !is_registry_host(&a.name) {
+                out.push(d.problem(".name", host_problem(&a.name, false)));
+            }
+            match (&a.username, &a.password, &a.identity_token) {
+                (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+                (Some(_), None, None) => {
+                    out.push(d.problem(".username", "a username needs a password"))
+                }
+                (None, Some(_), None) => {
+                    out.push(d.problem(".password", "a password needs a username"))
+                }
+                (None, None, None) => out.push(d.problem(
+                    "",
+                    "no credentials: set username and password, or identityToken",
+                )),
+                _ => out.push(d.problem(
+                    ".identityToken",
+                    "an identity token or a username and password, not both",
+                )),
+            }
+        }
+        Document::RegistryTls(t) => {
+            if !is_registry_host(&t.name) {
+                out.push(d.problem(".name", host_problem(&t.name, false)));
+            }
+            if t.insecure_skip_verify && t.ca.is_some() {
+                out.push(d.problem(
+                    ".insecureSkipVerify",
+                    "with insecureSkipVerify the ca is never checked: remove one of them",
+                ));
+            }
+            if !t.insecure_skip_verify && t.ca.is_none() && t.client_identity.is_none() {
+                out.push(d.problem(
+                    "",
+                    "sets nothing: give a ca, a clientIdentity or insecureSkipVerify",
+                ));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -260,7 +366,7 @@ fn singletons(docs: &[Located], kinds_present: &[String], out: &mut Vec<Problem>
             continue;
         }
         first.insert(key, d);
-        if let Some(name) = d.doc.name() {
+        if let Some(name) = d.doc.name().filter(|_| d.doc.is_link()) {
             if let Some(prev) = names.get(name) {
                 out.push(d.problem(
                     ".name",

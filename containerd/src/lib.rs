@@ -18,6 +18,7 @@ use basalt_supervisor::{Health, ServiceDef};
 
 pub mod archive;
 pub mod containers;
+pub mod registry;
 
 pub const SOCKET: &str = "/system/run/containerd/containerd.sock";
 pub const CONFIG: &str = "/system/etc/containerd/config.toml";
@@ -45,6 +46,8 @@ pub struct Cri {
     /// lowering it is not allowed (no CAP_SYS_RESOURCE, as in a container on some hosts),
     /// since runc fails to start a container it cannot set it for.
     pub restrict_oom_score_adj: bool,
+    /// Registry credentials from the machine config (read when containerd starts).
+    pub registry_auth: Vec<registry::Auth>,
 }
 
 /// The CRI's plugins in containerd 2: images, the runtime, and the gRPC service the kubelet
@@ -74,7 +77,7 @@ pub fn config_toml_with(socket: &Path, root: &Path, state: &Path, cri: Option<&C
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "{sandbox}"
-
+{registry_section}
 [plugins.'io.containerd.cri.v1.runtime']
   restrict_oom_score_adj = {restrict}
   [plugins.'io.containerd.cri.v1.runtime'.cni]
@@ -87,6 +90,7 @@ pub fn config_toml_with(socket: &Path, root: &Path, state: &Path, cri: Option<&C
             bin = c.cni_bin_dir,
             conf = c.cni_conf_dir,
             template = c.cni_template,
+            registry_section = registry::cri_toml(&c.registry_auth),
         )
     });
     format!(
@@ -151,8 +155,9 @@ pub fn service(socket: PathBuf) -> ServiceDef {
     def
 }
 
-/// Writes the config file and makes the directories containerd expects.
-pub fn prepare(cri: Option<&Cri>) -> std::io::Result<()> {
+/// Writes the config file and makes the directories containerd expects; whether the config
+/// file changed (a running containerd needs a restart to read it).
+pub fn prepare(cri: Option<&Cri>) -> std::io::Result<bool> {
     for d in [
         Path::new(SOCKET)
             .parent()
@@ -162,11 +167,13 @@ pub fn prepare(cri: Option<&Cri>) -> std::io::Result<()> {
     ] {
         std::fs::create_dir_all(d)?;
     }
-    basalt_sys::fs::atomic_write(
-        Path::new(CONFIG),
-        config_toml_with(Path::new(SOCKET), Path::new(ROOT), Path::new(STATE), cri).as_bytes(),
-        0o644,
-    )
+    let text = config_toml_with(Path::new(SOCKET), Path::new(ROOT), Path::new(STATE), cri);
+    if std::fs::read(CONFIG).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(false);
+    }
+    // Credentials: readable by root only.
+    basalt_sys::fs::atomic_write(Path::new(CONFIG), text.as_bytes(), 0o600)?;
+    Ok(true)
 }
 
 pub mod proto {
@@ -478,6 +485,26 @@ pub mod proto {
         #[prost(uint32, tag = "1")]
         pub exit_status: u32,
     }
+
+    // --- the CRI's image service (runtime.v1), served on the same socket ---
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageSpec {
+        #[prost(string, tag = "1")]
+        pub image: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PullImageRequest {
+        #[prost(message, optional, tag = "1")]
+        pub image: Option<ImageSpec>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PullImageResponse {
+        #[prost(string, tag = "1")]
+        pub image_ref: String,
+    }
 }
 
 /// A task's status, by containerd's enum.
@@ -590,6 +617,25 @@ impl Client {
         &self.namespace
     }
 
+    /// Pulls `image` through the CRI, as the kubelet would: the node's registry settings
+    /// (mirrors, credentials, TLS) apply, and the image lands in the kubelet's namespace.
+    /// Returns the image's ID.
+    pub async fn pull(&self, image: &str) -> Result<String, tonic::Status> {
+        let r: proto::PullImageResponse = self
+            .call_within(
+                "/runtime.v1.ImageService/PullImage",
+                None,
+                proto::PullImageRequest {
+                    image: Some(proto::ImageSpec {
+                        image: image.to_string(),
+                    }),
+                },
+                Duration::from_secs(600),
+            )
+            .await?;
+        Ok(r.image_ref)
+    }
+
     pub async fn version(&self) -> Result<proto::VersionResponse, tonic::Status> {
         self.call(
             "/containerd.services.version.v1.Version/Version",
@@ -670,6 +716,7 @@ mod tests {
             cni_conf_dir: "/system/etc/cni/net.d".into(),
             cni_template: "/system/etc/cni/template.conflist".into(),
             restrict_oom_score_adj: true,
+            registry_auth: Vec::new(),
         };
         let t = config_toml_with(
             Path::new(SOCKET),

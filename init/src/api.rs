@@ -742,6 +742,30 @@ impl Machine for Api {
         Ok(Response::new(pb::ImageRemoveResponse {}))
     }
 
+    async fn image_pull(
+        &self,
+        req: Request<pb::ImagePullRequest>,
+    ) -> Result<pb::ImagePullResponse> {
+        let image = req.into_inner().image;
+        if image.trim().is_empty() {
+            return Err(ApiError::BadRequest("no image given".into()).into());
+        }
+        let id = self
+            .containerd()
+            .pull(&image)
+            .await
+            .map_err(|s| match s.code() {
+                // The CRI's answer names the registry's reason; a node without the CRI (no
+                // Kubernetes) has no such service.
+                tonic::Code::Unimplemented => Status::failed_precondition(format!(
+                    "this node pulls no images: its containerd runs no CRI (not a Kubernetes node): {}",
+                    s.message()
+                )),
+                _ => s,
+            })?;
+        Ok(Response::new(pb::ImagePullResponse { id }))
+    }
+
     async fn run_container(
         &self,
         req: Request<pb::RunContainerRequest>,
@@ -1006,7 +1030,11 @@ pub(crate) fn redact_secrets(type_: &str, id: &str, spec: &mut serde_json::Value
     fn secret_name(k: &str) -> bool {
         let k = k.to_ascii_lowercase();
         !k.contains("public")
-            && (k == "key" || k.ends_with("key") || k.contains("secret") || k.contains("token"))
+            && (k == "key"
+                || k.ends_with("key")
+                || k.contains("secret")
+                || k.contains("token")
+                || k.contains("password"))
     }
     fn fields(v: &mut serde_json::Value) {
         match v {

@@ -199,12 +199,30 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     sup.set_condition(supervisor::TIME, true);
 
     if Path::new("/usr/bin/containerd").exists() {
-        let cri = basalt_kubernetes::prepare_cri();
+        // Registry credentials are read when containerd starts: those of the config the node
+        // has now, if any (the registry settings follow later configs, restarting it).
+        let cri = basalt_kubernetes::prepare_cri().map(|mut c| {
+            if let Some(cfg) = config.active() {
+                c.registry_auth = containerd::registry::settings(&cfg).auth;
+            }
+            c
+        });
         match containerd::prepare(cri.as_ref()) {
-            Ok(()) => {
+            Ok(_) => {
                 sup.add(containerd::service(containerd::SOCKET.into()))
                     .await;
                 tokio::spawn(import_images(sup.clone()));
+                if let Some(base) = cri {
+                    tokio::spawn(containerd::registry::follow(
+                        config.subscribe(),
+                        sup.clone(),
+                        move |auth| {
+                            let mut c = base.clone();
+                            c.registry_auth = auth.to_vec();
+                            containerd::prepare(Some(&c))
+                        },
+                    ));
+                }
             }
             Err(e) => tracing::warn!("containerd not started: cannot prepare it: {e}"),
         }

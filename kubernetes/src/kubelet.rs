@@ -74,6 +74,7 @@ pub fn prepare_cri() -> Option<basalt_containerd::Cri> {
         cni_conf_dir: CNI_CONF_DIR.into(),
         cni_template: CNI_TEMPLATE.into(),
         restrict_oom_score_adj: !has_capability(CAP_SYS_RESOURCE),
+        registry_auth: Vec::new(),
     })
 }
 

@@ -129,6 +129,13 @@ pub struct CreateArgs {
     /// Patches applied to every node's config (inline YAML or @file); may repeat.
     #[arg(long = "config-patch")]
     config_patch: Vec<String>,
+    /// Run an image registry for the cluster (Debian's docker-registry) on the host, port PORT
+    /// (default 5001: Debian's own docker-registry service takes 5000) of every address; `docker
+    /// push localhost:PORT/IMAGE` from the host, and
+    /// pods run `localhost:PORT/IMAGE`: every node's config mirrors `localhost:PORT` to it.
+    /// `destroy` stops it and removes what was pushed.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "5001")]
+    registry: Option<u16>,
     /// QEMU: boot every node from the ISO (SeaBIOS); addresses come from dnsmasq's DHCP on the
     /// segment, reserved per MAC.
     #[arg(long, conflicts_with = "pxe")]
@@ -177,6 +184,9 @@ struct State {
     /// The forwarders of `--publish`: (pid, host address, node port).
     #[serde(default)]
     published: Vec<(i32, String, u16)>,
+    /// The registry of `--registry`: (pid, port).
+    #[serde(default)]
+    registry: Option<(i32, u16)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -464,6 +474,10 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
 
     step("configs");
     let endpoint = format!("https://{}:6443", nodes[0].address);
+    let mut patches = a.config_patch.clone();
+    if let Some(port) = a.registry {
+        patches.push(registry_mirror(port, &host.to_string()));
+    }
     crate::gen_cmd::run(
         crate::gen_cmd::GenCommand::Config {
             name: a
@@ -474,7 +488,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
                 .parse()
                 .map_err(|e| anyhow!("the cluster endpoint {endpoint}: {e}"))?,
             with_secrets: None,
-            config_patch: a.config_patch.clone(),
+            config_patch: patches,
             config_patch_control_plane: Vec::new(),
             config_patch_worker: Vec::new(),
             output_dir: dir.to_path_buf(),
@@ -507,8 +521,12 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         nodes: nodes.clone(),
         image: None,
         published: Vec::new(),
+        registry: None,
     };
     save(&dir, &st)?;
+    if let Some(port) = a.registry {
+        start_registry(&dir, &mut st, port)?;
+    }
     if a.provisioner == Provisioner::Docker {
         let rootfs = rootfs.context("the image build gave no root filesystem")?;
         let image = docker::import_image(&rootfs, &a.name, &dir)?;
@@ -543,6 +561,82 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     }
     publish(&a, &dir, &mut st)?;
     wait_ready(&a, &dir, &st, started)
+}
+
+/// The config patch that mirrors `localhost:PORT` — the name the host pushes to — to the
+/// registry on the host's address of the cluster network, for every node.
+fn registry_mirror(port: u16, host: &str) -> String {
+    format!(
+        "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: localhost:{port}\nskipFallback: true\nendpoints:\n  - url: http://{host}:{port}\n"
+    )
+}
+
+/// Starts the cluster's registry, detached (its log beside the state, what is pushed under
+/// `registry/`), and waits until it answers.
+fn start_registry(dir: &Path, st: &mut State, port: u16) -> anyhow::Result<()> {
+    step(&format!(
+        "registry on port {port} (docker push localhost:{port}/IMAGE)"
+    ));
+    let exe = which("docker-registry")
+        .context("--registry needs Debian's docker-registry (apt-get install docker-registry)")?;
+    let store = dir.join("registry");
+    std::fs::create_dir_all(&store)?;
+    let cfg = dir.join("registry.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 0.0.0.0:{port}\n",
+            store.display()
+        ),
+    )?;
+    let log_path = dir.join("registry.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(exe)
+            .arg("serve")
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("cannot start docker-registry")?
+    };
+    let pid = i32::try_from(child.id()).context("a pid out of range")?;
+    st.registry = Some((pid, port));
+    save(dir, st)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "--registry {port}: docker-registry exited ({status}): {}",
+                std::fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "--registry {port}: docker-registry does not answer after 30 s: {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A program on the PATH.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// One detached forwarder per `--publish` (workers tried first, then control planes), its pid
@@ -1109,6 +1203,12 @@ fn destroy(name: &str) -> anyhow::Result<()> {
         if alive(Some(*pid)) {
             stop(*pid);
             print_line(&format!("stopped the forwarder of {listen}"));
+        }
+    }
+    for (pid, port) in st.iter().filter_map(|s| s.registry) {
+        if alive(Some(pid)) {
+            stop(pid);
+            print_line(&format!("stopped the registry on port {port}"));
         }
     }
     for n in st.iter().flat_map(|s| &s.nodes) {

@@ -12,14 +12,17 @@ use crate::{error_chain, print_line};
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Print inputs.lock lines for the archive's current versions (does not build).
+    #[command(after_help = "Example:\n  osctl image pin")]
     Pin,
     /// Build the Go-built stack (containerd, runc, CNI plugins, etcd, Kubernetes, CoreDNS)
     /// into the cache if it is not there, and print each program's version and path.
+    #[command(after_help = "Example:\n  osctl image stack | awk '$1 == \"kubectl\" {print $2}'")]
     Stack,
     /// Build rootfs.sqsh: the SquashFS root and its dm-verity tree.
     #[command(after_help = "Example:\n  osctl image rootfs --out _out/image --kubernetes")]
     Rootfs(BuildArgs),
     /// Build the initramfs.
+    #[command(after_help = "Example:\n  osctl image initramfs --out _out/image")]
     Initramfs(BuildArgs),
     /// Build the hybrid ISO (BIOS and UEFI).
     #[command(
@@ -27,6 +30,7 @@ pub enum ImageCommand {
     )]
     Iso(BuildArgs),
     /// Build the PXE assets: kernel, initramfs, rootfs and an iPXE script.
+    #[command(after_help = "Example:\n  osctl image pxe --out _out/image --kubernetes")]
     Pxe(BuildArgs),
     /// Build every boot artifact.
     #[command(after_help = "Example:\n  osctl image all --out _out/image")]
@@ -38,6 +42,13 @@ pub enum ImageCommand {
         after_help = "Examples:\n  docker save hello:v1 -o hello.tar && osctl image import hello.tar\n  docker save hello:v1 | osctl -n 10.5.0.3 image import -"
     )]
     Import(ImportArgs),
+    /// Pull an image on the nodes as the kubelet would: through their registry settings
+    /// (mirrors, credentials, TLS), into the kubelet's namespace.
+    #[command(after_help = "Example:\n  osctl image pull localhost:5000/web:v1")]
+    Pull {
+        /// An image reference.
+        image: String,
+    },
     /// Remove container images from the nodes.
     #[command(after_help = "Example:\n  osctl image rm docker.io/library/hello:v1")]
     Rm {
@@ -91,6 +102,7 @@ pub fn run(cmd: ImageCommand, g: &crate::client::Global) -> anyhow::Result<()> {
         ImageCommand::Rm { names, namespace } => {
             return crate::image_import::remove(g, names, namespace);
         }
+        ImageCommand::Pull { image } => return crate::image_import::pull(g, image),
         ImageCommand::Pin => {
             let pins =
                 basalt_image::inputs::lock().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;

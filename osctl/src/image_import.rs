@@ -1,4 +1,4 @@
-//! `osctl image import`, `osctl image rm` and `osctl cluster load`: an image archive streamed
+//! `osctl image import`, `osctl image pull`, `osctl image rm` and `osctl cluster load`: an image archive streamed
 //! to many nodes at once. The archive is read here first (names and image IDs only, the layers
 //! skipped), so a bad archive fails before any node is dialed and a node that holds every
 //! image already is skipped without a byte sent. Each node reads the archive again itself and
@@ -260,6 +260,43 @@ pub fn remove(g: &Global, names: Vec<String>, namespace: String) -> anyhow::Resu
         for (node, r) in &results {
             match r {
                 Ok(_) => output::stdout(&format!("{node}: removed {}", names.join(", "))),
+                Err(e) => {
+                    failed += 1;
+                    output::stderr(&format!("{node}: error: {}", client::explain(e)));
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(anyhow!("{failed} of {} nodes failed", results.len()));
+        }
+        Ok(())
+    })
+}
+
+/// `osctl image pull REF`: on every target at once.
+pub fn pull(g: &Global, image: String) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let targets = client::targets(g)?;
+        let results = client::each(&targets, |t| {
+            let req = t.req(pb::ImagePullRequest {
+                image: image.clone(),
+            });
+            async move { t.client.clone().image_pull(req).await }
+        })
+        .await;
+        let mut failed = 0;
+        for (node, r) in &results {
+            match r {
+                Ok(r) => output::stdout(&format!(
+                    "{node}: pulled {image} (ID {})",
+                    r.get_ref()
+                        .id
+                        .trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect::<String>()
+                )),
                 Err(e) => {
                     failed += 1;
                     output::stderr(&format!("{node}: error: {}", client::explain(e)));

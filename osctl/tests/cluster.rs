@@ -1,6 +1,7 @@
 //! The end-to-end suite (cluster tier, root): `osctl cluster create` makes a 3-node cluster
 //! (1 control plane, 2 workers, KubeSpan on) on its own network segment, with QEMU VMs and
-//! with Docker containers; every node answers with its config; a config change on one node
+//! with Docker containers; every node answers with its config; `osctl cluster load` puts an
+//! image the host built on every node (again: all skipped); a config change on one node
 //! shows in `osctl get addresses`; every node has every peer up over KubeSpan and pings every
 //! other node's mesh address (`osctl ping`, the node's own ICMP echo); a rebooted worker comes
 //! back with its config; `destroy` leaves no process, container, volume, network, image,
@@ -78,6 +79,19 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
     // Every node has its config: the API answers over mutual TLS from the cluster's CA.
     let v = ok(clusters, &["--osconfig", oc, "-n", &addr(4), "version"]);
     assert!(v.contains(&nodes[2].0), "{v}");
+
+    // An image the host's Docker engine built, onto every node at once (QEMU's dialed from the
+    // cluster's namespace); loaded again, every node is skipped.
+    let tag = format!("basalt-e2e/lifecycle:{name}");
+    let _image = common::scratch_image(&tag);
+    let loaded = ok(clusters, &["cluster", "load", "--name", &name, &tag]);
+    assert_eq!(loaded.matches(" created").count(), 3, "{loaded}");
+    let again = ok(clusters, &["cluster", "load", "--name", &name, &tag]);
+    assert_eq!(
+        again.matches("skipped: the node has it").count(),
+        3,
+        "{again}"
+    );
 
     // A config change on one node: a second address on eth0, applied without a reboot. (On
     // Docker the runtime's address stays whatever the config says; QEMU nodes take the list.)

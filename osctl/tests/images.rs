@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,12 +20,6 @@ use basalt_testkit::{Tier, tier};
 
 mod common;
 use common::{Destroy, ok, osctl};
-
-/// The static `hello` the image build compiles (cluster create built it).
-fn hello_binary() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/basalt-init/x86_64-unknown-linux-gnu/release/hello")
-}
 
 fn docker(args: &[&str]) -> String {
     let o = Command::new("docker").args(args).output().unwrap();
@@ -116,16 +110,9 @@ fn images_reach_every_node_whole_or_not_at_all() {
     let all = nodes.join(",");
 
     // A user's image: a static program on scratch, built by the host's Docker engine.
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::copy(hello_binary(), ctx.path().join("hello")).unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY hello /hello\nENTRYPOINT [\"/hello\"]\n",
-    )
-    .unwrap();
     let tag = format!("basalt-e2e/web:{name}");
-    docker(&["build", "--quiet", "-t", &tag, ctx.path().to_str().unwrap()]);
-    let _image = DockerImage(tag.clone());
+    let _image = common::scratch_image(&tag);
+    let ctx = tempfile::tempdir().unwrap();
     let id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag]);
     let id12: String = id
         .trim()
@@ -353,15 +340,4 @@ fn images_reach_every_node_whole_or_not_at_all() {
         !o.status.success() && err.contains("NotFound") && err.contains(&full),
         "{err}"
     );
-}
-
-/// Removes the test's image from the host's Docker engine when the test ends.
-struct DockerImage(String);
-
-impl Drop for DockerImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "--force", &self.0])
-            .output();
-    }
 }

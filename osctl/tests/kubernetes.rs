@@ -561,35 +561,12 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     // A user's image — a static server on scratch, built by the host's Docker engine — put on
     // every node by `osctl cluster load`: a Deployment runs it on both workers with no pull (no
     // registry is reachable), and a second load skips every node.
-    let build = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/basalt-init/x86_64-unknown-linux-gnu/release/hello"),
-        build.path().join("hello"),
-    )
-    .unwrap();
-    std::fs::write(
-        build.path().join("Dockerfile"),
-        "FROM scratch\nCOPY hello /hello\nENTRYPOINT [\"/hello\"]\n",
-    )
-    .unwrap();
     let tag = format!("basalt-e2e/served:{name}");
-    let built = Command::new("docker")
-        .args(["build", "--quiet", "-t", &tag])
-        .arg(build.path())
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let image = common::scratch_image(&tag);
     let loaded = ok(clusters, &["cluster", "load", "--name", &name, &tag]);
     assert_eq!(loaded.matches(" created").count(), 4, "{loaded}");
     let again = ok(clusters, &["cluster", "load", "--name", &name, &tag]);
-    let _ = Command::new("docker")
-        .args(["rmi", "--force", &tag])
-        .output();
+    drop(image);
     assert_eq!(
         again.matches("skipped: the node has it").count(),
         4,

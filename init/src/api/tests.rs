@@ -806,3 +806,23 @@ fn types_are_named_by_their_plurals() {
     assert!(!names_type("AddressSpec", "addressspeces"));
     assert!(!names_type("KubeSpanIdentity", "kubespanidentitys"));
 }
+
+#[test]
+fn registry_credentials_are_redacted_for_all_but_admin() {
+    use basalt_resources::Spec as _;
+    let mut spec = serde_json::json!({
+        "name": "10.5.0.1:5000",
+        "username": "basalt",
+        "password": "s3cret",
+        "identityToken": "t0ken",
+    });
+    super::redact_secrets(
+        crate::configstate::ConfigDocument::TYPE,
+        "RegistryAuthConfig=10.5.0.1:5000",
+        &mut spec,
+    );
+    assert_eq!(spec["password"], "(redacted)");
+    assert_eq!(spec["identityToken"], "(redacted)");
+    assert_eq!(spec["username"], "basalt");
+    assert_eq!(spec["name"], "10.5.0.1:5000");
+}

@@ -202,3 +202,43 @@ pub fn kubectl(netns: &str, kubeconfig: &std::path::Path, args: &[&str]) -> Resu
         ))
     }
 }
+
+/// Builds `tag` with the host's Docker engine: the static `hello` the image build compiles
+/// (cluster create built it) on `scratch` — a user's image, made with no base image and no
+/// registry. The image is removed from the engine when the guard drops.
+pub fn scratch_image(tag: &str) -> DockerImage {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/basalt-init/x86_64-unknown-linux-gnu/release/hello"),
+        ctx.path().join("hello"),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY hello /hello\nENTRYPOINT [\"/hello\"]\n",
+    )
+    .unwrap();
+    let o = Command::new("docker")
+        .args(["build", "--quiet", "-t", tag])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "docker build {tag}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    DockerImage(tag.to_string())
+}
+
+/// Removes an image from the host's Docker engine when dropped.
+pub struct DockerImage(pub String);
+
+impl Drop for DockerImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "--force", &self.0])
+            .output();
+    }
+}
