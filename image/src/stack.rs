@@ -127,6 +127,8 @@ pub static CONTAINERD: Component = {
                 "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
                 "containerd-shim-runc-v2",
             ),
+            // Not shipped: the host's, for the image import benchmark's baseline.
+            program("github.com/containerd/containerd/v2/cmd/ctr", "ctr"),
         ],
         cgo: false,
         // No btrfs snapshotter (it needs cgo); overlayfs is the one a node uses.
