@@ -533,10 +533,7 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                     t.row(vec![
                         i.namespace.clone(),
                         i.name.clone(),
-                        i.id.trim_start_matches("sha256:")
-                            .chars()
-                            .take(12)
-                            .collect(),
+                        crate::image_import::short_id(&i.id),
                         i.digest.chars().take(19).collect(),
                         output::bytes(i.size.max(0) as u64),
                     ]);

@@ -106,7 +106,7 @@ pub async fn import(
         match r {
             Ok(rows) => {
                 for (name, id, what) in rows {
-                    let id = id.trim_start_matches("sha256:").chars().take(12).collect();
+                    let id = short_id(&id);
                     let mut row = vec![name, id, what];
                     if many {
                         row.insert(0, node.clone());
@@ -243,23 +243,26 @@ async fn one(
         .collect())
 }
 
-/// `osctl image rm NAME...`: on every target.
-pub fn remove(g: &Global, names: Vec<String>, namespace: String) -> anyhow::Result<()> {
+/// An image ID as `docker images` shows it: the first 12 hex digits.
+pub fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// Runs `call` on every target at once: a line per node that answered (`said`), one on
+/// standard error per node that failed; an error when any failed.
+fn on_every_node<R, F, Fut>(g: &Global, call: F, said: impl Fn(&R) -> String) -> anyhow::Result<()>
+where
+    F: Fn(Target) -> Fut,
+    Fut: std::future::Future<Output = Result<R, tonic::Status>>,
+{
     let rt = runtime()?;
     rt.block_on(async {
         let targets = client::targets(g)?;
-        let results = client::each(&targets, |t| {
-            let req = t.req(pb::ImageRemoveRequest {
-                namespace: namespace.clone(),
-                names: names.clone(),
-            });
-            async move { t.client.clone().image_remove(req).await }
-        })
-        .await;
+        let results = client::each(&targets, call).await;
         let mut failed = 0;
         for (node, r) in &results {
             match r {
-                Ok(_) => output::stdout(&format!("{node}: removed {}", names.join(", "))),
+                Ok(r) => output::stdout(&format!("{node}: {}", said(r))),
                 Err(e) => {
                     failed += 1;
                     output::stderr(&format!("{node}: error: {}", client::explain(e)));
@@ -273,39 +276,32 @@ pub fn remove(g: &Global, names: Vec<String>, namespace: String) -> anyhow::Resu
     })
 }
 
+/// `osctl image rm NAME...`: on every target.
+pub fn remove(g: &Global, names: Vec<String>, namespace: String) -> anyhow::Result<()> {
+    let list = names.join(", ");
+    on_every_node(
+        g,
+        |t| {
+            let req = t.req(pb::ImageRemoveRequest {
+                namespace: namespace.clone(),
+                names: names.clone(),
+            });
+            async move { t.client.clone().image_remove(req).await }
+        },
+        |_| format!("removed {list}"),
+    )
+}
+
 /// `osctl image pull REF`: on every target at once.
 pub fn pull(g: &Global, image: String) -> anyhow::Result<()> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let targets = client::targets(g)?;
-        let results = client::each(&targets, |t| {
+    on_every_node(
+        g,
+        |t| {
             let req = t.req(pb::ImagePullRequest {
                 image: image.clone(),
             });
             async move { t.client.clone().image_pull(req).await }
-        })
-        .await;
-        let mut failed = 0;
-        for (node, r) in &results {
-            match r {
-                Ok(r) => output::stdout(&format!(
-                    "{node}: pulled {image} (ID {})",
-                    r.get_ref()
-                        .id
-                        .trim_start_matches("sha256:")
-                        .chars()
-                        .take(12)
-                        .collect::<String>()
-                )),
-                Err(e) => {
-                    failed += 1;
-                    output::stderr(&format!("{node}: error: {}", client::explain(e)));
-                }
-            }
-        }
-        if failed > 0 {
-            return Err(anyhow!("{failed} of {} nodes failed", results.len()));
-        }
-        Ok(())
-    })
+        },
+        |r| format!("pulled {image} (ID {})", short_id(&r.get_ref().id)),
+    )
 }
