@@ -153,9 +153,29 @@ pub fn cgroup_v1() -> bool {
     !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
-/// The `KubeletConfiguration`. `cgroup_v1`: the node's cgroups are v1 ([`cgroup_v1`]); the
-/// kubelet refuses to start on them unless told `failCgroupV1: false`.
-pub fn config_yaml(config: &Config, pki_dir: &Path, cgroup_v1: bool) -> String {
+/// What the kubelet must know of the machine it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    /// The node's cgroups are v1 ([`cgroup_v1`]): the kubelet refuses to start on them unless
+    /// told `failCgroupV1: false`.
+    pub cgroup_v1: bool,
+    /// The node's filesystem is its host's (a container node): evicting pods frees nothing
+    /// of a disk the host fills, so the kubelet evicts for memory only.
+    pub shared_disk: bool,
+}
+
+impl Host {
+    /// This machine; `container`: the node runs in a container.
+    pub fn detect(container: bool) -> Host {
+        Host {
+            cgroup_v1: cgroup_v1(),
+            shared_disk: container,
+        }
+    }
+}
+
+/// The `KubeletConfiguration`.
+pub fn config_yaml(config: &Config, pki_dir: &Path, host: Host) -> String {
     let domain = crate::layout::dns_domain(config);
     let dns: Vec<String> = cluster_dns(config)
         .iter()
@@ -190,13 +210,14 @@ nodeStatusUpdateFrequency: 2s
 nodeStatusReportFrequency: 5m
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 5%
-  imagefs.available: 5%
+  nodefs.available: {disk}
+  imagefs.available: {disk}
 ",
         ca = pki_dir.join("ca.crt").display(),
         dns = dns.join(", "),
         socket = basalt_containerd::SOCKET,
-        cgroups = if cgroup_v1 {
+        disk = if host.shared_disk { "\"0%\"" } else { "5%" },
+        cgroups = if host.cgroup_v1 {
             "# The node's cgroups are v1 (its host's are): the kubelet must be told to run on them.\nfailCgroupV1: false\n"
         } else {
             ""
@@ -446,8 +467,13 @@ mod tests {
     #[test]
     fn cluster_dns_is_the_tenth_service_address() {
         let g = configs();
-        let y = config_yaml(&g.worker, Path::new("/pki"), false);
+        let metal = Host {
+            cgroup_v1: false,
+            shared_disk: false,
+        };
+        let y = config_yaml(&g.worker, Path::new("/pki"), metal);
         assert!(y.contains("clusterDNS: [\"10.96.0.10\"]"), "{y}");
+        assert!(y.contains("  nodefs.available: 5%\n"), "{y}");
         assert!(y.contains("clientCAFile: /pki/ca.crt"), "{y}");
         assert!(
             y.contains("containerRuntimeEndpoint: unix:///system/run/containerd/containerd.sock"),
@@ -455,8 +481,17 @@ mod tests {
         );
         assert!(!y.contains("failCgroupV1"), "{y}");
         // On cgroup v1 (a Docker node on a v1 host) the kubelet is told it may run.
-        let y = config_yaml(&g.worker, Path::new("/pki"), true);
+        let docker_on_v1 = Host {
+            cgroup_v1: true,
+            shared_disk: true,
+        };
+        let y = config_yaml(&g.worker, Path::new("/pki"), docker_on_v1);
         assert!(y.contains("\nfailCgroupV1: false\n"), "{y}");
+        // A container node's disk is its host's: no pod is evicted for it.
+        assert!(
+            y.contains("  nodefs.available: \"0%\"\n  imagefs.available: \"0%\"\n"),
+            "{y}"
+        );
     }
 
     #[test]

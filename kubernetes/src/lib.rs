@@ -650,7 +650,8 @@ pub fn start(
             Ok(_) => {}
             Err(e) => tracing::warn!("kubelet: cannot write {}: {e}", kubelet::POD_RESOLV_CONF),
         }
-        let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki, kubelet::cgroup_v1());
+        let host = kubelet::Host::detect(container);
+        let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki, host);
         match basalt_sys::fs::atomic_write(
             Path::new(kubelet::CONFIG),
             kubelet_yaml.as_bytes(),
@@ -660,7 +661,7 @@ pub fn start(
         {
             Ok(()) => {
                 let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
-                let running = kubelet_key(&args, &cfg, &kube.paths.pki);
+                let running = kubelet_key(&args, &cfg, &kube.paths.pki, host);
                 sup.add(kubelet::service(args)).await;
                 tokio::spawn(follow_kubelet(
                     sup.clone(),
@@ -668,6 +669,7 @@ pub fn start(
                     ip,
                     me.name.clone(),
                     kube.paths.pki.clone(),
+                    host,
                     running,
                 ));
                 tokio::spawn(follow_proxy(
@@ -804,13 +806,18 @@ async fn follow_proxy(
 /// What the running kubelet was started with, for telling whether a new config changes it:
 /// its arguments (but `--node-labels`, which the kubelet reads only when it registers; the
 /// [`node`] reconciler keeps the labels) and its config file.
-fn kubelet_key(args: &[String], cfg: &Config, pki: &Path) -> (Vec<String>, String) {
+fn kubelet_key(
+    args: &[String],
+    cfg: &Config,
+    pki: &Path,
+    host: kubelet::Host,
+) -> (Vec<String>, String) {
     let args = args
         .iter()
         .filter(|a| !a.starts_with("--node-labels="))
         .cloned()
         .collect();
-    (args, kubelet::config_yaml(cfg, pki, kubelet::cgroup_v1()))
+    (args, kubelet::config_yaml(cfg, pki, host))
 }
 
 /// Restarts the kubelet with a new config when the config changes what it runs with
@@ -821,6 +828,7 @@ async fn follow_kubelet(
     ip: IpAddr,
     name: String,
     pki: PathBuf,
+    host: kubelet::Host,
     mut running: (Vec<String>, String),
 ) {
     while config.changed().await.is_ok() {
@@ -828,7 +836,7 @@ async fn follow_kubelet(
             continue;
         };
         let args = kubelet::args(&cfg, ip, &name, &pki);
-        let key = kubelet_key(&args, &cfg, &pki);
+        let key = kubelet_key(&args, &cfg, &pki, host);
         if key == running {
             continue;
         }
