@@ -37,6 +37,8 @@ pub struct Program {
     pub package: &'static str,
     /// The file name it is installed as.
     pub name: &'static str,
+    /// A package's test binary (`go test -c`), not a command.
+    pub test: bool,
 }
 
 /// One component: a module under `stack/`, the programs built from it.
@@ -66,7 +68,11 @@ macro_rules! component_files {
 }
 
 const fn program(package: &'static str, name: &'static str) -> Program {
-    Program { package, name }
+    Program {
+        package,
+        name,
+        test: false,
+    }
 }
 
 pub static KUBERNETES: Component = {
@@ -218,6 +224,32 @@ pub static LOCAL_PATH: Component = {
     }
 };
 
+/// Kubernetes' own e2e suite and its test images' program, for the test command only (never
+/// shipped): the same release as [`KUBERNETES`].
+pub static KUBERNETES_E2E: Component = {
+    let (go_mod, go_sum) = component_files!("kubernetes-e2e");
+    Component {
+        name: "kubernetes-e2e",
+        module: "k8s.io/kubernetes",
+        go_mod,
+        go_sum,
+        programs: &[
+            program("k8s.io/kubernetes/test/images/agnhost", "agnhost"),
+            Program {
+                package: "k8s.io/kubernetes/test/e2e",
+                name: "e2e.test",
+                test: true,
+            },
+        ],
+        cgo: false,
+        tags: "selinux",
+        sources: &[],
+    }
+};
+
+/// The e2e suite (and kubectl, which it drives).
+pub static E2E: &[&Component] = &[&KUBERNETES, &KUBERNETES_E2E];
+
 /// What every image with containerd needs.
 pub static NODE: &[&Component] = &[&CONTAINERD, &RUNC, &CNI];
 /// All of it: what a Kubernetes image needs.
@@ -271,7 +303,7 @@ impl Component {
         let mut f = vec!["-s".to_string(), "-w".into(), "-buildid=".into()];
         let mut x = |k: &str, v: &str| f.push(format!("-X '{k}={v}'"));
         match self.name {
-            "kubernetes" => {
+            "kubernetes" | "kubernetes-e2e" => {
                 let minor = version.split('.').nth(1).unwrap_or_default();
                 for pkg in [
                     "k8s.io/component-base/version",
@@ -493,10 +525,29 @@ fn build(c: &Component, version: &str, root: &Path, dir: &Path) -> Result<(), Im
         if !c.tags.is_empty() {
             cmd.arg(format!("-tags={}", c.tags));
         }
-        cmd.args(c.programs.iter().map(|p| p.package));
-        run_go(c.name, &mut cmd)?;
+        let commands: Vec<&str> = c
+            .programs
+            .iter()
+            .filter(|p| !p.test)
+            .map(|p| p.package)
+            .collect();
+        if !commands.is_empty() {
+            cmd.args(commands);
+            run_go(c.name, &mut cmd)?;
+        }
+        for p in c.programs.iter().filter(|p| p.test) {
+            let mut cmd = go(&src);
+            cmd.env("CGO_ENABLED", if c.cgo { "1" } else { "0" })
+                .args(["test", "-c", "-trimpath", "-o"])
+                .arg(bin.join(p.name))
+                .arg(format!("-ldflags={}", c.ldflags(version, &built)));
+            if !c.tags.is_empty() {
+                cmd.arg(format!("-tags={}", c.tags));
+            }
+            run_go(c.name, cmd.arg(p.package))?;
+        }
         // `go build -o DIR` names a program after its package's last element.
-        for p in c.programs {
+        for p in c.programs.iter().filter(|p| !p.test) {
             let built_as = bin.join(p.package.rsplit('/').next().unwrap_or(p.name));
             let built_as = if built_as.is_file() {
                 built_as
