@@ -3,6 +3,11 @@
 //! serde stops at the first error and forgets positions, so the config is first read into this
 //! tree (line and column on every node) and decoded from it with every problem collected.
 //! Scalars are resolved by the YAML 1.2 core schema: `yes`/`on` are strings, not booleans.
+//!
+//! A config can come from the network before any certificate is checked (maintenance mode), so
+//! what a text may make is bounded ([`MAX_BYTES`], [`MAX_NODES`] — counting every node an alias
+//! repeats —, [`MAX_DEPTH`], [`MAX_DOCUMENTS`]): past a limit, reading stops with an error at the
+//! line that went over, before the tree costs memory or stack.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -124,6 +129,16 @@ fn scalar_key(node: &Node) -> String {
     }
 }
 
+/// The largest config text read, in bytes (a config is kilobytes; inline manifests make it more).
+pub const MAX_BYTES: usize = 4 << 20;
+/// The most nodes a text may make, counting each node every alias repeats: a few hundred
+/// bytes of aliases to aliases would otherwise expand to billions.
+pub const MAX_NODES: usize = 100_000;
+/// The deepest nesting of sequences and mappings, in any style.
+pub const MAX_DEPTH: usize = 64;
+/// The most documents in one text.
+pub const MAX_DOCUMENTS: usize = 1_000;
+
 /// A YAML syntax error, with its position.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line} column {col}: {message}")]
@@ -135,15 +150,35 @@ pub struct SyntaxError {
 
 /// Parses a multi-document YAML stream. Empty documents (a stray `---`) are dropped.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    if text.len() > MAX_BYTES {
+        return Err(SyntaxError {
+            line: 1,
+            col: 1,
+            message: format!(
+                "the text is {} bytes: more than the {MAX_BYTES} a config may be",
+                text.len()
+            ),
+        });
+    }
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text).keep_tags(true);
-    parser.load(&mut builder, true).map_err(|e| SyntaxError {
-        line: e.marker().line(),
-        col: e.marker().col() + 1,
-        message: e.info().to_string(),
-    })?;
-    if let Some(err) = builder.error {
-        return Err(err);
+    // Events one at a time, not the parser's own `load`: that recurses once per level of
+    // nesting (a 40 KB `- - - …` overflowed the stack), and it would read a hostile text to
+    // its end after the first error.
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+            message: e.info().to_string(),
+        })?;
+        let end = ev == Event::StreamEnd;
+        builder.on_event(ev, mark);
+        if let Some(err) = builder.error {
+            return Err(err);
+        }
+        if end {
+            break;
+        }
     }
     Ok(builder
         .docs
@@ -155,9 +190,14 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
 #[derive(Default)]
 struct Builder {
     docs: Vec<Node>,
-    /// Open collections: the node being built and, for mappings, a pending key.
-    stack: Vec<(Node, Option<Node>, usize)>,
-    anchors: HashMap<usize, Node>,
+    /// Open collections: the node being built, for mappings a pending key, its anchor, and how
+    /// many nodes it holds so far (itself included).
+    stack: Vec<(Node, Option<Node>, usize, usize)>,
+    /// Anchored nodes and how many nodes each holds.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Every node made so far, counting what aliases repeat.
+    nodes: usize,
+    documents: usize,
     error: Option<SyntaxError>,
 }
 
@@ -172,72 +212,99 @@ impl Builder {
         }
     }
 
-    fn insert(&mut self, node: Node, anchor: usize) {
+    /// Counts `n` more nodes; false (and the error) past [`MAX_NODES`].
+    fn count(&mut self, n: usize, mark: Marker) -> bool {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            self.fail(
+                mark,
+                format!("the text makes more than {MAX_NODES} nodes (aliases count each time they repeat one)"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Adds a finished node of `weight` nodes to its parent (or as a document).
+    fn insert(&mut self, node: Node, anchor: usize, weight: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), weight));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
-            Some((parent, pending_key, _)) => match &mut parent.value {
-                Value::Seq(items) => items.push(node),
-                Value::Map(entries) => match pending_key.take() {
-                    None => *pending_key = Some(node),
-                    Some(key) => entries.push((key, node)),
-                },
-                _ => unreachable!("only collections are pushed on the stack"),
-            },
+            Some((parent, pending_key, _, held)) => {
+                *held = held.saturating_add(weight);
+                match &mut parent.value {
+                    Value::Seq(items) => items.push(node),
+                    Value::Map(entries) => match pending_key.take() {
+                        None => *pending_key = Some(node),
+                        Some(key) => entries.push((key, node)),
+                    },
+                    _ => unreachable!("only collections are pushed on the stack"),
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, value: Value, anchor: usize, mark: Marker) {
+        if self.stack.len() >= MAX_DEPTH {
+            self.fail(mark, format!("nested more than {MAX_DEPTH} levels deep"));
+            return;
+        }
+        if self.count(1, mark) {
+            let node = Node {
+                value,
+                line: mark.line(),
+                col: mark.col() + 1,
+            };
+            self.stack.push((node, None, anchor, 1));
         }
     }
 }
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        // Past the first error nothing more is built: the parser still reads to the end, but
+        // a hostile text costs no memory after it.
+        if self.error.is_some() {
+            return;
+        }
         let (line, col) = (mark.line(), mark.col() + 1);
         match ev {
             Event::Scalar(text, style, anchor, tag) => match resolve_scalar(text, style, tag) {
-                Ok(value) => self.insert(Node { value, line, col }, anchor),
+                Ok(value) => {
+                    if self.count(1, mark) {
+                        self.insert(Node { value, line, col }, anchor, 1);
+                    }
+                }
                 Err(message) => self.fail(mark, message),
             },
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push((
-                    Node {
-                        value: Value::Seq(vec![]),
-                        line,
-                        col,
-                    },
-                    None,
-                    anchor,
-                ));
-            }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push((
-                    Node {
-                        value: Value::Map(vec![]),
-                        line,
-                        col,
-                    },
-                    None,
-                    anchor,
-                ));
-            }
+            Event::SequenceStart(anchor, _) => self.open(Value::Seq(vec![]), anchor, mark),
+            Event::MappingStart(anchor, _) => self.open(Value::Map(vec![]), anchor, mark),
             Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((node, _, anchor)) = self.stack.pop() {
-                    self.insert(node, anchor);
+                if let Some((node, _, anchor, weight)) = self.stack.pop() {
+                    self.insert(node, anchor, weight);
                 }
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(mut node) => {
-                    node.line = line;
-                    node.col = col;
-                    self.insert(node, 0);
+            Event::Alias(id) => match self.anchors.get(&id) {
+                Some((_, weight)) => {
+                    let weight = *weight;
+                    if self.count(weight, mark) {
+                        let mut node = self.anchors[&id].0.clone();
+                        node.line = line;
+                        node.col = col;
+                        self.insert(node, 0, weight);
+                    }
                 }
                 None => self.fail(mark, "alias to an unknown anchor".into()),
             },
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > MAX_DOCUMENTS {
+                    self.fail(mark, format!("more than {MAX_DOCUMENTS} documents"));
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }
 }
@@ -377,6 +444,53 @@ mod tests {
         assert_eq!(docs[0].get("b").unwrap().to_json(), serde_json::json!([1]));
         let err = parse_documents("a: !!binary abc\n").unwrap_err();
         assert!(err.message.contains("unsupported tag"), "{err}");
+    }
+
+    #[test]
+    fn aliases_of_aliases_are_refused_before_they_expand() {
+        // Nine levels of ten aliases each: a billion nodes from 400 bytes.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("more than 100000 nodes"), "{err}");
+        assert!(
+            err.line >= 4 && err.line <= 6,
+            "the line that went over: {err}"
+        );
+        // A few aliases are fine.
+        assert!(parse_documents("a: &x [1, 2]\nb: [*x, *x]\n").is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_in_every_style() {
+        // `- - - - … x`: block sequences tens of thousands deep in 40 KB.
+        let block = "- ".repeat(20_000) + "x\n";
+        let err = parse_documents(&block).unwrap_err();
+        assert!(err.message.contains("nested more than 64 levels"), "{err}");
+        let indented: String = (0..100)
+            .map(|i| format!("{}- \n", "  ".repeat(i)))
+            .collect();
+        let err = parse_documents(&indented).unwrap_err();
+        assert_eq!(err.line, 65, "{err}");
+        let flow = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse_documents(&flow).is_err());
+        let ok = format!("{}{}", "[".repeat(60), "]".repeat(60));
+        assert!(parse_documents(&ok).is_ok());
+    }
+
+    #[test]
+    fn size_and_document_count_are_bounded() {
+        let big = "a: ".to_string() + &"x".repeat(MAX_BYTES) + "\n";
+        let err = parse_documents(&big).unwrap_err();
+        assert!(err.message.contains("a config may be"), "{err}");
+        let many = "---\na: 1\n".repeat(MAX_DOCUMENTS + 1);
+        let err = parse_documents(&many).unwrap_err();
+        assert!(err.message.contains("more than 1000 documents"), "{err}");
     }
 
     #[test]
