@@ -127,7 +127,7 @@ impl Cx {
         self.problems.push(Problem {
             doc: self.doc.clone(),
             path: self.path(),
-            message: message.into(),
+            message: bounded(message.into()),
             line,
         });
     }
@@ -626,4 +626,27 @@ pub fn with_description(mut schema: serde_json::Value, doc: &str) -> serde_json:
         return schema;
     }
     serde_json::json!({ "allOf": [schema], "description": doc })
+}
+
+/// A message no longer than a person reads: one that quotes a value pasted whole (megabytes)
+/// keeps its start and its end, and says how much was left out between.
+pub fn bounded(message: String) -> String {
+    const MAX: usize = 1000;
+    if message.len() <= MAX {
+        return message;
+    }
+    let mut head = 600;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - 300;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} … ({} bytes left out) … {}",
+        &message[..head],
+        tail - head,
+        &message[tail..]
+    )
 }

@@ -155,7 +155,7 @@ impl Located {
         Problem {
             doc: Some(self.doc_ref()),
             path: path.to_string(),
-            message: message.into(),
+            message: crate::decode::bounded(message.into()),
             line: self.spans.line(path),
         }
     }

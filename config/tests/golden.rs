@@ -83,3 +83,23 @@ fn invalid_files_report_every_problem() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A value pasted whole into a config (a megabyte) does not come back whole in the error:
+/// the message keeps its start and end, and says how much it left out.
+#[test]
+fn a_huge_bad_value_is_not_repeated_whole() {
+    let base = std::fs::read_to_string(testdata().join("valid/worker.yaml")).unwrap();
+    let huge = "x".repeat(1 << 20);
+    let text = base.replacen(
+        "type: worker\n",
+        &format!("type: worker\ncertSANs:\n  - \"{huge}!\"\n"),
+        1,
+    );
+    assert_ne!(text, base, "worker.yaml has `type: worker`");
+    let err = basalt_config::Config::parse(&text, Mode::Metal)
+        .unwrap_err()
+        .to_string();
+    assert!(err.len() < 2_000, "{} bytes of error", err.len());
+    assert!(err.contains("bytes left out"), "{err}");
+    assert!(err.contains(".certSANs[0]"), "{err}");
+}
