@@ -96,6 +96,13 @@ impl Prefix {
         let longer = if self.len <= other.len { other } else { self };
         shorter.contains(longer.addr)
     }
+    /// The network's first and last address as numbers, and whether it is IPv6.
+    pub fn range(&self) -> (bool, u128, u128) {
+        let (bits, width) = Self::bits(self.addr);
+        let m = self.mask();
+        let host = !m & (u128::MAX >> (128 - width));
+        (self.addr.is_ipv6(), bits & m, (bits & m) | host)
+    }
     /// The network with the host bits cleared.
     pub fn network(&self) -> Prefix {
         let bits = Self::bits(self.addr).0 & self.mask();

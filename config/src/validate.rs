@@ -175,12 +175,9 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
                         .map(|(i, p)| (format!(".network.serviceSubnets[{i}]"), p)),
                 )
                 .collect();
-            for (i, (pa, a)) in all.iter().enumerate() {
-                for (pb, b) in &all[i + 1..] {
-                    if a.overlaps(b) {
-                        out.push(doc.problem(pb, format!("{b} overlaps {a} ({pa})")));
-                    }
-                }
+            for (a, b) in overlapping(all.iter().map(|(_, p)| **p)) {
+                let ((pa, pa_prefix), (pb, pb_prefix)) = (&all[a], &all[b]);
+                out.push(doc.problem(pb, format!("{pb_prefix} overlaps {pa_prefix} ({pa})")));
             }
         }
     }
@@ -239,6 +236,39 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
         }
         registry(d, out);
     }
+}
+
+/// Pairs (earlier, later) by position of prefixes that share an address: each prefix that
+/// overlaps one before it in address order, with the one it overlaps. Sorted, then swept:
+/// n·log n, so a config with many subnets is checked in time linear in its size.
+pub fn overlapping(prefixes: impl Iterator<Item = Prefix>) -> Vec<(usize, usize)> {
+    let mut ranges: Vec<(bool, u128, u128, usize)> = prefixes
+        .enumerate()
+        .map(|(i, p)| {
+            let (v6, first, last) = p.range();
+            (v6, first, last, i)
+        })
+        .collect();
+    // By family, then start; the widest first among equal starts.
+    ranges.sort_by(|a, b| {
+        (a.0, a.1, std::cmp::Reverse(a.2)).cmp(&(b.0, b.1, std::cmp::Reverse(b.2)))
+    });
+    let mut out = Vec::new();
+    // The range reaching furthest so far in this family, and its position.
+    let mut reach: Option<(bool, u128, usize)> = None;
+    for (v6, first, last, i) in ranges {
+        match reach {
+            Some((fam, end, j)) if fam == v6 && first <= end => {
+                out.push((i.min(j), i.max(j)));
+                if last > end {
+                    reach = Some((v6, last, i));
+                }
+            }
+            _ => reach = Some((v6, last, i)),
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// A registry host as image references name it: `host` or `host:port` (IPv6 in brackets).
@@ -521,5 +551,44 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sweep finds what comparing every pair finds: every reported pair overlaps, and every
+    /// prefix that overlaps another is in a reported pair.
+    #[test]
+    fn overlaps_are_found_as_every_pair_would_find_them() {
+        let mut prefixes: Vec<Prefix> = Vec::new();
+        let mut seed = 7u64;
+        for _ in 0..400 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let a = u32::try_from(seed >> 40).unwrap() << 8;
+            let len = 8 + u8::try_from((seed >> 20) % 25).unwrap();
+            prefixes.push(Prefix::new(IpAddr::V4(a.into()), len).unwrap());
+        }
+        prefixes.push("fd00::/8".parse().unwrap());
+        prefixes.push("fd00:1::/64".parse().unwrap());
+        prefixes.push("10.0.0.0/8".parse().unwrap());
+        let found = overlapping(prefixes.iter().copied());
+        for (a, b) in &found {
+            assert!(a < b && prefixes[*a].overlaps(&prefixes[*b]), "{a} {b}");
+        }
+        let involved: std::collections::BTreeSet<usize> =
+            found.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        for i in 0..prefixes.len() {
+            let overlaps_any =
+                (0..prefixes.len()).any(|j| j != i && prefixes[i].overlaps(&prefixes[j]));
+            assert_eq!(overlaps_any, involved.contains(&i), "{}", prefixes[i]);
+        }
+        assert!(found.len() > 10, "the sample has overlaps: {}", found.len());
+        // An IPv4 network never overlaps an IPv6 one.
+        let mixed = overlapping(["10.0.0.0/8", "::/0"].iter().map(|p| p.parse().unwrap()));
+        assert!(mixed.is_empty());
     }
 }
