@@ -262,7 +262,7 @@ where
         let mut failed = 0;
         for (node, r) in &results {
             match r {
-                Ok(r) => output::stdout(&format!("{node}: {}", said(r))),
+                Ok(r) => output::stdout(&format!("{node}: {}\n", said(r))),
                 Err(e) => {
                     failed += 1;
                     output::stderr(&format!("{node}: error: {}", client::explain(e)));

@@ -314,9 +314,17 @@ fn images_reach_every_node_whole_or_not_at_all() {
     assert_eq!(after, before);
 
     // Removed from every node; removing again names what is missing.
-    ok(
+    let removed = ok(
         clusters,
         &["--osconfig", oc, "-n", &all, "image", "rm", &full],
+    );
+    assert_eq!(
+        removed
+            .lines()
+            .filter(|l| l.ends_with(&format!(": removed {full}")))
+            .count(),
+        3,
+        "a line per node: {removed}"
     );
     let images = ok(
         clusters,
