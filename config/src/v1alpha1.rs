@@ -26,7 +26,8 @@ config_enum! {
 config_struct! {
     /// Where and how the node installs itself to disk.
     pub struct InstallConfig {
-        /// The block device to install to, e.g. /dev/vda.
+        /// The block device to install to: a path under /dev with no `.` or `..` parts, e.g.
+        /// /dev/vda.
         pub disk: String = "disk";
         /// Wipe the disk before installing.
         pub wipe: bool = "wipe", default = false;
@@ -36,7 +37,10 @@ config_struct! {
 config_struct! {
     /// Settings for the kubelet on this node.
     pub struct KubeletConfig {
-        /// Extra command-line flags, without the leading dashes.
+        /// Extra command-line flags, without the leading dashes (`max-pods: "50"`). Keys with
+        /// `=`, spaces or leading dashes are refused, and so are the flags Basalt sets itself:
+        /// config, bootstrap-kubeconfig, kubeconfig, cert-dir, root-dir, node-ip,
+        /// hostname-override, node-labels, register-with-taints, container-runtime-endpoint.
         pub extra_args: BTreeMap<String, String> = "extraArgs";
         /// Subnets the kubelet picks the node IP from (first match wins).
         pub node_ip_subnets: Vec<Prefix> = "nodeIPSubnets";
@@ -56,7 +60,9 @@ config_struct! {
         pub cert_sans: Vec<String> = "certSANs";
         /// Kubelet settings.
         pub kubelet: Option<KubeletConfig> = "kubelet";
-        /// Labels applied to the Kubernetes node.
+        /// Labels applied to the Kubernetes node, by Kubernetes' rules: a key is an optional
+        /// DNS-subdomain prefix and `/`, then a name of 1–63 letters, digits, `-`, `_` and `.`
+        /// that starts and ends with a letter or digit; a value is empty or such a name.
         pub node_labels: BTreeMap<String, String> = "nodeLabels";
     }
 }

@@ -83,6 +83,25 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
                 ));
             }
         }
+        for (k, v) in &m.node_labels {
+            if let Err(why) = label_key(k) {
+                out.push(doc.problem(&format!(".nodeLabels.{k}"), why));
+            } else if let Err(why) = label_value(v) {
+                out.push(doc.problem(&format!(".nodeLabels.{k}"), why));
+            }
+        }
+        if let Some(k) = &m.kubelet {
+            for key in k.extra_args.keys() {
+                if let Err(why) = kubelet_arg(key) {
+                    out.push(doc.problem(&format!(".kubelet.extraArgs.{key}"), why));
+                }
+            }
+        }
+        if let Some(i) = &m.install
+            && let Err(why) = install_disk(&i.disk)
+        {
+            out.push(doc.problem(".install.disk", why));
+        }
         if mode == Mode::Container && m.install.is_some() {
             out.push(doc.problem(
                 ".install",
@@ -236,6 +255,90 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
         }
         registry(d, out);
     }
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most
+/// 63 characters, alphanumeric at both ends, `-`, `_` and `.` between.
+pub fn label_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || p.parse::<crate::types::Hostname>().is_err())
+    {
+        return Err(format!("{k:?}: the prefix before / is not a DNS subdomain"));
+    }
+    label_name(name).map_err(|why| format!("{k:?}: {why}"))
+}
+
+/// A Kubernetes label value: empty, or a name as in [`label_key`]. A `,` or `=` would let one
+/// label smuggle another into the kubelet's `--node-labels`.
+pub fn label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    label_name(v).map_err(|why| format!("value {v:?}: {why}"))
+}
+
+fn label_name(n: &str) -> Result<(), String> {
+    let ok_inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if n.is_empty() || n.len() > 63 {
+        return Err("a name is 1 to 63 characters".into());
+    }
+    let first = n.chars().next().unwrap_or('-');
+    let last = n.chars().last().unwrap_or('-');
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() || !n.chars().all(ok_inner) {
+        return Err(
+            "only letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The kubelet flags Basalt sets itself: a config may not replace them.
+pub const KUBELET_OWNED_FLAGS: &[&str] = &[
+    "config",
+    "bootstrap-kubeconfig",
+    "kubeconfig",
+    "cert-dir",
+    "root-dir",
+    "node-ip",
+    "hostname-override",
+    "node-labels",
+    "register-with-taints",
+    "container-runtime-endpoint",
+];
+
+/// A key of `kubelet.extraArgs`: a flag name without dashes, not one Basalt sets.
+pub fn kubelet_arg(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.starts_with('-') || key.contains(['=', ' ', '\0']) {
+        return Err(format!(
+            "{key:?} is not a flag name: give it without dashes, e.g. max-pods"
+        ));
+    }
+    if KUBELET_OWNED_FLAGS.contains(&key) {
+        return Err(format!(
+            "--{key} is set by Basalt (the kubelet would not run as the node); use the config's own fields"
+        ));
+    }
+    Ok(())
+}
+
+/// An install disk: a device path under `/dev`, with no `.` or `..` in it.
+pub fn install_disk(disk: &str) -> Result<(), String> {
+    let rest = disk.strip_prefix("/dev/").unwrap_or_default();
+    if rest.is_empty()
+        || rest
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return Err(format!(
+            "{disk:?} is not a device under /dev (e.g. /dev/vda)"
+        ));
+    }
+    Ok(())
 }
 
 /// Pairs (earlier, later) by position of prefixes that share an address: each prefix that

@@ -160,6 +160,8 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             ),
         });
     }
+    // A byte-order mark (editors on some systems write one) is not part of the config.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text).keep_tags(true);
     // Events one at a time, not the parser's own `load`: that recurses once per level of
@@ -311,6 +313,11 @@ impl MarkedEventReceiver for Builder {
 
 /// YAML 1.2 core schema resolution for plain scalars; quoted scalars are always strings.
 fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<Tag>) -> Result<Value, String> {
+    // No value of a config carries a NUL: it would cut a path or an argument short where the
+    // value goes.
+    if text.contains('\0') {
+        return Err("a NUL character in a value".into());
+    }
     if let Some(tag) = tag {
         return match (tag.handle.as_str(), tag.suffix.as_str()) {
             ("!!", "str") | ("tag:yaml.org,2002:", "str") => Ok(Value::Str(text)),
@@ -481,6 +488,17 @@ mod tests {
         assert!(parse_documents(&flow).is_err());
         let ok = format!("{}{}", "[".repeat(60), "]".repeat(60));
         assert!(parse_documents(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_nul_refused() {
+        let docs = parse_documents("\u{feff}apiVersion: v1alpha1\n").unwrap();
+        assert_eq!(
+            docs[0].get("apiVersion").unwrap().as_str(),
+            Some("v1alpha1")
+        );
+        let err = parse_documents("a: \"x\\0y\"\n").unwrap_err();
+        assert!(err.message.contains("NUL"), "{err}");
     }
 
     #[test]
