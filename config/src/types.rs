@@ -426,32 +426,53 @@ impl FromStr for Endpoint {
             "http" => 80,
             _ => return Err(bad("the scheme must be http or https")),
         };
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad("it has spaces or control characters"));
+        }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        if authority.contains('@') {
+            return Err(bad("credentials (user@) do not belong in an endpoint"));
+        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
             h.parse::<std::net::Ipv6Addr>()
                 .map_err(|_| bad("bad IPv6 literal"))?;
-            (h.to_string(), after.strip_prefix(':'))
+            let port = match after {
+                "" => None,
+                a => Some(
+                    a.strip_prefix(':')
+                        .ok_or_else(|| bad("only :port may follow ']'"))?,
+                ),
+            };
+            (h.to_string(), port)
         } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (authority.to_string(), None),
+            let (h, p) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            if h.contains(':') {
+                return Err(bad(
+                    "an IPv6 address goes in brackets, e.g. https://[fd00::1]:6443",
+                ));
             }
+            (h.to_string(), p)
         };
         if host.is_empty() {
             return Err(bad("the host is missing"));
         }
-        if host.parse::<IpAddr>().is_err() && !host.contains(':') {
+        if host.parse::<IpAddr>().is_err() {
             host.parse::<Hostname>()
                 .map_err(|_| bad("the host is not a hostname or an IP address"))?;
         }
         let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| bad("the port is not a number 1..65535"))?,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port is not a number 1..65535"))?
+            }
+            Some(_) => return Err(bad("the port is not a number 1..65535")),
             None => default_port,
         };
         if port == 0 {
@@ -771,6 +792,24 @@ mod tests {
         assert!("10.5.0.2:6443".parse::<Endpoint>().is_err());
         assert!("ftp://x".parse::<Endpoint>().is_err());
         assert!("https://:6443".parse::<Endpoint>().is_err());
+        // What must not pass for an endpoint, each with its reason.
+        for (bad, why) in [
+            ("https://user:pass@10.5.0.2:6443", "credentials"),
+            ("https://fd00::1:6443", "brackets"),
+            ("https://[fd00::1]junk", "only :port"),
+            ("https://[fd00::1]:", "not a number"),
+            ("https://10.5.0.2:+443", "not a number"),
+            ("https://10.5.0.2:6443/\r\nHost: evil", "control characters"),
+            ("https://10.5.0.2 :6443", "spaces"),
+        ] {
+            let e = bad.parse::<Endpoint>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!(
+            "https://[fd00::1]".parse::<Endpoint>().unwrap().port,
+            443,
+            "brackets alone take the default port"
+        );
         let t = BootstrapToken::generate();
         assert!(t.as_str().parse::<BootstrapToken>().is_ok());
         assert!("ABCDEF.0123456789abcdef".parse::<BootstrapToken>().is_err());
