@@ -61,6 +61,12 @@ impl Patch {
                     ),
                 });
             }
+            if let Some(message) = directive_problem(d, true) {
+                return Err(PatchError::BadDocument {
+                    index: i + 1,
+                    message,
+                });
+            }
             out.push(v);
         }
         Ok(Patch::StrategicMerge(out))
@@ -110,6 +116,34 @@ impl Patch {
                 Ok(docs)
             }
         }
+    }
+}
+
+/// A `$patch` this reader does not carry out, with its line: only `$patch: delete` at a
+/// document's top level is understood; one anywhere else would be silently ignored.
+fn directive_problem(node: &yaml::Node, top: bool) -> Option<String> {
+    match &node.value {
+        yaml::Value::Map(entries) => entries.iter().find_map(|(k, v)| {
+            if k.as_str() == Some("$patch") {
+                if !top {
+                    return Some(format!(
+                        "line {}: $patch is understood only at a document's top level ($patch: delete)",
+                        k.line
+                    ));
+                }
+                if v.as_str() != Some("delete") {
+                    return Some(format!(
+                        "line {}: $patch: {} is not understood: only $patch: delete is",
+                        k.line,
+                        v.value.describe()
+                    ));
+                }
+                return None;
+            }
+            directive_problem(v, false)
+        }),
+        yaml::Value::Seq(items) => items.iter().find_map(|i| directive_problem(i, false)),
+        _ => None,
     }
 }
 

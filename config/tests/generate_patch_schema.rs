@@ -256,3 +256,30 @@ fn checked_in_reference_is_current() {
         "docs/config-reference.md is stale: regenerate it (BASALT_BLESS=1)"
     );
 }
+
+/// A `$patch` anywhere but a document's top level, or any but `delete`, is refused with its
+/// line instead of being ignored.
+#[test]
+fn a_patch_directive_it_does_not_carry_out_is_refused() {
+    for (text, want) in [
+        (
+            "kind: MachineConfig\nnodeLabels:\n  $patch: delete\n",
+            "line 3: $patch is understood only at a document's top level",
+        ),
+        (
+            "kind: LinkConfig\nname: eth0\naddresses:\n  - $patch: replace\n",
+            "line 4: $patch is understood only at a document's top level",
+        ),
+        (
+            "kind: LinkConfig\nname: eth0\n$patch: replace\n",
+            "line 3: $patch: string \"replace\" is not understood",
+        ),
+    ] {
+        let e = basalt_config::patch::Patch::parse(text).unwrap_err();
+        assert!(e.to_string().contains(want), "{text}: {e}");
+    }
+    assert!(
+        basalt_config::patch::Patch::parse("kind: LinkConfig\nname: eth0\n$patch: delete\n")
+            .is_ok()
+    );
+}
