@@ -603,8 +603,41 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
                 ));
             }
         }
+        // For the route checks below: the link's addresses, and its networks by start with
+        // the furthest end so far, so each route is checked in log time (not against every
+        // address: addresses × routes grew quadratically).
+        let own: std::collections::HashSet<IpAddr> = l.addresses.iter().map(|a| a.addr()).collect();
+        let mut nets: Vec<(bool, u128, u128)> = l.addresses.iter().map(Prefix::range).collect();
+        nets.sort_unstable();
+        let reach: Vec<u128> = nets
+            .iter()
+            .scan((None, 0u128), |(fam, max), (v6, _, end)| {
+                if *fam != Some(*v6) {
+                    *fam = Some(*v6);
+                    *max = 0;
+                }
+                *max = (*max).max(*end);
+                Some(*max)
+            })
+            .collect();
+        let reachable = |ip: IpAddr| {
+            let (v6, at, _) = Prefix::new(ip, if ip.is_ipv4() { 32 } else { 128 })
+                .map(|p| p.range())
+                .unwrap_or((ip.is_ipv6(), 0, 0));
+            // The last network of this family starting at or before `ip`.
+            let n = nets.partition_point(|(f, start, _)| (*f, *start) <= (v6, at));
+            n > 0 && nets[n - 1].0 == v6 && reach[n - 1] >= at
+        };
         for (i, a) in l.addresses.iter().enumerate() {
             let path = format!(".addresses[{i}]");
+            if a.prefix_len() == 0 {
+                out.push(l.doc.problem(
+                    &path,
+                    format!(
+                        "{a}: a /0 address claims every address; give the link's own prefix length"
+                    ),
+                ));
+            }
             if let Some((other, other_path)) = claimed.get(&a.addr()) {
                 out.push(l.doc.problem(
                     &path,
@@ -619,6 +652,16 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
         }
         for (i, r) in l.routes.iter().enumerate() {
             let path = format!(".routes[{i}]");
+            if r.destination != r.destination.network() {
+                out.push(l.doc.problem(
+                    &format!("{path}.destination"),
+                    format!(
+                        "{} has host bits set: the network is {}",
+                        r.destination,
+                        r.destination.network()
+                    ),
+                ));
+            }
             if let Some(gw) = r.gateway {
                 if gw.is_ipv4() != r.destination.addr().is_ipv4() {
                     out.push(l.doc.problem(
@@ -628,7 +671,7 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
                             r.destination
                         ),
                     ));
-                } else if !l.dhcp && !l.addresses.iter().any(|a| a.contains(gw)) {
+                } else if !l.dhcp && !reachable(gw) {
                     let ours: Vec<String> = l.addresses.iter().map(|a| a.to_string()).collect();
                     out.push(l.doc.problem(
                         &format!("{path}.gateway"),
@@ -645,7 +688,7 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
                 }
             }
             if let Some(src) = r.source
-                && !l.addresses.iter().any(|a| a.addr() == src)
+                && !own.contains(&src)
                 && !l.dhcp
             {
                 out.push(l.doc.problem(
