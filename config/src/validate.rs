@@ -577,6 +577,61 @@ fn network(docs: &[Located], links: &[LinkView<'_>], out: &mut Vec<Problem>) {
         }
     }
 
+    // A link sits on another (a VLAN on its parent, a member under its master): those edges
+    // must not loop, or no order creates the links.
+    let mut on: BTreeMap<&str, Vec<(&str, &Located, &'static str)>> = BTreeMap::new();
+    for (member, (master, d)) in &master_of {
+        on.entry(member).or_default().push((master, d, ".links"));
+    }
+    for d in docs {
+        if let Document::Vlan(v) = &d.doc
+            && v.parent != v.name
+        {
+            on.entry(v.name.as_str())
+                .or_default()
+                .push((v.parent.as_str(), d, ".parent"));
+        }
+    }
+    // Depth-first, each link once: a link met again while it is still on the walk closes a
+    // cycle.
+    let mut state: HashMap<&str, bool> = HashMap::new(); // false: on the walk, true: done
+    for &start in on.keys() {
+        if state.contains_key(start) {
+            continue;
+        }
+        state.insert(start, false);
+        let mut walk: Vec<(&str, usize)> = vec![(start, 0)];
+        while let Some((node, next_edge)) = walk.last_mut() {
+            let node = *node;
+            let edges = on.get(node).map(Vec::as_slice).unwrap_or_default();
+            let Some(&(next, d, field)) = edges.get(*next_edge) else {
+                state.insert(node, true);
+                walk.pop();
+                continue;
+            };
+            *next_edge += 1;
+            match state.get(next) {
+                Some(false) => {
+                    let from = walk.iter().position(|(n, _)| *n == next).unwrap_or(0);
+                    let mut names: Vec<&str> = walk[from..].iter().map(|(n, _)| *n).collect();
+                    names.push(next);
+                    out.push(d.problem(
+                        field,
+                        format!(
+                            "links {} form a cycle: none can be made first",
+                            names.join(" → ")
+                        ),
+                    ));
+                }
+                Some(true) => {}
+                None => {
+                    state.insert(next, false);
+                    walk.push((next, 0));
+                }
+            }
+        }
+    }
+
     let mut claimed: HashMap<IpAddr, (&str, String)> = HashMap::new();
     for l in links {
         if let Some((master, _)) = master_of.get(l.name.as_str())
