@@ -164,6 +164,31 @@ fn osctl_drives_two_nodes_through_one_endpoint() {
         );
         let disks = ok(&dir, &["--insecure", "-n", e, "disks"]);
         assert!(disks.contains("DEVICE"), "{disks}");
+        // Hostile configs, sent without a certificate: a 400-byte billion laughs and block
+        // nesting 20 000 deep (each used to take PID 1 down: out of memory, out of stack).
+        // Each is refused with its reason, and the node keeps answering.
+        let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            laughs.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        std::fs::write(dir.join("laughs.yaml"), laughs).unwrap();
+        std::fs::write(dir.join("deep.yaml"), "- ".repeat(20_000) + "x\n").unwrap();
+        for (file, why) in [
+            ("laughs.yaml", "more than 100000 nodes"),
+            ("deep.yaml", "nested more than 64 levels"),
+        ] {
+            let o = run(&dir, &["apply-config", "--insecure", "-n", e, "-f", file]);
+            assert!(
+                !o.status.success() && text(&o).contains(why),
+                "{file}: {}",
+                text(&o)
+            );
+            let v = ok(&dir, &["--insecure", "-n", e, "version"]);
+            assert!(v.contains("maintenance"), "after {file}: {v}");
+        }
         let out = ok(
             &dir,
             &["apply-config", "--insecure", "-n", e, "-f", "cp.yaml"],
