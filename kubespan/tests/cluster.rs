@@ -42,7 +42,10 @@ fn a_cluster_meshes_heals_and_reaches_through_nat_and_relay() {
         hosts.push(cluster.start(&ns, KeyPair::generate()));
     }
     let refs: Vec<&Host> = hosts.iter().collect();
-    until("a full mesh of five", Duration::from_secs(10), || {
+    // A guard, not the measure (the mesh benchmark measures: 0.6 s): on a loaded 2-core CI
+    // machine 10 s was missed in some full runs (issue 24 — the cause is not found yet; the
+    // time it took is printed below).
+    until("a full mesh of five", Duration::from_secs(60), || {
         all_up(&refs)
     });
     let meshed = started.elapsed();
