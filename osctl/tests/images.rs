@@ -19,17 +19,7 @@ use basalt_testkit::archive::{docker_save_with, sha, tar};
 use basalt_testkit::{Tier, tier};
 
 mod common;
-use common::{Destroy, ok, osctl};
-
-fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::{Destroy, docker_out as docker, ok, osctl};
 
 /// A machine API client from the cluster's osconfig, for what osctl will not send (it checks
 /// an archive before any node sees it).

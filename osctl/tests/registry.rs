@@ -13,18 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use basalt_testkit::{Tier, tier};
+use basalt_testkit::{Tier, free_port, tier};
 
 mod common;
 use common::{Destroy, eventually, kubectl, ok};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn run(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();
