@@ -24,12 +24,17 @@ config_enum! {
 }
 
 config_struct! {
-    /// Where and how the node installs itself to disk.
+    /// Where the node installs itself: applied in maintenance mode to a node booted from its
+    /// ISO or PXE, the config lays Basalt's layout (docs/operations.md) onto this disk, copies
+    /// the running image into slot A, keeps the config on the disk's STATE partition and
+    /// reboots. A node booted from an installed disk leaves it as it is.
     pub struct InstallConfig {
-        /// The block device to install to: a path under /dev with no `.` or `..` parts, e.g.
-        /// /dev/vda.
+        /// The block device to install to: a whole disk under /dev with no `.` or `..` parts,
+        /// e.g. /dev/vda. It must exist (the apply is refused naming the node's disks) and hold
+        /// at least 2184 MiB.
         pub disk: String = "disk";
-        /// Wipe the disk before installing.
+        /// Install over a disk that holds a partition table, a filesystem or an earlier Basalt
+        /// installation (without it, such a disk refuses the apply and says what it holds).
         pub wipe: bool = "wipe", default = false;
     }
 }

@@ -154,10 +154,10 @@ fn boot() -> Result<Never, (EarlyError, u64)> {
     ));
 
     let t = Instant::now();
-    let (params, dev) = step(map_root(), delay)?;
+    let (params, dev, backing) = step(map_root(), delay)?;
     step(mount_root(&params, &dev), delay)?;
     let init_kib = step(check_init(&params), delay)?;
-    if let Err(e) = verity::record(&dev, &params) {
+    if let Err(e) = verity::record(&dev, &backing, &params) {
         kmsg::line(&format!(
             "cannot record the rootfs device for its scrub: {e}"
         ));
@@ -181,8 +181,9 @@ fn boot() -> Result<Never, (EarlyError, u64)> {
     Err((EarlyError::Exec(err), delay))
 }
 
-/// Attaches rootfs.sqsh to a loop device and maps it through dm-verity.
-fn map_root() -> Result<(verity::Params, PathBuf), EarlyError> {
+/// Attaches rootfs.sqsh to a loop device and maps it through dm-verity: the parameters, the
+/// mapped device and the loop device.
+fn map_root() -> Result<(verity::Params, PathBuf, PathBuf), EarlyError> {
     let params = std::fs::read_to_string(verity::PARAMS).map_err(|source| EarlyError::Read {
         path: verity::PARAMS.into(),
         source,
@@ -190,7 +191,7 @@ fn map_root() -> Result<(verity::Params, PathBuf), EarlyError> {
     let params = verity::Params::parse(&params).map_err(EarlyError::Verity)?;
     let dev = loopdev::attach_read_only(Path::new(ROOTFS)).map_err(EarlyError::Loop)?;
     let mapped = verity::map(&params, &dev).map_err(EarlyError::Verity)?;
-    Ok((params, mapped))
+    Ok((params, mapped, dev))
 }
 
 /// A read that failed because dm-verity found a block that does not match: EIO, and the

@@ -26,6 +26,7 @@ fn main() {
         verbose: false,
         with_containerd: true,
         kubernetes: false,
+        version: None,
     };
     let arts = basalt_image::build(Target::Iso, &opts).unwrap();
     let bare = BuildOptions {

@@ -29,6 +29,7 @@ fn main() {
         verbose: false,
         with_containerd: true,
         kubernetes: false,
+        version: None,
     };
     let arts = basalt_image::build(Target::Initramfs, &opts).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -41,6 +41,18 @@ pub struct BuildOptions {
     /// mount/umount from pinned packages, and pause as an OCI image for containerd. Needs
     /// `with_containerd`.
     pub kubernetes: bool,
+    /// The version the image reports (`osctl version`, `/etc/os-release`, an upgrade
+    /// bundle's manifest); this tree's package version when `None`.
+    pub version: Option<String>,
+}
+
+impl BuildOptions {
+    /// The version the image reports.
+    pub fn version(&self) -> String {
+        self.version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+    }
 }
 
 /// The stack's programs in the rootfs of every image with containerd: (name, path in it).
@@ -70,6 +82,9 @@ pub const KUBERNETES_BINARIES: &[&str] = &[
 pub struct Artifacts {
     pub rootfs: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
+    /// The boot kit an install copies to a disk (`kit/` beside the other artifacts; it rides
+    /// in the rootfs too).
+    pub kit: Option<PathBuf>,
     pub vmlinuz: Option<PathBuf>,
     pub iso: Option<PathBuf>,
     pub pxe_dir: Option<PathBuf>,
@@ -157,7 +172,22 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     let kroot = inputs::extract(kpin, &cache)?;
     let kernel = Kernel::from_package_root(&kroot)?;
 
-    let mut payload = Vec::new();
+    progress(
+        opts,
+        "initramfs (early init and the boot modules) and GRUB for installs",
+    );
+    let kit = build_kit(&early, &kernel, &opts.out)?;
+    arts.kit = Some(kit.clone());
+    let mut programs: Vec<(&str, &str)> = BASE_PROGRAMS.to_vec();
+    if opts.kubernetes {
+        programs.extend_from_slice(KUBERNETES_PAYLOAD);
+    }
+    let mut payload = container_payload(&programs, &pins, &cache)?;
+    for (name, _) in basalt_disk::install::KIT_FILES {
+        let p = kit.join(name);
+        let data = std::fs::read(&p).map_err(io_err("read", &p))?;
+        payload.push((format!("{}/{name}", KIT_IN_ROOTFS), data));
+    }
     let mut images = Vec::new();
     if opts.with_containerd {
         progress(opts, "the Go-built stack (containerd, runc, CNI plugins)");
@@ -166,11 +196,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
             payload.push((rel.to_string(), read_static(stack.path(name)?)?));
         }
         if opts.kubernetes {
-            progress(
-                opts,
-                "Kubernetes from the stack, mount/umount and their libraries",
-            );
-            payload.extend(container_payload(KUBERNETES_PAYLOAD, &pins, &cache)?);
+            progress(opts, "Kubernetes from the stack");
             let (programs, pause) = kubernetes_binaries(&stack)?;
             payload.extend(programs);
             images.push(pause);
@@ -180,7 +206,19 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     }
 
     progress(opts, "rootfs.sqsh (mksquashfs)");
-    let rootfs = build_rootfs(&init, &hello, &kernel, &payload, &images, &opts.out)?;
+    let version = opts.version();
+    if version.is_empty()
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c))
+    {
+        return Err(ImageError::Init(format!(
+            "version {version:?}: use letters, digits and . _ + - ~"
+        )));
+    }
+    let rootfs = build_rootfs(
+        &init, &hello, &kernel, &payload, &images, &version, &opts.out,
+    )?;
     arts.rootfs = Some(rootfs.clone());
     if target == Target::Rootfs {
         return Ok(arts);
@@ -190,7 +228,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     arts.vmlinuz = Some(vmlinuz.clone());
 
     progress(opts, "initramfs");
-    let initramfs = build_initramfs(&early, &kernel, &rootfs, &opts.out)?;
+    let initramfs = build_initramfs(&kit.join("initramfs.img"), &rootfs, &opts.out)?;
     arts.initramfs = Some(initramfs.clone());
 
     let cmdline = {
@@ -211,7 +249,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
 
 /// Changed whenever the build lays out its artifacts differently, so [`build_cached`] does
 /// not reuse ones made the old way (its key otherwise covers only the inputs).
-const LAYOUT: &str = "6: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first; /etc/passwd; kube-proxy, nft, the CoreDNS, local-path and busybox images";
+const LAYOUT: &str = "7: the boot kit and mke2fs in the rootfs, the initramfs is the kit's plus rootfs.img; 6: the rootfs carries its dm-verity tree; 1 MiB blocks, zstd 19, modules first; /etc/passwd; kube-proxy, nft, the CoreDNS, local-path and busybox images";
 
 /// Like [`build`] for the rootfs or the initramfs (with the kernel), but into `root/<key>`,
 /// where the key is a hash of everything they are made from (the init binary, the pinned
@@ -241,8 +279,8 @@ pub fn build_cached(
     h.update(include_str!("../inputs.lock"));
     h.update(LAYOUT);
     h.update(format!(
-        "{target:?} {} {} {:?} {BASE_CMDLINE}",
-        opts.with_containerd, opts.kubernetes, opts.extra_cmdline
+        "{target:?} {} {} {:?} {BASE_CMDLINE} {:?}",
+        opts.with_containerd, opts.kubernetes, opts.extra_cmdline, opts.version
     ));
     // What goes in, by the lists that choose it: a module or program added to one is a new
     // image without a LAYOUT bump (a module list change once reused an image without it).
@@ -271,6 +309,7 @@ pub fn build_cached(
         return Ok(Artifacts {
             rootfs: have("rootfs.sqsh"),
             initramfs: have("initramfs.img"),
+            kit: have("kit"),
             vmlinuz: have("vmlinuz"),
             iso: have("basalt.iso"),
             pxe_dir: None,
@@ -427,6 +466,10 @@ fn stack_components(opts: &BuildOptions) -> &'static [&'static crate::stack::Com
     }
 }
 
+/// Programs from pinned Debian packages on every node: (package, path in the rootfs).
+/// `mke2fs` makes STATE and EPHEMERAL when the node installs itself.
+const BASE_PROGRAMS: &[(&str, &str)] = &[("e2fsprogs", "sbin/mke2fs")];
+
 /// Programs from pinned Debian packages for a Kubernetes node: (package, path in the rootfs).
 /// The mount/umount the kubelet runs for tmpfs-backed volumes (secrets, service-account
 /// tokens).
@@ -440,6 +483,9 @@ const KUBERNETES_PAYLOAD: &[(&str, &str)] = &[
 /// Pinned packages the programs' libraries are taken from, and where libraries live in them.
 const LIBRARY_PACKAGES: &[&str] = &[
     "libc6",
+    "libext2fs2",
+    "libcom-err2",
+    "libuuid1",
     "libmount1",
     "libblkid1",
     "libselinux1",
@@ -664,6 +710,7 @@ fn build_rootfs(
     kernel: &Kernel,
     payload: &[(String, Vec<u8>)],
     images: &[OciImage],
+    version: &str,
     out: &Path,
 ) -> Result<PathBuf, ImageError> {
     tools::need("mksquashfs", "squashfs-tools")?;
@@ -690,7 +737,7 @@ fn build_rootfs(
     write_file(&staging.join("sbin/init"), &init_bytes, 0o755)?;
     let os_release = format!(
         "NAME=Basalt\nID=basalt\nVERSION_ID={v}\nPRETTY_NAME=\"Basalt {v}\"\nHOME_URL=\"https://example.invalid/basalt\"\n",
-        v = env!("CARGO_PKG_VERSION")
+        v = version
     );
     write_file(
         &staging.join("etc/os-release"),
@@ -714,7 +761,7 @@ fn build_rootfs(
     for (rel, data) in payload {
         write_file(&staging.join(rel), data, 0o755)?;
     }
-    if !payload.is_empty() {
+    if payload.iter().any(|(rel, _)| rel == "usr/bin/containerd") {
         // The test image containerd imports at boot (for pods too, on a Kubernetes image):
         // `hello`, small, and not a second copy of init.
         let k8s = images.iter().any(|i| i.namespace == "k8s.io");
@@ -797,12 +844,7 @@ fn build_rootfs(
 }
 
 /// `early` (`basalt-early`) is the initramfs's `/init`.
-fn build_initramfs(
-    early: &Path,
-    kernel: &Kernel,
-    rootfs: &Path,
-    out: &Path,
-) -> Result<PathBuf, ImageError> {
+fn build_base_initramfs(early: &Path, kernel: &Kernel, path: &Path) -> Result<(), ImageError> {
     let mut a = Archive::new();
     let init_bytes = std::fs::read(early).map_err(io_err("read", early))?;
     a.add(
@@ -827,17 +869,7 @@ fn build_initramfs(
         );
         Ok(())
     })?;
-    let verity = crate::verity::read(rootfs)?;
-    a.add(
-        "etc/basalt/rootfs.verity",
-        Entry::File {
-            data: verity.to_file().into_bytes(),
-            executable: false,
-        },
-    );
-
-    let path = out.join("initramfs.img");
-    let tmp = out.join(".initramfs.img.tmp");
+    let tmp = path.with_extension("img.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
     let mtime = u32::try_from(epoch()).unwrap_or(0);
     {
@@ -848,25 +880,145 @@ fn build_initramfs(
         a.write(&mut gz, mtime).map_err(io_err("write", &tmp))?;
         gz.finish().map_err(io_err("write", &tmp))?;
     }
-    // The rootfs is already compressed: it follows as a second, uncompressed cpio archive,
-    // which the kernel unpacks after the first. It must start on a 4-byte boundary.
-    let len = f.metadata().map_err(io_err("stat", &tmp))?.len();
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    finish(&tmp, path)
+}
+
+/// The initramfs of the ISO and PXE: the base initramfs, then — as a second, uncompressed
+/// cpio archive (the rootfs is compressed already; it starts on a 4-byte boundary) — the
+/// rootfs with its dm-verity parameters. The same archive an install writes into a slot as
+/// `rootfs.img`, made by the same code.
+fn build_initramfs(base: &Path, rootfs: &Path, out: &Path) -> Result<PathBuf, ImageError> {
+    let path = out.join("initramfs.img");
+    let tmp = out.join(".initramfs.img.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mut head = std::fs::File::open(base).map_err(io_err("read", base))?;
+    let len = std::io::copy(&mut head, &mut f).map_err(io_err("write", &tmp))?;
     let pad = (4 - len % 4) % 4;
     f.write_all(&[0u8; 3][..pad as usize])
         .map_err(io_err("write", &tmp))?;
-    let mut b = Archive::new();
-    let sqsh = std::fs::read(rootfs).map_err(io_err("read", rootfs))?;
-    b.add(
-        "rootfs.sqsh",
-        Entry::File {
-            data: sqsh,
-            executable: false,
-        },
-    );
-    b.write(&mut f, mtime).map_err(io_err("write", &tmp))?;
+    let verity = crate::verity::read(rootfs)?;
+    let sqsh = std::fs::File::open(rootfs).map_err(io_err("read", rootfs))?;
+    let size = sqsh.metadata().map_err(io_err("stat", rootfs))?.len();
+    let mut archive = basalt_disk::install::rootfs_cpio(verity.to_file().as_bytes(), sqsh, size)
+        .map_err(io_err("read", rootfs))?;
+    std::io::copy(&mut archive, &mut f).map_err(io_err("write", &tmp))?;
     f.sync_all().map_err(io_err("sync", &tmp))?;
     finish(&tmp, &path)?;
     Ok(path)
+}
+
+/// Where the boot kit sits in the rootfs (an install copies it to the disk).
+const KIT_IN_ROOTFS: &str = "usr/lib/basalt/boot";
+
+/// The boot kit in `out/kit` ([`basalt_disk::install::KIT_FILES`]): the kernel, the base
+/// initramfs, and GRUB's images for the installed disk — the MBR boot code, the BIOS core
+/// image and the UEFI one, both with the prefix `(,gpt2)/grub` (the EFI partition of the
+/// disk they were loaded from) and the modules `grub.cfg` uses built in.
+fn build_kit(early: &Path, kernel: &Kernel, out: &Path) -> Result<PathBuf, ImageError> {
+    need_grub()?;
+    let kit = out.join("kit");
+    let grub = kit.join("grub");
+    std::fs::create_dir_all(&grub).map_err(io_err("create", &grub))?;
+    copy(&kernel.vmlinuz, &kit.join("vmlinuz"))?;
+    build_base_initramfs(early, kernel, &kit.join("initramfs.img"))?;
+    copy(
+        Path::new("/usr/lib/grub/i386-pc/boot.img"),
+        &grub.join("boot.img"),
+    )?;
+    let prefix = basalt_disk::grub::prefix();
+    let mkimage = |format: &str, output: &Path, extra: &[&str]| {
+        let mut c = Command::new("grub-mkimage");
+        c.args(["-O", format, "-p", &prefix, "-o"])
+            .arg(output)
+            .args(GRUB_DISK_MODULES.split(' '))
+            .args(extra);
+        tools::run(&mut c).map(|_| ())
+    };
+    mkimage("i386-pc", &grub.join("core.img"), &["biosdisk"])?;
+    // The EFI partition's filesystem: GRUB for UEFI and grub.cfg, which BIOS GRUB reads too.
+    let staging = out.join(".efi-part-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    let boot_efi = staging.join("EFI/BOOT/BOOTX64.EFI");
+    std::fs::create_dir_all(staging.join("EFI/BOOT")).map_err(io_err("create", &staging))?;
+    std::fs::create_dir_all(staging.join("grub")).map_err(io_err("create", &staging))?;
+    mkimage("x86_64-efi", &boot_efi, &[])?;
+    write_file(
+        &staging.join("grub/grub.cfg"),
+        basalt_disk::grub::config().as_bytes(),
+        0o644,
+    )?;
+    let efi_mib = basalt_disk::layout::EFI_MIB;
+    fat_image(
+        &kit.join("efi.img"),
+        efi_mib * 2048,
+        "BASALT-EFI",
+        &[staging.join("EFI"), staging.join("grub")],
+    )?;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(kit)
+}
+
+/// A FAT image of `sectors` sectors labelled `label` holding `entries` (directories, copied
+/// whole), made by mtools with a fixed serial and `SOURCE_DATE_EPOCH` dates: reproducible.
+fn fat_image(
+    path: &Path,
+    sectors: u64,
+    label: &str,
+    entries: &[PathBuf],
+) -> Result<(), ImageError> {
+    tools::need("mformat", "mtools")?;
+    let e = epoch();
+    for d in entries {
+        set_mtimes(d, e)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let epoch_env = e.to_string();
+    tools::run(
+        Command::new("mformat")
+            .arg("-i")
+            .arg(path)
+            .args([
+                "-C",
+                "-T",
+                &sectors.to_string(),
+                "-N",
+                "0BA5A171",
+                "-v",
+                label,
+                "::",
+            ])
+            .env("SOURCE_DATE_EPOCH", &epoch_env),
+    )?;
+    tools::run(
+        Command::new("mcopy")
+            .args(["-m", "-s", "-i"])
+            .arg(path)
+            .args(entries)
+            .arg("::/")
+            .env("SOURCE_DATE_EPOCH", &epoch_env),
+    )?;
+    Ok(())
+}
+
+/// GRUB modules of the installed disk's images: what `grub.cfg` runs.
+const GRUB_DISK_MODULES: &str =
+    "normal linux part_gpt fat serial terminal configfile echo test regexp loadenv all_video";
+
+fn need_grub() -> Result<(), ImageError> {
+    tools::need("grub-mkimage", "grub-common")?;
+    for (dir, pkg) in [
+        ("/usr/lib/grub/i386-pc", "grub-pc-bin"),
+        ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin"),
+    ] {
+        if !Path::new(dir).is_dir() {
+            return Err(ImageError::MissingTool {
+                tool: dir.into(),
+                package: pkg.into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn build_pxe(
@@ -937,20 +1089,9 @@ fn build_iso(
     cmdline: &str,
     out: &Path,
 ) -> Result<PathBuf, ImageError> {
-    tools::need("grub-mkimage", "grub-common")?;
+    need_grub()?;
     tools::need("xorriso", "xorriso")?;
     tools::need("mformat", "mtools")?;
-    for (dir, pkg) in [
-        ("/usr/lib/grub/i386-pc", "grub-pc-bin"),
-        ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin"),
-    ] {
-        if !Path::new(dir).is_dir() {
-            return Err(ImageError::MissingTool {
-                tool: dir.into(),
-                package: pkg.into(),
-            });
-        }
-    }
     let e = epoch();
     let staging = out.join(".iso-staging");
     let _ = std::fs::remove_dir_all(&staging);
@@ -1009,35 +1150,10 @@ fn build_iso(
     std::fs::create_dir_all(boot_efi.parent().unwrap_or(&efi_dir))
         .map_err(io_err("create", &efi_dir))?;
     mkimage("x86_64-efi", &boot_efi, &[])?;
-    set_mtimes(&efi_dir, e)?;
     let efi_img = grub.join("efi.img");
-    let _ = std::fs::remove_file(&efi_img);
-    let epoch_env = e.to_string();
-    tools::run(
-        Command::new("mformat")
-            .arg("-i")
-            .arg(&efi_img)
-            .args([
-                "-C",
-                "-T",
-                "8192",
-                "-N",
-                "0BA5A171",
-                "-v",
-                "BASALTEFI",
-                "::",
-            ])
-            .env("SOURCE_DATE_EPOCH", &epoch_env),
-    )?;
-    tools::run(
-        Command::new("mcopy")
-            .args(["-m", "-s", "-i"])
-            .arg(&efi_img)
-            .arg(efi_dir.join("EFI"))
-            .arg("::/")
-            .env("SOURCE_DATE_EPOCH", &epoch_env),
-    )?;
+    fat_image(&efi_img, 8192, "BASALTEFI", &[efi_dir.join("EFI")])?;
     set_mtimes(&staging, e)?;
+    let epoch_env = e.to_string();
     let iso = out.join("basalt.iso");
     let tmp = out.join(".basalt.iso.tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -1133,6 +1249,7 @@ mod tests {
             verbose: false,
             with_containerd: false,
             kubernetes: true,
+            version: None,
         };
         let e = build(Target::Rootfs, &opts).unwrap_err().to_string();
         assert!(e.contains("needs containerd"), "{e}");

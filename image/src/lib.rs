@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
-pub mod cpio;
+pub use basalt_disk::cpio;
 pub mod elf;
 pub mod inputs;
 pub mod kernel;

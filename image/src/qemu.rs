@@ -20,6 +20,8 @@ pub enum Boot {
     /// Network boot from the first NIC, which must be a tap (`VmOptions::tap`): DHCP and TFTP
     /// come from a server on the tap's segment (a local cluster's dnsmasq).
     Network,
+    /// From the disk in [`VmOptions::disk`] (an installed node), with SeaBIOS or OVMF.
+    Disk { uefi: bool },
     /// Direct kernel boot (fastest; no firmware menu).
     Kernel {
         vmlinuz: PathBuf,
@@ -175,6 +177,26 @@ pub enum VmError {
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// UEFI firmware for a VM: OVMF's code read-only, a copy of its variables in `workdir`
+/// (returned: a scratch file to keep while QEMU runs).
+fn ovmf(cmd: &mut Command, workdir: &Path) -> Result<PathBuf, VmError> {
+    for f in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(f).exists() {
+            return Err(VmError::Start(ImageError::MissingTool {
+                tool: f.into(),
+                package: "ovmf".into(),
+            }));
+        }
+    }
+    let vars = workdir.join("OVMF_VARS.fd");
+    std::fs::copy(OVMF_VARS, &vars).map_err(|e| VmError::Start(io_err("copy", &vars)(e)))?;
+    cmd.arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+    cmd.arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    Ok(vars)
+}
+
 impl Vm {
     /// Starts QEMU; `workdir` receives the console log (and UEFI variables).
     pub fn start(boot: &Boot, workdir: &Path, memory_mib: u32) -> Result<Vm, VmError> {
@@ -258,28 +280,23 @@ impl Vm {
         match boot {
             Boot::Iso { iso, uefi } => {
                 if *uefi {
-                    for f in [OVMF_CODE, OVMF_VARS] {
-                        if !Path::new(f).exists() {
-                            return Err(VmError::Start(ImageError::MissingTool {
-                                tool: f.into(),
-                                package: "ovmf".into(),
-                            }));
-                        }
-                    }
-                    let vars = workdir.join("OVMF_VARS.fd");
-                    std::fs::copy(OVMF_VARS, &vars)
-                        .map_err(|e| VmError::Start(io_err("copy", &vars)(e)))?;
-                    cmd.arg("-drive")
-                        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-                    cmd.arg("-drive")
-                        .arg(format!("if=pflash,format=raw,file={}", vars.display()));
-                    scratch = Some(vars);
+                    scratch = Some(ovmf(&mut cmd, workdir)?);
                 }
                 cmd.arg("-drive").arg(format!(
                     "file={},media=cdrom,readonly=on,if=ide",
                     iso.display()
                 ));
                 cmd.args(["-boot", "d"]);
+            }
+            Boot::Disk { uefi } => {
+                if opts.disk.is_none() {
+                    return Err(VmError::Start(ImageError::Init(
+                        "a disk boot needs a disk (VmOptions::disk)".into(),
+                    )));
+                }
+                if *uefi {
+                    scratch = Some(ovmf(&mut cmd, workdir)?);
+                }
             }
             Boot::Pxe { dir } => {
                 cmd.arg("-netdev").arg(format!(

@@ -25,6 +25,7 @@ fn artifacts() -> &'static Artifacts {
             verbose: false,
             with_containerd: true,
             kubernetes: false,
+            version: None,
         };
         basalt_image::build(Target::All, &opts).unwrap()
     })
@@ -131,6 +132,73 @@ fn iso_boots_with_ovmf_uefi() {
     );
     // UEFI reads through the firmware: the BIOS-only probe never runs there.
     assert!(!console.contains("GRUB's AHCI driver"), "{console}");
+}
+
+/// A disk the installer wrote (run here on a disk image file, as a node runs it on its own
+/// disk) boots by itself, through SeaBIOS and through OVMF: GRUB from the disk, slot A, the
+/// same early boot, and PID 1 finds the installed STATE partition.
+#[test]
+fn an_installed_disk_boots_with_seabios_and_ovmf() {
+    if !tier(Tier::Vm, "an_installed_disk_boots_with_seabios_and_ovmf") {
+        return;
+    }
+    let a = artifacts();
+    let rootfs = a.rootfs.clone().unwrap();
+    let image = basalt_disk::install::SlotImage {
+        kit: basalt_disk::install::Kit::new(a.kit.clone().unwrap()),
+        verity: basalt_image::verity::read(&rootfs).unwrap().to_file(),
+        rootfs,
+        cmdline: format!(
+            "{} basalt.reboot_delay=1",
+            basalt_image::build::BASE_CMDLINE
+        ),
+        version: "test-1".into(),
+    };
+    for uefi in [false, true] {
+        let name = if uefi { "disk-uefi" } else { "disk-bios" };
+        let dir = workdir(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+        basalt_disk::install::check(&disk, false).unwrap();
+        basalt_disk::install::install(&disk, &image, Path::new("mke2fs"), &|_| {}).unwrap();
+        // A second install over it is refused without wipe, naming what is there.
+        let e = basalt_disk::install::check(&disk, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a Basalt installation") && e.contains("install.wipe"),
+            "{e}"
+        );
+
+        let _g = vm_lock();
+        let mut vm = Vm::start_with(
+            &Boot::Disk { uefi },
+            &dir,
+            &VmOptions {
+                memory_mib: 512,
+                disk: Some(disk.clone()),
+                ..VmOptions::default()
+            },
+        )
+        .unwrap();
+        for m in [
+            "basalt: booting slot A",
+            "basalt: rootfs verified",
+            "basalt: PID 1 running",
+            "basalt: state: /dev/vda6 on /system/state",
+            "basalt: root is read-only; /var is writable",
+        ] {
+            vm.wait_for(m, BOOT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let console = vm.console();
+        assert!(console.contains("basalt.slot=A"), "{name}: {console}");
+    }
 }
 
 #[test]
@@ -258,6 +326,7 @@ fn builds_are_reproducible_and_the_rootfs_has_no_shell() {
         verbose: false,
         with_containerd: true,
         kubernetes: false,
+        version: None,
     };
     let b = basalt_image::build(Target::All, &opts).unwrap();
     for (x, y) in [

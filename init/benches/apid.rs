@@ -129,6 +129,7 @@ fn main() {
         power: Arc::new(FakePower::default()),
         paths: Paths {
             wipe_on_reset: Vec::new(),
+            install: None,
         },
         booted: Instant::now(),
         kube: basalt_kubernetes::Kube::default(),

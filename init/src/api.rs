@@ -39,6 +39,8 @@ pub enum ApiError {
     Container(basalt_containerd::containers::ContainerError),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the config was rejected and nothing changed")]
+    Install(#[source] crate::install::InstallFailed),
     #[error("ping: {0}")]
     Ping(std::io::Error),
     #[error(transparent)]
@@ -94,6 +96,7 @@ impl From<ApiError> for Status {
                 }
             }
             ApiError::NoSpace { .. } => Status::resource_exhausted(msg),
+            ApiError::Install(_) => Status::failed_precondition(msg),
             ApiError::Ping(_) => Status::unavailable(msg),
             ApiError::Kube(k) => {
                 use basalt_kubernetes::KubeError as K;
@@ -259,6 +262,65 @@ impl Api {
     }
 }
 
+impl Api {
+    /// In maintenance mode, a config with `install.disk` installs the node to that disk (the
+    /// config kept on it) and reboots instead of applying here: the summary says so. `None`:
+    /// apply as usual. The disk is checked first; a problem refuses the config.
+    fn maybe_install(
+        &self,
+        text: &str,
+        dry_run: bool,
+    ) -> std::result::Result<Option<String>, ApiError> {
+        let Some(installer) = self.node.paths.install.clone() else {
+            return Ok(None);
+        };
+        if self.node.config.active().is_some() {
+            return Ok(None);
+        }
+        let config = basalt_config::Config::parse(text, self.node.config.mode())
+            .map_err(|e| ApiError::Apply(ApplyError::Invalid(e)))?;
+        let disk = match installer.plan(&config).map_err(ApiError::Install)? {
+            crate::install::Plan::Nothing => return Ok(None),
+            crate::install::Plan::Skip(why) => {
+                tracing::info!("install: {why}");
+                return Ok(None);
+            }
+            crate::install::Plan::Install { disk } => disk,
+        };
+        if dry_run {
+            return Ok(Some(format!(
+                "dry run: would install to {} and reboot from it; nothing was changed",
+                disk.display()
+            )));
+        }
+        let yaml = config.to_yaml();
+        let api = self.clone();
+        let target = disk.clone();
+        tokio::spawn(async move {
+            tracing::info!("install: to {}", target.display());
+            let t = std::time::Instant::now();
+            let done = tokio::task::spawn_blocking(move || installer.run(&target, &yaml)).await;
+            match done {
+                Ok(Ok(())) => {
+                    tracing::info!("install: done in {} s; rebooting", t.elapsed().as_secs());
+                    if let Err(e) = api.sequence("reboot", Some(End::Reboot), true) {
+                        tracing::error!("install: cannot reboot: {}", basalt_sys::error_chain(&e));
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(
+                    "install: failed: {}; the node stays in maintenance mode",
+                    basalt_sys::error_chain(&e)
+                ),
+                Err(e) => tracing::error!("install: panicked: {e}"),
+            }
+        });
+        Ok(Some(format!(
+            "config accepted: installing to {}, then rebooting from it (osctl logs init shows the steps)",
+            disk.display()
+        )))
+    }
+}
+
 fn line(e: Entry) -> pb::LogLine {
     pb::LogLine {
         time_ms: e.time_ms,
@@ -279,7 +341,7 @@ impl Machine for Api {
     async fn version(&self, _: Request<pb::VersionRequest>) -> Result<pb::VersionResponse> {
         let uname = nix::sys::utsname::uname().ok();
         Ok(Response::new(pb::VersionResponse {
-            tag: env!("CARGO_PKG_VERSION").to_string(),
+            tag: crate::sysinfo::os_version(Path::new("/etc/os-release")),
             arch: std::env::consts::ARCH.to_string(),
             kernel: uname
                 .as_ref()
@@ -320,6 +382,12 @@ impl Machine for Api {
                 return Err(ApiError::BadRequest(format!("unknown apply mode {}", r.mode)).into());
             }
         };
+        if let Some(summary) = self.maybe_install(&text, r.dry_run)? {
+            return Ok(Response::new(pb::ApplyConfigurationResponse {
+                summary,
+                ..Default::default()
+            }));
+        }
         let out = self
             .node
             .config

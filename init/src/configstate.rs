@@ -17,7 +17,8 @@ use tokio::sync::watch;
 
 /// Owner of the `MachineConfig` resources.
 pub const OWNER: &str = "config";
-const ACTIVE: &str = "config.yaml";
+/// The active config's file name in the config directory.
+pub const ACTIVE: &str = "config.yaml";
 const STAGED: &str = "config.staged.yaml";
 
 /// One document of the active config (namespace `config`, id `Kind` or `Kind=name`).

@@ -1,6 +1,6 @@
 //! `init`, PID 1 on the node's root: the composition root. It wires the crates that own each
 //! job (the supervisor, networkd, KubeSpan, containerd, Kubernetes, apid) into one node, owns
-//! the config lifecycle and the sequences (boot, apply, reboot, shutdown, reset), and serves
+//! the config lifecycle and the sequences (boot, apply, install, reboot, shutdown, reset), and serves
 //! the machine API on its unix socket.
 //!
 //! What it must not do: hold the logic of a subsystem that has a crate of its own. `main.rs`
@@ -12,6 +12,7 @@
 pub mod api;
 pub mod apidcert;
 pub mod configstate;
+pub mod install;
 pub mod kubespan;
 pub mod logging;
 pub mod net;

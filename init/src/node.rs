@@ -17,6 +17,8 @@ use basalt_supervisor::logring::Logs;
 pub struct Paths {
     /// What a reset wipes besides the config (`/var/lib`: containerd's images and containers).
     pub wipe_on_reset: Vec<PathBuf>,
+    /// How this node installs to a disk (`None` for a container node).
+    pub install: Option<crate::install::Installer>,
 }
 
 #[derive(Debug, Clone)]

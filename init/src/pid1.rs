@@ -22,9 +22,12 @@ use basalt_supervisor::{self as supervisor, Supervisor};
 use basalt_supervisor::{cgroup, reaper, tasks};
 use basalt_sys::cmdline::{Cmdline, Platform};
 
-/// Filesystem label of the disk that keeps state across reboots when no install exists yet.
-pub const STATE_LABEL: &str = "BASALT-STATE";
+/// Filesystem labels of the installed disk's STATE (also a bare state disk's, before any
+/// install) and EPHEMERAL partitions.
+pub use basalt_disk::layout::{EPHEMERAL_LABEL, STATE_LABEL};
 const STATE_MOUNT: &str = "/system/state";
+/// The config's directory on STATE.
+pub const STATE_CONFIG_DIR: &str = "config";
 
 pub fn run() -> ! {
     let (cmdline, bad) = Cmdline::read();
@@ -115,16 +118,25 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
             true => container_state_dir(),
             false => state_dir(),
         };
-        let var = (state_dir.starts_with(STATE_MOUNT) && !container).then(var_on_state_disk);
+        let ephemeral = (!container)
+            .then(|| find_by_label(Path::new("/sys/class/block"), EPHEMERAL_LABEL))
+            .flatten();
+        let var = match ephemeral {
+            Some(dev) => {
+                Some(mount_ephemeral(&dev).map(|()| format!("{} (EPHEMERAL)", dev.display())))
+            }
+            None => (state_dir.starts_with(STATE_MOUNT) && !container)
+                .then(|| var_on_state_disk().map(|()| format!("{STATE_MOUNT}/var"))),
+        };
         (state_dir, var)
     })
     .await;
     let state_dir = match mounted {
         Ok((state_dir, var)) => {
             match var {
-                Some(Ok(())) => {
+                Some(Ok(on)) => {
                     logs.reopen();
-                    tracing::info!("/var: {STATE_MOUNT}/var (kept across reboots)");
+                    tracing::info!("/var: {on} (kept across reboots)");
                 }
                 Some(Err(e)) => {
                     tracing::warn!("/var stays tmpfs: {}", basalt_sys::error_chain(&e))
@@ -160,6 +172,12 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         leases: leases.clone(),
         paths: Paths {
             wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
+            install: (!container).then(|| {
+                crate::install::Installer::from_boot(
+                    std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+                    cmdline.slot.as_deref(),
+                )
+            }),
         },
         booted,
         kube: basalt_kubernetes::Kube::new(basalt_kubernetes::Paths::default()),
@@ -307,7 +325,7 @@ fn state_dir() -> PathBuf {
     ) {
         Ok(()) => {
             tracing::info!("state: {} on {STATE_MOUNT}", dev.display());
-            PathBuf::from(STATE_MOUNT).join("config")
+            PathBuf::from(STATE_MOUNT).join(STATE_CONFIG_DIR)
         }
         Err(e) => {
             tracing::warn!(
@@ -350,6 +368,21 @@ fn var_on_state_disk() -> Result<(), MountError> {
     )
     .map_err(|source| MountError::Mount {
         what: "remount /var".into(),
+        source,
+    })
+}
+
+/// `/var` on the installed disk's EPHEMERAL partition.
+fn mount_ephemeral(dev: &Path) -> Result<(), MountError> {
+    nix::mount::mount(
+        Some(dev),
+        "/var",
+        Some("ext4"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|source| MountError::Mount {
+        what: format!("mount {} on /var", dev.display()),
         source,
     })
 }

@@ -93,6 +93,21 @@ fn read_trim(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The version of the image this node runs: `VERSION_ID` of a Basalt `/etc/os-release`
+/// (the image build stamps it), else this program's own version.
+pub fn os_version(os_release: &Path) -> String {
+    let text = std::fs::read_to_string(os_release).unwrap_or_default();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_string())
+    };
+    match (field("ID").as_deref(), field("VERSION_ID")) {
+        (Some("basalt"), Some(v)) if !v.is_empty() => v,
+        _ => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
 /// Whole disks from a `/sys/class/block`-shaped directory (partitions, loop and ram devices
 /// are left out).
 pub fn disks(class_block: &Path) -> Vec<pb::DiskInfo> {
@@ -129,6 +144,16 @@ pub fn disks(class_block: &Path) -> Vec<pb::DiskInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_version_comes_from_a_basalt_os_release() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("os-release");
+        std::fs::write(&p, "NAME=Basalt\nID=basalt\nVERSION_ID=1.2.3-rc1\n").unwrap();
+        assert_eq!(os_version(&p), "1.2.3-rc1");
+        std::fs::write(&p, "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+        assert_eq!(os_version(&p), env!("CARGO_PKG_VERSION"));
+    }
 
     #[test]
     fn meminfo_fields() {

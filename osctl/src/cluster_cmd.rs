@@ -431,6 +431,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
             verbose: false,
             with_containerd: true,
             kubernetes: a.kubernetes,
+            version: None,
         },
         &clusters_root().join(".images"),
     )

@@ -145,6 +145,7 @@ pub fn run(cmd: ImageCommand, g: &crate::client::Global) -> anyhow::Result<()> {
         verbose: true,
         with_containerd: !args.without_containerd,
         kubernetes: args.kubernetes,
+        version: None,
     };
     let arts = basalt_image::build(target, &opts).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     print_line(&format!("{:<16} {:>12}  sha256", "artifact", "bytes"));

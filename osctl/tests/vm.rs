@@ -101,6 +101,7 @@ fn images() -> basalt_image::Artifacts {
                     verbose: false,
                     with_containerd: true,
                     kubernetes: false,
+                    version: None,
                 },
             )
             .unwrap()
@@ -780,4 +781,125 @@ fn kernel_mesh_check(
     );
     assert!(status.contains("hostname: test-peer"), "{status}");
     assert!(status.contains("rxBytes"), "{status}");
+}
+
+/// The node lifecycle's first step (issue 22): a node booted from the ISO in maintenance
+/// mode, given a config with `install.disk`, installs itself to that disk and reboots; the
+/// VM started again *without* the ISO boots from the disk — through SeaBIOS and through
+/// OVMF — as the same node with its config, `/var` on EPHEMERAL. A disk that is not there
+/// is refused first, naming the node's disks.
+#[test]
+fn an_iso_node_installs_to_disk_and_boots_from_it() {
+    if !tier(Tier::Vm, "an_iso_node_installs_to_disk_and_boots_from_it") {
+        return;
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // The ISO asks for DHCP (QEMU's user network answers), as an ISO for real machines would.
+    let a = basalt_image::build(
+        Target::Iso,
+        &BuildOptions {
+            out: tmp.join("vm-images/install"),
+            init: None,
+            extra_cmdline: vec!["ip=dhcp".into(), "basalt.reboot_delay=1".into()],
+            verbose: false,
+            with_containerd: true,
+            kubernetes: false,
+            version: None,
+        },
+    )
+    .unwrap();
+    for uefi in [false, true] {
+        let name = if uefi { "install-uefi" } else { "install-bios" };
+        let dir = tmp.join("vm-runs").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+        let port = free_port();
+        let e = format!("127.0.0.1:{port}");
+        let opts = VmOptions {
+            memory_mib: 768,
+            forward: vec![(port, 50000)],
+            disk: Some(disk.clone()),
+            // A reboot ends QEMU: the next start is without the ISO.
+            allow_reboot: false,
+            ..VmOptions::default()
+        };
+        let mut vm = Vm::start_with(
+            &Boot::Iso {
+                iso: a.iso.clone().unwrap(),
+                uefi,
+            },
+            &dir.join("iso"),
+            &opts,
+        )
+        .unwrap();
+        vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
+            .unwrap();
+        until(
+            &dir,
+            &["--insecure", "-n", &e, "version"],
+            BOOT_TIMEOUT,
+            |o| o.contains("maintenance"),
+        );
+        let disks = ok(&dir, &["--insecure", "-n", &e, "disks"]);
+        assert!(disks.contains("vda"), "{disks}");
+
+        ok(&dir, &["gen", "config", name, "https://10.0.2.15:6443"]);
+        for (file, disk_path) in [("missing.yaml", "/dev/vdz"), ("install.yaml", "/dev/vda")] {
+            let cfg = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
+            let cfg = cfg.replacen(
+                "type: worker\n",
+                &format!("type: worker\ninstall:\n  disk: {disk_path}\n"),
+                1,
+            );
+            std::fs::write(dir.join(file), cfg).unwrap();
+        }
+        let o = run(
+            &dir,
+            &["apply-config", "--insecure", "-n", &e, "-f", "missing.yaml"],
+        );
+        assert!(
+            !o.status.success()
+                && text(&o).contains("install.disk /dev/vdz: no such disk")
+                && text(&o).contains("/dev/vda (3072 MiB"),
+            "{}",
+            text(&o)
+        );
+        let out = ok(
+            &dir,
+            &["apply-config", "--insecure", "-n", &e, "-f", "install.yaml"],
+        );
+        assert!(out.contains("installing to /dev/vda"), "{out}");
+        vm.wait_for("install: done", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            vm.wait_exit(BOOT_TIMEOUT).is_some(),
+            "{name}: the node did not reboot after installing:\n{}",
+            vm.console()
+        );
+        drop(vm);
+
+        let mut vm = Vm::start_with(&Boot::Disk { uefi }, &dir.join("disk"), &opts).unwrap();
+        for m in [
+            "basalt: booting slot A",
+            "basalt: state: /dev/vda6 on /system/state",
+            "basalt: /var: /dev/vda7 (EPHEMERAL) (kept across reboots)",
+            "config loaded from /system/state/config/config.yaml",
+        ] {
+            vm.wait_for(m, BOOT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let osconfig = dir.join("client.yaml");
+        let oc = osconfig.to_str().unwrap();
+        ok(&dir, &["--osconfig", oc, "config", "merge", "osconfig"]);
+        ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
+        let v = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+            o.contains("running")
+        });
+        assert!(v.contains("running") && v.contains("x86_64"), "{name}: {v}");
+    }
 }

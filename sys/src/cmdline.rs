@@ -23,6 +23,11 @@ pub struct Cmdline {
     pub reboot_delay: u64,
     /// `basalt.test=poweroff`: power off once PID 1 has reported (benchmarks, tests).
     pub poweroff_when_up: bool,
+    /// `basalt.slot=A|B`: booted from this slot of an installed disk (GRUB sets it).
+    pub slot: Option<String>,
+    /// `basalt.trial=1`: this boot is a slot's one try after an upgrade; it must confirm
+    /// itself when healthy or the next boot is the old slot.
+    pub trial: bool,
 }
 
 /// A kernel argument Basalt cannot use.
@@ -97,6 +102,8 @@ impl Cmdline {
             debug: false,
             reboot_delay: 10,
             poweroff_when_up: false,
+            slot: None,
+            trial: false,
         };
         let mut bad = Vec::new();
         for arg in split(text) {
@@ -125,12 +132,40 @@ impl Cmdline {
                 },
                 ("basalt.test", Some("poweroff")) => c.poweroff_when_up = true,
                 ("basalt.test", _) => fail("expected poweroff"),
+                ("basalt.slot", Some(v @ ("A" | "B"))) => c.slot = Some(v.to_string()),
+                ("basalt.slot", _) => fail("expected A or B"),
+                ("basalt.trial", Some("1")) => c.trial = true,
+                ("basalt.trial", _) => fail("expected 1"),
                 (k, _) if k.starts_with("basalt.") => fail("unknown Basalt argument"),
                 _ => {}
             }
         }
         (c, bad)
     }
+}
+
+/// The arguments an installed node boots with, from those it was installed from: all but
+/// the boot loader's (`BOOT_IMAGE`, `initrd`), the slot GRUB sets, and `basalt.config`
+/// (an installed node keeps its config on STATE).
+pub fn for_install(text: &str) -> String {
+    split(text)
+        .into_iter()
+        .filter(|a| {
+            let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k);
+            !matches!(
+                key,
+                "BOOT_IMAGE" | "initrd" | "basalt.slot" | "basalt.trial" | "basalt.config"
+            )
+        })
+        .map(|a| match a.contains(char::is_whitespace) {
+            true => match a.split_once('=') {
+                Some((k, v)) => format!("{k}=\"{v}\""),
+                None => format!("\"{a}\""),
+            },
+            false => a,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Splits on whitespace, keeping double-quoted spans together (as the kernel does).
@@ -158,6 +193,21 @@ fn split(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_and_the_install_command_line() {
+        let (c, bad) = Cmdline::parse("console=ttyS0 basalt.slot=B basalt.trial=1");
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!((c.slot.as_deref(), c.trial), (Some("B"), true));
+        let (_, bad) = Cmdline::parse("basalt.slot=C");
+        assert_eq!(bad.len(), 1);
+        assert_eq!(
+            for_install(
+                "BOOT_IMAGE=/boot/vmlinuz initrd=initramfs.img console=ttyS0,115200 quiet basalt.slot=A basalt.config=http://x/ basalt.debug\n"
+            ),
+            "console=ttyS0,115200 quiet basalt.debug"
+        );
+    }
 
     #[test]
     fn a_container_node_never_reads_the_hosts_command_line() {

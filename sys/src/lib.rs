@@ -1,5 +1,5 @@
 //! The node's interfaces to the kernel, and the only crate of Basalt with `unsafe` code:
-//! loop devices, device-mapper (dm-verity), module loading, mount tables, the kernel command
+//! loop devices, device-mapper (dm-verity), block devices, module loading, mount tables, the kernel command
 //! line, `/dev/kmsg`, process confinement before `exec`, rebooting and atomic writes.
 //!
 //! Every `unsafe` block carries a `// SAFETY:` comment; kernel structures are `#[repr(C)]`
@@ -7,6 +7,7 @@
 //! config, resources or an async runtime — this crate is used by the initramfs's small
 //! `basalt-early` as well as by PID 1 and the tools.
 
+pub mod blockdev;
 pub mod cmdline;
 pub mod fs;
 pub mod kmsg;

@@ -367,13 +367,22 @@ pub fn scrub(device: &Path, bytes: u64) -> Scrub {
     }
 }
 
-/// Records the mapped device for PID 1's scrub.
-pub fn record(device: &Path, p: &Params) -> std::io::Result<()> {
+/// Written by early init for an install: the loop device holding the rootfs with its tree.
+pub const SOURCE: &str = "/run/basalt/rootfs.source";
+/// Written by early init for an install: a copy of [`PARAMS`] (the initramfs is gone after
+/// the switch).
+pub const RECORDED_PARAMS: &str = "/run/basalt/rootfs.params";
+
+/// Records the mapped device for PID 1's scrub, and the loop device and parameters for an
+/// install (which copies the running root to a disk).
+pub fn record(device: &Path, backing: &Path, p: &Params) -> std::io::Result<()> {
     std::fs::create_dir_all("/run/basalt")?;
     std::fs::write(
         MAPPED,
         format!("{} {} {}\n", device.display(), p.data_bytes(), p.root_hash),
-    )
+    )?;
+    std::fs::write(SOURCE, format!("{}\n", backing.display()))?;
+    std::fs::copy(PARAMS, RECORDED_PARAMS).map(|_| ())
 }
 
 #[cfg(test)]

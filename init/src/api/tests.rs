@@ -47,6 +47,7 @@ async fn fixture() -> Fixture {
         power: power.clone(),
         paths: Paths {
             wipe_on_reset: vec![data],
+            install: None,
         },
         booted: Instant::now(),
         kube: basalt_kubernetes::Kube::default(),

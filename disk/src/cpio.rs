@@ -1,4 +1,5 @@
-//! A `newc` cpio writer for initramfs archives: entries sorted by path, fixed mtime, owner
+//! A `newc` cpio writer for initramfs archives (the image build's, and the slots' `rootfs.img`
+//! an install streams): entries sorted by path, fixed mtime, owner
 //! root, inode numbers by position — the same inputs always give the same bytes.
 
 use std::collections::BTreeMap;
@@ -51,7 +52,7 @@ impl Archive {
     }
 
     /// Writes the archive with every mtime set to `mtime`.
-    pub fn write(&self, out: &mut impl Write, mtime: u32) -> std::io::Result<()> {
+    pub fn write(&self, out: &mut (impl Write + ?Sized), mtime: u32) -> std::io::Result<()> {
         let mut written = 0usize;
         for (ino, (path, entry)) in self.entries.iter().enumerate() {
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match entry {
@@ -87,7 +88,7 @@ impl Archive {
 
 #[allow(clippy::too_many_arguments)]
 fn header(
-    out: &mut impl Write,
+    out: &mut (impl Write + ?Sized),
     ino: u32,
     mode: u32,
     nlink: u32,
@@ -114,8 +115,34 @@ fn header(
     Ok(n + pad(out, n)?)
 }
 
+/// The header of a regular file (mode 0644) of `size` bytes whose data the caller streams
+/// after it: for archives too large to hold (a root filesystem).
+pub fn stream_file(
+    out: &mut (impl Write + ?Sized),
+    ino: u32,
+    name: &str,
+    size: u64,
+) -> std::io::Result<usize> {
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&s| u32::try_from(s).is_ok())
+        .ok_or_else(|| std::io::Error::other("newc cpio entries hold at most 4 GiB"))?;
+    header(out, ino, 0o100_644, 1, 0, size, (0, 0), name)
+}
+
+/// Pads to a 4-byte boundary after `written` bytes of a streamed archive.
+pub fn pad_to(out: &mut (impl Write + ?Sized), written: u64) -> std::io::Result<usize> {
+    pad(out, (written % 4) as usize)
+}
+
+/// The end-of-archive entry of a streamed archive `written` bytes long so far.
+pub fn trailer(out: &mut (impl Write + ?Sized), written: u64) -> std::io::Result<()> {
+    let n = header(out, 0, 0, 1, 0, 0, (0, 0), "TRAILER!!!")?;
+    pad_to(out, written + n as u64).map(|_| ())
+}
+
 /// Pads to a 4-byte boundary given `written` bytes so far; returns the padding written.
-fn pad(out: &mut impl Write, written: usize) -> std::io::Result<usize> {
+fn pad(out: &mut (impl Write + ?Sized), written: usize) -> std::io::Result<usize> {
     let p = (4 - written % 4) % 4;
     out.write_all(&[0u8; 3][..p])?;
     Ok(p)
