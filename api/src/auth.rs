@@ -82,6 +82,9 @@ pub const METHODS: &[(&str, Role)] = &[
     ("Shutdown", Role::Operator),
     ("ApplyConfiguration", Role::Admin),
     ("Reset", Role::Admin),
+    // Replaces what the node runs.
+    ("Upgrade", Role::Admin),
+    ("Rollback", Role::Admin),
     ("Bootstrap", Role::Admin),
     // A cluster-admin credential.
     ("Kubeconfig", Role::Admin),

@@ -6,7 +6,8 @@
 //! optionally a slot on trial (`next`). A trial slot gets one boot: GRUB marks the try spent
 //! (`next_tried=1`) *before* booting it, so a kernel that panics, an init that exits or a
 //! boot that never confirms itself comes back here and boots `slot` again. The node confirms a
-//! trial boot once it is healthy by making it `slot` and clearing `next` (see [`Env`]).
+//! trial boot once it is healthy by making it `slot` and clearing `next` (see [`Env`]); a
+//! trial GRUB gave up on is left in `failed` for the node to report.
 
 use std::collections::BTreeMap;
 
@@ -176,14 +177,15 @@ set basalt_trial=
 if [ -n "$next" ]; then
   if [ "$next_tried" = "1" ]; then
     echo "basalt: slot $next did not confirm its boot; booting slot $slot again"
+    set failed="$next"
     set next=
     set next_tried=
-    save_env -f $basalt_meta next next_tried
+    save_env -f $basalt_meta failed next next_tried
   else
     set next_tried=1
     save_env -f $basalt_meta next_tried
     set basalt_boot="$next"
-    set basalt_trial=" basalt.trial=1"
+    set basalt_trial="basalt.trial=1"
   fi
 fi
 if [ "$basalt_boot" = "B" ]; then
@@ -194,7 +196,7 @@ else
 fi
 echo "basalt: booting slot $basalt_boot"
 source $basalt_part/boot.cfg
-linux $basalt_part/vmlinuz $basalt_cmdline basalt.slot=$basalt_boot$basalt_trial
+linux $basalt_part/vmlinuz $basalt_cmdline basalt.slot=$basalt_boot $basalt_trial
 initrd $basalt_part/initramfs.img $basalt_part/rootfs.img
 boot
 "#
@@ -215,9 +217,20 @@ pub fn slot_config(cmdline: &str, version: &str) -> Result<String, GrubError> {
 
 /// The version a slot's `boot.cfg` names.
 pub fn slot_version(boot_cfg: &str) -> Option<String> {
+    slot_var(boot_cfg, "basalt_version")
+}
+
+/// The kernel command line a slot's `boot.cfg` sets.
+pub fn slot_cmdline(boot_cfg: &str) -> Option<String> {
+    slot_var(boot_cfg, "basalt_cmdline")
+}
+
+fn slot_var(boot_cfg: &str, name: &str) -> Option<String> {
     boot_cfg.lines().find_map(|l| {
-        l.strip_prefix("set basalt_version=\"")
-            .and_then(|v| v.strip_suffix('"'))
+        l.strip_prefix("set ")?
+            .strip_prefix(name)?
+            .strip_prefix("=\"")?
+            .strip_suffix('"')
             .map(str::to_string)
     })
 }
@@ -268,6 +281,7 @@ mod tests {
     fn slot_config_quotes_and_refuses_what_it_cannot() {
         let c = slot_config("console=ttyS0 ip=dhcp", "v1.2").unwrap();
         assert_eq!(slot_version(&c).as_deref(), Some("v1.2"));
+        assert_eq!(slot_cmdline(&c).as_deref(), Some("console=ttyS0 ip=dhcp"));
         assert!(slot_config("a\"b", "v").is_err());
         assert!(config().contains("gpt5)/grubenv"));
     }

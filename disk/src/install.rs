@@ -131,6 +131,8 @@ pub enum InstallError {
     Grub(#[from] grub::GrubError),
     #[error("{disk} does not hold Basalt's layout")]
     NotInstalled { disk: PathBuf },
+    #[error("more than one disk holds Basalt's layout: {}", .0.join(", "))]
+    Ambiguous(Vec<String>),
     #[error("partition {n} of {disk} did not appear under /sys/class/block within {secs} s")]
     NoPartition { disk: PathBuf, n: u32, secs: u64 },
     #[error("mke2fs {label} on {dev} failed: {why}")]
@@ -283,13 +285,20 @@ fn zero(f: &File, at: u64, len: u64, disk: &Path) -> Result<(), InstallError> {
 const SLOT_CLUSTER: u32 = 32 * 1024;
 const SMALL_CLUSTER: u32 = 4096;
 
+/// How a program is run to completion: `Command::output` on a host; through PID 1's reaper
+/// on a node (which would otherwise take the child's exit first).
+pub type Runner<'a> =
+    &'a dyn Fn(&mut std::process::Command) -> std::io::Result<std::process::Output>;
+
 /// Lays the layout onto `disk` and installs `image` into slot A, which boots next; formats
-/// STATE and EPHEMERAL (with `mke2fs`, at `mke2fs`). Returns the STATE partition's device,
-/// for the caller to keep the config on. `disk` must have passed [`check`].
+/// STATE and EPHEMERAL (with `mke2fs`, at `mke2fs`, run by `run`). Returns the STATE
+/// partition's device, for the caller to keep the config on. `disk` must have passed
+/// [`check`].
 pub fn install(
     disk: &Path,
     image: &SlotImage,
     mke2fs: &Path,
+    run: Runner<'_>,
     progress: &dyn Fn(&str),
 ) -> Result<PathBuf, InstallError> {
     let f = open_disk(disk)?;
@@ -328,7 +337,7 @@ pub fn install(
         .map_err(write_err("write the EFI partition", disk))?;
     progress("GRUB written (the BIOS core image and the EFI partition)");
 
-    write_slot(&f, disk, &table, Slot::A, image)?;
+    image.write(&f, disk, &table, Slot::A)?;
     progress("slot A written");
 
     fat::format(
@@ -361,22 +370,9 @@ pub fn install(
     }
     // mke2fs opens its partition exclusively, which our exclusive hold of the disk forbids.
     drop(f);
-    let state = mkfs(
-        disk,
-        layout::STATE,
-        layout::STATE_LABEL,
-        mke2fs,
-        is_file,
-        &table,
-    )?;
-    mkfs(
-        disk,
-        layout::EPHEMERAL,
-        layout::EPHEMERAL_LABEL,
-        mke2fs,
-        is_file,
-        &table,
-    )?;
+    let mkfs = |p, label| mkfs(disk, p, label, mke2fs, run, is_file, &table);
+    let state = mkfs(layout::STATE, layout::STATE_LABEL)?;
+    mkfs(layout::EPHEMERAL, layout::EPHEMERAL_LABEL)?;
     progress("STATE and EPHEMERAL formatted (ext4)");
     Ok(state)
 }
@@ -393,6 +389,7 @@ fn mkfs(
     p: layout::Part,
     label: &'static str,
     mke2fs: &Path,
+    run: Runner<'_>,
     is_file: bool,
     table: &Table,
 ) -> Result<PathBuf, InstallError> {
@@ -410,7 +407,7 @@ fn mkfs(
         c.arg(&dev);
         dev
     };
-    let out = c.output().map_err(|e| InstallError::Mkfs {
+    let out = run(&mut c).map_err(|e| InstallError::Mkfs {
         label,
         dev: dev.clone(),
         why: e.to_string(),
@@ -460,36 +457,77 @@ pub fn partition_device(disk: &Path, n: u32, wait: Duration) -> Result<PathBuf, 
     }
 }
 
-/// Writes `image` into `slot` of an installed disk: the slot's FAT is made afresh and filled;
+/// A slot's contents, as readers: from the running image (an install) or an upgrade bundle.
+pub struct SlotFiles<'a> {
+    pub vmlinuz: &'a mut dyn Read,
+    pub initramfs: &'a mut dyn Read,
+    /// `rootfs.img`: [`rootfs_cpio`]'s archive.
+    pub rootfs: &'a mut dyn Read,
+    pub cmdline: String,
+    pub version: String,
+}
+
+impl std::fmt::Debug for SlotFiles<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotFiles")
+            .field("version", &self.version)
+            .field("cmdline", &self.cmdline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlotImage {
+    /// Writes this image into `slot`.
+    fn write(&self, f: &File, disk: &Path, table: &Table, slot: Slot) -> Result<(), InstallError> {
+        let open = |p: &Path| {
+            File::open(p).map_err(|source| InstallError::Open {
+                disk: p.to_path_buf(),
+                source,
+            })
+        };
+        let rootfs = open(&self.rootfs)?;
+        let len = basalt_sys::blockdev::size(&rootfs).map_err(|source| InstallError::Open {
+            disk: self.rootfs.clone(),
+            source,
+        })?;
+        let mut cpio = rootfs_cpio(self.verity.as_bytes(), rootfs, len)
+            .map_err(write_err("archive the root for a slot", disk))?;
+        let (mut kernel, mut initramfs) =
+            (self.kit.open("vmlinuz")?, self.kit.open("initramfs.img")?);
+        write_slot(
+            f,
+            disk,
+            table,
+            slot,
+            SlotFiles {
+                vmlinuz: &mut kernel,
+                initramfs: &mut initramfs,
+                rootfs: &mut cpio,
+                cmdline: self.cmdline.clone(),
+                version: self.version.clone(),
+            },
+        )
+    }
+}
+
+/// Writes `files` into `slot` of an installed disk: the slot's FAT is made afresh and filled;
 /// nothing else on the disk is touched, so the other slot keeps booting whatever happens.
 pub fn write_slot(
     f: &File,
     disk: &Path,
     table: &Table,
     slot: Slot,
-    image: &SlotImage,
+    files: SlotFiles<'_>,
 ) -> Result<(), InstallError> {
     let part = slot.part();
-    let boot_cfg = grub::slot_config(&image.cmdline, &image.version)?;
+    let boot_cfg = grub::slot_config(&files.cmdline, &files.version)?;
     let step = |what: &str| format!("{what} slot {slot}");
     fat::format(window(f, table, part), slot.label(), SLOT_CLUSTER)
         .map_err(write_err(step("format"), disk))?;
     let fs = fat::open(window(f, table, part)).map_err(write_err(step("open"), disk))?;
-    let rootfs = File::open(&image.rootfs).map_err(|source| InstallError::Open {
-        disk: image.rootfs.clone(),
-        source,
-    })?;
-    let rootfs_len = basalt_sys::blockdev::size(&rootfs).map_err(|source| InstallError::Open {
-        disk: image.rootfs.clone(),
-        source,
-    })?;
-    let mut cpio = rootfs_cpio(image.verity.as_bytes(), rootfs, rootfs_len)
-        .map_err(write_err(step("archive the root for"), disk))?;
-    let (mut kernel, mut initramfs) =
-        (image.kit.open("vmlinuz")?, image.kit.open("initramfs.img")?);
-    fat::write_file(&fs, "vmlinuz", &mut kernel)
-        .and_then(|_| fat::write_file(&fs, "initramfs.img", &mut initramfs))
-        .and_then(|_| fat::write_file(&fs, "rootfs.img", &mut cpio))
+    fat::write_file(&fs, "vmlinuz", files.vmlinuz)
+        .and_then(|_| fat::write_file(&fs, "initramfs.img", files.initramfs))
+        .and_then(|_| fat::write_file(&fs, "rootfs.img", files.rootfs))
         // boot.cfg last: a slot without it does not boot (GRUB's `source` fails first).
         .and_then(|_| fat::write_file(&fs, "boot.cfg", &mut boot_cfg.as_bytes()))
         .and_then(|_| fs.unmount())
@@ -539,9 +577,58 @@ pub fn write_env(f: &File, table: &Table, env: &Env) -> Result<(), InstallError>
     f.sync_all().map_err(write_err("sync", Path::new("META")))
 }
 
-/// A slot's version, from its `boot.cfg` (`None` for an empty slot).
-pub fn slot_version(f: &File, table: &Table, slot: Slot) -> Option<String> {
+/// A slot's `boot.cfg`: (version, kernel command line); `None` for an empty slot.
+pub fn slot_info(f: &File, table: &Table, slot: Slot) -> Option<(String, String)> {
     let fs = fat::open(window(f, table, slot.part())).ok()?;
     let cfg = fat::read_file(&fs, "boot.cfg").ok()?;
-    grub::slot_version(&String::from_utf8_lossy(&cfg))
+    let cfg = String::from_utf8_lossy(&cfg);
+    Some((grub::slot_version(&cfg)?, grub::slot_cmdline(&cfg)?))
+}
+
+/// An installed disk, open for writing its slots and META (not exclusively: STATE and
+/// EPHEMERAL stay mounted; nothing else touches the slots).
+#[derive(Debug)]
+pub struct Installed {
+    pub disk: PathBuf,
+    pub file: File,
+    pub table: Table,
+}
+
+/// The disk holding Basalt's layout among the whole disks under `class_block`
+/// (`/sys/class/block`); an error when there is none or more than one.
+pub fn find_installed(class_block: &Path) -> Result<Installed, InstallError> {
+    let mut names: Vec<String> = std::fs::read_dir(class_block)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.path().join("partition").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("dm-"))
+        .collect();
+    names.sort();
+    let mut found = Vec::new();
+    for n in names {
+        let disk = Path::new("/dev").join(&n);
+        let Ok(mut file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+        else {
+            continue;
+        };
+        if let Ok(table) = gpt::read(&mut file)
+            && layout::is_basalt(&table)
+        {
+            found.push(Installed { disk, file, table });
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(InstallError::NotInstalled {
+            disk: PathBuf::from("(no disk)"),
+        }),
+        _ => Err(InstallError::Ambiguous(
+            found.iter().map(|i| i.disk.display().to_string()).collect(),
+        )),
+    }
 }

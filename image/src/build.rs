@@ -19,6 +19,8 @@ pub enum Target {
     Initramfs,
     Iso,
     Pxe,
+    /// The upgrade bundle `osctl upgrade` sends ([`basalt_disk::bundle`]).
+    Bundle,
     All,
 }
 
@@ -88,6 +90,8 @@ pub struct Artifacts {
     pub vmlinuz: Option<PathBuf>,
     pub iso: Option<PathBuf>,
     pub pxe_dir: Option<PathBuf>,
+    /// `upgrade.bundle`.
+    pub bundle: Option<PathBuf>,
     pub init: Option<PathBuf>,
     /// `basalt-early`, beside `init`.
     pub early: Option<PathBuf>,
@@ -107,6 +111,7 @@ impl Artifacts {
             &self.vmlinuz,
             &self.initramfs,
             &self.iso,
+            &self.bundle,
         ];
         for p in files.into_iter().flatten() {
             let size = std::fs::metadata(p).map_err(io_err("stat", p))?.len();
@@ -240,6 +245,45 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
         progress(opts, "PXE assets");
         arts.pxe_dir = Some(build_pxe(&vmlinuz, &initramfs, &cmdline, &opts.out)?);
     }
+    if target == Target::Bundle {
+        progress(opts, "upgrade bundle");
+        let path = opts.out.join("upgrade.bundle");
+        let tmp = opts.out.join(".upgrade.bundle.tmp");
+        let rootfs_img = opts.out.join(".rootfs.img.tmp");
+        {
+            let sqsh = std::fs::File::open(&rootfs).map_err(io_err("read", &rootfs))?;
+            let size = sqsh.metadata().map_err(io_err("stat", &rootfs))?.len();
+            let verity = crate::verity::read(&rootfs)?;
+            let mut archive =
+                basalt_disk::install::rootfs_cpio(verity.to_file().as_bytes(), sqsh, size)
+                    .map_err(io_err("read", &rootfs))?;
+            let mut out =
+                std::fs::File::create(&rootfs_img).map_err(io_err("create", &rootfs_img))?;
+            std::io::copy(&mut archive, &mut out).map_err(io_err("write", &rootfs_img))?;
+        }
+        let kubernetes = match opts.kubernetes {
+            true => Some(crate::stack::KUBERNETES.version()?),
+            false => None,
+        };
+        let mut out = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        basalt_disk::bundle::write(
+            &mut out,
+            &version,
+            std::env::consts::ARCH,
+            kubernetes,
+            &[
+                ("vmlinuz", &kit.join("vmlinuz")),
+                ("initramfs.img", &kit.join("initramfs.img")),
+                ("rootfs.img", &rootfs_img),
+            ],
+        )
+        .map_err(io_err("write", &tmp))?;
+        out.sync_all().map_err(io_err("sync", &tmp))?;
+        let _ = std::fs::remove_file(&rootfs_img);
+        finish(&tmp, &path)?;
+        arts.bundle = Some(path);
+        return Ok(arts);
+    }
     if matches!(target, Target::Iso | Target::All) {
         progress(opts, "ISO (grub-mkrescue, xorriso)");
         arts.iso = Some(build_iso(&vmlinuz, &initramfs, &cmdline, &opts.out)?);
@@ -278,6 +322,9 @@ pub fn build_cached(
     }
     h.update(include_str!("../inputs.lock"));
     h.update(LAYOUT);
+    // The installed disk's GRUB script and modules ride in the boot kit, not in init.
+    h.update(basalt_disk::grub::config());
+    h.update(GRUB_DISK_MODULES);
     h.update(format!(
         "{target:?} {} {} {:?} {BASE_CMDLINE} {:?}",
         opts.with_containerd, opts.kubernetes, opts.extra_cmdline, opts.version
@@ -313,6 +360,7 @@ pub fn build_cached(
             vmlinuz: have("vmlinuz"),
             iso: have("basalt.iso"),
             pxe_dir: None,
+            bundle: have("upgrade.bundle"),
             init: Some(init),
             early: Some(early),
             hello: Some(hello),
@@ -735,10 +783,17 @@ fn build_rootfs(
     }
     let init_bytes = std::fs::read(init).map_err(io_err("read", init))?;
     write_file(&staging.join("sbin/init"), &init_bytes, 0o755)?;
-    let os_release = format!(
+    let mut os_release = format!(
         "NAME=Basalt\nID=basalt\nVERSION_ID={v}\nPRETTY_NAME=\"Basalt {v}\"\nHOME_URL=\"https://example.invalid/basalt\"\n",
         v = version
     );
+    // The Kubernetes release a node image runs: an upgrade refuses to skip a minor.
+    if payload.iter().any(|(rel, _)| rel == "usr/bin/kubelet") {
+        os_release.push_str(&format!(
+            "KUBERNETES_VERSION={}\n",
+            crate::stack::KUBERNETES.version()?
+        ));
+    }
     write_file(
         &staging.join("etc/os-release"),
         os_release.as_bytes(),

@@ -165,7 +165,8 @@ fn an_installed_disk_boots_with_seabios_and_ovmf() {
             .set_len(3 << 30)
             .unwrap();
         basalt_disk::install::check(&disk, false).unwrap();
-        basalt_disk::install::install(&disk, &image, Path::new("mke2fs"), &|_| {}).unwrap();
+        basalt_disk::install::install(&disk, &image, Path::new("mke2fs"), &|c| c.output(), &|_| {})
+            .unwrap();
         // A second install over it is refused without wipe, naming what is there.
         let e = basalt_disk::install::check(&disk, false)
             .unwrap_err()

@@ -130,6 +130,7 @@ fn main() {
         paths: Paths {
             wipe_on_reset: Vec::new(),
             install: None,
+            upgrade: basalt_init::upgrade::Upgrader::new(None),
         },
         booted: Instant::now(),
         kube: basalt_kubernetes::Kube::default(),

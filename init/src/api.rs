@@ -41,6 +41,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the config was rejected and nothing changed")]
     Install(#[source] crate::install::InstallFailed),
+    #[error(transparent)]
+    Upgrade(crate::upgrade::UpgradeError),
     #[error("ping: {0}")]
     Ping(std::io::Error),
     #[error(transparent)]
@@ -97,6 +99,14 @@ impl From<ApiError> for Status {
             }
             ApiError::NoSpace { .. } => Status::resource_exhausted(msg),
             ApiError::Install(_) => Status::failed_precondition(msg),
+            ApiError::Upgrade(e) => {
+                use crate::upgrade::UpgradeError as U;
+                match e {
+                    U::Bundle(_) | U::Arch { .. } => Status::invalid_argument(msg),
+                    U::Io { .. } => Status::internal(msg),
+                    _ => Status::failed_precondition(msg),
+                }
+            }
             ApiError::Ping(_) => Status::unavailable(msg),
             ApiError::Kube(k) => {
                 use basalt_kubernetes::KubeError as K;
@@ -357,6 +367,26 @@ impl Machine for Api {
                 .map(|u| u.nodename().to_string_lossy().into_owned())
                 .unwrap_or_default(),
             uptime_seconds: self.node.booted.elapsed().as_secs(),
+            slot: self
+                .node
+                .paths
+                .upgrade
+                .booted
+                .map(|s| s.name().to_string())
+                .unwrap_or_default(),
+            slots: {
+                let up = self.node.paths.upgrade.clone();
+                tokio::task::spawn_blocking(move || up.slots())
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| pb::SlotInfo {
+                        name: s.slot.name().to_string(),
+                        version: s.version,
+                        state: s.state.to_string(),
+                    })
+                    .collect()
+            },
         }))
     }
 
@@ -577,6 +607,139 @@ impl Machine for Api {
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<pb::SequenceResponse> {
         self.sequence("shutdown", Some(End::PowerOff), true)
+    }
+
+    async fn upgrade(
+        &self,
+        req: Request<tonic::Streaming<pb::UpgradeRequest>>,
+    ) -> Result<pb::UpgradeResponse> {
+        let up = self.node.paths.upgrade.clone();
+        up.check_installed().map_err(ApiError::Upgrade)?;
+        let mut s = req.into_inner();
+        let first = s.message().await?.ok_or_else(|| {
+            ApiError::BadRequest(
+                "the upgrade stream is empty: its first message gives the bundle's size".into(),
+            )
+        })?;
+        let size = first.size;
+        let (stage, allow_downgrade, trial) = (
+            first.stage,
+            first.allow_downgrade,
+            first.trial_timeout_seconds,
+        );
+        if size == 0 || size > crate::upgrade::MAX_BUNDLE {
+            return Err(ApiError::BadRequest(format!(
+                "the first message gives the bundle's size as {size} bytes: it must be between 1 and {} MiB",
+                crate::upgrade::MAX_BUNDLE >> 20
+            ))
+            .into());
+        }
+        let path = up.bundle_path();
+        let io = |what: String| {
+            move |source: std::io::Error| {
+                ApiError::Upgrade(crate::upgrade::UpgradeError::Io { what, source })
+            }
+        };
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(io(format!("make {}", dir.display())))?;
+            let free = nix::sys::statvfs::statvfs(dir)
+                .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+                .unwrap_or(u64::MAX);
+            if size > free {
+                return Err(ApiError::NoSpace {
+                    size,
+                    free,
+                    path: dir.display().to_string(),
+                }
+                .into());
+            }
+        }
+        // Received whole before anything is checked or written.
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(io(format!("create {}", path.display())))?;
+        let mut seen = 0u64;
+        let mut msg = Some(first);
+        while let Some(m) = msg {
+            if m.data.len() > IMPORT_CHUNK {
+                return Err(ApiError::BadRequest(format!(
+                    "a chunk of {} bytes: at most {IMPORT_CHUNK} a message",
+                    m.data.len()
+                ))
+                .into());
+            }
+            seen += m.data.len() as u64;
+            if seen > size {
+                return Err(ApiError::BadRequest(format!(
+                    "more than the {size} bytes the first message gave as the bundle's size"
+                ))
+                .into());
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut file, &m.data)
+                .await
+                .map_err(io(format!("write {}", path.display())))?;
+            msg = s.message().await?;
+        }
+        if seen != size {
+            return Err(ApiError::Upgrade(crate::upgrade::UpgradeError::Bundle(
+                basalt_disk::bundle::BundleError::Truncated(format!(
+                    "the stream: {seen} of {size} bytes arrived"
+                )),
+            ))
+            .into());
+        }
+        file.sync_all()
+            .await
+            .map_err(io(format!("sync {}", path.display())))?;
+        drop(file);
+        let timeout = match trial {
+            0 => crate::upgrade::DEFAULT_TRIAL_TIMEOUT,
+            t => std::time::Duration::from_secs(u64::from(t)),
+        };
+        let bundle = path.clone();
+        let done = tokio::task::spawn_blocking(move || up.apply(&bundle, allow_downgrade, timeout))
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("the upgrade panicked: {e}")))?;
+        let _ = tokio::fs::remove_file(&path).await;
+        let u = done.map_err(ApiError::Upgrade)?;
+        tracing::info!(
+            "upgrade: slot {} holds {} (from {}); it boots next, on trial",
+            u.slot,
+            u.to,
+            u.from
+        );
+        let summary = if stage {
+            format!(
+                "slot {} holds {}: it boots next, on trial, at the next reboot",
+                u.slot, u.to
+            )
+        } else {
+            self.sequence("reboot", Some(End::Reboot), true)?;
+            format!(
+                "slot {} holds {}: rebooting into it, on trial (the node goes back to {} unless it comes up healthy)",
+                u.slot, u.to, u.from
+            )
+        };
+        Ok(Response::new(pb::UpgradeResponse {
+            slot: u.slot.name().to_string(),
+            from_version: u.from,
+            to_version: u.to,
+            summary,
+        }))
+    }
+
+    async fn rollback(&self, _: Request<pb::RollbackRequest>) -> Result<pb::SequenceResponse> {
+        let up = self.node.paths.upgrade.clone();
+        let (slot, version) = tokio::task::spawn_blocking(move || up.rollback())
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("the rollback panicked: {e}")))?
+            .map_err(ApiError::Upgrade)?;
+        tracing::info!("rollback: slot {slot} ({version}) boots from now on; rebooting");
+        let mut r = self.sequence("reboot", Some(End::Reboot), true)?;
+        r.get_mut().summary = format!("slot {slot} ({version}) boots from now on; rebooting");
+        Ok(r)
     }
 
     async fn reset(&self, req: Request<pb::ResetRequest>) -> Result<pb::SequenceResponse> {

@@ -120,9 +120,13 @@ impl Installer {
             cmdline: basalt_sys::cmdline::for_install(&self.cmdline),
             version: crate::sysinfo::os_version(Path::new("/etc/os-release")),
         };
-        let state = disk::install(disk_path, &image, &self.mke2fs, &|step| {
-            tracing::info!("install: {step}");
-        })
+        let state = disk::install(
+            disk_path,
+            &image,
+            &self.mke2fs,
+            &basalt_supervisor::reaper::output,
+            &|step| tracing::info!("install: {step}"),
+        )
         .map_err(InstallFailed::Disk)?;
         self.keep_config(&state, config_yaml)?;
         tracing::info!(

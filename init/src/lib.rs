@@ -22,5 +22,6 @@ pub mod ping;
 pub mod scrub;
 pub mod sequence;
 pub mod sysinfo;
+pub mod upgrade;
 
 pub use basalt_sys::error_chain;

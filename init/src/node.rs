@@ -19,6 +19,8 @@ pub struct Paths {
     pub wipe_on_reset: Vec<PathBuf>,
     /// How this node installs to a disk (`None` for a container node).
     pub install: Option<crate::install::Installer>,
+    /// The installed disk's slots (upgrades, rollbacks).
+    pub upgrade: crate::upgrade::Upgrader,
 }
 
 #[derive(Debug, Clone)]

@@ -172,6 +172,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         leases: leases.clone(),
         paths: Paths {
             wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
+            upgrade: crate::upgrade::Upgrader::new(cmdline.slot.as_deref()),
             install: (!container).then(|| {
                 crate::install::Installer::from_boot(
                     std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
@@ -182,6 +183,14 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         booted,
         kube: basalt_kubernetes::Kube::new(basalt_kubernetes::Paths::default()),
     };
+
+    if cmdline.slot.is_some() {
+        tokio::spawn(crate::upgrade::watch_boot(
+            node.clone(),
+            node.paths.upgrade.clone(),
+            cmdline.trial,
+        ));
+    }
 
     let api = Api::new(node.clone(), Path::new(containerd::SOCKET));
     tasks::supervise("machine-api", move || {

@@ -9,7 +9,7 @@ use clap::{ArgAction, Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use tonic::transport::Channel;
 
-use crate::client::{self, Global, Target};
+use crate::client::{self, Global, Target, runtime};
 use crate::output::{self, Format, Out, Table, stdout};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -241,14 +241,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not a duration like 90s, 2m or 1h"))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 #[derive(Debug, Subcommand)]
 pub enum EtcdCommand {
     /// List etcd's members, as each control plane's etcd sees them.
@@ -288,7 +280,25 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             })
             .await;
             output::results(out.output, r, |v| {
-                let mut t = Table::new(&["TAG", "ARCH", "KERNEL", "MODE", "HOSTNAME", "UPTIME"]);
+                let mut t = Table::new(&[
+                    "TAG", "ARCH", "KERNEL", "MODE", "HOSTNAME", "UPTIME", "SLOTS",
+                ]);
+                // An installed node's slots: `A:0.1.0(booted) B:0.2.0(next)`; `-` from ISO/PXE.
+                let slots: Vec<String> = v
+                    .slots
+                    .iter()
+                    .map(|s| {
+                        let version = if s.version.is_empty() {
+                            "empty"
+                        } else {
+                            &s.version
+                        };
+                        match s.state.as_str() {
+                            "" => format!("{}:{version}", s.name),
+                            st => format!("{}:{version}({st})", s.name),
+                        }
+                    })
+                    .collect();
                 t.row(vec![
                     v.tag.clone(),
                     v.arch.clone(),
@@ -296,6 +306,11 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                     v.mode.clone(),
                     v.hostname.clone(),
                     output::age(v.uptime_seconds),
+                    if slots.is_empty() {
+                        "-".into()
+                    } else {
+                        slots.join(" ")
+                    },
                 ]);
                 t
             })

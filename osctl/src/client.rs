@@ -287,3 +287,44 @@ where
     });
     futures::future::join_all(futs).await
 }
+
+/// The runtime a synchronous command drives its calls on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")
+}
+
+/// Runs `call` on every target at once: a line per node that answered (`said`), one on
+/// standard error per node that failed; an error when any failed.
+pub fn on_every_node<R, F, Fut>(
+    g: &Global,
+    call: F,
+    said: impl Fn(&R) -> String,
+) -> anyhow::Result<()>
+where
+    F: Fn(Target) -> Fut,
+    Fut: std::future::Future<Output = Result<R, tonic::Status>>,
+{
+    let rt = runtime()?;
+    rt.block_on(async {
+        let targets = targets(g)?;
+        let results = each(&targets, call).await;
+        let mut failed = 0;
+        for (node, r) in &results {
+            match r {
+                Ok(r) => crate::output::stdout(&format!("{node}: {}\n", said(r))),
+                Err(e) => {
+                    failed += 1;
+                    crate::output::stderr(&format!("{node}: error: {}", explain(e)));
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(anyhow!("{failed} of {} nodes failed", results.len()));
+        }
+        Ok(())
+    })
+}

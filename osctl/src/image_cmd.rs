@@ -32,6 +32,12 @@ pub enum ImageCommand {
     /// Build the PXE assets: kernel, initramfs, rootfs and an iPXE script.
     #[command(after_help = "Example:\n  osctl image pxe --out _out/image --kubernetes")]
     Pxe(BuildArgs),
+    /// Build an upgrade bundle for `osctl upgrade`: the kernel, the initramfs and the root
+    /// with their sha256s and the version.
+    #[command(
+        after_help = "Example:\n  osctl image bundle --out _out/image --kubernetes --image-version 0.2.0"
+    )]
+    Bundle(BuildArgs),
     /// Build every boot artifact.
     #[command(after_help = "Example:\n  osctl image all --out _out/image")]
     All(BuildArgs),
@@ -80,6 +86,10 @@ pub struct BuildArgs {
     /// Go-built stack (built once into the cache), mount from pinned packages.
     #[arg(long)]
     kubernetes: bool,
+    /// The version the image reports (`osctl version`) and upgrades compare; letters, digits
+    /// and . _ + - ~ (default: osctl's own version).
+    #[arg(long = "image-version")]
+    image_version: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +146,7 @@ pub fn run(cmd: ImageCommand, g: &crate::client::Global) -> anyhow::Result<()> {
         ImageCommand::Initramfs(a) => (Target::Initramfs, a),
         ImageCommand::Iso(a) => (Target::Iso, a),
         ImageCommand::Pxe(a) => (Target::Pxe, a),
+        ImageCommand::Bundle(a) => (Target::Bundle, a),
         ImageCommand::All(a) => (Target::All, a),
     };
     let opts = BuildOptions {
@@ -145,7 +156,7 @@ pub fn run(cmd: ImageCommand, g: &crate::client::Global) -> anyhow::Result<()> {
         verbose: true,
         with_containerd: !args.without_containerd,
         kubernetes: args.kubernetes,
-        version: None,
+        version: args.image_version,
     };
     let arts = basalt_image::build(target, &opts).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     print_line(&format!("{:<16} {:>12}  sha256", "artifact", "bytes"));

@@ -13,20 +13,12 @@ use anyhow::{Context as _, anyhow};
 use basalt_api::machine as pb;
 use basalt_containerd::archive;
 
-use crate::client::{self, Global, Target};
+use crate::client::{self, Global, Target, on_every_node, runtime};
 use crate::error_chain;
 use crate::output::{self, Table};
 
 /// The size of one message of the import stream (the node takes up to 4 MiB).
 const CHUNK: usize = 1 << 20;
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")
-}
 
 /// `osctl image import ARCHIVE`: to the targets of the global flags.
 pub fn run(g: &Global, archive: &str, namespace: &str, force: bool) -> anyhow::Result<()> {
@@ -246,34 +238,6 @@ async fn one(
 /// An image ID as `docker images` shows it: the first 12 hex digits.
 pub fn short_id(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
-}
-
-/// Runs `call` on every target at once: a line per node that answered (`said`), one on
-/// standard error per node that failed; an error when any failed.
-fn on_every_node<R, F, Fut>(g: &Global, call: F, said: impl Fn(&R) -> String) -> anyhow::Result<()>
-where
-    F: Fn(Target) -> Fut,
-    Fut: std::future::Future<Output = Result<R, tonic::Status>>,
-{
-    let rt = runtime()?;
-    rt.block_on(async {
-        let targets = client::targets(g)?;
-        let results = client::each(&targets, call).await;
-        let mut failed = 0;
-        for (node, r) in &results {
-            match r {
-                Ok(r) => output::stdout(&format!("{node}: {}\n", said(r))),
-                Err(e) => {
-                    failed += 1;
-                    output::stderr(&format!("{node}: error: {}", client::explain(e)));
-                }
-            }
-        }
-        if failed > 0 {
-            return Err(anyhow!("{failed} of {} nodes failed", results.len()));
-        }
-        Ok(())
-    })
 }
 
 /// `osctl image rm NAME...`: on every target.

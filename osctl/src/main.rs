@@ -19,6 +19,7 @@ mod image_import;
 mod kubeconfig;
 mod output;
 mod publish;
+mod upgrade_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,17 @@ enum Command {
     /// Manage the client config: contexts, endpoints, nodes.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Upgrade installed nodes, one at a time: the bundle goes into each node's inactive
+    /// slot, which boots on trial; the node goes back to the running slot by itself unless
+    /// the new boot comes up healthy. Waits for each node before the next.
+    #[command(
+        after_help = "Examples:\n  osctl image bundle --out _out/image --image-version 0.2.0\n  osctl upgrade --image _out/image/upgrade.bundle -n 10.5.0.2,10.5.0.3\n  osctl upgrade --image old.bundle --allow-downgrade --stage"
+    )]
+    Upgrade(upgrade_cmd::UpgradeArgs),
+    /// Boot the other slot of installed nodes from now on (back to the version before the
+    /// last upgrade), and reboot.
+    #[command(after_help = "Example:\n  osctl rollback -n 10.5.0.2")]
+    Rollback,
     #[command(flatten)]
     Api(api_cmd::ApiCommand),
     /// Print this command reference as Markdown (docs/osctl.md is made with it).
@@ -96,6 +108,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(cmd) => image_cmd::run(cmd, &cli.global),
         Command::Cluster(cmd) => cluster_cmd::run(cmd),
+        Command::Upgrade(a) => upgrade_cmd::upgrade(&cli.global, a),
+        Command::Rollback => upgrade_cmd::rollback(&cli.global),
         Command::Validate {
             config,
             mode,

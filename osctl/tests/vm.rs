@@ -783,123 +783,303 @@ fn kernel_mesh_check(
     assert!(status.contains("rxBytes"), "{status}");
 }
 
+/// The ISO the install and upgrade tests boot: it asks for DHCP (QEMU's user network
+/// answers), as an ISO for real machines would. Built once, cached by its inputs.
+fn install_images() -> basalt_image::Artifacts {
+    static IMAGES: std::sync::Mutex<Option<basalt_image::Artifacts>> = std::sync::Mutex::new(None);
+    let mut built = IMAGES.lock().unwrap_or_else(|p| p.into_inner());
+    built
+        .get_or_insert_with(|| {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            basalt_image::build::build_cached(
+                Target::Iso,
+                &BuildOptions {
+                    out: PathBuf::new(),
+                    init: None,
+                    extra_cmdline: vec!["ip=dhcp".into(), "basalt.reboot_delay=1".into()],
+                    verbose: false,
+                    with_containerd: true,
+                    kubernetes: false,
+                    version: None,
+                },
+                &tmp.join("vm-images/cached"),
+            )
+            .unwrap()
+        })
+        .clone()
+}
+
+/// A node installed the way a user installs one: booted from the ISO with an empty 3 GiB
+/// disk, given a worker config with `install.disk: /dev/vda` in maintenance mode (after a
+/// config naming a disk that is not there is refused, listing the node's disks); it installs
+/// and reboots, and is started again from the disk alone. Returns the running VM, its API
+/// endpoint and a client config for it, once it answers over mutual TLS.
+fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> (Vm, String, PathBuf) {
+    let a = install_images();
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join("vm-runs").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let port = free_port();
+    let e = format!("127.0.0.1:{port}");
+    let mut opts = VmOptions {
+        memory_mib: 768,
+        forward: vec![(port, 50000)],
+        disk: Some(disk.clone()),
+        // A reboot ends QEMU: the next start is without the ISO.
+        allow_reboot: false,
+        ..VmOptions::default()
+    };
+    let mut vm = Vm::start_with(
+        &Boot::Iso {
+            iso: a.iso.clone().unwrap(),
+            uefi,
+        },
+        &dir.join("iso"),
+        &opts,
+    )
+    .unwrap();
+    vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
+        .unwrap();
+    until(
+        &dir,
+        &["--insecure", "-n", &e, "version"],
+        BOOT_TIMEOUT,
+        |o| o.contains("maintenance"),
+    );
+    let disks = ok(&dir, &["--insecure", "-n", &e, "disks"]);
+    assert!(disks.contains("vda"), "{disks}");
+
+    ok(&dir, &["gen", "config", name, "https://10.0.2.15:6443"]);
+    for (file, disk_path) in [("missing.yaml", "/dev/vdz"), ("install.yaml", "/dev/vda")] {
+        let cfg = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
+        let cfg = cfg.replacen(
+            "type: worker\n",
+            &format!("type: worker\ninstall:\n  disk: {disk_path}\n"),
+            1,
+        );
+        std::fs::write(dir.join(file), cfg).unwrap();
+    }
+    let o = run(
+        &dir,
+        &["apply-config", "--insecure", "-n", &e, "-f", "missing.yaml"],
+    );
+    assert!(
+        !o.status.success()
+            && text(&o).contains("install.disk /dev/vdz: no such disk")
+            && text(&o).contains("/dev/vda (3072 MiB"),
+        "{}",
+        text(&o)
+    );
+    let out = ok(
+        &dir,
+        &["apply-config", "--insecure", "-n", &e, "-f", "install.yaml"],
+    );
+    assert!(out.contains("installing to /dev/vda"), "{out}");
+    vm.wait_for("install: done", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(
+        vm.wait_exit(BOOT_TIMEOUT).is_some(),
+        "{name}: the node did not reboot after installing:\n{}",
+        vm.console()
+    );
+    drop(vm);
+
+    opts.allow_reboot = allow_reboot;
+    let mut vm = Vm::start_with(&Boot::Disk { uefi }, &dir.join("disk"), &opts).unwrap();
+    for m in [
+        "basalt: booting slot A",
+        "basalt: state: /dev/vda6 on /system/state",
+        "basalt: /var: /dev/vda7 (EPHEMERAL) (kept across reboots)",
+        "config loaded from /system/state/config/config.yaml",
+    ] {
+        vm.wait_for(m, BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let osconfig = dir.join("client.yaml");
+    let oc = osconfig.to_str().unwrap();
+    ok(&dir, &["--osconfig", oc, "config", "merge", "osconfig"]);
+    ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
+    let v = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+        o.contains("running")
+    });
+    assert!(
+        v.contains("running") && v.contains("A:0.1.0(booted) B:empty"),
+        "{name}: {v}"
+    );
+    (vm, e, osconfig)
+}
+
 /// The node lifecycle's first step (issue 22): a node booted from the ISO in maintenance
 /// mode, given a config with `install.disk`, installs itself to that disk and reboots; the
 /// VM started again *without* the ISO boots from the disk — through SeaBIOS and through
-/// OVMF — as the same node with its config, `/var` on EPHEMERAL. A disk that is not there
-/// is refused first, naming the node's disks.
+/// OVMF — as the same node with its config, `/var` on EPHEMERAL.
 #[test]
 fn an_iso_node_installs_to_disk_and_boots_from_it() {
     if !tier(Tier::Vm, "an_iso_node_installs_to_disk_and_boots_from_it") {
         return;
     }
+    for uefi in [false, true] {
+        let name = if uefi { "install-uefi" } else { "install-bios" };
+        let (vm, _, _) = installed_node(name, uefi, false);
+        drop(vm);
+    }
+}
+
+/// Builds an upgrade bundle of the install images' kind at `version`; `init` replaces PID 1
+/// (a deliberately broken image).
+fn bundle(version: &str, init: Option<PathBuf>) -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    // The ISO asks for DHCP (QEMU's user network answers), as an ISO for real machines would.
-    let a = basalt_image::build(
-        Target::Iso,
+    basalt_image::build(
+        Target::Bundle,
         &BuildOptions {
-            out: tmp.join("vm-images/install"),
-            init: None,
-            extra_cmdline: vec!["ip=dhcp".into(), "basalt.reboot_delay=1".into()],
+            out: tmp.join("vm-images/bundle").join(version),
+            init,
+            extra_cmdline: Vec::new(),
             verbose: false,
             with_containerd: true,
             kubernetes: false,
-            version: None,
+            version: Some(version.into()),
         },
     )
-    .unwrap();
-    for uefi in [false, true] {
-        let name = if uefi { "install-uefi" } else { "install-bios" };
-        let dir = tmp.join("vm-runs").join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let disk = dir.join("disk.img");
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(3 << 30)
-            .unwrap();
-        let port = free_port();
-        let e = format!("127.0.0.1:{port}");
-        let opts = VmOptions {
-            memory_mib: 768,
-            forward: vec![(port, 50000)],
-            disk: Some(disk.clone()),
-            // A reboot ends QEMU: the next start is without the ISO.
-            allow_reboot: false,
-            ..VmOptions::default()
-        };
-        let mut vm = Vm::start_with(
-            &Boot::Iso {
-                iso: a.iso.clone().unwrap(),
-                uefi,
-            },
-            &dir.join("iso"),
-            &opts,
-        )
-        .unwrap();
-        vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
-            .unwrap();
-        until(
-            &dir,
-            &["--insecure", "-n", &e, "version"],
-            BOOT_TIMEOUT,
-            |o| o.contains("maintenance"),
-        );
-        let disks = ok(&dir, &["--insecure", "-n", &e, "disks"]);
-        assert!(disks.contains("vda"), "{disks}");
+    .unwrap()
+    .bundle
+    .unwrap()
+}
 
-        ok(&dir, &["gen", "config", name, "https://10.0.2.15:6443"]);
-        for (file, disk_path) in [("missing.yaml", "/dev/vdz"), ("install.yaml", "/dev/vda")] {
-            let cfg = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
-            let cfg = cfg.replacen(
-                "type: worker\n",
-                &format!("type: worker\ninstall:\n  disk: {disk_path}\n"),
-                1,
-            );
-            std::fs::write(dir.join(file), cfg).unwrap();
-        }
-        let o = run(
-            &dir,
-            &["apply-config", "--insecure", "-n", &e, "-f", "missing.yaml"],
-        );
+/// The node lifecycle after the install (issue 22): bundles that are older or for another
+/// architecture are refused with the slot left empty; `osctl upgrade` writes slot B, the node
+/// reboots into it on trial, confirms itself healthy and runs the new version with its config;
+/// `osctl rollback` goes back; an upgrade to an image whose init exits (a kernel panic) ends,
+/// by itself, on the old version again.
+#[test]
+fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
+    if !tier(
+        Tier::Vm,
+        "an_installed_node_upgrades_rolls_back_and_survives_a_broken_image",
+    ) {
+        return;
+    }
+    let a = install_images();
+    let v2 = bundle("0.2.0", None);
+    // An init that exits at once: hello, the test container's program, as PID 1.
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let broken = tmp.join("vm-images/broken-init");
+    std::fs::create_dir_all(&broken).unwrap();
+    for (from, to) in [
+        (a.hello.clone().unwrap(), "init"),
+        (a.early.clone().unwrap(), "basalt-early"),
+        (a.hello.clone().unwrap(), "hello"),
+    ] {
+        std::fs::copy(from, broken.join(to)).unwrap();
+    }
+    let v3 = bundle("0.3.0", Some(broken.join("init")));
+
+    let (mut vm, _, osconfig) = installed_node("upgrade", false, true);
+    let dir = tmp.join("vm-runs/upgrade");
+    let oc = osconfig.to_str().unwrap();
+
+    // Refused on the node, before slot B is touched: older, and another architecture (the
+    // same files, another manifest).
+    let v = basalt_disk::bundle::verify(&v2).unwrap();
+    for (name, version, arch, why) in [
+        (
+            "old.bundle",
+            "0.0.1",
+            "x86_64",
+            "older than the running 0.1.0",
+        ),
+        (
+            "arm.bundle",
+            "0.2.0",
+            "aarch64",
+            "the bundle is for aarch64",
+        ),
+    ] {
+        let parts: Vec<(String, PathBuf)> = (0..3)
+            .map(|i| {
+                let p = dir.join(basalt_disk::bundle::FILES[i]);
+                let mut f = std::fs::File::create(&p).unwrap();
+                std::io::copy(&mut v.open(i).unwrap(), &mut f).unwrap();
+                (basalt_disk::bundle::FILES[i].to_string(), p)
+            })
+            .collect();
+        let refs: Vec<(&str, &Path)> = parts
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_path()))
+            .collect();
+        let mut f = std::fs::File::create(dir.join(name)).unwrap();
+        basalt_disk::bundle::write(&mut f, version, arch, None, &refs).unwrap();
+        let o = run(&dir, &["--osconfig", oc, "upgrade", "--image", name]);
         assert!(
-            !o.status.success()
-                && text(&o).contains("install.disk /dev/vdz: no such disk")
-                && text(&o).contains("/dev/vda (3072 MiB"),
-            "{}",
+            !o.status.success() && text(&o).contains(why),
+            "{name}: {}",
             text(&o)
         );
-        let out = ok(
-            &dir,
-            &["apply-config", "--insecure", "-n", &e, "-f", "install.yaml"],
-        );
-        assert!(out.contains("installing to /dev/vda"), "{out}");
-        vm.wait_for("install: done", BOOT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(
-            vm.wait_exit(BOOT_TIMEOUT).is_some(),
-            "{name}: the node did not reboot after installing:\n{}",
-            vm.console()
-        );
-        drop(vm);
-
-        let mut vm = Vm::start_with(&Boot::Disk { uefi }, &dir.join("disk"), &opts).unwrap();
-        for m in [
-            "basalt: booting slot A",
-            "basalt: state: /dev/vda6 on /system/state",
-            "basalt: /var: /dev/vda7 (EPHEMERAL) (kept across reboots)",
-            "config loaded from /system/state/config/config.yaml",
-        ] {
-            vm.wait_for(m, BOOT_TIMEOUT)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
-        let osconfig = dir.join("client.yaml");
-        let oc = osconfig.to_str().unwrap();
-        ok(&dir, &["--osconfig", oc, "config", "merge", "osconfig"]);
-        ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
-        let v = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
-            o.contains("running")
-        });
-        assert!(v.contains("running") && v.contains("x86_64"), "{name}: {v}");
     }
+    let ver = ok(&dir, &["--osconfig", oc, "version"]);
+    assert!(ver.contains("A:0.1.0(booted) B:empty"), "{ver}");
+
+    // The upgrade: osctl waits until the node runs 0.2.0 with its trial confirmed.
+    let up = ok(
+        &dir,
+        &["--osconfig", oc, "upgrade", "--image", v2.to_str().unwrap()],
+    );
+    assert!(up.contains("running 0.2.0, confirmed"), "{up}");
+    vm.wait_for("upgrade: slot B is healthy and confirmed", BOOT_TIMEOUT)
+        .unwrap();
+    let ver = ok(&dir, &["--osconfig", oc, "version"]);
+    assert!(
+        ver.contains("0.2.0")
+            && ver.contains("running")
+            && ver.contains("A:0.1.0(fallback) B:0.2.0(booted)"),
+        "{ver}"
+    );
+
+    // Back by hand.
+    let rb = ok(&dir, &["--osconfig", oc, "rollback"]);
+    assert!(rb.contains("slot A (0.1.0) boots from now on"), "{rb}");
+    let ver = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+        o.contains("A:0.1.0(booted)")
+    });
+    assert!(ver.contains("B:0.2.0") && ver.contains("running"), "{ver}");
+
+    // A broken image: its init exits, the kernel panics and reboots, GRUB boots slot A.
+    let o = run(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "upgrade",
+            "--image",
+            v3.to_str().unwrap(),
+            "--trial-timeout",
+            "5m",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("back on 0.1.0"),
+        "{}",
+        text(&o)
+    );
+    vm.wait_for(
+        "slot B did not confirm its boot; booting slot A again",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let ver = ok(&dir, &["--osconfig", oc, "version"]);
+    assert!(
+        ver.contains("A:0.1.0(booted) B:0.3.0") && ver.contains("running"),
+        "{ver}"
+    );
+    let logs = ok(&dir, &["--osconfig", oc, "logs", "init"]);
+    assert!(
+        logs.contains("upgrade: slot B did not confirm its boot"),
+        "{logs}"
+    );
 }

@@ -69,6 +69,47 @@ pub fn spawn(cmd: &mut Command) -> std::io::Result<(std::process::Child, oneshot
     Ok((child, rx))
 }
 
+/// Runs `cmd` to completion and collects its output, as [`Command::output`] does — but
+/// through [`spawn`], so PID 1's reaper hands the exit here instead of taking it (a plain
+/// `output()` in PID 1 races the reaper and fails with ECHILD). Blocking: call it off the
+/// async runtime. [`run`] must be running.
+pub fn output(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    use std::io::Read as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (mut child, exit) = spawn(cmd)?;
+    let mut err = child.stderr.take();
+    let errs = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let mut stdout = Vec::new();
+    if let Some(o) = child.stdout.as_mut() {
+        o.read_to_end(&mut stdout)?;
+    }
+    let stderr = errs.join().unwrap_or_default();
+    let status = match exit.blocking_recv() {
+        Ok(Exit::Code(c)) => std::process::ExitStatus::from_raw(c << 8),
+        Ok(Exit::Signal(s)) => std::process::ExitStatus::from_raw(s),
+        Err(_) => {
+            return Err(std::io::Error::other(
+                "the reaper dropped the child without its exit",
+            ));
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 fn status_exit(s: WaitStatus) -> Option<(i32, Exit)> {
     match s {
         WaitStatus::Exited(pid, code) => Some((pid.as_raw(), Exit::Code(code))),
@@ -148,4 +189,21 @@ pub fn ensure_running() {
             let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child run through the reaper gives its output and exit code back.
+    #[test]
+    fn output_collects_what_the_child_wrote_and_its_exit() {
+        ensure_running();
+        let o = output(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"])).unwrap();
+        assert_eq!(o.stdout, b"out\n");
+        assert_eq!(o.stderr, b"err\n");
+        assert_eq!(o.status.code(), Some(3));
+        let o = output(&mut Command::new("true")).unwrap();
+        assert!(o.status.success());
+    }
 }

@@ -48,6 +48,7 @@ async fn fixture() -> Fixture {
         paths: Paths {
             wipe_on_reset: vec![data],
             install: None,
+            upgrade: crate::upgrade::Upgrader::new(None),
         },
         booted: Instant::now(),
         kube: basalt_kubernetes::Kube::default(),

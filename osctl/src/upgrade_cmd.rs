@@ -1,0 +1,144 @@
+//! `osctl upgrade` and `osctl rollback`: an installed node's A/B slots.
+//!
+//! The bundle is checked here first (`basalt_disk::bundle::verify`), so a bad file fails
+//! before any node is dialed; each node checks it again itself. Nodes are upgraded one at a
+//! time: the next starts only when the last came back healthy on the new version (its trial
+//! boot confirmed), and the first failure stops the run, naming the node and what happened.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use basalt_api::machine as pb;
+use clap::Args;
+
+use crate::client::{self, Global, Target, on_every_node, runtime};
+use crate::output;
+
+/// The size of one message of the upgrade stream (the node takes up to 4 MiB).
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The upgrade bundle (`osctl image bundle` makes it).
+    #[arg(long)]
+    image: PathBuf,
+    /// Write the inactive slot and make it the next boot, but do not reboot.
+    #[arg(long)]
+    stage: bool,
+    /// Install a bundle older than the running version.
+    #[arg(long)]
+    allow_downgrade: bool,
+    /// How long the new boot has to become healthy before the node goes back by itself
+    /// (`90s`, `10m`).
+    #[arg(long, default_value = "10m", value_parser = crate::api_cmd::parse_duration)]
+    trial_timeout: u32,
+}
+
+/// `osctl upgrade --image BUNDLE`.
+pub fn upgrade(g: &Global, a: UpgradeArgs) -> anyhow::Result<()> {
+    let v = basalt_disk::bundle::verify(&a.image)
+        .map_err(|e| anyhow!("{}: {}", a.image.display(), crate::error_chain(&e)))?;
+    let size = std::fs::metadata(&a.image)
+        .with_context(|| format!("cannot read {}", a.image.display()))?
+        .len();
+    let to = v.manifest.version.clone();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let targets = client::targets(g)?;
+        for t in &targets {
+            let r = send(t, &a, size)
+                .await
+                .map_err(|e| anyhow!("{}: {}", t.label, client::explain(&e)))?;
+            output::stdout(&format!("{}: {}\n", t.label, r.summary));
+            if a.stage {
+                continue;
+            }
+            let wait = Duration::from_secs(u64::from(a.trial_timeout)) + Duration::from_secs(300);
+            settle(t, &r.from_version, &to, wait).await?;
+            output::stdout(&format!("{}: running {to}, confirmed\n", t.label));
+        }
+        Ok(())
+    })
+}
+
+async fn send(
+    t: &Target,
+    a: &UpgradeArgs,
+    size: u64,
+) -> Result<pb::UpgradeResponse, tonic::Status> {
+    let file = tokio::fs::File::open(&a.image)
+        .await
+        .map_err(|e| tonic::Status::invalid_argument(format!("{}: {e}", a.image.display())))?;
+    let first = pb::UpgradeRequest {
+        size,
+        stage: a.stage,
+        allow_downgrade: a.allow_downgrade,
+        trial_timeout_seconds: a.trial_timeout,
+        data: Vec::new(),
+    };
+    let chunks = futures::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut file = file?;
+        let mut buf = vec![0u8; CHUNK];
+        // A read that fails ends the stream short: the node then refuses it as truncated.
+        let n = file.read(&mut buf).await.ok().filter(|n| *n > 0)?;
+        buf.truncate(n);
+        Some((
+            pb::UpgradeRequest {
+                data: buf,
+                ..Default::default()
+            },
+            Some(file),
+        ))
+    });
+    use futures::StreamExt as _;
+    let stream = futures::stream::iter([first]).chain(chunks);
+    Ok(t.client.clone().upgrade(t.req(stream)).await?.into_inner())
+}
+
+/// Waits for the node to answer again after its reboot: on `to` with the trial confirmed
+/// (done), or on `from` with no trial pending (it went back: an error).
+async fn settle(t: &Target, from: &str, to: &str, wait: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    // The node is rebooting: give it time to go down before asking.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut last = String::from("no answer yet");
+    while start.elapsed() < wait {
+        match t.client.clone().version(t.req(pb::VersionRequest {})).await {
+            Ok(v) => {
+                let v = v.into_inner();
+                let pending = v.slots.iter().any(|s| s.state == "next");
+                if v.tag == to && v.mode == "running" && !pending {
+                    return Ok(());
+                }
+                if v.tag == from && !pending && start.elapsed() > Duration::from_secs(20) {
+                    return Err(anyhow!(
+                        "{}: the node is back on {from}: {to} did not come up healthy (osctl logs init on the node says why)",
+                        t.label
+                    ));
+                }
+                last = format!("running {} (slot {}), mode {}", v.tag, v.slot, v.mode);
+            }
+            Err(e) => last = client::explain(&e),
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    Err(anyhow!(
+        "{}: not back on {to} within {} s (last: {last})",
+        t.label,
+        wait.as_secs()
+    ))
+}
+
+/// `osctl rollback`: every target boots its other slot.
+pub fn rollback(g: &Global) -> anyhow::Result<()> {
+    on_every_node(
+        g,
+        |t| {
+            let req = t.req(pb::RollbackRequest {});
+            async move { t.client.clone().rollback(req).await }
+        },
+        |r| r.get_ref().summary.clone(),
+    )
+}
