@@ -181,7 +181,8 @@ mod tests {
         let mut bytes = vec![0u8; 32 << 20];
         f.read_exact_at(&mut bytes, 4 << 20).unwrap();
         std::fs::write(&part, &bytes).unwrap();
-        let out = std::process::Command::new("fsck.vfat")
+        // By path: the unprivileged rerun of the tests has only /usr/bin and /bin on its PATH.
+        let out = std::process::Command::new("/usr/sbin/fsck.vfat")
             .args(["-n", "-v"])
             .arg(&part)
             .output()

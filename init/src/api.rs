@@ -303,6 +303,14 @@ impl Api {
                 disk.display()
             )));
         }
+        // One install at a time: a second config while one runs is refused.
+        static INSTALLING: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        if INSTALLING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::BadRequest(
+                "an install is in progress; the node reboots when it is done".into(),
+            ));
+        }
         let yaml = config.to_yaml();
         let api = self.clone();
         let target = disk.clone();
@@ -317,11 +325,17 @@ impl Api {
                         tracing::error!("install: cannot reboot: {}", basalt_sys::error_chain(&e));
                     }
                 }
-                Ok(Err(e)) => tracing::error!(
-                    "install: failed: {}; the node stays in maintenance mode",
-                    basalt_sys::error_chain(&e)
-                ),
-                Err(e) => tracing::error!("install: panicked: {e}"),
+                Ok(Err(e)) => {
+                    INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!(
+                        "install: failed: {}; the node stays in maintenance mode",
+                        basalt_sys::error_chain(&e)
+                    )
+                }
+                Err(e) => {
+                    INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!("install: panicked: {e}")
+                }
             }
         });
         Ok(Some(format!(

@@ -78,6 +78,12 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     for b in bad {
         tracing::info!("kernel argument ignored: {b}");
     }
+    if let Some(slot) = &cmdline.slot {
+        tracing::info!(
+            "booted from slot {slot} of the installed disk{}",
+            if cmdline.trial { ", on trial" } else { "" }
+        );
+    }
     report_mounts();
     reaper::ensure_running();
 

@@ -76,7 +76,7 @@ pub struct Upgraded {
 pub struct SlotState {
     pub slot: Slot,
     pub version: String,
-    /// "booted", "next", "fallback" or "".
+    /// "booted", "trial" (booted, not confirmed yet), "next", "fallback" or "".
     pub state: &'static str,
 }
 
@@ -158,6 +158,7 @@ impl Upgrader {
         env.set("next", "");
         env.set("next_tried", "");
         disk::write_env(&d.file, &d.table, &env).map_err(UpgradeError::Disk)?;
+        tracing::info!("upgrade: writing {} into slot {target}", m.version);
         disk::write_slot(
             &d.file,
             &d.disk,
@@ -209,7 +210,10 @@ impl Upgrader {
                 let version = disk::slot_info(&d.file, &d.table, slot)
                     .map(|(v, _)| v)
                     .unwrap_or_default();
-                let state = if slot == booted {
+                let state = if slot == booted && env.get("next") == Some(slot.name()) {
+                    // Booted on trial, not confirmed yet.
+                    "trial"
+                } else if slot == booted {
                     "booted"
                 } else if env.get("next") == Some(slot.name()) {
                     "next"
@@ -330,8 +334,11 @@ pub async fn watch_boot(node: crate::node::Node, up: Upgrader, trial: bool) {
     );
     let start = Instant::now();
     let mut good = 0;
-    while start.elapsed() < timeout {
+    loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
+        if start.elapsed() >= timeout {
+            break;
+        }
         good = if healthy(&node) { good + 1 } else { 0 };
         if good >= 3 {
             let u = up.clone();

@@ -108,7 +108,10 @@ async fn settle(t: &Target, from: &str, to: &str, wait: Duration) -> anyhow::Res
         match t.client.clone().version(t.req(pb::VersionRequest {})).await {
             Ok(v) => {
                 let v = v.into_inner();
-                let pending = v.slots.iter().any(|s| s.state == "next");
+                let pending = v
+                    .slots
+                    .iter()
+                    .any(|s| s.state == "next" || s.state == "trial");
                 if v.tag == to && v.mode == "running" && !pending {
                     return Ok(());
                 }

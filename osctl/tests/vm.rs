@@ -6,58 +6,17 @@
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use basalt_image::qemu::{Boot, Vm, VmOptions};
 use basalt_image::{BuildOptions, Target};
 use basalt_testkit::{Tier, tier};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
 use basalt_testkit::free_port;
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = run(dir, args);
-    assert!(o.status.success(), "osctl {}: {}", args.join(" "), text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs osctl until its stdout satisfies `pred` (nodes take a moment after a config).
-fn until(dir: &Path, args: &[&str], timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let o = run(dir, args);
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        if o.status.success() && pred(&out) {
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "osctl {} never got there: {}",
-            args.join(" "),
-            text(&o)
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
+mod lifecycle;
+use lifecycle::{BOOT_TIMEOUT, bundle, install_images, installed_node, ok, run, text, until};
 
 fn boot(
     name: &str,
@@ -783,138 +742,6 @@ fn kernel_mesh_check(
     assert!(status.contains("rxBytes"), "{status}");
 }
 
-/// The ISO the install and upgrade tests boot: it asks for DHCP (QEMU's user network
-/// answers), as an ISO for real machines would. Built once, cached by its inputs.
-fn install_images() -> basalt_image::Artifacts {
-    static IMAGES: std::sync::Mutex<Option<basalt_image::Artifacts>> = std::sync::Mutex::new(None);
-    let mut built = IMAGES.lock().unwrap_or_else(|p| p.into_inner());
-    built
-        .get_or_insert_with(|| {
-            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-            basalt_image::build::build_cached(
-                Target::Iso,
-                &BuildOptions {
-                    out: PathBuf::new(),
-                    init: None,
-                    extra_cmdline: vec!["ip=dhcp".into(), "basalt.reboot_delay=1".into()],
-                    verbose: false,
-                    with_containerd: true,
-                    kubernetes: false,
-                    version: None,
-                },
-                &tmp.join("vm-images/cached"),
-            )
-            .unwrap()
-        })
-        .clone()
-}
-
-/// A node installed the way a user installs one: booted from the ISO with an empty 3 GiB
-/// disk, given a worker config with `install.disk: /dev/vda` in maintenance mode (after a
-/// config naming a disk that is not there is refused, listing the node's disks); it installs
-/// and reboots, and is started again from the disk alone. Returns the running VM, its API
-/// endpoint and a client config for it, once it answers over mutual TLS.
-fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> (Vm, String, PathBuf) {
-    let a = install_images();
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join("vm-runs").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let disk = dir.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(3 << 30)
-        .unwrap();
-    let port = free_port();
-    let e = format!("127.0.0.1:{port}");
-    let mut opts = VmOptions {
-        memory_mib: 768,
-        forward: vec![(port, 50000)],
-        disk: Some(disk.clone()),
-        // A reboot ends QEMU: the next start is without the ISO.
-        allow_reboot: false,
-        ..VmOptions::default()
-    };
-    let mut vm = Vm::start_with(
-        &Boot::Iso {
-            iso: a.iso.clone().unwrap(),
-            uefi,
-        },
-        &dir.join("iso"),
-        &opts,
-    )
-    .unwrap();
-    vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
-        .unwrap();
-    until(
-        &dir,
-        &["--insecure", "-n", &e, "version"],
-        BOOT_TIMEOUT,
-        |o| o.contains("maintenance"),
-    );
-    let disks = ok(&dir, &["--insecure", "-n", &e, "disks"]);
-    assert!(disks.contains("vda"), "{disks}");
-
-    ok(&dir, &["gen", "config", name, "https://10.0.2.15:6443"]);
-    for (file, disk_path) in [("missing.yaml", "/dev/vdz"), ("install.yaml", "/dev/vda")] {
-        let cfg = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
-        let cfg = cfg.replacen(
-            "type: worker\n",
-            &format!("type: worker\ninstall:\n  disk: {disk_path}\n"),
-            1,
-        );
-        std::fs::write(dir.join(file), cfg).unwrap();
-    }
-    let o = run(
-        &dir,
-        &["apply-config", "--insecure", "-n", &e, "-f", "missing.yaml"],
-    );
-    assert!(
-        !o.status.success()
-            && text(&o).contains("install.disk /dev/vdz: no such disk")
-            && text(&o).contains("/dev/vda (3072 MiB"),
-        "{}",
-        text(&o)
-    );
-    let out = ok(
-        &dir,
-        &["apply-config", "--insecure", "-n", &e, "-f", "install.yaml"],
-    );
-    assert!(out.contains("installing to /dev/vda"), "{out}");
-    vm.wait_for("install: done", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(
-        vm.wait_exit(BOOT_TIMEOUT).is_some(),
-        "{name}: the node did not reboot after installing:\n{}",
-        vm.console()
-    );
-    drop(vm);
-
-    opts.allow_reboot = allow_reboot;
-    let mut vm = Vm::start_with(&Boot::Disk { uefi }, &dir.join("disk"), &opts).unwrap();
-    for m in [
-        "basalt: booting slot A",
-        "basalt: state: /dev/vda6 on /system/state",
-        "basalt: /var: /dev/vda7 (EPHEMERAL) (kept across reboots)",
-        "config loaded from /system/state/config/config.yaml",
-    ] {
-        vm.wait_for(m, BOOT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
-    let osconfig = dir.join("client.yaml");
-    let oc = osconfig.to_str().unwrap();
-    ok(&dir, &["--osconfig", oc, "config", "merge", "osconfig"]);
-    ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
-    let v = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
-        o.contains("running")
-    });
-    assert!(
-        v.contains("running") && v.contains("A:0.1.0(booted) B:empty"),
-        "{name}: {v}"
-    );
-    (vm, e, osconfig)
-}
-
 /// The node lifecycle's first step (issue 22): a node booted from the ISO in maintenance
 /// mode, given a config with `install.disk`, installs itself to that disk and reboots; the
 /// VM started again *without* the ISO boots from the disk — through SeaBIOS and through
@@ -924,32 +751,11 @@ fn an_iso_node_installs_to_disk_and_boots_from_it() {
     if !tier(Tier::Vm, "an_iso_node_installs_to_disk_and_boots_from_it") {
         return;
     }
+    let _one = lifecycle::one_at_a_time();
     for uefi in [false, true] {
         let name = if uefi { "install-uefi" } else { "install-bios" };
-        let (vm, _, _) = installed_node(name, uefi, false);
-        drop(vm);
+        drop(installed_node(name, uefi, false));
     }
-}
-
-/// Builds an upgrade bundle of the install images' kind at `version`; `init` replaces PID 1
-/// (a deliberately broken image).
-fn bundle(version: &str, init: Option<PathBuf>) -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    basalt_image::build(
-        Target::Bundle,
-        &BuildOptions {
-            out: tmp.join("vm-images/bundle").join(version),
-            init,
-            extra_cmdline: Vec::new(),
-            verbose: false,
-            with_containerd: true,
-            kubernetes: false,
-            version: Some(version.into()),
-        },
-    )
-    .unwrap()
-    .bundle
-    .unwrap()
 }
 
 /// The node lifecycle after the install (issue 22): bundles that are older or for another
@@ -965,6 +771,7 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
     ) {
         return;
     }
+    let _one = lifecycle::one_at_a_time();
     let a = install_images();
     let v2 = bundle("0.2.0", None);
     // An init that exits at once: hello, the test container's program, as PID 1.
@@ -980,9 +787,10 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
     }
     let v3 = bundle("0.3.0", Some(broken.join("init")));
 
-    let (mut vm, _, osconfig) = installed_node("upgrade", false, true);
-    let dir = tmp.join("vm-runs/upgrade");
-    let oc = osconfig.to_str().unwrap();
+    let node = installed_node("upgrade", false, true);
+    let mut vm = node.vm;
+    let dir = node.dir;
+    let oc = node.osconfig.to_str().unwrap();
 
     // Refused on the node, before slot B is touched: older, and another architecture (the
     // same files, another manifest).
@@ -1024,6 +832,28 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
     }
     let ver = ok(&dir, &["--osconfig", oc, "version"]);
     assert!(ver.contains("A:0.1.0(booted) B:empty"), "{ver}");
+
+    // Power lost while slot B is being written: the machine boots slot A, as before.
+    let mut up = basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))
+        .args(["--osconfig", oc, "upgrade", "--image", v2.to_str().unwrap()])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    vm.wait_for("upgrade: writing 0.2.0 into slot B", BOOT_TIMEOUT)
+        .unwrap();
+    vm = lifecycle::power_cycle(vm, &dir, &node.opts, node.uefi);
+    let _ = up.kill();
+    let _ = up.wait();
+    vm.wait_for("basalt: booting slot A", BOOT_TIMEOUT).unwrap();
+    let ver = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+        o.contains("running")
+    });
+    assert!(
+        ver.contains("A:0.1.0(booted)") && !ver.contains("(next)"),
+        "{ver}"
+    );
 
     // The upgrade: osctl waits until the node runs 0.2.0 with its trial confirmed.
     let up = ok(
@@ -1081,5 +911,36 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
     assert!(
         logs.contains("upgrade: slot B did not confirm its boot"),
         "{logs}"
+    );
+
+    // A boot that does not get healthy within its timeout: 5 s is less than the three checks
+    // in a row (2 s apart) a confirmation takes, so the trial of a good image runs out, the
+    // node reboots itself, and GRUB boots slot A.
+    let o = run(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "upgrade",
+            "--image",
+            v2.to_str().unwrap(),
+            "--trial-timeout",
+            "5s",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("back on 0.1.0"),
+        "{}",
+        text(&o)
+    );
+    vm.wait_for(
+        "upgrade: not healthy within 5 s; rebooting into the previous slot",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let ver = ok(&dir, &["--osconfig", oc, "version"]);
+    assert!(
+        ver.contains("A:0.1.0(booted) B:0.2.0") && ver.contains("running"),
+        "{ver}"
     );
 }
