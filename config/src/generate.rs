@@ -130,10 +130,11 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
     };
     let machine = |machine_type| MachineConfig {
         machine_type,
-        install: opts
-            .install_disk
-            .clone()
-            .map(|disk| InstallConfig { disk, wipe: false }),
+        install: opts.install_disk.clone().map(|disk| InstallConfig {
+            disk: Some(disk),
+            disk_selector: None,
+            wipe: false,
+        }),
         cert_sans: Vec::new(),
         kubelet: None,
         node_labels: BTreeMap::new(),

@@ -27,15 +27,104 @@ config_struct! {
     /// Where the node installs itself: applied in maintenance mode to a node booted from its
     /// ISO or PXE, the config lays Basalt's layout (docs/operations.md) onto this disk, copies
     /// the running image into slot A, keeps the config on the disk's STATE partition and
-    /// reboots. A node booted from an installed disk leaves it as it is.
+    /// reboots. A node booted from an installed disk leaves it as it is. Give `disk` or
+    /// `diskSelector`, not both.
     pub struct InstallConfig {
         /// The block device to install to: a whole disk under /dev with no `.` or `..` parts,
         /// e.g. /dev/vda. It must exist (the apply is refused naming the node's disks) and hold
         /// at least 2184 MiB.
-        pub disk: String = "disk";
+        pub disk: Option<String> = "disk";
+        /// Pick the disk by what it is instead of its name (names change with the order
+        /// the kernel finds disks): the first disk, by name, that matches every field given.
+        /// None matching refuses the apply, naming what was looked for and the node's disks.
+        pub disk_selector: Option<DiskSelector> = "diskSelector";
         /// Install over a disk that holds a partition table, a filesystem or an earlier Basalt
         /// installation (without it, such a disk refuses the apply and says what it holds).
         pub wipe: bool = "wipe", default = false;
+    }
+}
+
+config_struct! {
+    /// What the install disk must be; every field given must match.
+    pub struct DiskSelector {
+        /// Its size: `>= 100GB`, `<= 2TB`, `> 10GiB`, `< 1TiB`, or `= 3GiB` (units B, KB, MB,
+        /// GB, TB in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024).
+        pub size: Option<String> = "size";
+        /// Its model as `osctl disks` shows it; `*` matches any run of characters
+        /// (`QEMU*`, `*SSD*`).
+        pub model: Option<String> = "model";
+        /// Its serial number, exactly.
+        pub serial: Option<String> = "serial";
+        /// How it is attached: `virtio` (vd*), `nvme` (nvme*), `scsi` (sd*: SATA, SAS, USB)
+        /// or `mmc` (mmcblk*).
+        pub bus: Option<String> = "bus";
+    }
+}
+
+/// The buses a [`DiskSelector`] names, with the kernel's device name prefix of each.
+pub const DISK_BUSES: &[(&str, &str)] = &[
+    ("virtio", "vd"),
+    ("nvme", "nvme"),
+    ("scsi", "sd"),
+    ("mmc", "mmcblk"),
+];
+
+/// A size bound of a [`DiskSelector`]: how to compare, and the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeBound {
+    pub op: std::cmp::Ordering,
+    /// `>=` / `<=`: equal counts too.
+    pub or_equal: bool,
+    pub bytes: u64,
+}
+
+impl SizeBound {
+    /// Parses `>= 100GB`, `<10GiB`, `= 3GiB`, `3GiB`.
+    pub fn parse(s: &str) -> Result<SizeBound, String> {
+        use std::cmp::Ordering::*;
+        let t = s.trim();
+        let (op, or_equal, rest) = if let Some(r) = t.strip_prefix(">=") {
+            (Greater, true, r)
+        } else if let Some(r) = t.strip_prefix("<=") {
+            (Less, true, r)
+        } else if let Some(r) = t.strip_prefix('>') {
+            (Greater, false, r)
+        } else if let Some(r) = t.strip_prefix('<') {
+            (Less, false, r)
+        } else if let Some(r) = t.strip_prefix('=') {
+            (Equal, true, r)
+        } else {
+            (Equal, true, t)
+        };
+        let rest = rest.trim();
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let bad = || format!("{s:?} is not a size bound like \">= 100GB\" or \"<= 2TiB\"");
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let mult: u64 = match rest[digits..].trim() {
+            "B" => 1,
+            "KB" => 1000,
+            "MB" => 1000_u64.pow(2),
+            "GB" => 1000_u64.pow(3),
+            "TB" => 1000_u64.pow(4),
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            _ => return Err(bad()),
+        };
+        Ok(SizeBound {
+            op,
+            or_equal,
+            bytes: n.checked_mul(mult).ok_or_else(bad)?,
+        })
+    }
+
+    /// Whether a disk of `bytes` satisfies the bound.
+    pub fn matches(&self, bytes: u64) -> bool {
+        let o = bytes.cmp(&self.bytes);
+        o == self.op || (self.or_equal && o == std::cmp::Ordering::Equal)
     }
 }
 

@@ -97,10 +97,27 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
                 }
             }
         }
-        if let Some(i) = &m.install
-            && let Err(why) = install_disk(&i.disk)
-        {
-            out.push(doc.problem(".install.disk", why));
+        if let Some(i) = &m.install {
+            match (&i.disk, &i.disk_selector) {
+                (Some(d), None) => {
+                    if let Err(why) = install_disk(d) {
+                        out.push(doc.problem(".install.disk", why));
+                    }
+                }
+                (None, Some(sel)) => {
+                    for (field, why) in disk_selector(sel) {
+                        out.push(doc.problem(&format!(".install.diskSelector.{field}"), why));
+                    }
+                }
+                (Some(_), Some(_)) => out.push(doc.problem(
+                    ".install",
+                    "give disk or diskSelector, not both",
+                )),
+                (None, None) => out.push(doc.problem(
+                    ".install",
+                    "give the disk to install to: disk (/dev/vda) or diskSelector (size, model, serial, bus)",
+                )),
+            }
         }
         if mode == Mode::Container && m.install.is_some() {
             out.push(doc.problem(
@@ -324,6 +341,49 @@ pub fn kubelet_arg(key: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A disk selector's problems: (field, why). An empty selector matches every disk, which
+/// is never what was meant.
+pub fn disk_selector(sel: &crate::v1alpha1::DiskSelector) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if sel.size.is_none() && sel.model.is_none() && sel.serial.is_none() && sel.bus.is_none() {
+        out.push((
+            "size",
+            "give at least one of size, model, serial, bus".to_string(),
+        ));
+    }
+    if let Some(s) = &sel.size
+        && let Err(why) = crate::v1alpha1::SizeBound::parse(s)
+    {
+        out.push(("size", why));
+    }
+    for (field, v) in [("model", &sel.model), ("serial", &sel.serial)] {
+        if let Some(v) = v
+            && (v.is_empty() || v.len() > 256 || v.chars().any(char::is_control))
+        {
+            out.push((
+                field,
+                format!("{v:?}: 1 to 256 characters, no control characters"),
+            ));
+        }
+    }
+    if let Some(b) = &sel.bus
+        && !crate::v1alpha1::DISK_BUSES.iter().any(|(n, _)| n == b)
+    {
+        out.push((
+            "bus",
+            format!(
+                "{b:?} is not one of {}",
+                crate::v1alpha1::DISK_BUSES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    out
 }
 
 /// An install disk: a device path under `/dev`, with no `.` or `..` in it.

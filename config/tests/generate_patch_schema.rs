@@ -153,7 +153,10 @@ fn strategic_merge_patch_merges_by_kind_and_name() {
     )
     .unwrap();
     let cfg = add.apply(&g.worker, Mode::Metal).unwrap();
-    assert_eq!(cfg.machine().install.as_ref().unwrap().disk, "/dev/vda");
+    assert_eq!(
+        cfg.machine().install.as_ref().unwrap().disk.as_deref(),
+        Some("/dev/vda")
+    );
     assert_eq!(
         cfg.machine().machine_type,
         MachineType::Worker,

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use basalt_config::Config;
+use basalt_config::v1alpha1::DiskSelector;
 use basalt_disk::install::{self as disk, InstallError, Kit, SlotImage};
 use basalt_disk::layout;
 
@@ -46,6 +47,8 @@ pub enum Plan {
 pub enum InstallFailed {
     #[error("install.disk {disk}: no such disk; the node's disks: {have}")]
     NoDisk { disk: String, have: String },
+    #[error("install.diskSelector: no disk is {wanted}; the node's disks: {have}")]
+    NoMatch { wanted: String, have: String },
     #[error("install.disk")]
     Disk(#[source] InstallError),
     #[error(
@@ -85,19 +88,35 @@ impl Installer {
             tracing::debug!("booted from slot {slot} of an installed disk: nothing to install");
             return Ok(Plan::Nothing);
         }
-        let path = PathBuf::from(&install.disk);
-        if !path.exists() {
-            return Err(InstallFailed::NoDisk {
-                disk: install.disk.clone(),
-                have: disks_line(),
-            });
-        }
+        let path = match (&install.disk, &install.disk_selector) {
+            (Some(disk), _) => {
+                let path = PathBuf::from(disk);
+                if !path.exists() {
+                    return Err(InstallFailed::NoDisk {
+                        disk: disk.clone(),
+                        have: disks_line(),
+                    });
+                }
+                path
+            }
+            (None, Some(sel)) => {
+                let disks = crate::sysinfo::disks(Path::new("/sys/class/block"));
+                let name = select(sel, &disks).ok_or_else(|| InstallFailed::NoMatch {
+                    wanted: describe(sel),
+                    have: disks_line(),
+                })?;
+                tracing::info!("install: {} matches the disk selector", name);
+                Path::new("/dev").join(name)
+            }
+            // Validation refuses a config with neither.
+            (None, None) => return Ok(Plan::Nothing),
+        };
         match disk::check(&path, install.wipe) {
             Ok(_) => Ok(Plan::Install { disk: path }),
             Err(InstallError::NotBlank { what, .. }) if what == "a Basalt installation" => {
                 Ok(Plan::Skip(format!(
                     "{} already holds a Basalt installation: not installing (install.wipe: true installs it again)",
-                    install.disk
+                    path.display()
                 )))
             }
             Err(e) => Err(InstallFailed::Disk(e)),
@@ -165,6 +184,68 @@ impl Installer {
     }
 }
 
+/// The first disk (by name) that matches every field of `sel`.
+pub fn select(sel: &DiskSelector, disks: &[basalt_api::machine::DiskInfo]) -> Option<String> {
+    let size = sel
+        .size
+        .as_deref()
+        .and_then(|s| basalt_config::v1alpha1::SizeBound::parse(s).ok());
+    let prefix = sel.bus.as_deref().and_then(|b| {
+        basalt_config::v1alpha1::DISK_BUSES
+            .iter()
+            .find(|(n, _)| *n == b)
+            .map(|(_, p)| *p)
+    });
+    disks
+        .iter()
+        .filter(|d| !d.read_only)
+        .find(|d| {
+            size.is_none_or(|b| b.matches(d.size_bytes))
+                && sel.model.as_deref().is_none_or(|m| glob(m, &d.model))
+                && sel.serial.as_deref().is_none_or(|s| s == d.serial)
+                && prefix.is_none_or(|p| d.name.starts_with(p))
+        })
+        .map(|d| d.name.clone())
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A selector in words, for the error when nothing matches.
+fn describe(sel: &DiskSelector) -> String {
+    let mut w = Vec::new();
+    if let Some(s) = &sel.size {
+        w.push(format!("size {s}"));
+    }
+    if let Some(m) = &sel.model {
+        w.push(format!("model {m:?}"));
+    }
+    if let Some(s) = &sel.serial {
+        w.push(format!("serial {s:?}"));
+    }
+    if let Some(b) = &sel.bus {
+        w.push(format!("on bus {b}"));
+    }
+    w.join(", ")
+}
+
 /// The node's disks, one phrase each: what an install could use.
 fn disks_line() -> String {
     let disks = crate::sysinfo::disks(Path::new("/sys/class/block"));
@@ -178,9 +259,79 @@ fn disks_line() -> String {
             if !d.model.is_empty() {
                 s.push_str(&format!(", {}", d.model));
             }
+            if !d.serial.is_empty() {
+                s.push_str(&format!(", serial {}", d.serial));
+            }
             s.push(')');
             s
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_api::machine::DiskInfo;
+
+    fn disk(name: &str, gib: u64, model: &str, serial: &str) -> DiskInfo {
+        DiskInfo {
+            name: name.into(),
+            size_bytes: gib << 30,
+            model: model.into(),
+            serial: serial.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_selector_picks_the_first_disk_that_matches_every_field() {
+        let disks = [
+            disk("nvme0n1", 512, "Samsung SSD 980", "S1"),
+            disk("sda", 2000, "WDC WD20EZRZ", "W1"),
+            disk("vda", 3, "", ""),
+        ];
+        let sel = |size: Option<&str>,
+                   model: Option<&str>,
+                   serial: Option<&str>,
+                   bus: Option<&str>| DiskSelector {
+            size: size.map(Into::into),
+            model: model.map(Into::into),
+            serial: serial.map(Into::into),
+            bus: bus.map(Into::into),
+        };
+        let pick = |s: DiskSelector| select(&s, &disks);
+        assert_eq!(
+            pick(sel(Some(">= 1TB"), None, None, None)).as_deref(),
+            Some("sda")
+        );
+        assert_eq!(
+            pick(sel(Some("<= 4GiB"), None, None, None)).as_deref(),
+            Some("vda")
+        );
+        assert_eq!(
+            pick(sel(None, Some("*SSD*"), None, None)).as_deref(),
+            Some("nvme0n1")
+        );
+        assert_eq!(
+            pick(sel(None, None, Some("W1"), None)).as_deref(),
+            Some("sda")
+        );
+        assert_eq!(
+            pick(sel(None, None, None, Some("virtio"))).as_deref(),
+            Some("vda")
+        );
+        assert_eq!(pick(sel(Some(">= 1TB"), None, None, Some("nvme"))), None);
+        let s = sel(Some(">= 1TB"), None, None, Some("nvme"));
+        assert_eq!(describe(&s), "size >= 1TB, on bus nvme");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("QEMU*", "QEMU HARDDISK"));
+        assert!(glob("*SSD*", "Samsung SSD 980"));
+        assert!(glob("a*b*c", "a-x-b-y-c"));
+        assert!(!glob("a*b*c", "a-x-c"));
+        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+    }
 }

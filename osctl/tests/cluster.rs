@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use basalt_testkit::{Tier, tier};
 
 mod common;
-use common::{Destroy, docker_out, eventually, ok, osctl, osctl_with, uptime_secs};
+use common::{Destroy, docker_out, eventually, ok, osctl, osctl_with, uptime_secs, version_uptime};
 
 fn qemu_processes_of(dir: &Path) -> usize {
     let out = Command::new("pgrep")
@@ -254,11 +254,7 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
     eventually(Duration::from_secs(180), Duration::from_secs(1), || {
         let o = osctl(clusters, &["--osconfig", oc, "-n", &addr(3), "version"]);
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let up = text
-            .lines()
-            .find(|l| l.contains(&nodes[1].0) && l.contains("running"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(uptime_secs);
+        let up = version_uptime(&text, |l| l.contains(&nodes[1].0) && l.contains("running"));
         if o.status.success() && up.is_some_and(|u| u < asked.elapsed().as_secs()) {
             Ok(())
         } else {

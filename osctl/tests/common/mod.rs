@@ -160,11 +160,21 @@ pub fn uptime_secs(s: &str) -> Option<u64> {
 /// A node's uptime, from `osctl version` (one node).
 pub fn uptime(clusters: &Path, oc: &str, node: &str) -> u64 {
     let text = ok(clusters, &["--osconfig", oc, "-n", node, "version"]);
+    version_uptime(&text, |_| true).unwrap_or_else(|| panic!("no uptime in {text}"))
+}
+
+/// The UPTIME column of the first row of `osctl version`'s table that `row` accepts.
+pub fn version_uptime(text: &str, row: impl Fn(&str) -> bool) -> Option<u64> {
+    let column = text
+        .lines()
+        .find(|l| l.starts_with("TAG"))
+        .and_then(|h| h.split_whitespace().position(|c| c == "UPTIME"))?;
     text.lines()
-        .last()
-        .and_then(|l| l.split_whitespace().last())
+        .skip_while(|l| !l.starts_with("TAG"))
+        .skip(1)
+        .find(|l| row(l))
+        .and_then(|l| l.split_whitespace().nth(column))
         .and_then(uptime_secs)
-        .unwrap_or_else(|| panic!("no uptime in {text}"))
 }
 
 /// A program of the stack (kubectl and etcdutl of the cluster's own versions), built with it.

@@ -89,8 +89,9 @@ pub fn install_images() -> basalt_image::Artifacts {
 }
 
 /// A node installed the way a user installs one: booted from the ISO with an empty 3 GiB
-/// disk, given a worker config with `install.disk: /dev/vda` in maintenance mode (after a
-/// config naming a disk that is not there is refused, listing the node's disks); it installs
+/// disk, given a worker config with `install.disk: /dev/vda` (BIOS) or a disk selector
+/// (UEFI) in maintenance mode (after a config naming a disk that is not there, or a selector
+/// no disk matches, is refused, listing the node's disks); it installs
 /// and reboots, and is started again from the disk alone. Returns once it answers over
 /// mutual TLS.
 pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
@@ -135,11 +136,25 @@ pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
     assert!(disks.contains("vda"), "{disks}");
 
     ok(&dir, &["gen", "config", name, "https://10.0.2.15:6443"]);
-    for (file, disk_path) in [("missing.yaml", "/dev/vdz"), ("install.yaml", "/dev/vda")] {
+    // The BIOS run names the disk; the UEFI run picks it by what it is.
+    let (missing, install, why) = if uefi {
+        (
+            "diskSelector:\n    size: \">= 1TB\"\n",
+            "diskSelector:\n    size: \">= 3GiB\"\n    bus: virtio\n",
+            "install.diskSelector: no disk is size >= 1TB",
+        )
+    } else {
+        (
+            "disk: /dev/vdz\n",
+            "disk: /dev/vda\n",
+            "install.disk /dev/vdz: no such disk",
+        )
+    };
+    for (file, section) in [("missing.yaml", missing), ("install.yaml", install)] {
         let cfg = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
         let cfg = cfg.replacen(
             "type: worker\n",
-            &format!("type: worker\ninstall:\n  disk: {disk_path}\n"),
+            &format!("type: worker\ninstall:\n  {section}"),
             1,
         );
         std::fs::write(dir.join(file), cfg).unwrap();
@@ -149,9 +164,7 @@ pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
         &["apply-config", "--insecure", "-n", &e, "-f", "missing.yaml"],
     );
     assert!(
-        !o.status.success()
-            && text(&o).contains("install.disk /dev/vdz: no such disk")
-            && text(&o).contains("/dev/vda (3072 MiB"),
+        !o.status.success() && text(&o).contains(why) && text(&o).contains("/dev/vda (3072 MiB"),
         "{}",
         text(&o)
     );
