@@ -446,7 +446,8 @@ config_struct! {
 config_struct! {
     /// KubeSpan: the automatic WireGuard mesh between the cluster's nodes.
     pub struct KubeSpanConfig {
-        /// Turn KubeSpan on.
+        /// Turn KubeSpan on. It meets its peers through discovery, so a DiscoveryConfig with
+        /// `enabled: true` must be in the config too (else the config is refused).
         pub enabled: bool = "enabled", default = false;
         /// The MTU of the WireGuard link (at least 1280).
         pub mtu: u32 = "mtu", default = 1420;

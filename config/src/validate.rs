@@ -249,6 +249,23 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
     }
     network(docs, &links, out);
 
+    // KubeSpan meets its peers only through discovery: on without it, a node waits for peers
+    // that can never come.
+    let discovery_on = docs
+        .iter()
+        .any(|d| matches!(&d.doc, Document::Discovery(disc) if disc.enabled));
+    for d in docs {
+        if let Document::KubeSpan(k) = &d.doc
+            && k.enabled
+            && !discovery_on
+        {
+            out.push(d.problem(
+                ".enabled",
+                "KubeSpan finds its peers through discovery, which is off: add a DiscoveryConfig with enabled: true and an endpoint, or turn KubeSpan off",
+            ));
+        }
+    }
+
     for d in docs {
         if let Document::KubeSpan(k) = &d.doc
             && !(1280..=9000).contains(&k.mtu)
