@@ -637,6 +637,19 @@ impl Certificate {
         if !cert.is_ca() {
             return Err("certificate is not a CA (basicConstraints CA is not set)".into());
         }
+        // Every certificate it issued would be refused: say so now, not at the first TLS
+        // handshake.
+        let v = cert.validity();
+        let now = x509_parser::time::ASN1Time::now();
+        if now < v.not_before {
+            return Err(format!(
+                "the CA is not valid before {} (is this machine's clock right?)",
+                v.not_before
+            ));
+        }
+        if now > v.not_after {
+            return Err(format!("the CA expired on {}", v.not_after));
+        }
         if let Some(key) = key {
             let pair = rcgen::KeyPair::from_pem(key.0.as_str())
                 .map_err(|e| format!("key cannot be read: {e}"))?;
@@ -673,10 +686,44 @@ impl FromStr for PrivateKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let pem = Pem::parse(s, &["PRIVATE KEY", "EC PRIVATE KEY"])?;
+        if let Some(bits) = rsa_bits(&pem_body(pem.as_str()))
+            && bits < 2048
+        {
+            return Err(format!(
+                "an RSA key of {bits} bits: RSA keys need at least 2048 (or use an ECDSA or Ed25519 key)"
+            ));
+        }
         rcgen::KeyPair::from_pem(pem.as_str())
             .map_err(|e| format!("value is not a usable private key: {e}"))?;
         Ok(PrivateKey(pem))
     }
+}
+
+impl PrivateKey {
+    /// Whether the key is Ed25519 (Kubernetes signs service-account tokens with RSA or ECDSA
+    /// keys only).
+    pub fn is_ed25519(&self) -> bool {
+        rcgen::KeyPair::from_pem(self.0.as_str())
+            .is_ok_and(|k| k.algorithm() == &rcgen::PKCS_ED25519)
+    }
+}
+
+/// The modulus size of a PKCS#8 RSA private key; `None` for any other DER.
+fn rsa_bits(der: &[u8]) -> Option<usize> {
+    use x509_parser::der_parser::parse_der;
+    let (_, info) = parse_der(der).ok()?;
+    let info = info.as_sequence().ok()?;
+    let alg = info.get(1)?.as_sequence().ok()?;
+    if alg.first()?.as_oid().ok()?.to_id_string() != "1.2.840.113549.1.1.1" {
+        return None;
+    }
+    let (_, rsa) = parse_der(info.get(2)?.as_slice().ok()?).ok()?;
+    let modulus = rsa.as_sequence().ok()?.get(1)?.as_slice().ok()?;
+    let m: &[u8] = match modulus.iter().position(|&b| b != 0) {
+        Some(i) => &modulus[i..],
+        None => return Some(0),
+    };
+    Some((m.len() - 1) * 8 + (8 - m[0].leading_zeros() as usize))
 }
 impl fmt::Display for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -708,6 +755,59 @@ string_newtype!(PrivateKey, "pem-private-key", "A PEM-encoded private key.");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// openssl makes the RSA keys: ring, behind rcgen, cannot generate them.
+    fn rsa_key(bits: u32) -> String {
+        let o = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+            .arg(format!("rsa_keygen_bits:{bits}"))
+            .output()
+            .expect("openssl (hack/test installs it)");
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused_by_their_size() {
+        let e = rsa_key(1024).parse::<PrivateKey>().unwrap_err();
+        assert!(e.contains("an RSA key of 1024 bits"), "{e}");
+        let k: PrivateKey = rsa_key(2048).parse().unwrap();
+        assert!(!k.is_ed25519());
+        assert_eq!(rsa_bits(&pem_body(k.0.as_str())), Some(2048));
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert!(
+            ed.serialize_pem()
+                .parse::<PrivateKey>()
+                .unwrap()
+                .is_ed25519()
+        );
+    }
+
+    #[test]
+    fn a_ca_out_of_its_validity_is_refused_with_its_dates() {
+        let make = |from: time::OffsetDateTime, to: time::OffsetDateTime| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.not_before = from;
+            p.not_after = to;
+            let cert = p.self_signed(&key).unwrap();
+            (
+                cert.pem().parse::<Certificate>().unwrap(),
+                key.serialize_pem().parse::<PrivateKey>().unwrap(),
+            )
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let (c, k) = make(now - 10 * day, now - day);
+        let e = c.check_ca_key(Some(&k)).unwrap_err();
+        assert!(e.starts_with("the CA expired on"), "{e}");
+        let (c, k) = make(now + day, now + 10 * day);
+        let e = c.check_ca_key(Some(&k)).unwrap_err();
+        assert!(e.contains("not valid before"), "{e}");
+        let (c, k) = make(now - day, now + day);
+        c.check_ca_key(Some(&k)).unwrap();
+    }
 
     #[test]
     fn prefix() {

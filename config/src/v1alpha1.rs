@@ -277,9 +277,11 @@ config_struct! {
         pub bootstrap_token: BootstrapToken = "bootstrapToken";
         /// Key for encrypting Kubernetes secrets at rest; control planes only.
         pub secretbox_key: Option<Key32> = "secretboxEncryptionSecret";
-        /// The service-account signing key (PEM); control planes only.
+        /// The service-account signing key (PEM); control planes only. RSA (at least 2048
+        /// bits) or ECDSA: Kubernetes cannot sign tokens with Ed25519.
         pub service_account_key: Option<PrivateKey> = "serviceAccountKey";
-        /// The certificate authorities.
+        /// The certificate authorities: each a CA certificate valid now, with its own key;
+        /// RSA keys of at least 2048 bits.
         pub certs: ClusterCAs = "certs";
     }
 }

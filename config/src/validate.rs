@@ -156,6 +156,14 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
                 out.push(sdoc.problem(&format!("{path}.crt"), e));
             }
         }
+        if let Some(k) = &s.service_account_key
+            && k.is_ed25519()
+        {
+            out.push(sdoc.problem(
+                ".serviceAccountKey",
+                "an Ed25519 key: Kubernetes signs service-account tokens with RSA or ECDSA keys only",
+            ));
+        }
         if s.certs.os.key.is_none() {
             out.push(sdoc.problem(
                 ".certs.os.key",
