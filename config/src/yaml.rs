@@ -162,21 +162,75 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
     }
     // A byte-order mark (editors on some systems write one) is not part of the config.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // `key:<TAB>value` is YAML 1.2 (a tab separates as a space does), but the scanner refuses
+    // a tab after `:` before a plain scalar. Where it does, that tab is separation and nothing
+    // else — never in a quoted or block scalar, where the scanner does not look for `:` — so
+    // it is read as a space (same length: positions in later errors stay right) and the text
+    // parsed again, a bounded number of times.
+    let mut owned: Option<String> = None;
+    for _ in 0..=TAB_FIXES {
+        let t = owned.as_deref().unwrap_or(text);
+        match parse_once(t) {
+            Err((e, Some(at))) if e.message == TAB_AFTER_COLON => match tab_as_space(t, at) {
+                Some(fixed) => owned = Some(fixed),
+                None => return Err(e),
+            },
+            Err((e, _)) => return Err(e),
+            Ok(docs) => return Ok(docs),
+        }
+    }
+    Err(SyntaxError {
+        line: 1,
+        col: 1,
+        message: format!("more than {TAB_FIXES} tabs after ':' before a value: use spaces"),
+    })
+}
+
+/// The scanner's message for a tab after `:`.
+const TAB_AFTER_COLON: &str = "':' must be followed by a valid YAML whitespace";
+/// How many such tabs are read as spaces before the text is refused (each costs a parse).
+const TAB_FIXES: usize = 16;
+
+/// `text` with the tabs just before char index `at` (back to the `:`) made spaces; `None`
+/// when they are not tabs after a `:`.
+fn tab_as_space(text: &str, at: usize) -> Option<String> {
+    let mut chars: Vec<char> = text.chars().collect();
+    let mut i = at.min(chars.len());
+    let end = i;
+    while i > 0 && chars[i - 1] == '\t' {
+        i -= 1;
+    }
+    if i == end || i == 0 || chars[i - 1] != ':' {
+        return None;
+    }
+    for c in &mut chars[i..end] {
+        *c = ' ';
+    }
+    Some(chars.into_iter().collect())
+}
+
+/// One parse: the documents, or the error and (for a scanner error) its char index.
+fn parse_once(text: &str) -> Result<Vec<Node>, (SyntaxError, Option<usize>)> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text).keep_tags(true);
     // Events one at a time, not the parser's own `load`: that recurses once per level of
     // nesting (a 40 KB `- - - …` overflowed the stack), and it would read a hostile text to
     // its end after the first error.
     loop {
-        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
-            message: e.info().to_string(),
+        let (ev, mark) = parser.next_token().map_err(|e| {
+            (
+                SyntaxError {
+                    line: e.marker().line(),
+                    col: e.marker().col() + 1,
+                    message: e.info().to_string(),
+                },
+                Some(e.marker().index()),
+            )
         })?;
         let end = ev == Event::StreamEnd;
         builder.on_event(ev, mark);
         if let Some(err) = builder.error {
-            return Err(err);
+            return Err((err, None));
         }
         if end {
             break;
@@ -492,6 +546,25 @@ mod tests {
 
     #[test]
     fn a_byte_order_mark_is_skipped_and_nul_refused() {
+        let docs = parse_documents("a:\tb\nc:\t\td\n\"e:\tf\": g\n").unwrap();
+        let Value::Map(m) = &docs[0].value else {
+            panic!("{docs:?}")
+        };
+        let keys: Vec<String> = m
+            .iter()
+            .map(|(k, v)| format!("{}={:?}", k.as_str().unwrap_or(""), v.value))
+            .collect();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(
+            keys[0].starts_with("a=") && keys[0].contains("\"b\""),
+            "{keys:?}"
+        );
+        // A tab inside a quoted key is content, untouched.
+        assert!(keys[2].starts_with("e:\tf="), "{keys:?}");
+        let many =
+            "k: v\n".to_string() + &(0..20).map(|i| format!("k{i}:\tv\n")).collect::<String>();
+        let e = parse_documents(&many).unwrap_err();
+        assert!(e.message.contains("tabs after ':'"), "{e}");
         let docs = parse_documents("\u{feff}apiVersion: v1alpha1\n").unwrap();
         assert_eq!(
             docs[0].get("apiVersion").unwrap().as_str(),
