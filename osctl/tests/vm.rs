@@ -879,33 +879,37 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
     });
     assert!(ver.contains("B:0.2.0") && ver.contains("running"), "{ver}");
 
+    // An upgrade that does not come up healthy: osctl says the node went back, the console
+    // says why, and the node runs slot A with `slots` in `osctl version`.
+    let mut goes_back = |image: &Path, trial: &str, why: &str, slots: &str| {
+        let o = run(
+            &dir,
+            &[
+                "--osconfig",
+                oc,
+                "upgrade",
+                "--image",
+                image.to_str().unwrap(),
+                "--trial-timeout",
+                trial,
+            ],
+        );
+        assert!(
+            !o.status.success() && text(&o).contains("back on 0.1.0"),
+            "{}",
+            text(&o)
+        );
+        vm.wait_for(why, BOOT_TIMEOUT).unwrap();
+        let ver = ok(&dir, &["--osconfig", oc, "version"]);
+        assert!(ver.contains(slots) && ver.contains("running"), "{ver}");
+    };
+
     // A broken image: its init exits, the kernel panics and reboots, GRUB boots slot A.
-    let o = run(
-        &dir,
-        &[
-            "--osconfig",
-            oc,
-            "upgrade",
-            "--image",
-            v3.to_str().unwrap(),
-            "--trial-timeout",
-            "5m",
-        ],
-    );
-    assert!(
-        !o.status.success() && text(&o).contains("back on 0.1.0"),
-        "{}",
-        text(&o)
-    );
-    vm.wait_for(
+    goes_back(
+        &v3,
+        "5m",
         "slot B did not confirm its boot; booting slot A again",
-        BOOT_TIMEOUT,
-    )
-    .unwrap();
-    let ver = ok(&dir, &["--osconfig", oc, "version"]);
-    assert!(
-        ver.contains("A:0.1.0(booted) B:0.3.0") && ver.contains("running"),
-        "{ver}"
+        "A:0.1.0(booted) B:0.3.0",
     );
     let logs = ok(&dir, &["--osconfig", oc, "logs", "init"]);
     assert!(
@@ -916,31 +920,10 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
     // A boot that does not get healthy within its timeout: 5 s is less than the three checks
     // in a row (2 s apart) a confirmation takes, so the trial of a good image runs out, the
     // node reboots itself, and GRUB boots slot A.
-    let o = run(
-        &dir,
-        &[
-            "--osconfig",
-            oc,
-            "upgrade",
-            "--image",
-            v2.to_str().unwrap(),
-            "--trial-timeout",
-            "5s",
-        ],
-    );
-    assert!(
-        !o.status.success() && text(&o).contains("back on 0.1.0"),
-        "{}",
-        text(&o)
-    );
-    vm.wait_for(
+    goes_back(
+        &v2,
+        "5s",
         "upgrade: not healthy within 5 s; rebooting into the previous slot",
-        BOOT_TIMEOUT,
-    )
-    .unwrap();
-    let ver = ok(&dir, &["--osconfig", oc, "version"]);
-    assert!(
-        ver.contains("A:0.1.0(booted) B:0.2.0") && ver.contains("running"),
-        "{ver}"
+        "A:0.1.0(booted) B:0.2.0",
     );
 }
