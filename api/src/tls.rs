@@ -126,6 +126,18 @@ pub fn server_checking_client_config(ca: &str) -> Result<Arc<rustls::ClientConfi
     Ok(Arc::new(cfg))
 }
 
+/// A client for web servers (a config server at boot): the server checked against `ca_pem`
+/// (one or more PEM certificates), TLS 1.2 or 1.3, HTTP/1.1.
+pub fn web_client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rustls_err("TLS 1.2 and 1.3 are not available"))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// A client for a node in maintenance mode: it has no certificate from the OS CA yet, so the
 /// server is not checked (`osctl --insecure`). Still TLS 1.3: the config is not sent in clear.
 pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {

@@ -12,7 +12,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::configstate::{ApplyError, ApplyMode};
-use crate::node::{End, Node};
+use crate::node::{AcceptError, Accepted, End, Node};
 use crate::sequence::SequenceError;
 use basalt_containerd as containerd;
 use basalt_supervisor::SupervisorError;
@@ -61,6 +61,17 @@ pub enum ApiError {
         free >> 20
     )]
     NoSpace { size: u64, free: u64, path: String },
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> ApiError {
+        match e {
+            AcceptError::Apply(e) => ApiError::Apply(e),
+            AcceptError::Install(e) => ApiError::Install(e),
+            AcceptError::Sequence(e) => ApiError::Sequence(e),
+            e @ AcceptError::Installing => ApiError::BadRequest(e.to_string()),
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -272,79 +283,6 @@ impl Api {
     }
 }
 
-impl Api {
-    /// In maintenance mode, a config with `install.disk` installs the node to that disk (the
-    /// config kept on it) and reboots instead of applying here: the summary says so. `None`:
-    /// apply as usual. The disk is checked first; a problem refuses the config.
-    fn maybe_install(
-        &self,
-        text: &str,
-        dry_run: bool,
-    ) -> std::result::Result<Option<String>, ApiError> {
-        let Some(installer) = self.node.paths.install.clone() else {
-            return Ok(None);
-        };
-        if self.node.config.active().is_some() {
-            return Ok(None);
-        }
-        let config = basalt_config::Config::parse(text, self.node.config.mode())
-            .map_err(|e| ApiError::Apply(ApplyError::Invalid(e)))?;
-        let disk = match installer.plan(&config).map_err(ApiError::Install)? {
-            crate::install::Plan::Nothing => return Ok(None),
-            crate::install::Plan::Skip(why) => {
-                tracing::info!("install: {why}");
-                return Ok(None);
-            }
-            crate::install::Plan::Install { disk } => disk,
-        };
-        if dry_run {
-            return Ok(Some(format!(
-                "dry run: would install to {} and reboot from it; nothing was changed",
-                disk.display()
-            )));
-        }
-        // One install at a time: a second config while one runs is refused.
-        static INSTALLING: std::sync::atomic::AtomicBool =
-            std::sync::atomic::AtomicBool::new(false);
-        if INSTALLING.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return Err(ApiError::BadRequest(
-                "an install is in progress; the node reboots when it is done".into(),
-            ));
-        }
-        let yaml = config.to_yaml();
-        let api = self.clone();
-        let target = disk.clone();
-        tokio::spawn(async move {
-            tracing::info!("install: to {}", target.display());
-            let t = std::time::Instant::now();
-            let done = tokio::task::spawn_blocking(move || installer.run(&target, &yaml)).await;
-            match done {
-                Ok(Ok(())) => {
-                    tracing::info!("install: done in {} s; rebooting", t.elapsed().as_secs());
-                    if let Err(e) = api.sequence("reboot", Some(End::Reboot), true) {
-                        tracing::error!("install: cannot reboot: {}", basalt_sys::error_chain(&e));
-                    }
-                }
-                Ok(Err(e)) => {
-                    INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
-                    tracing::error!(
-                        "install: failed: {}; the node stays in maintenance mode",
-                        basalt_sys::error_chain(&e)
-                    )
-                }
-                Err(e) => {
-                    INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
-                    tracing::error!("install: panicked: {e}")
-                }
-            }
-        });
-        Ok(Some(format!(
-            "config accepted: installing to {}, then rebooting from it (osctl logs init shows the steps)",
-            disk.display()
-        )))
-    }
-}
-
 fn line(e: Entry) -> pb::LogLine {
     pb::LogLine {
         time_ms: e.time_ms,
@@ -426,20 +364,19 @@ impl Machine for Api {
                 return Err(ApiError::BadRequest(format!("unknown apply mode {}", r.mode)).into());
             }
         };
-        if let Some(summary) = self.maybe_install(&text, r.dry_run)? {
-            return Ok(Response::new(pb::ApplyConfigurationResponse {
-                summary,
-                ..Default::default()
-            }));
-        }
-        let out = self
+        let out = match self
             .node
-            .config
-            .apply(&text, mode, r.dry_run)
-            .map_err(ApiError::from)?;
-        if out.reboot {
-            self.sequence("reboot", Some(End::Reboot), true)?;
-        }
+            .accept_config(&text, mode, r.dry_run)
+            .map_err(ApiError::from)?
+        {
+            Accepted::Installing(summary) => {
+                return Ok(Response::new(pb::ApplyConfigurationResponse {
+                    summary,
+                    ..Default::default()
+                }));
+            }
+            Accepted::Applied(out) => out,
+        };
         let (network_plan, network_waiting) = if r.dry_run {
             self.network_plan(&text).await
         } else {

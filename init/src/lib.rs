@@ -12,6 +12,7 @@
 pub mod api;
 pub mod apidcert;
 pub mod configstate;
+pub mod configurl;
 pub mod install;
 pub mod kubespan;
 pub mod logging;

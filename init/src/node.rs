@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use basalt_resources::Store;
 
-use crate::configstate::ConfigState;
+use crate::configstate::{ApplyError, ApplyMode, ConfigState, Outcome};
 use crate::sequence::{Power, SequenceError, Sequencer, Step, StepError};
 use basalt_supervisor::Supervisor;
 use basalt_supervisor::logring::Logs;
@@ -156,6 +156,144 @@ impl Node {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Node {
+    /// A node whose state lives under `dir`, with a fake power switch and no services.
+    pub(crate) fn for_tests(
+        dir: &std::path::Path,
+        power: Arc<crate::sequence::FakePower>,
+        wipe_on_reset: Vec<PathBuf>,
+    ) -> Node {
+        let store = Store::default();
+        let logs = Logs::new(None, 100, 0);
+        Node {
+            leases: Default::default(),
+            store: store.clone(),
+            logs: logs.clone(),
+            sup: Supervisor::new(store.clone(), logs, None),
+            config: ConfigState::new(dir.join("state"), basalt_config::Mode::Metal, store.clone()),
+            seq: Sequencer::new(store),
+            power,
+            paths: Paths {
+                wipe_on_reset,
+                install: None,
+                upgrade: crate::upgrade::Upgrader::new(None),
+            },
+            booted: Instant::now(),
+            kube: basalt_kubernetes::Kube::default(),
+        }
+    }
+}
+
+/// What taking a config did.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Installing to a disk in the background; the node reboots from it (the summary says
+    /// where).
+    Installing(String),
+    Applied(Outcome),
+}
+
+/// Why a config was not taken; in every case nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("the config was rejected and nothing changed")]
+    Install(#[source] crate::install::InstallFailed),
+    #[error("an install is in progress; the node reboots when it is done")]
+    Installing,
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+}
+
+/// One install at a time: a second config while one runs is refused.
+static INSTALLING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Node {
+    /// Takes a config, from the API or from the kernel command line's URL: in maintenance mode a
+    /// config with `install.disk` installs the node to that disk and reboots from it; otherwise
+    /// it is applied (and the node reboots when the mode asks).
+    pub fn accept_config(
+        &self,
+        text: &str,
+        mode: ApplyMode,
+        dry_run: bool,
+    ) -> Result<Accepted, AcceptError> {
+        if let Some(summary) = self.maybe_install(text, dry_run)? {
+            return Ok(Accepted::Installing(summary));
+        }
+        let out = self.config.apply(text, mode, dry_run)?;
+        if out.reboot {
+            self.spawn_sequence("reboot", self.shutdown_steps(End::Reboot))?;
+        }
+        Ok(Accepted::Applied(out))
+    }
+
+    /// In maintenance mode, a config with `install.disk` installs the node to that disk (the
+    /// config kept on it) and reboots instead of applying here: the summary says so. `None`:
+    /// apply as usual. The disk is checked first; a problem refuses the config.
+    fn maybe_install(&self, text: &str, dry_run: bool) -> Result<Option<String>, AcceptError> {
+        let Some(installer) = self.paths.install.clone() else {
+            return Ok(None);
+        };
+        if self.config.active().is_some() {
+            return Ok(None);
+        }
+        let config = basalt_config::Config::parse(text, self.config.mode())
+            .map_err(|e| AcceptError::Apply(ApplyError::Invalid(e)))?;
+        let disk = match installer.plan(&config).map_err(AcceptError::Install)? {
+            crate::install::Plan::Nothing => return Ok(None),
+            crate::install::Plan::Skip(why) => {
+                tracing::info!("install: {why}");
+                return Ok(None);
+            }
+            crate::install::Plan::Install { disk } => disk,
+        };
+        if dry_run {
+            return Ok(Some(format!(
+                "dry run: would install to {} and reboot from it; nothing was changed",
+                disk.display()
+            )));
+        }
+        if INSTALLING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(AcceptError::Installing);
+        }
+        let yaml = config.to_yaml();
+        let node = self.clone();
+        let target = disk.clone();
+        tokio::spawn(async move {
+            tracing::info!("install: to {}", target.display());
+            let t = Instant::now();
+            let done = tokio::task::spawn_blocking(move || installer.run(&target, &yaml)).await;
+            match done {
+                Ok(Ok(())) => {
+                    tracing::info!("install: done in {} s; rebooting", t.elapsed().as_secs());
+                    if let Err(e) = node.spawn_sequence("reboot", node.shutdown_steps(End::Reboot))
+                    {
+                        tracing::error!("install: cannot reboot: {}", basalt_sys::error_chain(&e));
+                    }
+                }
+                Ok(Err(e)) => {
+                    INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!(
+                        "install: failed: {}; the node stays in maintenance mode",
+                        basalt_sys::error_chain(&e)
+                    )
+                }
+                Err(e) => {
+                    INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!("install: panicked: {e}")
+                }
+            }
+        });
+        Ok(Some(format!(
+            "config accepted: installing to {}, then rebooting from it (osctl logs init shows the steps)",
+            disk.display()
+        )))
     }
 }
 

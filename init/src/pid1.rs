@@ -218,6 +218,20 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         container,
     );
 
+    // A config from the kernel command line's URL, on a boot that has none.
+    if let Some(url) = cmdline.config_url.clone()
+        && config.active().is_none()
+    {
+        tokio::spawn(crate::configurl::run(
+            node.clone(),
+            crate::configurl::Source {
+                url,
+                sha256: cmdline.config_sha256,
+                ca: cmdline.config_ca.clone(),
+            },
+        ));
+    }
+
     crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
     basalt_kubernetes::start(
         store.clone(),

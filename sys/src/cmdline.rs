@@ -17,6 +17,11 @@ pub struct Cmdline {
     pub ip: Option<String>,
     /// `basalt.config=URL`: where to fetch the machine config.
     pub config_url: Option<String>,
+    /// `basalt.config.sha256=HEX`: the fetched config must have this digest.
+    pub config_sha256: Option<[u8; 32]>,
+    /// `basalt.config.ca=BASE64`: the CA (PEM or DER, base64) an https config server's
+    /// certificate must chain to.
+    pub config_ca: Option<String>,
     pub platform: Platform,
     pub debug: bool,
     /// Seconds to wait before rebooting after a fatal error (`basalt.reboot_delay`).
@@ -98,6 +103,8 @@ impl Cmdline {
             consoles: Vec::new(),
             ip: None,
             config_url: None,
+            config_sha256: None,
+            config_ca: None,
             platform: Platform::Metal,
             debug: false,
             reboot_delay: 10,
@@ -121,6 +128,12 @@ impl Cmdline {
                 ("console", Some(v)) => c.consoles.push(v.to_string()),
                 ("ip", Some(v)) => c.ip = Some(v.to_string()),
                 ("basalt.config", Some(v)) => c.config_url = Some(v.to_string()),
+                ("basalt.config.sha256", Some(v)) => match hex32(v) {
+                    Some(d) => c.config_sha256 = Some(d),
+                    None => fail("expected 64 hexadecimal digits"),
+                },
+                ("basalt.config.ca", Some(v)) if !v.is_empty() => c.config_ca = Some(v.to_string()),
+                ("basalt.config.ca", _) => fail("expected a base64 CA certificate"),
                 ("basalt.platform", Some("metal")) => c.platform = Platform::Metal,
                 ("basalt.platform", Some("container")) => c.platform = Platform::Container,
                 ("basalt.platform", _) => fail("expected metal or container"),
@@ -144,6 +157,18 @@ impl Cmdline {
     }
 }
 
+/// 32 bytes from 64 hexadecimal digits (either case).
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The arguments an installed node boots with, from those it was installed from: all but
 /// the boot loader's (`BOOT_IMAGE`, `initrd`), the slot GRUB sets, and `basalt.config`
 /// (an installed node keeps its config on STATE).
@@ -154,7 +179,13 @@ pub fn for_install(text: &str) -> String {
             let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k);
             !matches!(
                 key,
-                "BOOT_IMAGE" | "initrd" | "basalt.slot" | "basalt.trial" | "basalt.config"
+                "BOOT_IMAGE"
+                    | "initrd"
+                    | "basalt.slot"
+                    | "basalt.trial"
+                    | "basalt.config"
+                    | "basalt.config.sha256"
+                    | "basalt.config.ca"
             )
         })
         .map(|a| match a.contains(char::is_whitespace) {
@@ -258,6 +289,36 @@ mod tests {
         assert!(c.debug);
         assert_eq!(c.reboot_delay, 2);
         assert!(!c.poweroff_when_up);
+    }
+
+    #[test]
+    fn the_config_urls_pin_and_ca() {
+        let d = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+        let (c, bad) = Cmdline::parse(&format!(
+            "basalt.config=http://h/${{mac}}.yaml basalt.config.sha256={d} basalt.config.ca=TUlJ"
+        ));
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(c.config_url.as_deref(), Some("http://h/${mac}.yaml"));
+        assert_eq!(c.config_sha256.unwrap()[..2], [0x9f, 0x86]);
+        assert_eq!(c.config_sha256.unwrap()[31], 0x08);
+        assert_eq!(c.config_ca.as_deref(), Some("TUlJ"));
+        let (c, bad) = Cmdline::parse("basalt.config.sha256=9f86 basalt.config.ca=");
+        assert_eq!(c.config_sha256, None);
+        let msgs: Vec<String> = bad.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            [
+                "kernel argument \"basalt.config.sha256=9f86\": expected 64 hexadecimal digits",
+                "kernel argument \"basalt.config.ca=\": expected a base64 CA certificate"
+            ]
+        );
+        // An installed node keeps its config on STATE: none of the three is carried over.
+        assert_eq!(
+            for_install(&format!(
+                "console=ttyS0 basalt.config=http://h/ basalt.config.sha256={d} basalt.config.ca=TUlJ"
+            )),
+            "console=ttyS0"
+        );
     }
 
     #[test]

@@ -9,12 +9,10 @@ use basalt_api::machine::machine_client::MachineClient;
 use tonic::Code;
 
 use super::*;
-use crate::configstate::ConfigState;
-use crate::node::{Node, Paths};
-use crate::sequence::{FakePower, Sequencer};
-use basalt_supervisor::logring::Logs;
+use crate::node::Node;
+use crate::sequence::FakePower;
+use basalt_supervisor::ServiceDef;
 use basalt_supervisor::process::ProcessSpec;
-use basalt_supervisor::{ServiceDef, Supervisor};
 
 const CP: &str = include_str!("../../../config/testdata/valid/controlplane.yaml");
 
@@ -27,32 +25,11 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = basalt_resources::Store::default();
-    let logs = Logs::new(None, 100, 0);
-    let sup = Supervisor::new(store.clone(), logs.clone(), None);
     let power = Arc::new(FakePower::default());
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("x")).unwrap();
-    let node = Node {
-        leases: Default::default(),
-        store: store.clone(),
-        logs,
-        sup: sup.clone(),
-        config: ConfigState::new(
-            dir.path().join("state"),
-            basalt_config::Mode::Metal,
-            store.clone(),
-        ),
-        seq: Sequencer::new(store),
-        power: power.clone(),
-        paths: Paths {
-            wipe_on_reset: vec![data],
-            install: None,
-            upgrade: crate::upgrade::Upgrader::new(None),
-        },
-        booted: Instant::now(),
-        kube: basalt_kubernetes::Kube::default(),
-    };
+    let node = Node::for_tests(dir.path(), power.clone(), vec![data]);
+    let sup = node.sup.clone();
     let mut def = ServiceDef::new(
         "sleeper",
         ProcessSpec {
