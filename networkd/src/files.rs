@@ -32,15 +32,36 @@ impl FilesController {
 }
 
 /// The name a node takes when no layer gives one: stable, from the first hardware link's MAC.
-pub fn auto_hostname(links: &[(basalt_resources::Metadata, LinkStatus)]) -> Option<String> {
+pub fn auto_hostname(links: &[LinkStatus]) -> Option<String> {
     links
         .iter()
-        .filter(|(_, l)| l.kind.is_empty() && l.hardware_addr != "00:00:00:00:00:00")
-        .min_by_key(|(_, l)| l.index)
-        .map(|(_, l)| {
+        .filter(|l| l.kind.is_empty() && l.hardware_addr != "00:00:00:00:00:00")
+        .min_by_key(|l| l.index)
+        .map(|l| {
             let hex: String = l.hardware_addr.split(':').skip(3).collect();
             format!("basalt-{hex}")
         })
+}
+
+/// The node's hostname: the merged spec's (the highest layer that gives one), else — unless
+/// `HostnameConfig.auto` is off — the stable one from the first hardware link's MAC, else none
+/// (the kernel's stays).
+pub fn choose_hostname(
+    spec: Option<HostnameSpec>,
+    auto: bool,
+    links: &[LinkStatus],
+) -> Option<HostnameStatus> {
+    match spec {
+        Some(h) => Some(HostnameStatus {
+            hostname: h.hostname,
+            domain: h.domain,
+        }),
+        None if auto => auto_hostname(links).map(|hostname| HostnameStatus {
+            hostname,
+            domain: None,
+        }),
+        None => None,
+    }
 }
 
 pub fn resolv_conf(r: &ResolverSpec) -> String {
@@ -78,6 +99,7 @@ impl Controller for FilesController {
     fn inputs(&self) -> Vec<Kind> {
         vec![
             Kind::of::<HostnameSpec>(),
+            Kind::of::<HostnameAutoSpec>(),
             Kind::of::<ResolverSpec>(),
             Kind::of::<TimeServerSpec>(),
             Kind::of::<AddressSpec>(),
@@ -96,18 +118,15 @@ impl Controller for FilesController {
         cx: &'a mut Context,
     ) -> BoxFuture<'a, Result<(), ReconcileError>> {
         Box::pin(async move {
-            let host = cx
-                .get::<HostnameSpec>("hostname")
-                .map(|(_, h)| HostnameStatus {
-                    hostname: h.hostname,
-                    domain: h.domain,
-                })
-                .or_else(|| {
-                    auto_hostname(&cx.list::<LinkStatus>()).map(|hostname| HostnameStatus {
-                        hostname,
-                        domain: None,
-                    })
-                });
+            let host = choose_hostname(
+                cx.get::<HostnameSpec>("hostname").map(|(_, h)| h),
+                cx.get::<HostnameAutoSpec>("hostname-auto")
+                    .is_none_or(|(_, a)| a.enabled),
+                &cx.list::<LinkStatus>()
+                    .into_iter()
+                    .map(|(_, l)| l)
+                    .collect::<Vec<_>>(),
+            );
             if let Some(h) = &host {
                 if self.opts.set_hostname {
                     let current = nix::unistd::gethostname()
@@ -171,4 +190,51 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> Result<(), ReconcileE
     }
     basalt_sys::fs::atomic_write(&path, text.as_bytes(), 0o644)
         .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, kind: &str, mac: &str) -> LinkStatus {
+        LinkStatus {
+            index,
+            kind: kind.into(),
+            hardware_addr: mac.into(),
+            mtu: 1500,
+            up: true,
+            oper_state: "up".into(),
+            master_index: None,
+            driver: None,
+        }
+    }
+
+    #[test]
+    fn the_hostname_is_the_specs_else_the_macs_unless_auto_is_off() {
+        let links = [
+            link(1, "", "00:00:00:00:00:00"),
+            link(3, "", "52:54:00:b5:00:01"),
+            link(2, "veth", "aa:aa:aa:aa:aa:aa"),
+            link(4, "", "52:54:00:b5:00:02"),
+        ];
+        let given = HostnameSpec {
+            hostname: "n1".into(),
+            domain: Some("lan".into()),
+        };
+        for auto in [true, false] {
+            assert_eq!(
+                choose_hostname(Some(given.clone()), auto, &links),
+                Some(HostnameStatus {
+                    hostname: "n1".into(),
+                    domain: Some("lan".into())
+                })
+            );
+        }
+        assert_eq!(
+            choose_hostname(None, true, &links).map(|h| h.hostname),
+            Some("basalt-b50001".into()),
+            "the first hardware link's MAC (not loopback's, not a veth's)"
+        );
+        assert_eq!(choose_hostname(None, false, &links), None);
+    }
 }

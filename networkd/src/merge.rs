@@ -124,6 +124,7 @@ impl Controller for MergeController {
             Output::exclusive::<RuleSpec>(),
             Output::exclusive::<DhcpSpec>(),
             Output::exclusive::<HostnameSpec>(),
+            Output::exclusive::<HostnameAutoSpec>(),
             Output::exclusive::<ResolverSpec>(),
             Output::exclusive::<TimeServerSpec>(),
         ]
@@ -147,6 +148,7 @@ impl Controller for MergeController {
             cx.sync(dhcp)?;
             plain::<RuleSpec>(cx)?;
             plain::<HostnameSpec>(cx)?;
+            plain::<HostnameAutoSpec>(cx)?;
             plain::<ResolverSpec>(cx)?;
             plain::<TimeServerSpec>(cx)?;
             Ok(())

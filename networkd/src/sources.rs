@@ -27,6 +27,7 @@ pub struct LayerSpecs {
     pub rules: Vec<RuleSpec>,
     pub dhcp: Vec<DhcpSpec>,
     pub hostname: Option<HostnameSpec>,
+    pub hostname_auto: Option<HostnameAutoSpec>,
     pub resolvers: Option<ResolverSpec>,
     pub time_servers: Option<TimeServerSpec>,
 }
@@ -262,6 +263,7 @@ pub fn from_config(c: &Config) -> LayerSpecs {
             }
             Document::Hostname(h) => {
                 out.hostname = h.hostname.as_ref().map(|n| hostname(n.as_str()));
+                out.hostname_auto = Some(HostnameAutoSpec { enabled: h.auto });
                 continue;
             }
             Document::Resolver(r) => {
@@ -329,6 +331,7 @@ pub fn publish(
     sync(store, owner, layer, specs.rules.clone())?;
     sync(store, owner, layer, specs.dhcp.clone())?;
     sync(store, owner, layer, specs.hostname.clone())?;
+    sync(store, owner, layer, specs.hostname_auto.clone())?;
     sync(store, owner, layer, specs.resolvers.clone())?;
     sync(store, owner, layer, specs.time_servers.clone())?;
     Ok(())
@@ -343,6 +346,7 @@ pub fn layered_kinds() -> Vec<Kind> {
         Kind::of::<Layered<RuleSpec>>(),
         Kind::of::<Layered<DhcpSpec>>(),
         Kind::of::<Layered<HostnameSpec>>(),
+        Kind::of::<Layered<HostnameAutoSpec>>(),
         Kind::of::<Layered<ResolverSpec>>(),
         Kind::of::<Layered<TimeServerSpec>>(),
     ]
@@ -466,6 +470,20 @@ mod tests {
                 hostname: "node1".into(),
                 domain: None
             })
+        );
+        assert_eq!(s.hostname_auto, Some(HostnameAutoSpec { enabled: true }));
+        let off = Config::parse(
+            &text.replacen(
+                "kind: HostnameConfig\n",
+                "kind: HostnameConfig\nauto: false\n",
+                1,
+            ),
+            basalt_config::Mode::Metal,
+        )
+        .unwrap();
+        assert_eq!(
+            from_config(&off).hostname_auto,
+            Some(HostnameAutoSpec { enabled: false })
         );
         assert_eq!(s.resolvers.unwrap().search_domains, ["example.com"]);
         assert_eq!(s.time_servers.unwrap().servers, ["10.5.0.1"]);

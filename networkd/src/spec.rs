@@ -237,6 +237,23 @@ impl NetSpec for HostnameSpec {
     }
 }
 
+/// Whether the node derives a hostname from its MAC when no layer gives one (id
+/// `hostname-auto`; absent: it does). `HostnameConfig.auto`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostnameAutoSpec {
+    pub enabled: bool,
+}
+
+impl Spec for HostnameAutoSpec {
+    const TYPE: &'static str = "HostnameAutoSpec";
+    const NAMESPACE: &'static str = "network";
+}
+impl NetSpec for HostnameAutoSpec {
+    fn id(&self) -> String {
+        "hostname-auto".into()
+    }
+}
+
 /// DNS resolvers (id `resolvers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

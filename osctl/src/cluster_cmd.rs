@@ -57,6 +57,15 @@ pub enum ClusterCommand {
         #[arg(long)]
         node_port: u16,
     },
+    /// Serve a directory's files over HTTP (what `create --config-server` runs, detached;
+    /// `destroy` stops it).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Show a local cluster's nodes and whether each answers.
     #[command(after_help = "Example:\n  osctl cluster show --name demo")]
     Show {
@@ -144,6 +153,12 @@ pub struct CreateArgs {
     /// the kernel, initramfs and iPXE script over TFTP to the NIC's iPXE ROM.
     #[arg(long)]
     pxe: bool,
+    /// QEMU: the nodes fetch their configs at boot instead of osctl applying them: osctl serves
+    /// `configs/MAC.yaml` (each node's own) over HTTP on the host's address of the cluster
+    /// network, port PORT (default 8089), and every node boots with
+    /// `basalt.config=http://HOST:PORT/configs/${mac}.yaml`. Kernel and PXE boots (not --iso).
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "8089")]
+    config_server: Option<u16>,
     /// Run Kubernetes: the node image gets etcd, the kubelet, the control plane and pause from
     /// the Go-built stack (built once into the cache: `osctl image stack`).
     #[arg(long)]
@@ -187,6 +202,9 @@ struct State {
     /// The registry of `--registry`: (pid, port).
     #[serde(default)]
     registry: Option<(i32, u16)>,
+    /// The config server of `--config-server`: (pid, port).
+    #[serde(default)]
+    config_server: Option<(i32, u16)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +264,7 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             to,
             node_port,
         } => crate::publish::forward(&netns, listen, &to, node_port),
+        ClusterCommand::Serve { listen, dir } => crate::serve::serve(listen, &dir),
     }
 }
 
@@ -384,12 +403,30 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         if a.iso || a.pxe {
             bail!("--iso and --pxe are QEMU boot modes: containers start from the Docker image");
         }
+        if a.config_server.is_some() {
+            bail!(
+                "--config-server: QEMU nodes only (a Docker node's kernel command line is the host's)"
+            );
+        }
         docker::check_engine()?;
     }
     if a.controlplanes == 0 {
         bail!("--controlplanes: at least 1");
     }
+    if a.config_server.is_some() && a.iso {
+        bail!(
+            "--config-server: with kernel or PXE boots (an ISO's command line is fixed when it is built)"
+        );
+    }
     let (base, len) = segment(&a.cidr)?;
+    // Where the nodes fetch their configs (`${mac}` is the node's, substituted by the node, or
+    // by iPXE on a PXE boot: the same form).
+    let config_url = a.config_server.map(|port| {
+        format!(
+            "basalt.config=http://{}:{port}/configs/${{mac}}.yaml",
+            nth(base, 1)
+        )
+    });
     let total = u32::from(a.controlplanes) + u32::from(a.workers);
     let size = 1u32 << (32 - u32::from(len));
     // The network and broadcast addresses, the host's, the bridge's, then one per node.
@@ -440,7 +477,12 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         (Provisioner::Docker, ..) => (None, arts.rootfs),
         (Provisioner::Qemu, Some(iso), ..) if a.iso => (Some(Media::Iso(iso)), None),
         (Provisioner::Qemu, _, Some(vmlinuz), Some(initramfs)) if a.pxe => {
-            write_pxe(&dir.join("pxe"), &vmlinuz, &initramfs)?;
+            write_pxe(
+                &dir.join("pxe"),
+                &vmlinuz,
+                &initramfs,
+                config_url.as_deref(),
+            )?;
             (Some(Media::Pxe), None)
         }
         (Provisioner::Qemu, _, Some(vmlinuz), Some(initramfs)) => {
@@ -523,6 +565,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         image: None,
         published: Vec::new(),
         registry: None,
+        config_server: None,
     };
     save(&dir, &st)?;
     if let Some(port) = a.registry {
@@ -558,7 +601,10 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         if !matches!(media, Media::Kernel { .. }) {
             dhcp_up(&st, &dir, host, len, matches!(media, Media::Pxe))?;
         }
-        boot_vms(&a, &dir, &mut st, &media, host, len)?;
+        if let Some(port) = a.config_server {
+            start_config_server(&dir, &mut st, host, port)?;
+        }
+        boot_vms(&a, &dir, &mut st, &media, host, len, config_url.as_deref())?;
     }
     publish(&a, &dir, &mut st)?;
     wait_ready(&a, &dir, &st, started)
@@ -628,6 +674,72 @@ fn start_registry(dir: &Path, st: &mut State, port: u16) -> anyhow::Result<()> {
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes each node's config as `configs/MAC.yaml` and starts the config server on the host's
+/// address, detached (its log beside the state), waiting until it answers.
+fn start_config_server(
+    dir: &Path,
+    st: &mut State,
+    host: Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<()> {
+    let listen = std::net::SocketAddr::from((host, port));
+    step(&format!(
+        "config server on http://{listen}/configs/ (one config per node's MAC)"
+    ));
+    let served = dir.join("served");
+    let configs = served.join("configs");
+    std::fs::create_dir_all(&configs)
+        .with_context(|| format!("cannot create {}", configs.display()))?;
+    for (i, n) in st.nodes.iter().enumerate() {
+        let from = dir.join(format!("{}.yaml", n.role));
+        let to = configs.join(format!("{}.yaml", mac(i)));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+    let log_path = dir.join("config-server.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
+    let mut child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(exe)
+            .args(["cluster", "serve", "--listen"])
+            .arg(listen.to_string())
+            .arg("--dir")
+            .arg(&served)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("cannot start the config server")?
+    };
+    let pid = i32::try_from(child.id()).context("a pid out of range")?;
+    st.config_server = Some((pid, port));
+    save(dir, st)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "--config-server {port}: the server exited ({status}): {}",
+                std::fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
+        if std::net::TcpStream::connect(listen).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "--config-server {port}: no answer on {listen} after 30 s: {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -703,6 +815,7 @@ fn boot_vms(
     media: &Media,
     host: Ipv4Addr,
     len: u8,
+    config_url: Option<&str>,
 ) -> anyhow::Result<()> {
     step(&format!("booting {} nodes", st.nodes.len()));
     for i in 0..st.nodes.len() {
@@ -719,11 +832,12 @@ fn boot_vms(
                 vmlinuz: vmlinuz.clone(),
                 initramfs: initramfs.clone(),
                 cmdline: format!(
-                    "{} basalt.reboot_delay=1 ip={}::{host}:{}:{}:eth0:off",
+                    "{} basalt.reboot_delay=1 ip={}::{host}:{}:{}:eth0:off{}",
                     basalt_image::build::BASE_CMDLINE,
                     n.address,
                     mask(len),
-                    n.name
+                    n.name,
+                    config_url.map(|u| format!(" {u}")).unwrap_or_default()
                 ),
             },
             Media::Iso(iso) => Boot::Iso {
@@ -758,7 +872,12 @@ fn mac(i: usize) -> String {
 
 /// The TFTP root of a PXE cluster: the kernel, the initramfs, and an iPXE script whose command
 /// line asks for DHCP.
-fn write_pxe(pxe: &Path, vmlinuz: &Path, initramfs: &Path) -> anyhow::Result<()> {
+fn write_pxe(
+    pxe: &Path,
+    vmlinuz: &Path,
+    initramfs: &Path,
+    config_url: Option<&str>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(pxe).with_context(|| format!("cannot create {}", pxe.display()))?;
     for (from, name) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.img")] {
         let to = pxe.join(name);
@@ -772,7 +891,12 @@ fn write_pxe(pxe: &Path, vmlinuz: &Path, initramfs: &Path) -> anyhow::Result<()>
     let script = format!(
         "#!ipxe\necho Basalt: loading kernel and initramfs\nkernel vmlinuz initrd=initramfs.img {} {}\ninitrd initramfs.img\nboot\n",
         basalt_image::build::BASE_CMDLINE,
-        DHCP_CMDLINE.join(" ")
+        DHCP_CMDLINE
+            .iter()
+            .copied()
+            .chain(config_url)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     basalt_sys::fs::atomic_write(&pxe.join("boot.ipxe"), script.as_bytes(), 0o644)
         .with_context(|| format!("cannot write {}", pxe.join("boot.ipxe").display()))
@@ -824,8 +948,8 @@ fn dhcp_up(st: &State, dir: &Path, host: Ipv4Addr, len: u8, tftp: bool) -> anyho
     Ok(())
 }
 
-/// Every node in maintenance mode, its config applied, then answering with it and healthy.
-fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyhow::Result<()> {
+/// Every node in maintenance mode, then its config applied through the API.
+fn apply_configs(dir: &Path, st: &State) -> anyhow::Result<()> {
     step("waiting for every node's API (maintenance mode)");
     for n in &st.nodes {
         wait(
@@ -857,6 +981,15 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
                 })
             })
             .with_context(|| format!("{}: apply-config", n.name))?;
+    }
+    Ok(())
+}
+
+/// Every node configured (by osctl, or from the config server), then answering with it and
+/// healthy.
+fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyhow::Result<()> {
+    if st.config_server.is_none() {
+        apply_configs(dir, st)?;
     }
     let oc_file = dir.join("osconfig");
     let oc = oc_file.to_str().unwrap_or_default();
@@ -1204,6 +1337,12 @@ fn destroy(name: &str) -> anyhow::Result<()> {
         if alive(Some(*pid)) {
             stop(*pid);
             print_line(&format!("stopped the forwarder of {listen}"));
+        }
+    }
+    for (pid, port) in st.iter().filter_map(|s| s.config_server) {
+        if alive(Some(pid)) {
+            stop(pid);
+            print_line(&format!("stopped the config server on port {port}"));
         }
     }
     for (pid, port) in st.iter().filter_map(|s| s.registry) {

@@ -19,6 +19,7 @@ mod image_import;
 mod kubeconfig;
 mod output;
 mod publish;
+mod serve;
 mod upgrade_cmd;
 
 use std::path::PathBuf;

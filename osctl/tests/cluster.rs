@@ -447,3 +447,73 @@ fn iso_and_pxe_nodes_take_their_address_from_the_segments_dhcp() {
         );
     }
 }
+
+/// A PXE fleet configures itself: `cluster create --pxe --config-server --kubernetes` serves
+/// each node's config as `configs/MAC.yaml` and never applies one; each node fetches its own
+/// at boot and the cluster comes up with Kubernetes healthy (every node Ready).
+#[test]
+fn a_pxe_fleet_takes_its_configs_from_a_config_server() {
+    if !tier(
+        Tier::Cluster,
+        "a_pxe_fleet_takes_its_configs_from_a_config_server",
+    ) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let root = common::clusters_root();
+    let clusters = root.as_path();
+    let name = format!("u{}", std::process::id() % 100_000);
+    let guard = Destroy(clusters, &name, "qemu");
+    let out = ok(
+        clusters,
+        &[
+            "cluster",
+            "create",
+            "--name",
+            &name,
+            "--pxe",
+            "--config-server",
+            "8099",
+            "--kubernetes",
+            "--controlplanes",
+            "1",
+            "--workers",
+            "1",
+            "--cidr",
+            "10.236.0.0/24",
+        ],
+    );
+    assert!(
+        out.contains("config server on http://10.236.0.1:8099/configs/")
+            && !out.contains("applying the configs"),
+        "{out}"
+    );
+    let dir = clusters.join(&name);
+    let served = std::fs::read_to_string(dir.join("config-server.log")).unwrap();
+    let oc = dir.join("osconfig");
+    let oc = oc.to_str().unwrap();
+    for (i, address) in ["10.236.0.2", "10.236.0.3"].iter().enumerate() {
+        let file = format!("/configs/52:54:00:b5:00:{i:02x}.yaml");
+        assert!(
+            served.contains(&format!("{address}:"))
+                && served.contains(&format!("\"GET {file} HTTP/1.1\" 200 OK")),
+            "{served}"
+        );
+        let logs = ok(clusters, &["--osconfig", oc, "-n", address, "logs", "init"]);
+        assert!(
+            logs.contains(&format!(
+                "config: taken from 10.236.0.1 ({file}): applied live"
+            )),
+            "{address}: {logs}"
+        );
+    }
+    let health = ok(clusters, &["--osconfig", oc, "-n", "10.236.0.2", "health"]);
+    assert!(health.contains("2 of 2 Ready"), "{health}");
+    drop(guard);
+    assert!(!dir.exists(), "the cluster's directory is left");
+    assert_eq!(
+        qemu_processes_of(&dir),
+        0,
+        "processes left (the config server?)"
+    );
+}

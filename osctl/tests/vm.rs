@@ -927,3 +927,155 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
         "A:0.1.0(booted) B:0.2.0",
     );
 }
+
+/// `osctl cluster serve` (the config server of `cluster create --config-server`) on loopback:
+/// QEMU's user network shows the host's loopback to the guest as 10.0.2.2. Killed on drop.
+struct ConfigServer(std::process::Child);
+
+impl ConfigServer {
+    fn start(dir: &Path, served: &Path, port: u16) -> ConfigServer {
+        let log = std::fs::File::create(dir.join("config-server.log")).unwrap();
+        let child = basalt_testkit::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_osctl")))
+            .args(["cluster", "serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--dir")
+            .arg(served)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the config server does not answer"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ConfigServer(child)
+    }
+}
+
+impl Drop for ConfigServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A node booted with `basalt.config=URL` and no config: it fetches its own file (`${mac}`
+/// substituted by the node), says why on its console while the server has none or an invalid
+/// one — staying in maintenance mode —, takes the valid one with no `apply-config`, and a
+/// config whose digest is not `basalt.config.sha256` is refused.
+#[test]
+fn a_node_takes_its_config_from_a_url() {
+    if !tier(Tier::Vm, "a_node_takes_its_config_from_a_url") {
+        return;
+    }
+    let a = images();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-runs/config-url");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    ok(
+        &dir,
+        &["gen", "config", "urlnode", "https://10.0.2.15:6443"],
+    );
+    let served = dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let http = free_port();
+    let _server = ConfigServer::start(&dir, &served, http);
+    // QEMU's user-network NIC has this MAC unless told otherwise.
+    let mine = served.join("52:54:00:12:34:56.yaml");
+    let boot = |extra: &str| match Boot::node(&a, "urlnode").unwrap() {
+        Boot::Kernel {
+            vmlinuz,
+            initramfs,
+            cmdline,
+        } => Boot::Kernel {
+            vmlinuz,
+            initramfs,
+            cmdline: format!(
+                "{cmdline} basalt.config=http://10.0.2.2:{http}/${{mac}}.yaml {extra}"
+            ),
+        },
+        other => other,
+    };
+    let port = free_port();
+    let e = format!("127.0.0.1:{port}");
+    let opts = VmOptions {
+        memory_mib: 768,
+        forward: vec![(port, 50000)],
+        ..VmOptions::default()
+    };
+    let timeout = Duration::from_secs(180);
+    let mut vm = Vm::start_with(&boot(""), &dir.join("vm1"), &opts).unwrap();
+    vm.wait_for(
+        "the server answered 404 Not Found; the node stays in maintenance mode",
+        timeout,
+    )
+    .unwrap();
+
+    let bad = std::fs::read_to_string(dir.join("worker.yaml"))
+        .unwrap()
+        .replacen("type: worker", "type: wroker", 1);
+    std::fs::write(&mine, bad).unwrap();
+    vm.wait_for("the config was rejected and nothing changed", timeout)
+        .unwrap();
+    vm.wait_for("wroker", timeout).unwrap();
+    let v = ok(&dir, &["--insecure", "-n", &e, "version"]);
+    assert!(v.contains("maintenance"), "{v}");
+
+    std::fs::copy(dir.join("worker.yaml"), &mine).unwrap();
+    vm.wait_for(
+        "config: taken from 10.0.2.2 (/52:54:00:12:34:56.yaml): applied live and saved",
+        timeout,
+    )
+    .unwrap();
+    let osconfig = dir.join("osconfig");
+    let oc = osconfig.to_str().unwrap();
+    ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
+    let v = until(&dir, &["--osconfig", oc, "version"], timeout, |o| {
+        o.contains("running")
+    });
+    assert!(v.contains("urlnode"), "{v}");
+    // The reasons are in the node's log too, not only on its console.
+    let logs = ok(&dir, &["--osconfig", oc, "logs", "init"]);
+    assert!(
+        logs.contains("the server answered 404 Not Found")
+            && logs.contains("the config was rejected and nothing changed"),
+        "{logs}"
+    );
+    let served_log = std::fs::read_to_string(dir.join("config-server.log")).unwrap();
+    assert!(
+        served_log.contains("\"GET /52:54:00:12:34:56.yaml HTTP/1.1\" 200 OK"),
+        "{served_log}"
+    );
+    drop(vm);
+
+    // Pinned to another file's digest: the served config is refused before it is read.
+    let want = sha256_hex(&dir.join("controlplane.yaml"));
+    let got = sha256_hex(&mine);
+    let mut vm = Vm::start_with(
+        &boot(&format!("basalt.config.sha256={want}")),
+        &dir.join("vm2"),
+        &opts,
+    )
+    .unwrap();
+    vm.wait_for(
+        &format!("its sha256 is {got}; basalt.config.sha256 wants {want}"),
+        timeout,
+    )
+    .unwrap();
+    let v = until(&dir, &["--insecure", "-n", &e, "version"], timeout, |o| {
+        o.contains("maintenance")
+    });
+    assert!(v.contains("maintenance"), "{v}");
+}
