@@ -629,8 +629,9 @@ impl Certificate {
         pem_body(self.0.as_str())
     }
 
-    /// Whether the certificate is a CA whose public key is the one of `key`.
-    pub fn check_ca_key(&self, key: Option<&PrivateKey>) -> Result<(), String> {
+    /// Whether the certificate is a CA whose public key is the one of `key`, and — with
+    /// `by_clock` — valid by this machine's clock.
+    pub fn check_ca_key(&self, key: Option<&PrivateKey>, by_clock: bool) -> Result<(), String> {
         let der = self.der();
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| format!("value is not an X.509 certificate: {e}"))?;
@@ -641,13 +642,13 @@ impl Certificate {
         // handshake.
         let v = cert.validity();
         let now = x509_parser::time::ASN1Time::now();
-        if now < v.not_before {
+        if by_clock && now < v.not_before {
             return Err(format!(
                 "the CA is not valid before {} (is this machine's clock right?)",
                 v.not_before
             ));
         }
-        if now > v.not_after {
+        if by_clock && now > v.not_after {
             return Err(format!("the CA expired on {}", v.not_after));
         }
         if let Some(key) = key {
@@ -800,13 +801,15 @@ mod tests {
         let now = time::OffsetDateTime::now_utc();
         let day = time::Duration::days(1);
         let (c, k) = make(now - 10 * day, now - day);
-        let e = c.check_ca_key(Some(&k)).unwrap_err();
+        let e = c.check_ca_key(Some(&k), true).unwrap_err();
         assert!(e.starts_with("the CA expired on"), "{e}");
+        c.check_ca_key(Some(&k), false).unwrap();
         let (c, k) = make(now + day, now + 10 * day);
-        let e = c.check_ca_key(Some(&k)).unwrap_err();
+        let e = c.check_ca_key(Some(&k), true).unwrap_err();
         assert!(e.contains("not valid before"), "{e}");
+        c.check_ca_key(Some(&k), false).unwrap();
         let (c, k) = make(now - day, now + day);
-        c.check_ca_key(Some(&k)).unwrap();
+        c.check_ca_key(Some(&k), true).unwrap();
     }
 
     #[test]

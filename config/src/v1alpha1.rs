@@ -281,7 +281,8 @@ config_struct! {
         /// bits) or ECDSA: Kubernetes cannot sign tokens with Ed25519.
         pub service_account_key: Option<PrivateKey> = "serviceAccountKey";
         /// The certificate authorities: each a CA certificate valid now, with its own key;
-        /// RSA keys of at least 2048 bits.
+        /// RSA keys of at least 2048 bits. (With time servers in a TimeConfig, "now" is not
+        /// this machine's clock, which may be wrong until it syncs with them.)
         pub certs: ClusterCAs = "certs";
     }
 }
@@ -436,11 +437,13 @@ config_struct! {
 config_struct! {
     /// Time synchronization.
     pub struct TimeConfig {
-        /// Turn time synchronization off.
+        /// Turn time synchronization off: the clock stays as the machine has it.
         pub disabled: bool = "disabled", default = false;
-        /// NTP servers (names or addresses).
+        /// NTP servers: names or addresses, each with `:port` if not 123; asked with those DHCP
+        /// and `ip=` give. The clock is stepped when more than a second off, slewed otherwise.
         pub servers: Vec<String> = "servers";
-        /// How long boot waits for time to sync before going on.
+        /// How long the node waits for time to sync before it issues certificates and starts
+        /// etcd and the kubelet anyway (the clock as it is).
         pub boot_timeout: Duration = "bootTimeout", default = Duration::from_std(std::time::Duration::from_secs(120));
     }
 }

@@ -149,9 +149,14 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
             (".certs.etcd", s.certs.etcd.as_ref()),
             (".certs.frontProxy", s.certs.front_proxy.as_ref()),
         ];
+        // A config that names time servers is for a node whose clock may be wrong until it
+        // syncs with them (a dead RTC battery): its CAs' validity is not judged by that clock.
+        let by_clock = !docs
+            .iter()
+            .any(|d| matches!(&d.doc, Document::Time(t) if !t.disabled && !t.servers.is_empty()));
         for (path, ca) in cas {
             if let Some(ca) = ca
-                && let Err(e) = ca.crt.check_ca_key(ca.key.as_ref())
+                && let Err(e) = ca.crt.check_ca_key(ca.key.as_ref(), by_clock)
             {
                 out.push(sdoc.problem(&format!("{path}.crt"), e));
             }

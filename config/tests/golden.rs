@@ -103,3 +103,73 @@ fn a_huge_bad_value_is_not_repeated_whole() {
     assert!(err.contains("bytes left out"), "{err}");
     assert!(err.contains(".certSANs[0]"), "{err}");
 }
+
+/// The OS CA of `text` (a valid config) swapped for a new one valid from `from` to `to`.
+fn with_os_ca(text: &str, from: time::OffsetDateTime, to: time::OffsetDateTime) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.not_before = from;
+    p.not_after = to;
+    let crt = p.self_signed(&key).unwrap().pem();
+    let key_pem = key.serialize_pem();
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    let mut in_os = false;
+    while let Some(l) = lines.next() {
+        out.push_str(l);
+        out.push('\n');
+        if l == "  os:" {
+            in_os = true;
+            continue;
+        }
+        if in_os && (l == "    crt: |" || l == "    key: |") {
+            while lines.peek().is_some_and(|n| n.starts_with("      ")) {
+                lines.next();
+            }
+            out.push_str(&indent(if l == "    crt: |" { &crt } else { &key_pem }));
+            if l == "    key: |" {
+                in_os = false;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_ca_out_of_its_validity_by_this_clock_is_refused_unless_time_servers_are_named() {
+    let worker = std::fs::read_to_string(testdata().join("valid/worker.yaml")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let future = with_os_ca(
+        &worker,
+        now + time::Duration::days(300),
+        now + time::Duration::days(900),
+    );
+    let e = Config::parse(&future, Mode::Metal).unwrap_err().to_string();
+    assert!(
+        e.contains(".certs.os.crt: the CA is not valid before")
+            && e.contains("is this machine's clock right?"),
+        "{e}"
+    );
+    // A node whose clock is wrong until it syncs with the config's servers takes it.
+    let timed =
+        format!("{future}---\napiVersion: v1alpha1\nkind: TimeConfig\nservers: [10.0.2.2]\n");
+    Config::parse(&timed, Mode::Metal).unwrap();
+    // Disabled sync, or no server: the clock is all there is, and it is trusted.
+    let disabled = timed.replace("servers: [10.0.2.2]", "disabled: true\nservers: [10.0.2.2]");
+    assert!(Config::parse(&disabled, Mode::Metal).is_err());
+    let expired = with_os_ca(
+        &worker,
+        now - time::Duration::days(900),
+        now - time::Duration::days(300),
+    );
+    let e = Config::parse(&expired, Mode::Metal)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(".certs.os.crt: the CA expired on"), "{e}");
+}

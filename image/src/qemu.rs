@@ -129,6 +129,9 @@ pub struct VmOptions {
     /// More network cards (eth1, eth2, ...) after the first, each on a QEMU user network of its
     /// own that reaches nothing (`restrict=on`): links to bond, bridge or VLAN in tests.
     pub extra_nics: u32,
+    /// Where the guest's real-time clock starts (QEMU's `-rtc base=`: `utc`, or a date such as
+    /// `2025-12-05T00:00:00`, to boot a machine whose clock is wrong); `None`: the host's time.
+    pub rtc_base: Option<String>,
 }
 
 impl Default for VmOptions {
@@ -142,6 +145,7 @@ impl Default for VmOptions {
             disk: None,
             allow_reboot: false,
             extra_nics: 0,
+            rtc_base: None,
         }
     }
 }
@@ -268,6 +272,11 @@ impl Vm {
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .args(["-device", "virtio-rng-pci"])
+        .args(
+            opts.rtc_base
+                .iter()
+                .flat_map(|b| ["-rtc".to_string(), format!("base={b}")]),
+        )
         .args(if opts.allow_reboot {
             &[][..]
         } else {

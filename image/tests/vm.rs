@@ -530,6 +530,7 @@ mod node {
                 forward_udp: Vec::new(),
                 tap: None,
                 cpus: 1,
+                rtc_base: None,
             },
         )
         .unwrap();

@@ -161,6 +161,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("network", "RouteSpec"),
     ("network", "HostnameStatus"),
     ("network", "ResolverStatus"),
+    ("network", "TimeServerStatus"),
+    ("time", "TimeStatus"),
 ];
 
 /// The API over a [`Node`].

@@ -80,6 +80,14 @@ async fn follow(
                     }
                     sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
                         .await;
+                    // A certificate issued by a clock far off is not valid yet (or no longer)
+                    // where the clock is right: wait for time sync (bounded by its bootTimeout).
+                    if !sup
+                        .wait_condition(supervisor::TIME, Duration::from_secs(900))
+                        .await
+                    {
+                        tracing::warn!("apid certificate: time is still not synced; issuing it");
+                    }
                     named = node_addresses(&store);
                     match issue(c, &named) {
                         Ok(()) => {

@@ -242,8 +242,14 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     );
     crate::kubespan::serve_discovery(sup.clone(), state_dir.clone(), config.subscribe());
 
-    // No time sync yet (its own issue): the clock from the RTC is what there is.
-    sup.set_condition(supervisor::TIME, true);
+    // Time sync, and the time-synced condition that certificates wait for.
+    tokio::spawn(basalt_timesync::run(
+        store.clone(),
+        sup.clone(),
+        config.subscribe(),
+        Arc::new(basalt_timesync::SystemClock),
+        container,
+    ));
 
     if Path::new("/usr/bin/containerd").exists() {
         // Registry credentials are read when containerd starts: those of the config the node

@@ -123,6 +123,7 @@ pub fn service(pki: PathBuf) -> ServiceDef {
     );
     def.depends = vec![
         Dependency::Condition(supervisor::NETWORK),
+        Dependency::Condition(supervisor::TIME),
         Dependency::Condition(INITIALIZED),
     ];
     def.stop_timeout = Duration::from_secs(20);

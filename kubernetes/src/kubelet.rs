@@ -273,6 +273,7 @@ pub fn service(args: Vec<String>) -> ServiceDef {
     def.depends = vec![
         Dependency::Service("containerd".into()),
         Dependency::Condition(supervisor::NETWORK),
+        Dependency::Condition(supervisor::TIME),
         Dependency::Condition(KUBELET_CLIENT_READY),
     ];
     def.stop_timeout = Duration::from_secs(30);

@@ -584,6 +584,9 @@ pub fn start(
         };
         sup.wait_condition(supervisor::NETWORK, Duration::from_secs(60))
             .await;
+        // The PKI is issued below: by a synced clock (time sync's bootTimeout bounds this).
+        sup.wait_condition(supervisor::TIME, Duration::from_secs(900))
+            .await;
         let subnets = cfg
             .machine()
             .kubelet

@@ -79,6 +79,13 @@ pub enum ApiCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// Show the node's time sync: each time server's offset, round trip and stratum, which one
+    /// set the clock, and whether it is synced (the TimeStatus resource).
+    #[command(after_help = "Example:\n  osctl time -n 10.5.0.2,10.5.0.3")]
+    Time {
+        #[command(flatten)]
+        out: Out,
+    },
     /// List the node's services with their state and health.
     #[command(after_help = "Example:\n  osctl services -n 10.5.0.2,10.5.0.3")]
     Services {
@@ -398,6 +405,22 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             watch,
             out,
         } => get(targets, resource, id, namespace, watch, out.output).await,
+        ApiCommand::Time { out } => {
+            let r = unary(
+                targets,
+                pb::GetRequest {
+                    r#type: "TimeStatus".into(),
+                    id: "time".into(),
+                    namespace: String::new(),
+                },
+                |mut c, r| async move { c.get(r).await },
+            )
+            .await
+            .into_iter()
+            .map(|(n, r)| (n, r.map(|r| ResourceView::from(r).spec)))
+            .collect();
+            output::results(out.output, r, time_table)
+        }
         ApiCommand::Services { out } => {
             let r = unary(targets, pb::ServiceListRequest {}, |mut c, r| async move {
                 c.service_list(r).await
@@ -980,6 +1003,54 @@ where
         async move { fut.await.map(tonic::Response::into_inner) }
     })
     .await
+}
+
+/// `osctl time`: one row per server, then the node's state.
+fn time_table(spec: &serde_json::Value) -> Table {
+    let mut t = Table::new(&[
+        "SERVER", "ADDRESS", "STRATUM", "OFFSET", "DELAY", "USED", "STATE",
+    ]);
+    let used = spec["server"].as_str().unwrap_or_default();
+    let state = spec["state"].as_str().unwrap_or_default().to_string();
+    let secs = |v: &serde_json::Value, digits: usize| {
+        v.as_f64()
+            .map(|x| format!("{x:+.digits$}s"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let servers = spec["servers"].as_array().cloned().unwrap_or_default();
+    for srv in &servers {
+        let name = srv["server"].as_str().unwrap_or_default();
+        let error = srv["error"].as_str().unwrap_or_default();
+        t.row(vec![
+            name.to_string(),
+            srv["address"].as_str().unwrap_or("-").to_string(),
+            srv["stratum"]
+                .as_u64()
+                .map_or_else(|| "-".into(), |s| s.to_string()),
+            secs(&srv["offsetSeconds"], 6),
+            secs(&srv["delaySeconds"], 6)
+                .trim_start_matches('+')
+                .to_string(),
+            if name == used { "*" } else { "" }.to_string(),
+            if error.is_empty() {
+                state.clone()
+            } else {
+                error.to_string()
+            },
+        ]);
+    }
+    if servers.is_empty() {
+        t.row(vec![
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "".into(),
+            state,
+        ]);
+    }
+    t
 }
 
 fn sequence_table(s: &pb::SequenceResponse) -> Table {

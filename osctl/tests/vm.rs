@@ -39,6 +39,7 @@ fn boot(
             forward_udp: Vec::new(),
             tap: None,
             cpus: 1,
+            rtc_base: None,
         },
     )
     .unwrap()
@@ -360,6 +361,7 @@ fn networkd_dhcp_and_static_on_a_node() {
             forward_udp: vec![(wg_port, 51820)],
             tap: None,
             cpus: 1,
+            rtc_base: None,
         },
     )
     .unwrap();
@@ -1078,4 +1080,148 @@ fn a_node_takes_its_config_from_a_url() {
         o.contains("maintenance")
     });
     assert!(v.contains("maintenance"), "{v}");
+}
+
+/// chronyd on the host's loopback (`-x`: it never touches the host's clock), which QEMU's user
+/// network shows the guest as 10.0.2.2. Killed on drop.
+struct Chronyd(std::process::Child);
+
+impl Chronyd {
+    fn start(dir: &Path, port: u16) -> Chronyd {
+        let conf = dir.join("chrony.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbindaddress 127.0.0.1\ncmdport 0\nlocal stratum 8\nallow all\npidfile {}\n",
+                dir.join("chronyd.pid").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("chronyd")
+            .args(["-x", "-d", "-f"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("chronyd.log")).unwrap())
+            .spawn()
+            .expect("chronyd (apt-get install chrony)");
+        Chronyd(child)
+    }
+}
+
+impl Drop for Chronyd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Seconds since the Unix epoch of an openssl date (`Dec  5 09:00:00 2026 GMT`).
+fn openssl_date(d: &str) -> i64 {
+    let o = Command::new("date")
+        .args(["-u", "-d", d, "+%s"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+/// A machine whose clock starts a year behind: given a config naming an NTP server (Debian's
+/// chronyd), the node steps its clock before apid's certificate is issued, so the certificate
+/// is valid from now (not from a year ago); `osctl time` shows the server, its offset, and that
+/// it set the clock.
+#[test]
+fn a_node_a_year_behind_syncs_its_clock_before_its_certificate() {
+    if !tier(
+        Tier::Vm,
+        "a_node_a_year_behind_syncs_its_clock_before_its_certificate",
+    ) {
+        return;
+    }
+    let a = images();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-runs/time");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ntp = basalt_testkit::free_udp_port();
+    let _chronyd = Chronyd::start(&dir, ntp);
+    let year_ago = Command::new("date")
+        .args(["-u", "-d", "-365 days", "+%Y-%m-%dT%H:%M:%S"])
+        .output()
+        .unwrap();
+    let port = free_port();
+    let e = format!("127.0.0.1:{port}");
+    let mut vm = Vm::start_with(
+        &Boot::node(&a, "timenode").unwrap(),
+        &dir.join("vm"),
+        &VmOptions {
+            memory_mib: 768,
+            forward: vec![(port, 50000)],
+            rtc_base: Some(String::from_utf8_lossy(&year_ago.stdout).trim().to_string()),
+            ..VmOptions::default()
+        },
+    )
+    .unwrap();
+    vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
+        .unwrap();
+    until(
+        &dir,
+        &["--insecure", "-n", &e, "version"],
+        BOOT_TIMEOUT,
+        |o| o.contains("maintenance"),
+    );
+
+    ok(
+        &dir,
+        &["gen", "config", "timenode", "https://10.0.2.15:6443"],
+    );
+    let cfg = std::fs::read_to_string(dir.join("worker.yaml")).unwrap()
+        + &format!("---\napiVersion: v1alpha1\nkind: TimeConfig\nservers: [\"10.0.2.2:{ntp}\"]\n");
+    std::fs::write(dir.join("timed.yaml"), cfg).unwrap();
+    ok(
+        &dir,
+        &["apply-config", "--insecure", "-n", &e, "-f", "timed.yaml"],
+    );
+    let stepped = vm
+        .wait_for("timesync: synced with 10.0.2.2", BOOT_TIMEOUT)
+        .map(|_| vm.console())
+        .unwrap();
+    assert!(stepped.contains("stepped by +31"), "{stepped}");
+    vm.wait_for("apid certificate issued from the OS CA", BOOT_TIMEOUT)
+        .unwrap();
+    let console = vm.console();
+    assert!(
+        console.find("time-synced: synced with 10.0.2.2").unwrap()
+            < console
+                .find("apid certificate issued from the OS CA")
+                .unwrap(),
+        "the certificate came before the clock was set:\n{console}"
+    );
+
+    let oc = dir.join("osconfig");
+    let oc = oc.to_str().unwrap();
+    ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
+    let t = until(&dir, &["--osconfig", oc, "time"], BOOT_TIMEOUT, |o| {
+        o.contains("synced with")
+    });
+    assert!(
+        t.contains(&format!("10.0.2.2:{ntp}")) && t.contains("*") && t.contains(" 8 "),
+        "{t}"
+    );
+
+    // The certificate apid serves starts now, by the host's clock (the PKI backdates an hour).
+    let s = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {e} </dev/null 2>/dev/null | openssl x509 -noout -startdate"
+        ))
+        .output()
+        .unwrap();
+    let start = String::from_utf8_lossy(&s.stdout);
+    let not_before = openssl_date(start.trim().trim_start_matches("notBefore="));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now - not_before).abs() < 3 * 3600,
+        "notBefore {start} is not about now ({now})"
+    );
 }

@@ -8,6 +8,7 @@
 //! `basalt-early` as well as by PID 1 and the tools.
 
 pub mod blockdev;
+pub mod clock;
 pub mod cmdline;
 pub mod fs;
 pub mod kmsg;

@@ -86,6 +86,14 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port on loopback: {e}"))
 }
 
+/// A UDP port on loopback that nothing uses right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free UDP port on loopback: {e}"))
+}
+
 /// Runs `ip` with `args`; fails the test if it fails.
 pub fn ip(args: &[&str]) {
     let ok = std::process::Command::new("ip")
