@@ -466,6 +466,56 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_domain_and_scheduling_on_control_planes_follow_the_config() {
+        let g = configs();
+        let yaml = g.controlplane.to_yaml();
+        assert!(yaml.contains("dnsDomain: cluster.local"), "{yaml}");
+        let yaml = yaml.replacen("dnsDomain: cluster.local", "dnsDomain: corp.internal", 1);
+        let yaml = match yaml.contains("allowSchedulingOnControlPlanes: false") {
+            true => yaml.replacen(
+                "allowSchedulingOnControlPlanes: false",
+                "allowSchedulingOnControlPlanes: true",
+                1,
+            ),
+            false => yaml.replacen(
+                "kind: ClusterConfig\n",
+                "kind: ClusterConfig\nallowSchedulingOnControlPlanes: true\n",
+                1,
+            ),
+        };
+        let c = Config::parse(&yaml, basalt_config::Mode::Metal).unwrap();
+        // Pods are told the domain; CoreDNS serves it.
+        let host = Host {
+            cgroup_v1: false,
+            shared_disk: false,
+        };
+        let k = config_yaml(&c, Path::new("/pki"), host);
+        assert!(k.contains("clusterDomain: corp.internal"), "{k}");
+        let node = crate::addons::Node {
+            coredns_image: Some("coredns:v1".into()),
+            local_path_images: Some(("lpp:v1".into(), "busybox:v1".into())),
+            upstream: true,
+        };
+        let ms = crate::addons::manifests(&c, &node).unwrap();
+        let corefile = ms
+            .iter()
+            .flat_map(|m| m.objects.iter())
+            .find_map(|o| o["data"]["Corefile"].as_str())
+            .unwrap()
+            .to_string();
+        assert!(corefile.contains("kubernetes corp.internal"), "{corefile}");
+        // Workloads may run on this control plane: no taint at registration, and the Node's
+        // reconciler takes it off.
+        let a = args(&c, "10.5.0.2".parse().unwrap(), "cp", Path::new("/pki"));
+        assert!(!a.iter().any(|x| x.contains("taints")), "{a:#?}");
+        assert_eq!(crate::node::Wanted::from_config(&c).taint, Some(false));
+        assert_eq!(
+            crate::node::Wanted::from_config(&g.controlplane).taint,
+            Some(true)
+        );
+    }
+
+    #[test]
     fn cluster_dns_is_the_tenth_service_address() {
         let g = configs();
         let metal = Host {

@@ -106,6 +106,9 @@ fn a_worker_gets_the_ca_and_a_bootstrap_kubeconfig_only() {
     let token = g.secrets.bootstrap_token.as_str();
     assert!(b.contains(&format!("token: {token}")), "{b}");
     assert!(b.contains("server: https://10.5.0.2:6443"), "{b}");
+    // The kubeconfig's cluster is the config's cluster.
+    let cluster = g.worker.cluster().name.to_string();
+    assert!(b.contains(&format!("- name: {cluster}\n")), "{b}");
 }
 
 #[test]

@@ -170,6 +170,7 @@ async fn a_bridge_with_its_ports() {
 kind: BridgeConfig
 name: br0
 links: [p0, p1]
+stp: true
 addresses: [192.168.50.1/24]
 ",
         );
@@ -187,7 +188,8 @@ addresses: [192.168.50.1/24]
             })
         })
         .await;
-        assert!(ip("-d link show br0").contains("bridge"));
+        let br = ip("-d link show br0");
+        assert!(br.contains("bridge") && br.contains("stp_state 1"), "{br}");
         assert!(ip("link show p0").contains("master br0"));
         // Dropping the bridge from the config deletes it (networkd made it) and frees the ports.
         let c = config(

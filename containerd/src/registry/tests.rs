@@ -101,8 +101,20 @@ insecureSkipVerify: true
 #[test]
 fn credentials_go_to_the_cri_config_and_tls_files_beside_the_hosts() {
     // Any certificate will do: the OS CA's from the base config.
-    let crt = cfg("").secrets().certs.os.crt.0.as_str().to_string();
+    let base = cfg("");
+    let crt = base.secrets().certs.os.crt.0.as_str().to_string();
+    let key = base
+        .secrets()
+        .certs
+        .os
+        .key
+        .as_ref()
+        .unwrap()
+        .0
+        .as_str()
+        .to_string();
     let indent = |p: &str| p.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    let indent4 = |p: &str| p.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let s = settings(&cfg(&format!(
         "---
 apiVersion: v1alpha1
@@ -115,8 +127,13 @@ apiVersion: v1alpha1
 kind: RegistryTLSConfig
 name: 10.5.0.1:5000
 ca: |
+{}clientIdentity:
+  crt: |
+{}  key: |
 {}",
-        indent(&crt)
+        indent(&crt),
+        indent4(&crt),
+        indent4(&key)
     )));
     assert_eq!(
         s.auth,
@@ -143,6 +160,14 @@ ca: |
         "{t}"
     );
     assert_eq!(file(&s, "10.5.0.1:5000/10.5.0.1_5000-ca.crt"), crt);
+    // The client certificate containerd presents, its key readable by root only.
+    assert!(
+        t.contains("client = [[\"/system/etc/containerd/certs.d/10.5.0.1:5000/10.5.0.1_5000-client.crt\", \"/system/etc/containerd/certs.d/10.5.0.1:5000/10.5.0.1_5000-client.key\"]]"),
+        "{t}"
+    );
+    assert_eq!(file(&s, "10.5.0.1:5000/10.5.0.1_5000-client.crt"), crt);
+    assert_eq!(file(&s, "10.5.0.1:5000/10.5.0.1_5000-client.key"), key);
+    assert_eq!(s.files["10.5.0.1:5000/10.5.0.1_5000-client.key"].1, 0o600);
 }
 
 #[test]
