@@ -93,10 +93,10 @@ fn included_yaml(file: &Path, source: &str) -> String {
         let rest = &source[i + "include_str!(\"".len()..];
         let Some(end) = rest.find('"') else { continue };
         let rel = &rest[..end];
-        if rel.ends_with(".yaml") {
-            if let Ok(t) = std::fs::read_to_string(file.parent().unwrap().join(rel)) {
-                out.push_str(&t);
-            }
+        if rel.ends_with(".yaml")
+            && let Ok(t) = std::fs::read_to_string(file.parent().unwrap().join(rel))
+        {
+            out.push_str(&t);
         }
     }
     out
