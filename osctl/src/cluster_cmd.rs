@@ -636,40 +636,55 @@ fn start_registry(dir: &Path, st: &mut State, port: u16) -> anyhow::Result<()> {
             store.display()
         ),
     )?;
-    let log_path = dir.join("registry.log");
-    let log = std::fs::File::create(&log_path)
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve").arg(&cfg);
+    start_daemon(
+        cmd,
+        &dir.join("registry.log"),
+        &format!("--registry {port}: docker-registry"),
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        |pid| {
+            st.registry = Some((pid, port));
+            save(dir, st)
+        },
+    )
+}
+
+/// Starts `cmd` detached — its own process group (a Ctrl-C of the create does not stop it),
+/// its output in `log_path` — hands its pid to `record` (the cluster's state, for `destroy`),
+/// and waits until `addr` accepts connections; a process that exits first fails with its log.
+fn start_daemon(
+    mut cmd: Command,
+    log_path: &Path,
+    what: &str,
+    addr: std::net::SocketAddr,
+    record: impl FnOnce(i32) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let log = std::fs::File::create(log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
-    let mut child = {
-        use std::os::unix::process::CommandExt as _;
-        Command::new(exe)
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("cannot start docker-registry")?
-    };
-    let pid = i32::try_from(child.id()).context("a pid out of range")?;
-    st.registry = Some((pid, port));
-    save(dir, st)?;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("{what}: cannot start it"))?;
+    record(i32::try_from(child.id()).context("a pid out of range")?)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait()? {
             bail!(
-                "--registry {port}: docker-registry exited ({status}): {}",
-                std::fs::read_to_string(&log_path)
-                    .unwrap_or_default()
-                    .trim()
+                "{what} exited ({status}): {}",
+                std::fs::read_to_string(log_path).unwrap_or_default().trim()
             );
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpStream::connect(addr).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "--registry {port}: docker-registry does not answer after 30 s: {}",
+                "{what} does not answer on {addr} after 30 s: {}",
                 log_path.display()
             );
         }
@@ -699,48 +714,22 @@ fn start_config_server(
         std::fs::copy(&from, &to)
             .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     }
-    let log_path = dir.join("config-server.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find osctl's own path")?;
-    let mut child = {
-        use std::os::unix::process::CommandExt as _;
-        Command::new(exe)
-            .args(["cluster", "serve", "--listen"])
-            .arg(listen.to_string())
-            .arg("--dir")
-            .arg(&served)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("cannot start the config server")?
-    };
-    let pid = i32::try_from(child.id()).context("a pid out of range")?;
-    st.config_server = Some((pid, port));
-    save(dir, st)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "--config-server {port}: the server exited ({status}): {}",
-                std::fs::read_to_string(&log_path)
-                    .unwrap_or_default()
-                    .trim()
-            );
-        }
-        if std::net::TcpStream::connect(listen).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "--config-server {port}: no answer on {listen} after 30 s: {}",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut cmd = Command::new(exe);
+    cmd.args(["cluster", "serve", "--listen"])
+        .arg(listen.to_string())
+        .arg("--dir")
+        .arg(&served);
+    start_daemon(
+        cmd,
+        &dir.join("config-server.log"),
+        &format!("--config-server {port}: the config server"),
+        listen,
+        |pid| {
+            st.config_server = Some((pid, port));
+            save(dir, st)
+        },
+    )
 }
 
 /// A program on the PATH.
