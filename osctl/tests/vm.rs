@@ -16,7 +16,9 @@ use basalt_testkit::{Tier, tier};
 use basalt_testkit::free_port;
 
 mod lifecycle;
-use lifecycle::{BOOT_TIMEOUT, bundle, install_images, installed_node, ok, run, text, until};
+use lifecycle::{
+    BOOT_TIMEOUT, bundle, in_maintenance, install_images, installed_node, ok, run, text, until,
+};
 
 fn boot(
     name: &str,
@@ -1159,14 +1161,7 @@ fn a_node_a_year_behind_syncs_its_clock_before_its_certificate() {
         },
     )
     .unwrap();
-    vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
-        .unwrap();
-    until(
-        &dir,
-        &["--insecure", "-n", &e, "version"],
-        BOOT_TIMEOUT,
-        |o| o.contains("maintenance"),
-    );
+    in_maintenance(&mut vm, &dir, &e);
 
     ok(
         &dir,

@@ -94,6 +94,18 @@ pub fn install_images() -> basalt_image::Artifacts {
 /// no disk matches, is refused, listing the node's disks); it installs
 /// and reboots, and is started again from the disk alone. Returns once it answers over
 /// mutual TLS.
+/// Waits until `vm` says it is in maintenance mode and its API at `endpoint` answers so.
+pub fn in_maintenance(vm: &mut Vm, dir: &Path, endpoint: &str) {
+    vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
+        .unwrap();
+    until(
+        dir,
+        &["--insecure", "-n", endpoint, "version"],
+        BOOT_TIMEOUT,
+        |o| o.contains("maintenance"),
+    );
+}
+
 pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
     let a = install_images();
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -124,14 +136,7 @@ pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
         &opts,
     )
     .unwrap();
-    vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
-        .unwrap();
-    until(
-        &dir,
-        &["--insecure", "-n", &e, "version"],
-        BOOT_TIMEOUT,
-        |o| o.contains("maintenance"),
-    );
+    in_maintenance(&mut vm, &dir, &e);
     let disks = ok(&dir, &["--insecure", "-n", &e, "disks"]);
     assert!(disks.contains("vda"), "{disks}");
 
