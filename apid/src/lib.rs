@@ -9,6 +9,8 @@
 //! In maintenance mode (no config yet) apid serves a self-signed certificate, asks for no
 //! client certificate and lets only `Version`, `ApplyConfiguration` and `Disks` through.
 
+pub mod door;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -75,6 +77,8 @@ pub struct Options {
     pub init_socket: PathBuf,
     pub maintenance: bool,
     pub pki: PathBuf,
+    /// The front door's limits ([`door`]).
+    pub limits: door::Limits,
 }
 
 impl Options {
@@ -85,6 +89,7 @@ impl Options {
             init_socket: basalt_api::INIT_SOCKET.into(),
             maintenance: false,
             pki: PKI_DIR.into(),
+            limits: door::Limits::default(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -346,6 +351,7 @@ struct Shared {
     /// Lines an outside party triggers (failed handshakes, denied calls): a flood of them
     /// must not flood the log.
     noisy: basalt_resources::ratelimit::SharedRateLimit,
+    door: Arc<door::Door>,
 }
 
 impl Shared {
@@ -440,6 +446,7 @@ pub async fn serve_on(
         node_client,
         peers: Mutex::default(),
         noisy: Default::default(),
+        door: door::Door::new(o.limits.clone()),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
@@ -469,15 +476,31 @@ pub async fn serve_on(
         let Ok((tcp, peer)) = accepted else {
             continue;
         };
+        let Some(conn_guard) = shared.door.connection(peer.ip()) else {
+            shared.noisy.warn(format_args!(
+                "apid: closed a connection from {peer}: {} open from that address already",
+                shared.door.limits.conns_per_ip
+            ));
+            continue;
+        };
+        let Some(handshake) = shared.door.handshake() else {
+            shared.noisy.warn(format_args!(
+                "apid: closed a connection from {peer}: {} TLS handshakes under way already",
+                shared.door.limits.handshakes
+            ));
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
         let shared = shared.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let Ok(tls) =
+            let _conn_guard = conn_guard;
+            let tls =
                 tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-            else {
+                    .await;
+            drop(handshake);
+            let Ok(tls) = tls else {
                 return;
             };
             let tls = match tls {
@@ -545,7 +568,40 @@ async fn handle(
             return s.into_http::<Body>();
         }
     };
+    // A call without a certificate: within the door's rate and in-flight limits, and read
+    // whole (up to its size limit) before init sees any of it.
+    let mut _in_flight = None;
     let (mut parts, body) = req.into_parts();
+    let mut body = Body::new(body);
+    if matches!(caller, Caller::Anonymous) {
+        match shared
+            .door
+            .anonymous_call(peer.ip(), std::time::Instant::now())
+        {
+            Ok(p) => _in_flight = Some(p),
+            Err(r) => {
+                shared
+                    .noisy
+                    .warn(format_args!("apid: refused {path} from {peer}: {r}"));
+                return tonic::Status::from(r).into_http::<Body>();
+            }
+        }
+        let max = shared.door.limits.max_request;
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, max)).await {
+            Ok(all) => body = Body::new(http_body_util::Full::new(all.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                let r = door::Refused::TooLarge(max);
+                shared
+                    .noisy
+                    .warn(format_args!("apid: refused {path} from {peer}: {r}"));
+                return tonic::Status::from(r).into_http::<Body>();
+            }
+            Err(e) => {
+                return tonic::Status::invalid_argument(format!("reading the request: {e}"))
+                    .into_http::<Body>();
+            }
+        }
+    }
     parts.headers.remove(auth::ROLE_HEADER);
     parts.headers.remove(auth::NODE_HEADER);
     if let Some(r) = role {
@@ -554,7 +610,7 @@ async fn handle(
             http::HeaderValue::from_static(r.organization()),
         );
     }
-    let req = http::Request::from_parts(parts, Body::new(body));
+    let req = http::Request::from_parts(parts, body);
     let (mut channel, what) = match &route {
         Route::Local => (shared.upstream.clone(), "init".to_string()),
         Route::Node(n) => match shared.peer(n) {

@@ -67,6 +67,7 @@ async fn a_reissued_certificate_is_served_after_sighup_without_a_restart() {
         init_socket: dir.path().join("no-init.sock"),
         maintenance: false,
         pki: dir.path().into(),
+        limits: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(basalt_apid::serve_on(listener, o, async move {

@@ -366,9 +366,13 @@ impl Machine for Api {
                 return Err(ApiError::BadRequest(format!("unknown apply mode {}", r.mode)).into());
             }
         };
-        let out = match self
-            .node
-            .accept_config(&text, mode, r.dry_run)
+        // Off the runtime's threads: parsing is bounded by the reader's limits (size, nodes,
+        // depth, documents), but a config of the limit's size still takes a moment, and the
+        // API and the controllers must not wait behind it.
+        let (node, t, dry) = (self.node.clone(), text.clone(), r.dry_run);
+        let out = match tokio::task::spawn_blocking(move || node.accept_config(&t, mode, dry))
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("the config's parse stopped: {e}")))?
             .map_err(ApiError::from)?
         {
             Accepted::Installing(summary) => {

@@ -496,6 +496,7 @@ async fn start_apid_until(
         init_socket,
         maintenance,
         pki,
+        limits: Default::default(),
     };
     (addr, tokio::spawn(basalt_apid::serve_on(listener, o, stop)))
 }
