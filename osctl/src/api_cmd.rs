@@ -30,6 +30,8 @@ pub enum ServiceAction {
     Start,
     Stop,
     Restart,
+    /// SIGKILL to its process: the supervisor restarts it as after any crash.
+    Kill,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,9 +94,9 @@ pub enum ApiCommand {
         #[command(flatten)]
         out: Out,
     },
-    /// Show one service, or start, stop or restart it.
+    /// Show one service, or start, stop, restart or kill it.
     #[command(
-        after_help = "Examples:\n  osctl service containerd\n  osctl service containerd restart"
+        after_help = "Examples:\n  osctl service containerd\n  osctl service containerd restart\n  osctl service etcd kill   # SIGKILL: as a crash would"
     )]
     Service {
         /// The service id.
@@ -504,6 +506,13 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                         ServiceAction::Start => c.service_start(t.req(req)).await,
                         ServiceAction::Stop => c.service_stop(t.req(req)).await,
                         ServiceAction::Restart => c.service_restart(t.req(req)).await,
+                        ServiceAction::Kill => {
+                            c.service_kill(t.req(pb::ServiceKillRequest {
+                                id: req.id,
+                                signal: "SIGKILL".into(),
+                            }))
+                            .await
+                        }
                     }
                     .map(tonic::Response::into_inner)
                 }
