@@ -262,8 +262,11 @@ impl Client {
         let Ok(m) = Message::from_bytes(packet) else {
             return Vec::new();
         };
+        // dhcproto's chaddr() slices by the packet's hlen, which anyone on the link sets: more
+        // than the field's 16 bytes would panic (found by fuzz/fuzz_targets/dhcp.rs).
         if m.opcode() != Opcode::BootReply
             || m.xid() != self.xid
+            || usize::from(m.hlen()) > 16
             || m.chaddr().get(..6) != Some(&self.mac[..])
         {
             return Vec::new();

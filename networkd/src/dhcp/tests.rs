@@ -85,6 +85,17 @@ fn bound(c: &mut Client, now: Duration) -> Lease {
 }
 
 #[test]
+fn a_reply_with_a_hardware_address_length_past_its_field_is_ignored() {
+    let mut c = Client::new(MAC, None, 7, timing());
+    let (_, discover) = sent(&c.start(s(0)));
+    let mut offer = reply(&discover, MessageType::Offer, 100, 50, 80);
+    // hlen (byte 2) says 58 bytes; chaddr holds 16.
+    offer[2] = 58;
+    assert!(c.handle(s(1), &offer).is_empty());
+    assert_eq!(c.state(), &State::Selecting);
+}
+
+#[test]
 fn discover_offer_request_ack() {
     let mut c = Client::new(MAC, Some("node1".into()), 7, timing());
     let l = bound(&mut c, s(0));
