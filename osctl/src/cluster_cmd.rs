@@ -997,26 +997,19 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
     {
         // As talosctl does: the first control plane bootstraps etcd; the others join it.
         step(&format!("bootstrapping etcd on {}", first.name));
-        wait(
-            st,
-            first,
-            "etcd bootstrap",
-            healthy_within,
-            || {
-                let r = node_client(st, first, Some(&oc_file))?.call_status(
-                    |mut c, node| async move {
-                        c.bootstrap(request(node.as_deref(), pb::BootstrapRequest {}))
-                            .await
-                    },
-                )?;
-                match r {
-                    Ok(_) => Ok(()),
-                    // Asked again after an answer that got lost: it is done.
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                    Err(s) => bail!("{}", crate::client::explain(&s)),
-                }
-            },
-        )?;
+        wait(st, first, "etcd bootstrap", healthy_within, || {
+            let r =
+                node_client(st, first, Some(&oc_file))?.call_status(|mut c, node| async move {
+                    c.bootstrap(request(node.as_deref(), pb::BootstrapRequest {}))
+                        .await
+                })?;
+            match r {
+                Ok(_) => Ok(()),
+                // Asked again after an answer that got lost: it is done.
+                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                Err(s) => bail!("{}", crate::client::explain(&s)),
+            }
+        })?;
     }
     step("waiting until every node answers with its config and its services are healthy");
     for n in &st.nodes {

@@ -804,6 +804,7 @@ spec:
     };
     for svc in ["containerd", "etcd", "kube-apiserver", "kubelet", "apid"] {
         let (_, before) = service(svc).unwrap();
+        let killed = std::time::Instant::now();
         // apid's own answer may be cut short by its death.
         let _ = osctl(
             clusters,
@@ -829,6 +830,10 @@ spec:
                 ))
             }
         });
+        eprintln!(
+            "fault: {svc} killed: running again and the cluster healthy after {:.0} s",
+            killed.elapsed().as_secs_f64()
+        );
     }
     // Nothing lost: what the cluster held before is there (CoreDNS's Deployment, the kubelet's
     // Node objects, etcd's keys).
