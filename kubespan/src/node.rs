@@ -148,16 +148,28 @@ pub async fn run(store: Store, opts: NodeOptions) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// The discovery client, retried every 5 s after a failure.
+/// The discovery client, retried after a failure: quickly at first — the discovery server may
+/// come up after this node (it runs on a control plane; a whole cluster boots at once) —, then
+/// every 5 s; a connection that lasted starts the count again.
 async fn discover(store: Store, cfg: ClientConfig) {
+    let mut backoff =
+        basalt_resources::Backoff::new(Duration::from_millis(250), Duration::from_secs(5), 2);
     loop {
-        if let Err(e) = client::run(store.clone(), cfg.clone()).await {
-            warn!(
-                error = %basalt_resources::error_chain(&e),
-                "discovery failed; retrying in 5 s"
-            );
+        let started = std::time::Instant::now();
+        let result = client::run(store.clone(), cfg.clone()).await;
+        if started.elapsed() >= Duration::from_secs(30) {
+            backoff.reset();
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        let wait = backoff.fail();
+        match result {
+            Err(e) => warn!(
+                error = %basalt_resources::error_chain(&e),
+                "discovery failed; retrying in {} ms",
+                wait.as_millis()
+            ),
+            Ok(()) => warn!("discovery ended; again in {} ms", wait.as_millis()),
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -293,6 +293,7 @@ impl Hub {
         ip(&format!("-n {hub} addr add 10.77.0.1/24 dev br0"));
         ip(&format!("-n {hub} link set br0 up"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound) = std::sync::mpsc::channel::<()>();
         let h = hub.clone();
         let server = std::thread::spawn(move || {
             enter(&h);
@@ -301,6 +302,7 @@ impl Hub {
                 let l = tokio::net::TcpListener::bind("10.77.0.1:3000")
                     .await
                     .unwrap();
+                let _ = bound_tx.send(());
                 basalt_kubespan::discovery::serve(
                     l,
                     basalt_kubespan::discovery::Limits::default(),
@@ -313,6 +315,10 @@ impl Hub {
                 .unwrap();
             });
         });
+        // The hosts start once the server listens: a test of the mesh, not of the race.
+        bound
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the discovery server did not start listening");
         Hub {
             ns: hub,
             tag: tag.to_string(),
