@@ -1220,3 +1220,94 @@ fn a_node_a_year_behind_syncs_its_clock_before_its_certificate() {
         "notBefore {start} is not about now ({now})"
     );
 }
+
+/// The power cut while a config is being saved: QEMU killed at several moments of an
+/// `apply-config` (before the answer, at it, after it) — each boot after it comes up configured
+/// with the old config or the new one, never a torn one (the file is written and renamed into
+/// place with fsyncs).
+#[test]
+fn a_power_cut_while_a_config_is_saved_leaves_the_old_or_the_new() {
+    if !tier(
+        Tier::Vm,
+        "a_power_cut_while_a_config_is_saved_leaves_the_old_or_the_new",
+    ) {
+        return;
+    }
+    let a = images();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-runs/power-cut");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("state.img");
+    basalt_image::qemu::state_disk(&disk, 64).unwrap();
+    let port = free_port();
+    let e = format!("127.0.0.1:{port}");
+    let start = |run: &str| {
+        let mut vm = boot("cutnode", &a, port, Some(disk.clone()), &dir.join(run));
+        vm.wait_for("basalt: PID 1 running", BOOT_TIMEOUT).unwrap();
+        vm
+    };
+    let mut vm = start("first");
+    in_maintenance(&mut vm, &dir, &e);
+    ok(&dir, &["gen", "config", "cutnode", "https://10.0.2.15:6443"]);
+    let worker = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
+    let labelled = |round: u32| {
+        worker.replacen(
+            "type: worker\n",
+            &format!("type: worker\nnodeLabels:\n  round: \"{round}\"\n"),
+            1,
+        )
+    };
+    std::fs::write(dir.join("round-0.yaml"), labelled(0)).unwrap();
+    ok(
+        &dir,
+        &["apply-config", "--insecure", "-n", &e, "-f", "round-0.yaml"],
+    );
+    let oc = dir.join("osconfig");
+    let oc = oc.to_str().unwrap();
+    ok(&dir, &["--osconfig", oc, "config", "endpoint", &e]);
+    let round_of = |dir: &Path| -> String {
+        let out = until(
+            dir,
+            &["--osconfig", oc, "get", "machineconfig", "MachineConfig", "-o", "yaml"],
+            BOOT_TIMEOUT,
+            |o| o.contains("round:"),
+        );
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("round: "))
+            .unwrap()
+            .trim_matches(|c| c == '"' || c == '\'')
+            .to_string()
+    };
+    assert_eq!(round_of(&dir), "0");
+    let mut have = 0u32;
+    // The cut: before the answer can come, about when it comes, and well after it.
+    for (round, after_ms) in [(1u32, 0u64), (2, 300), (3, 3000)] {
+        let file = format!("round-{round}.yaml");
+        std::fs::write(dir.join(&file), labelled(round)).unwrap();
+        let (d, f) = (dir.clone(), file.clone());
+        let oc2 = oc.to_string();
+        let apply = std::thread::spawn(move || {
+            run(&d, &["--osconfig", &oc2, "apply-config", "-f", &f])
+        });
+        std::thread::sleep(Duration::from_millis(after_ms));
+        drop(vm);
+        let answered = apply.join().unwrap().status.success();
+        vm = start(&format!("after-cut-{round}"));
+        vm.wait_for("config loaded from", BOOT_TIMEOUT).unwrap_or_else(|e| {
+            panic!("round {round}: the node did not load a config after the cut: {e}")
+        });
+        let got = round_of(&dir);
+        assert!(
+            got == have.to_string() || got == round.to_string(),
+            "round {round}: the node has round {got:?} (before the cut: {have})"
+        );
+        // An apply that was answered is kept.
+        if answered {
+            assert_eq!(got, round.to_string(), "round {round}: answered, then lost");
+        }
+        eprintln!(
+            "power cut {after_ms} ms into round {round}: answered {answered}, the node has round {got}"
+        );
+        have = got.parse().unwrap();
+    }
+}
