@@ -128,7 +128,8 @@ fn main() {
         seq: Sequencer::new(store),
         power: Arc::new(FakePower::default()),
         paths: Paths {
-            wipe_on_reset: Vec::new(),
+            state: dir.path().join("state"),
+            ephemeral: dir.path().join("var"),
             install: None,
             upgrade: basalt_init::upgrade::Upgrader::new(None),
         },

@@ -265,18 +265,9 @@ impl Api {
         containerd::Client::new(&self.containerd_socket)
     }
 
-    fn sequence(
-        &self,
-        name: &str,
-        end: Option<End>,
-        graceful: bool,
-    ) -> Result<pb::SequenceResponse> {
-        let steps = match end {
-            Some(end) => self.node.shutdown_steps(end),
-            None => self.node.reset_steps(graceful),
-        };
+    fn sequence(&self, name: &str, end: End) -> Result<pb::SequenceResponse> {
         self.node
-            .spawn_sequence(name, steps)
+            .spawn_sequence(name, self.node.shutdown_steps(end))
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::SequenceResponse {
             sequence: name.to_string(),
@@ -559,11 +550,11 @@ impl Machine for Api {
     }
 
     async fn reboot(&self, _: Request<pb::RebootRequest>) -> Result<pb::SequenceResponse> {
-        self.sequence("reboot", Some(End::Reboot), true)
+        self.sequence("reboot", End::Reboot)
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<pb::SequenceResponse> {
-        self.sequence("shutdown", Some(End::PowerOff), true)
+        self.sequence("shutdown", End::PowerOff)
     }
 
     async fn upgrade(
@@ -673,7 +664,7 @@ impl Machine for Api {
                 u.slot, u.to
             )
         } else {
-            self.sequence("reboot", Some(End::Reboot), true)?;
+            self.sequence("reboot", End::Reboot)?;
             format!(
                 "slot {} holds {}: rebooting into it, on trial (the node goes back to {} unless it comes up healthy)",
                 u.slot, u.to, u.from
@@ -694,13 +685,29 @@ impl Machine for Api {
             .map_err(|e| ApiError::BadRequest(format!("the rollback panicked: {e}")))?
             .map_err(ApiError::Upgrade)?;
         tracing::info!("rollback: slot {slot} ({version}) boots from now on; rebooting");
-        let mut r = self.sequence("reboot", Some(End::Reboot), true)?;
+        let mut r = self.sequence("reboot", End::Reboot)?;
         r.get_mut().summary = format!("slot {slot} ({version}) boots from now on; rebooting");
         Ok(r)
     }
 
     async fn reset(&self, req: Request<pb::ResetRequest>) -> Result<pb::SequenceResponse> {
-        self.sequence("reset", None, req.into_inner().graceful)
+        let r = req.into_inner();
+        let wipe = crate::node::Wipe::from_names(&r.wipe).map_err(ApiError::BadRequest)?;
+        let name = "reset";
+        self.node
+            .spawn_sequence(name, self.node.reset_steps(r.graceful, wipe))
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::SequenceResponse {
+            sequence: name.to_string(),
+            summary: format!(
+                "{name} sequence started (wiping {})",
+                match (wipe.state, wipe.ephemeral) {
+                    (true, true) => "STATE and EPHEMERAL",
+                    (true, false) => "STATE",
+                    _ => "EPHEMERAL",
+                }
+            ),
+        }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<pb::Resource> {

@@ -15,8 +15,10 @@ use basalt_supervisor::logring::Logs;
 /// Where things are on this node (tests point them into a temporary directory).
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// What a reset wipes besides the config (`/var/lib`: containerd's images and containers).
-    pub wipe_on_reset: Vec<PathBuf>,
+    /// STATE: where the config and the node's identity are kept (a reset of STATE empties it).
+    pub state: PathBuf,
+    /// EPHEMERAL: `/var` (a reset of EPHEMERAL empties it).
+    pub ephemeral: PathBuf,
     /// How this node installs to a disk (`None` for a container node).
     pub install: Option<crate::install::Installer>,
     /// The installed disk's slots (upgrades, rollbacks).
@@ -115,10 +117,26 @@ impl Node {
         .may_fail()
     }
 
-    /// Reset: forget the config and the node's data, then reboot into maintenance mode.
-    pub fn reset_steps(&self, graceful: bool) -> Vec<Step> {
+    /// Reset: forget what `wipe` names — STATE (the config and the node's identity: it comes
+    /// back in maintenance mode) and EPHEMERAL (`/var`: etcd's data, images, pods, logs) —,
+    /// then reboot. Graceful: this control plane leaves etcd first (while etcd runs), and the
+    /// services stop in order; else they are killed at once.
+    pub fn reset_steps(&self, graceful: bool, wipe: Wipe) -> Vec<Step> {
         let mut steps = Vec::new();
         if graceful {
+            let (kube, sup) = (self.kube.clone(), self.sup.clone());
+            steps.push(
+                Step::new("leave etcd", move || async move {
+                    match kube.leave(&sup).await {
+                        Ok(s) => Ok(s),
+                        Err(basalt_kubernetes::KubeError::NotHere(why)) => {
+                            Ok(format!("not leaving: {why}"))
+                        }
+                        Err(e) => Err(basalt_sys::error_chain(&e).into()),
+                    }
+                })
+                .may_fail(),
+            );
             steps.push(self.stop_services_step());
         } else {
             let sup = self.sup.clone();
@@ -127,22 +145,29 @@ impl Node {
                 Ok(String::new())
             }));
         }
-        let config = self.config.clone();
-        steps.push(Step::new("wipe config", move || async move {
-            config.wipe().map(|()| String::new()).map_err(Into::into)
-        }));
-        let wipe = self.paths.wipe_on_reset.clone();
-        steps.push(Step::new("wipe data", move || async move {
-            let mut n = 0;
-            for p in &wipe {
-                match std::fs::remove_dir_all(p) {
-                    Ok(()) => n += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("{}: {e}", p.display()).into()),
-                }
-            }
-            Ok(format!("{n} directories removed"))
-        }));
+        let (state, ephemeral) = (self.paths.state.clone(), self.paths.ephemeral.clone());
+        if wipe.state {
+            let config = self.config.clone();
+            let (state, ephemeral) = (state.clone(), ephemeral.clone());
+            steps.push(Step::new("wipe STATE", move || async move {
+                config.wipe()?;
+                // /var's own directory on a state disk is EPHEMERAL's, not STATE's.
+                let n = remove_children(&state, &[ephemeral, state.join("var")])?;
+                Ok(format!("{n} entries removed from {}", state.display()))
+            }));
+        }
+        if wipe.ephemeral {
+            steps.push(Step::new("wipe EPHEMERAL", move || async move {
+                let unmounted = unmount_below(&ephemeral)?;
+                // The config's directory, when it lives under /var (no state disk), is STATE's.
+                let keep = if wipe.state { Vec::new() } else { vec![state] };
+                let n = remove_children(&ephemeral, &keep)?;
+                Ok(format!(
+                    "{unmounted} mounts undone, {n} entries removed from {}",
+                    ephemeral.display()
+                ))
+            }));
+        }
         steps.extend(self.end_steps(End::Reboot));
         steps
     }
@@ -162,11 +187,7 @@ impl Node {
 #[cfg(test)]
 impl Node {
     /// A node whose state lives under `dir`, with a fake power switch and no services.
-    pub(crate) fn for_tests(
-        dir: &std::path::Path,
-        power: Arc<crate::sequence::FakePower>,
-        wipe_on_reset: Vec<PathBuf>,
-    ) -> Node {
+    pub(crate) fn for_tests(dir: &std::path::Path, power: Arc<crate::sequence::FakePower>) -> Node {
         let store = Store::default();
         let logs = Logs::new(None, 100, 0);
         Node {
@@ -178,7 +199,8 @@ impl Node {
             seq: Sequencer::new(store),
             power,
             paths: Paths {
-                wipe_on_reset,
+                state: dir.join("state"),
+                ephemeral: dir.join("var"),
                 install: None,
                 upgrade: crate::upgrade::Upgrader::new(None),
             },
@@ -186,6 +208,100 @@ impl Node {
             kube: basalt_kubernetes::Kube::default(),
         }
     }
+}
+
+/// What a reset wipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wipe {
+    pub state: bool,
+    pub ephemeral: bool,
+}
+
+impl Wipe {
+    pub const ALL: Wipe = Wipe {
+        state: true,
+        ephemeral: true,
+    };
+
+    /// From the names a reset request gives (`STATE`, `EPHEMERAL`, any case); none: both.
+    pub fn from_names(names: &[String]) -> Result<Wipe, String> {
+        if names.is_empty() {
+            return Ok(Wipe::ALL);
+        }
+        let mut w = Wipe {
+            state: false,
+            ephemeral: false,
+        };
+        for n in names {
+            match n.to_ascii_uppercase().as_str() {
+                "STATE" => w.state = true,
+                "EPHEMERAL" => w.ephemeral = true,
+                _ => return Err(format!("wipe {n:?}: expected STATE or EPHEMERAL")),
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// Removes what `dir` holds but the paths of `keep` (and the directories on the way to them);
+/// returns how many entries went. A missing `dir` holds nothing.
+fn remove_children(dir: &std::path::Path, keep: &[PathBuf]) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for e in entries {
+        let p = e?.path();
+        if keep.iter().any(|k| k == &p) {
+            continue;
+        }
+        if keep.iter().any(|k| k.starts_with(&p)) {
+            n += remove_children(&p, keep)?;
+            continue;
+        }
+        let r = match std::fs::symlink_metadata(&p)?.is_dir() {
+            true => std::fs::remove_dir_all(&p),
+            false => std::fs::remove_file(&p),
+        };
+        match r {
+            Ok(()) => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", p.display()),
+                ));
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Undoes every mount below `dir` (not `dir` itself), deepest first, lazily when busy, so
+/// emptying `dir` stays on its own filesystem; returns how many.
+fn unmount_below(dir: &std::path::Path) -> std::io::Result<usize> {
+    if std::process::id() != 1 {
+        return Ok(0);
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<String> = basalt_sys::mountinfo::parse(&info)
+        .into_iter()
+        .map(|m| m.point)
+        .filter(|p| std::path::Path::new(p).starts_with(dir) && std::path::Path::new(p) != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    points.dedup();
+    let mut n = 0;
+    for p in &points {
+        if nix::mount::umount2(p.as_str(), nix::mount::MntFlags::empty()).is_ok()
+            || nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH).is_ok()
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// What taking a config did.

@@ -177,7 +177,8 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         },
         leases: leases.clone(),
         paths: Paths {
-            wipe_on_reset: vec![containerd::ROOT.into(), "/var/log".into()],
+            state: state_dir.clone(),
+            ephemeral: "/var".into(),
             upgrade: crate::upgrade::Upgrader::new(cmdline.slot.as_deref()),
             install: (!container).then(|| {
                 crate::install::Installer::from_boot(

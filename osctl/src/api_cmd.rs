@@ -229,9 +229,14 @@ pub enum ApiCommand {
         after_help = "Examples:\n  osctl reset -n 10.5.0.3\n  osctl reset -n 10.5.0.3 --graceful=false   # do not wait for services to stop"
     )]
     Reset {
-        /// Stop services in order first (false: kill them at once).
+        /// Leave etcd (a control plane) and stop services in order first (false: kill them at
+        /// once).
         #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
         graceful: bool,
+        /// What to wipe: STATE (the config and the node's identity: the node comes back in
+        /// maintenance mode), EPHEMERAL (/var: etcd's data, images, pods, logs); default both.
+        #[arg(long, value_delimiter = ',', value_parser = ["STATE", "EPHEMERAL", "state", "ephemeral"])]
+        wipe: Vec<String>,
     },
 }
 
@@ -984,10 +989,10 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
             ));
             Ok(())
         }
-        ApiCommand::Reset { graceful } => {
+        ApiCommand::Reset { graceful, wipe } => {
             let r = unary(
                 targets,
-                pb::ResetRequest { graceful },
+                pb::ResetRequest { graceful, wipe },
                 |mut c, r| async move { c.reset(r).await },
             )
             .await;

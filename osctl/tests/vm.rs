@@ -1248,7 +1248,10 @@ fn a_power_cut_while_a_config_is_saved_leaves_the_old_or_the_new() {
     };
     let mut vm = start("first");
     in_maintenance(&mut vm, &dir, &e);
-    ok(&dir, &["gen", "config", "cutnode", "https://10.0.2.15:6443"]);
+    ok(
+        &dir,
+        &["gen", "config", "cutnode", "https://10.0.2.15:6443"],
+    );
     let worker = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
     let labelled = |round: u32| {
         worker.replacen(
@@ -1268,7 +1271,15 @@ fn a_power_cut_while_a_config_is_saved_leaves_the_old_or_the_new() {
     let round_of = |dir: &Path| -> String {
         let out = until(
             dir,
-            &["--osconfig", oc, "get", "machineconfig", "MachineConfig", "-o", "yaml"],
+            &[
+                "--osconfig",
+                oc,
+                "get",
+                "machineconfig",
+                "MachineConfig",
+                "-o",
+                "yaml",
+            ],
             BOOT_TIMEOUT,
             |o| o.contains("round:"),
         );
@@ -1286,16 +1297,16 @@ fn a_power_cut_while_a_config_is_saved_leaves_the_old_or_the_new() {
         std::fs::write(dir.join(&file), labelled(round)).unwrap();
         let (d, f) = (dir.clone(), file.clone());
         let oc2 = oc.to_string();
-        let apply = std::thread::spawn(move || {
-            run(&d, &["--osconfig", &oc2, "apply-config", "-f", &f])
-        });
+        let apply =
+            std::thread::spawn(move || run(&d, &["--osconfig", &oc2, "apply-config", "-f", &f]));
         std::thread::sleep(Duration::from_millis(after_ms));
         drop(vm);
         let answered = apply.join().unwrap().status.success();
         vm = start(&format!("after-cut-{round}"));
-        vm.wait_for("config loaded from", BOOT_TIMEOUT).unwrap_or_else(|e| {
-            panic!("round {round}: the node did not load a config after the cut: {e}")
-        });
+        vm.wait_for("config loaded from", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| {
+                panic!("round {round}: the node did not load a config after the cut: {e}")
+            });
         let got = round_of(&dir);
         assert!(
             got == have.to_string() || got == round.to_string(),

@@ -26,9 +26,11 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let power = Arc::new(FakePower::default());
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(data.join("x")).unwrap();
-    let node = Node::for_tests(dir.path(), power.clone(), vec![data]);
+    let node = Node::for_tests(dir.path(), power.clone());
+    // What /var holds (containerd's images, a pod's volume) and STATE besides the config.
+    std::fs::create_dir_all(node.paths.ephemeral.join("lib/containerd/x")).unwrap();
+    std::fs::create_dir_all(&node.paths.state).unwrap();
+    std::fs::write(node.paths.state.join("kubespan.key"), "k").unwrap();
     let sup = node.sup.clone();
     let mut def = ServiceDef::new(
         "sleeper",
@@ -401,7 +403,14 @@ async fn reboot_stops_services_then_reboots_and_reset_wipes() {
     f.power.calls.lock().unwrap().clear();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match f.client.reset(pb::ResetRequest { graceful: true }).await {
+        match f
+            .client
+            .reset(pb::ResetRequest {
+                graceful: true,
+                wipe: Vec::new(),
+            })
+            .await
+        {
             Ok(_) => break,
             Err(e) if e.code() == Code::Aborted => {}
             Err(e) => panic!("{e}"),
@@ -415,7 +424,63 @@ async fn reboot_stops_services_then_reboots_and_reset_wipes() {
     }
     assert!(f.node.config.active().is_none());
     assert!(!f.dir.path().join("state/config.yaml").exists());
-    assert!(!f.node.paths.wipe_on_reset[0].exists());
+    assert!(
+        !f.node.paths.state.join("kubespan.key").exists(),
+        "STATE wiped"
+    );
+    assert_eq!(
+        std::fs::read_dir(&f.node.paths.ephemeral).unwrap().count(),
+        0,
+        "EPHEMERAL wiped"
+    );
+}
+
+/// `reset --wipe EPHEMERAL` keeps the config (the node comes back configured, its /var new);
+/// `--wipe STATE` keeps /var; an unknown name is refused before anything happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_wipes_only_what_it_is_told() {
+    async fn reset(f: &mut Fixture, wipe: &[&str]) -> std::result::Result<String, tonic::Status> {
+        f.power.calls.lock().unwrap().clear();
+        let r = f
+            .client
+            .reset(pb::ResetRequest {
+                graceful: false,
+                wipe: wipe.iter().map(|s| s.to_string()).collect(),
+            })
+            .await?
+            .into_inner();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while f.power.calls.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "no reboot after reset");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(r.summary)
+    }
+    let mut f = fixture().await;
+    f.client
+        .apply_configuration(apply(CP, pb::ApplyMode::NoReboot, false))
+        .await
+        .unwrap();
+    let e = reset(&mut f, &["STATE", "swap"]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "wipe \"swap\": expected STATE or EPHEMERAL");
+    assert!(f.node.config.active().is_some());
+
+    let s = reset(&mut f, &["ephemeral"]).await.unwrap();
+    assert_eq!(s, "reset sequence started (wiping EPHEMERAL)");
+    assert!(f.node.config.active().is_some(), "the config stays");
+    assert!(f.node.paths.state.join("kubespan.key").exists());
+    assert_eq!(
+        std::fs::read_dir(&f.node.paths.ephemeral).unwrap().count(),
+        0
+    );
+
+    std::fs::create_dir_all(f.node.paths.ephemeral.join("log")).unwrap();
+    let s = reset(&mut f, &["STATE"]).await.unwrap();
+    assert_eq!(s, "reset sequence started (wiping STATE)");
+    assert!(f.node.config.active().is_none());
+    assert!(!f.node.paths.state.join("kubespan.key").exists());
+    assert!(f.node.paths.ephemeral.join("log").exists(), "/var stays");
 }
 
 /// An OS CA and certificates from it, as `osctl gen config` and init make them.
@@ -670,7 +735,10 @@ async fn apid_requires_a_certificate_from_the_os_ca_and_enforces_roles() {
     .await
     .unwrap();
     let e = op
-        .reset(pb::ResetRequest { graceful: true })
+        .reset(pb::ResetRequest {
+            graceful: true,
+            wipe: Vec::new(),
+        })
         .await
         .unwrap_err();
     assert!(

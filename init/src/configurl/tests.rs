@@ -291,7 +291,7 @@ async fn https_checks_the_server_against_the_given_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetched_config_is_pinned_validated_and_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::for_tests(dir.path(), Arc::new(FakePower::default()), Vec::new());
+    let node = Node::for_tests(dir.path(), Arc::new(FakePower::default()));
     let pin: [u8; 32] = sha2::Sha256::digest(WORKER.as_bytes()).into();
 
     // A digest that differs: refused before it is read.
@@ -326,7 +326,7 @@ async fn a_fetched_config_is_pinned_validated_and_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_takes_the_config_from_the_url() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::for_tests(dir.path(), Arc::new(FakePower::default()), Vec::new());
+    let node = Node::for_tests(dir.path(), Arc::new(FakePower::default()));
     let server = Server::default();
     let port = server.start(None).await;
     server.set(200, WORKER.as_bytes());
