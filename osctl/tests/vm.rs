@@ -758,8 +758,67 @@ fn an_iso_node_installs_to_disk_and_boots_from_it() {
     let _one = lifecycle::one_at_a_time();
     for uefi in [false, true] {
         let name = if uefi { "install-uefi" } else { "install-bios" };
-        drop(installed_node(name, uefi, false));
+        let node = installed_node(name, uefi, false);
+        if !uefi {
+            resets(node);
+        }
     }
+}
+
+/// An installed node reset: `--wipe EPHEMERAL` empties /var and keeps the config (it comes back
+/// configured); a full reset forgets the config, and the disk boots its image in maintenance
+/// mode.
+fn resets(node: lifecycle::Installed) {
+    let lifecycle::Installed {
+        mut vm,
+        endpoint: e,
+        osconfig,
+        dir,
+        opts,
+        uefi,
+        ..
+    } = node;
+    let oc = osconfig.to_str().unwrap();
+    let out = ok(&dir, &["--osconfig", oc, "reset", "--wipe", "EPHEMERAL"]);
+    assert!(
+        out.contains("reset sequence started (wiping EPHEMERAL)"),
+        "{out}"
+    );
+    vm.wait_for("sequence reset: wipe EPHEMERAL:", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        vm.wait_exit(BOOT_TIMEOUT).is_some(),
+        "no reboot after the reset:\n{}",
+        vm.console()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("entries removed from /var")
+            && console.contains("reboot: Restarting system"),
+        "{console}"
+    );
+    drop(vm);
+    let mut vm = Vm::start_with(&Boot::Disk { uefi }, &dir.join("after-ephemeral"), &opts).unwrap();
+    vm.wait_for(
+        "config loaded from /system/state/config/config.yaml",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let v = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+        o.contains("running")
+    });
+    assert!(v.contains("A:0.1.0(booted)"), "{v}");
+
+    ok(&dir, &["--osconfig", oc, "reset"]);
+    assert!(
+        vm.wait_exit(BOOT_TIMEOUT).is_some(),
+        "no reboot after the full reset:\n{}",
+        vm.console()
+    );
+    drop(vm);
+    let mut vm = Vm::start_with(&Boot::Disk { uefi }, &dir.join("after-reset"), &opts).unwrap();
+    vm.wait_for("basalt: booting slot A", BOOT_TIMEOUT).unwrap();
+    in_maintenance(&mut vm, &dir, &e);
 }
 
 /// The node lifecycle after the install (issue 22): bundles that are older or for another
