@@ -8,8 +8,8 @@
 //!   closed at once);
 //! - **calls without a certificate**: at most [`Limits::rate`] a second from one address (a
 //!   token bucket holding [`Limits::burst`]), at most [`Limits::in_flight`] under way at once,
-//!   and a request of at most [`Limits::max_request`] bytes, read whole by apid before init
-//!   sees a byte of it. Beyond any of them the call gets `RESOURCE_EXHAUSTED` with the limit.
+//!   and a request of at most [`Limits::max_request`] bytes, read whole (within
+//!   [`Limits::request_read`]) by apid before init sees a byte of it. Beyond any of them the call gets `RESOURCE_EXHAUSTED` with the limit.
 //!
 //! Calls with a certificate from the OS CA pass the connection limits only: they come from the
 //! cluster's own operators and nodes. The bucket arithmetic is pure (the caller owns the
@@ -32,6 +32,9 @@ pub struct Limits {
     pub burst: f64,
     pub in_flight: usize,
     pub max_request: usize,
+    /// How long such a call has to send its whole request (a sender that trickles it holds
+    /// one of the few places under way).
+    pub request_read: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +47,7 @@ impl Default for Limits {
             in_flight: 4,
             // A config may be 4 MiB (the reader's limit); the gRPC frame adds a few bytes.
             max_request: basalt_config::yaml::MAX_BYTES + 64 * 1024,
+            request_read: Duration::from_secs(30),
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum Refused {
     Busy(usize),
     #[error("a call without a client certificate may send at most {0} bytes")]
     TooLarge(usize),
+    #[error("a call without a client certificate must send its request within {0:?}")]
+    Slow(Duration),
 }
 
 impl From<Refused> for tonic::Status {
@@ -216,6 +222,7 @@ mod tests {
             burst: 3.0,
             in_flight: 2,
             max_request: 10,
+            request_read: Duration::from_secs(1),
         });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();

@@ -587,7 +587,19 @@ async fn handle(
             }
         }
         let max = shared.door.limits.max_request;
-        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, max)).await {
+        let read = tokio::time::timeout(
+            shared.door.limits.request_read,
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, max)),
+        )
+        .await;
+        let Ok(read) = read else {
+            let r = door::Refused::Slow(shared.door.limits.request_read);
+            shared
+                .noisy
+                .warn(format_args!("apid: refused {path} from {peer}: {r}"));
+            return tonic::Status::from(r).into_http::<Body>();
+        };
+        match read {
             Ok(all) => body = Body::new(http_body_util::Full::new(all.to_bytes())),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 let r = door::Refused::TooLarge(max);

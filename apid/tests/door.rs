@@ -41,6 +41,7 @@ fn limits() -> Limits {
         burst: 1000.0,
         in_flight: 100,
         max_request: 1 << 20,
+        request_read: Duration::from_secs(2),
     }
 }
 
@@ -138,4 +139,102 @@ async fn calls_beyond_those_under_way_are_refused_and_apid_keeps_answering() {
         assert!(tokio::time::Instant::now() < deadline, "never let in again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_trickles_is_cut_and_frees_its_place() {
+    use http_body_util::BodyExt as _;
+    let addr = maintenance_apid(
+        "/nonexistent/init.sock".into(),
+        Limits {
+            in_flight: 1,
+            ..limits()
+        },
+    )
+    .await;
+    // Raw HTTP/2 over TLS: an ApplyConfiguration whose request body starts and never ends.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(basalt_api::tls::insecure_client_config())
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(1);
+    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+        0, 0, 0, 0, 9,
+    ]))))
+    .await
+    .unwrap();
+    let req = http::Request::post(format!(
+        "https://{addr}/basalt.machine.v1.Machine/ApplyConfiguration"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
+    .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    // gRPC puts the status in the headers of a body-less answer (or in its trailers).
+    let status = match resp.headers().get("grpc-status") {
+        Some(s) => (s.clone(), resp.headers().get("grpc-message").cloned()),
+        None => {
+            let t = resp
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .trailers()
+                .cloned()
+                .unwrap();
+            (t["grpc-status"].clone(), t.get("grpc-message").cloned())
+        }
+    };
+    assert_eq!(
+        status.0,
+        (Code::ResourceExhausted as i32).to_string().as_str()
+    );
+    let msg = status.1.unwrap();
+    let msg = percent_decode(msg.to_str().unwrap());
+    assert_eq!(
+        msg,
+        "a call without a client certificate must send its request within 2s"
+    );
+    drop(tx);
+    // Its place is free again: the next call gets past the door (to a missing init).
+    let e = client(addr)
+        .version(pb::VersionRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+}
+
+/// gRPC's percent-encoding of `grpc-message`.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
 }
