@@ -4,8 +4,9 @@
 //! with the open discovery server in a namespace of its own. Everything is created and removed
 //! by the test.
 //!
-//! One test, in stages that build on each other: five hosts mesh fully within 10 s and every
-//! pair pings over mesh addresses; a host that stops is marked down and comes back up when it
+//! Two tests. Five hosts that start before the discovery server listens mesh once it does.
+//! And one in stages that build on each other: five hosts mesh fully and every pair pings
+//! over mesh addresses; a host that stops is marked down and comes back up when it
 //! restarts; a host whose address changes is reached again; a host behind a masquerading NAT
 //! reaches and is reached; two hosts behind NATs that allow no direct path reach each other
 //! through a relay.
@@ -20,8 +21,53 @@ use basalt_kubespan::identity::KeyPair;
 use basalt_kubespan::peer::PeerState;
 use harness::*;
 
+/// One mesh at a time: two at once would share the machine's two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Issue 24's mesh flake, made to happen: five hosts start while the discovery server is not
+/// listening yet (a whole cluster booting at once, its server last). Run this way, 5 of 12
+/// runs took 34–50 s to mesh, and the logs and tcpdump told why: a host that resolved the
+/// hub's address early sent its SYNs to the bridge's old MAC — a bridge without an address of
+/// its own takes its ports' lowest MAC and changes it as ports join — and the bridge no longer
+/// took them, until the host's ARP entry went stale. The hub's bridge now has a MAC of its own
+/// (and so has `osctl cluster`'s); with it, 10 of 10 runs meshed within 1.1–2.6 s. The
+/// discovery client also retries from 250 ms, doubling (it waited a fixed 5 s), so a node
+/// meets a late server soon after it listens. The time is printed; the guard is generous.
+#[test]
+fn hosts_that_start_before_the_discovery_server_mesh_once_it_listens() {
+    if !basalt_testkit::tier(
+        basalt_testkit::Tier::Privileged,
+        "hosts_that_start_before_the_discovery_server_mesh_once_it_listens",
+    ) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tag = format!("kl{}", std::process::id() % 100_000);
+    let mut nss = Namespaces(Vec::new());
+    let late = Duration::from_secs(1);
+    let hub = Hub::start_late(&mut nss, &tag, Some(late));
+    let cluster = hub.cluster();
+    let started = Instant::now();
+    let hosts: Vec<Host> = (1..=5u8)
+        .map(|i| {
+            let ns = hub.add_host(&mut nss, i);
+            cluster.start(&ns, KeyPair::generate())
+        })
+        .collect();
+    let refs: Vec<&Host> = hosts.iter().collect();
+    until_meshed("a full mesh of five", &refs, Duration::from_secs(60));
+    let meshed = started.elapsed();
+    assert!(hosts[0].ping(&hosts[4], Duration::from_secs(5)));
+    eprintln!(
+        "five hosts, the discovery server {late:?} late: a full mesh {meshed:?} after the first started"
+    );
+    drop(hosts);
+    drop(hub);
+}
+
 #[test]
 fn a_cluster_meshes_heals_and_reaches_through_nat_and_relay() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     if !basalt_testkit::tier(
         basalt_testkit::Tier::Privileged,
         "a_cluster_meshes_heals_and_reaches_through_nat_and_relay",
@@ -42,12 +88,10 @@ fn a_cluster_meshes_heals_and_reaches_through_nat_and_relay() {
         hosts.push(cluster.start(&ns, KeyPair::generate()));
     }
     let refs: Vec<&Host> = hosts.iter().collect();
-    // A guard, not the measure (the mesh benchmark measures: 0.6 s): on a loaded 2-core CI
-    // machine 10 s was missed in some full runs (issue 24 — the cause is not found yet; the
-    // time it took is printed below).
-    until("a full mesh of five", Duration::from_secs(60), || {
-        all_up(&refs)
-    });
+    // A guard, not the measure (the mesh benchmark measures: 0.6 s). 10 s was missed in some
+    // full runs while the hub's bridge changed its MAC as hosts joined (see the test above);
+    // the time it took is printed below.
+    until_meshed("a full mesh of five", &refs, Duration::from_secs(60));
     let meshed = started.elapsed();
     for a in &hosts {
         for b in &hosts {

@@ -64,6 +64,19 @@ pub fn enter(ns: &str) {
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
 }
 
+/// The nodes' log lines (KubeSpan, networkd, the runtime), each with its host's name (the
+/// thread's), when `BASALT_TEST_LOG` asks for them (`BASALT_TEST_LOG=basalt_kubespan=debug`).
+pub fn logs() {
+    if let Ok(filter) = std::env::var("BASALT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_thread_names(true)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Fast timing so the stages take seconds: keepalive 1 s, down after 4 s.
 pub const DOWN_AFTER: Duration = Duration::from_secs(4);
 
@@ -107,47 +120,51 @@ impl Cluster {
             },
         };
         let (s, name) = (store.clone(), ns.to_string());
-        let thread = std::thread::spawn(move || {
-            enter(&name);
-            let rt = runtime();
-            rt.block_on(async move {
-                basalt_networkd::publish_defaults(&s).unwrap();
-                let mut runtime = Runtime::new(s.clone()).with_backoff(Backoff::new(
-                    Duration::from_millis(50),
-                    Duration::from_millis(500),
-                    2,
-                ));
-                basalt_networkd::register(&mut runtime, basalt_networkd::Options::default())
+        logs();
+        let thread = std::thread::Builder::new()
+            .name(ns.to_string())
+            .spawn(move || {
+                enter(&name);
+                let rt = runtime();
+                rt.block_on(async move {
+                    basalt_networkd::publish_defaults(&s).unwrap();
+                    let mut runtime = Runtime::new(s.clone()).with_backoff(Backoff::new(
+                        Duration::from_millis(50),
+                        Duration::from_millis(500),
+                        2,
+                    ));
+                    basalt_networkd::register(&mut runtime, basalt_networkd::Options::default())
+                        .unwrap();
+                    let handle = runtime.start();
+                    let st = s.clone();
+                    let status =
+                        tokio::spawn(async move { basalt_networkd::apply::run_status(st).await });
+                    let node = tokio::spawn(basalt_kubespan::node::run(s.clone(), opts));
+                    // What the config source writes for `KubeSpanConfig.enabled`: the link.
+                    basalt_networkd::publish(
+                        &s,
+                        "config",
+                        Layer::Config,
+                        &LayerSpecs {
+                            links: vec![LinkSpec {
+                                name: KUBESPAN_LINK.into(),
+                                kind: LinkKind::Wireguard,
+                                selector: None,
+                                up: true,
+                                mtu: Some(1420),
+                                master: None,
+                            }],
+                            ..Default::default()
+                        },
+                    )
                     .unwrap();
-                let handle = runtime.start();
-                let st = s.clone();
-                let status =
-                    tokio::spawn(async move { basalt_networkd::apply::run_status(st).await });
-                let node = tokio::spawn(basalt_kubespan::node::run(s.clone(), opts));
-                // What the config source writes for `KubeSpanConfig.enabled`: the link.
-                basalt_networkd::publish(
-                    &s,
-                    "config",
-                    Layer::Config,
-                    &LayerSpecs {
-                        links: vec![LinkSpec {
-                            name: KUBESPAN_LINK.into(),
-                            kind: LinkKind::Wireguard,
-                            selector: None,
-                            up: true,
-                            mtu: Some(1420),
-                            master: None,
-                        }],
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-                let _ = rx.await;
-                node.abort();
-                status.abort();
-                handle.shutdown();
-            });
-        });
+                    let _ = rx.await;
+                    node.abort();
+                    status.abort();
+                    handle.shutdown();
+                });
+            })
+            .unwrap();
         let mesh = KubeSpanIdentity::new(&keys, &self.id).address;
         Host {
             ns: ns.to_string(),
@@ -206,6 +223,43 @@ pub fn until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Du
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// Each host's view of the others, for a failure message: state, endpoint, last handshake.
+pub fn mesh_report(hosts: &[&Host]) -> String {
+    let mut out = String::new();
+    for a in hosts {
+        out.push_str(&format!("{}:\n", a.ns));
+        for b in hosts.iter().filter(|b| b.ns != a.ns) {
+            let st = a
+                .store
+                .get::<KubeSpanPeerStatus>(&b.keys.public_base64())
+                .map(|(_, s)| s);
+            out.push_str(&format!(
+                "  {} -> {}\n",
+                b.ns,
+                st.map_or("unknown (not discovered)".to_string(), |s| format!(
+                    "{:?} endpoint={:?} handshake={:?}s ago relay={:?}",
+                    s.state, s.endpoint, s.last_handshake_seconds_ago, s.relay
+                ))
+            ));
+        }
+    }
+    out
+}
+
+/// [`until`] for a full mesh: on a miss, the panic says who sees whom how.
+pub fn until_meshed(what: &str, hosts: &[&Host], within: Duration) -> Duration {
+    let start = Instant::now();
+    while !all_up(hosts) {
+        assert!(
+            start.elapsed() < within,
+            "{what}: not within {within:?}\n{}",
+            mesh_report(hosts)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     start.elapsed()
@@ -286,10 +340,26 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// The hub, its discovery server listening before this returns.
     pub fn start(nss: &mut Namespaces, tag: &str) -> Hub {
+        Hub::start_late(nss, tag, None)
+    }
+
+    /// The hub; with `late`, the discovery server starts listening only that long after this
+    /// returns (hosts started at once meet a server that is not there yet: a whole cluster
+    /// booting together, its discovery server last).
+    pub fn start_late(nss: &mut Namespaces, tag: &str, late: Option<std::time::Duration>) -> Hub {
         let hub = format!("{tag}-hub");
         nss.add(&hub);
-        ip(&format!("-n {hub} link add br0 type bridge"));
+        // A MAC of its own: a bridge without one takes the lowest of its ports' and changes it
+        // as ports join — a host that resolved 10.77.0.1 before the last host joined kept
+        // sending to the old MAC, which the bridge no longer takes as its own, until its ARP
+        // entry went stale 30–50 s later (issue 24's mesh flake: found with the test above
+        // that starts hosts before the discovery server; tcpdump showed the SYNs reaching br0
+        // addressed to a MAC that was no longer br0's).
+        ip(&format!(
+            "-n {hub} link add br0 address 02:00:0a:4d:00:01 type bridge"
+        ));
         ip(&format!("-n {hub} addr add 10.77.0.1/24 dev br0"));
         ip(&format!("-n {hub} link set br0 up"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -299,6 +369,9 @@ impl Hub {
             enter(&h);
             let rt = runtime();
             rt.block_on(async move {
+                if let Some(late) = late {
+                    tokio::time::sleep(late).await;
+                }
                 let l = tokio::net::TcpListener::bind("10.77.0.1:3000")
                     .await
                     .unwrap();
@@ -315,10 +388,12 @@ impl Hub {
                 .unwrap();
             });
         });
-        // The hosts start once the server listens: a test of the mesh, not of the race.
-        bound
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the discovery server did not start listening");
+        // Unless asked to be late, the hosts start once the server listens.
+        if late.is_none() {
+            bound
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the discovery server did not start listening");
+        }
         Hub {
             ns: hub,
             tag: tag.to_string(),
