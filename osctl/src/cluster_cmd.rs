@@ -66,6 +66,20 @@ pub enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Drop and delay the frames a cluster's bridge forwards (what `create --network-loss`
+    /// and `--network-delay` run, detached, in the cluster's namespace; `destroy` stops it).
+    #[command(hide = true)]
+    Chaos {
+        #[arg(long)]
+        netns: String,
+        #[arg(long, value_parser = crate::chaos::parse_loss)]
+        loss: f64,
+        #[arg(long, value_parser = crate::chaos::parse_delay)]
+        delay: Duration,
+        /// Written once the rules are in place.
+        #[arg(long)]
+        ready: PathBuf,
+    },
     /// Show a local cluster's nodes and whether each answers.
     #[command(after_help = "Example:\n  osctl cluster show --name demo")]
     Show {
@@ -160,6 +174,14 @@ pub struct CreateArgs {
     /// `basalt.config=http://HOST:PORT/configs/${mac}.yaml`. Kernel and PXE boots (not --iso).
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "8089")]
     config_server: Option<u16>,
+    /// QEMU: drop this share of the frames the cluster's network carries between nodes (and
+    /// between the host and the nodes), from the moment the network is up: 1% or 0.5. For
+    /// trying what a lossy network does to a cluster (etcd, KubeSpan, the API).
+    #[arg(long, value_name = "PERCENT", value_parser = crate::chaos::parse_loss)]
+    network_loss: Option<f64>,
+    /// QEMU: hold every frame the cluster's network carries this long: 15ms, 0.2s.
+    #[arg(long, value_name = "DELAY", value_parser = crate::chaos::parse_delay)]
+    network_delay: Option<Duration>,
     /// Run Kubernetes: the node image gets etcd, the kubelet, the control plane and pause from
     /// the Go-built stack (built once into the cache: `osctl image stack`).
     #[arg(long)]
@@ -206,6 +228,9 @@ struct State {
     /// The config server of `--config-server`: (pid, port).
     #[serde(default)]
     config_server: Option<(i32, u16)>,
+    /// The daemon of `--network-loss`/`--network-delay`.
+    #[serde(default)]
+    chaos: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,10 +291,31 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             node_port,
         } => crate::publish::forward(&netns, listen, &to, node_port),
         ClusterCommand::Serve { listen, dir } => crate::serve::serve(listen, &dir),
+        ClusterCommand::Chaos {
+            netns,
+            loss,
+            delay,
+            ready,
+        } => crate::chaos::run(
+            &netns,
+            crate::chaos::Chaos {
+                loss_percent: loss,
+                delay,
+            },
+            &ready,
+        ),
     }
 }
 
 impl CreateArgs {
+    /// What `--network-loss`/`--network-delay` ask of the network, if anything.
+    fn chaos(&self) -> Option<crate::chaos::Chaos> {
+        (self.network_loss.is_some() || self.network_delay.is_some()).then(|| crate::chaos::Chaos {
+            loss_percent: self.network_loss.unwrap_or(0.0),
+            delay: self.network_delay.unwrap_or_default(),
+        })
+    }
+
     fn memory_mib(&self) -> u32 {
         self.memory
             .unwrap_or(if self.kubernetes { 2048 } else { 768 })
@@ -407,6 +453,11 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         if a.config_server.is_some() {
             bail!(
                 "--config-server: QEMU nodes only (a Docker node's kernel command line is the host's)"
+            );
+        }
+        if a.chaos().is_some() {
+            bail!(
+                "--network-loss and --network-delay: QEMU clusters only (a Docker cluster's network is the engine's bridge on the host)"
             );
         }
         docker::check_engine()?;
@@ -567,6 +618,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         published: Vec::new(),
         registry: None,
         config_server: None,
+        chaos: None,
     };
     save(&dir, &st)?;
     if let Some(port) = a.registry {
@@ -598,6 +650,9 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         }
     } else {
         network_up(&st)?;
+        if let Some(chaos) = a.chaos() {
+            start_chaos(&dir, &mut st, chaos)?;
+        }
         let media = media.context("the image build gave no boot media")?;
         if !matches!(media, Media::Kernel { .. }) {
             dhcp_up(&st, &dir, host, len, matches!(media, Media::Pxe))?;
@@ -643,7 +698,7 @@ fn start_registry(dir: &Path, st: &mut State, port: u16) -> anyhow::Result<()> {
         cmd,
         &dir.join("registry.log"),
         &format!("--registry {port}: docker-registry"),
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        &Ready::Listening(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
         |pid| {
             st.registry = Some((pid, port));
             save(dir, st)
@@ -651,14 +706,40 @@ fn start_registry(dir: &Path, st: &mut State, port: u16) -> anyhow::Result<()> {
     )
 }
 
+/// When a daemon of the cluster is ready.
+enum Ready<'a> {
+    /// It accepts connections here.
+    Listening(std::net::SocketAddr),
+    /// It wrote this file.
+    File(&'a Path),
+}
+
+impl Ready<'_> {
+    fn is_ready(&self) -> bool {
+        match self {
+            Ready::Listening(addr) => std::net::TcpStream::connect(addr).is_ok(),
+            Ready::File(path) => path.exists(),
+        }
+    }
+}
+
+impl std::fmt::Display for Ready<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ready::Listening(addr) => write!(f, "no answer on {addr}"),
+            Ready::File(path) => write!(f, "no {}", path.display()),
+        }
+    }
+}
+
 /// Starts `cmd` detached — its own process group (a Ctrl-C of the create does not stop it),
 /// its output in `log_path` — hands its pid to `record` (the cluster's state, for `destroy`),
-/// and waits until `addr` accepts connections; a process that exits first fails with its log.
+/// and waits until it is `ready`; a process that exits first fails with its log.
 fn start_daemon(
     mut cmd: Command,
     log_path: &Path,
     what: &str,
-    addr: std::net::SocketAddr,
+    ready: &Ready<'_>,
     record: impl FnOnce(i32) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
@@ -680,12 +761,12 @@ fn start_daemon(
                 std::fs::read_to_string(log_path).unwrap_or_default().trim()
             );
         }
-        if std::net::TcpStream::connect(addr).is_ok() {
+        if ready.is_ready() {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "{what} does not answer on {addr} after 30 s: {}",
+                "{what} is not ready ({ready}) after 30 s: {}",
                 log_path.display()
             );
         }
@@ -725,9 +806,33 @@ fn start_config_server(
         cmd,
         &dir.join("config-server.log"),
         &format!("--config-server {port}: the config server"),
-        listen,
+        &Ready::Listening(listen),
         |pid| {
             st.config_server = Some((pid, port));
+            save(dir, st)
+        },
+    )
+}
+
+/// Starts the chaos daemon in the cluster's namespace, detached, and waits until its rules are
+/// in place — before any node boots, so the whole create runs on the impaired network.
+fn start_chaos(dir: &Path, st: &mut State, chaos: crate::chaos::Chaos) -> anyhow::Result<()> {
+    step(&format!("network chaos: {chaos}"));
+    let ready = dir.join("chaos.ready");
+    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["cluster", "chaos", "--netns", &st.netns])
+        .arg(format!("--loss={}", chaos.loss_percent))
+        .arg(format!("--delay={}us", chaos.delay.as_micros()))
+        .arg("--ready")
+        .arg(&ready);
+    start_daemon(
+        cmd,
+        &dir.join("chaos.log"),
+        "--network-loss/--network-delay: the chaos daemon",
+        &Ready::File(&ready),
+        |pid| {
+            st.chaos = Some(pid);
             save(dir, st)
         },
     )
@@ -1114,11 +1219,20 @@ fn wait(
     Ok(())
 }
 
+/// The cluster bridge's MAC (locally administered; each cluster's bridge is on a segment of
+/// its own).
+const BRIDGE_MAC: &str = "02:b5:00:00:00:01";
+
 fn network_up(st: &State) -> anyhow::Result<()> {
     let ns = &st.netns;
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+    // A MAC of its own: a bridge without one takes its ports' lowest, changing it as taps are
+    // added, and a node that resolved the bridge's address before that keeps sending to a
+    // MAC the bridge no longer takes, until its ARP entry goes stale (tens of seconds).
+    ip(&[
+        "-n", ns, "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge",
+    ])?;
     ip(&["-n", ns, "link", "set", "br0", "up"])?;
     ip(&["-n", ns, "addr", "add", &st.bridge_address, "dev", "br0"])?;
     ip(&[
@@ -1328,6 +1442,12 @@ fn destroy(name: &str) -> anyhow::Result<()> {
         if alive(Some(pid)) {
             stop(pid);
             print_line(&format!("stopped the config server on port {port}"));
+        }
+    }
+    for pid in st.iter().filter_map(|s| s.chaos) {
+        if alive(Some(pid)) {
+            stop(pid);
+            print_line("stopped the network chaos");
         }
     }
     for (pid, port) in st.iter().filter_map(|s| s.registry) {

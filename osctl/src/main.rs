@@ -7,6 +7,7 @@
 #![allow(clippy::large_enum_variant)]
 
 mod api_cmd;
+mod chaos;
 mod client;
 mod cluster_cmd;
 mod cluster_docker;
