@@ -28,12 +28,10 @@ pub enum ContainerError {
     },
     #[error("{path}: {message}")]
     Layout { path: PathBuf, message: String },
-    #[error("containerd: {what}")]
-    Api {
-        what: String,
-        #[source]
-        source: tonic::Status,
-    },
+    /// containerd refused: its message, once (a `tonic::Status` prints its code and message
+    /// both, in Go's words).
+    #[error("containerd: {what}: {}", .status.message())]
+    Api { what: String, status: tonic::Status },
     #[error("image {0:?}: {1}")]
     Image(String, String),
     #[error(transparent)]
@@ -42,7 +40,7 @@ pub enum ContainerError {
 
 fn api(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> ContainerError {
     let what = what.into();
-    move |source| ContainerError::Api { what, source }
+    move |status| ContainerError::Api { what, status }
 }
 
 fn json(path: &Path, data: &[u8]) -> Result<serde_json::Value, ContainerError> {
@@ -1214,7 +1212,7 @@ pub async fn run(
         match removed {
             // containerd's garbage collector may have taken the snapshot with the container:
             // gone is what we wanted.
-            Err(ContainerError::Api { source, .. }) if source.code() == tonic::Code::NotFound => {}
+            Err(ContainerError::Api { status, .. }) if status.code() == tonic::Code::NotFound => {}
             other => other?,
         }
     }

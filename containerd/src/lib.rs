@@ -1023,6 +1023,97 @@ mod tests {
     /// Archives as `docker save` and OCI tools write them, imported into a real containerd:
     /// the image runs; importing again changes nothing; and every bad archive fails with its
     /// reason and leaves nothing behind — no image, no blob once containerd collects.
+    /// `/var` full (issue 24's fault table): containerd's store on a small tmpfs, filled to the
+    /// last few KiB. An import fails naming the cause, leaves no image and no layer behind,
+    /// containerd keeps running; once the space returns the same import succeeds — no restart,
+    /// nothing to clean up by hand.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_fails_an_import_by_name_and_the_space_returning_heals_it() {
+        use basalt_testkit::archive::{docker_save, sha, tar};
+        if !basalt_testkit::tier(basalt_testkit::Tier::Privileged, "full disk import") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &root,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64m"),
+        )
+        .unwrap();
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _unmount = Unmount(root.clone());
+        let (sup, c) = real_containerd(dir.path()).await;
+        let c = c.in_namespace("k8s.io");
+        // A layer of 4 MiB that does not compress, so it streams into the store.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let big: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let layer = tar(&[("big", b'0', &big, "")]);
+        let (archive, _) = docker_save(&layer);
+        // Fill the store's filesystem to its last 256 KiB.
+        let free = || {
+            let s = nix::sys::statvfs::statvfs(&root).unwrap();
+            s.blocks_available() * s.fragment_size()
+        };
+        let filler = root.join("filler");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0u8; 64 << 10];
+            while free() > 256 << 10 {
+                f.write_all(&chunk).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        let before: Vec<String> = c
+            .images("k8s.io")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        let e = c.import_archive(&archive[..]).await.unwrap_err();
+        let msg = basalt_sys::error_chain(&e);
+        assert!(msg.contains("no space left on device"), "{msg}");
+        let after: Vec<String> = c
+            .images("k8s.io")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(after, before, "a failed import left an image");
+        collect(&c).await;
+        assert!(!c.exists(&sha(&layer)).await.unwrap(), "its layer is left");
+        assert_eq!(
+            sup.state("containerd").map(|(s, _)| s),
+            Some(basalt_supervisor::State::Running),
+            "containerd did not keep running"
+        );
+        eprintln!("full: {msg}");
+        // The space returns: the same import goes through.
+        std::fs::remove_file(&filler).unwrap();
+        let out = c.import_archive(&archive[..]).await.unwrap();
+        assert_eq!(out[0].name, "docker.io/library/hello:v1");
+        assert!(c.exists(&sha(&layer)).await.unwrap());
+        sup.stop_all().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn archives_import_whole_or_not_at_all() {
         use crate::containers::Outcome;

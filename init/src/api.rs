@@ -74,6 +74,16 @@ impl From<AcceptError> for ApiError {
     }
 }
 
+/// containerd says a full disk with `Unknown` and the OS's words: a client is told
+/// `RESOURCE_EXHAUSTED` (what a full `/var` is), any other code passes as it came.
+fn full_disk_or(code: tonic::Code, message: &str) -> tonic::Code {
+    if message.contains("no space left on device") {
+        tonic::Code::ResourceExhausted
+    } else {
+        code
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let msg = basalt_sys::error_chain(&e);
@@ -94,14 +104,16 @@ impl From<ApiError> for Status {
                 Status::unavailable(msg)
             }
             ApiError::Container(basalt_containerd::containers::ContainerError::Api {
-                source,
+                status,
                 ..
-            }) => Status::new(source.code(), msg),
+            }) => Status::new(full_disk_or(status.code(), status.message()), msg),
             ApiError::Container(_) => Status::failed_precondition(msg),
             ApiError::Import(e) => {
                 use basalt_containerd::containers::ContainerError as C;
                 match e {
-                    C::Api { source, .. } => Status::new(source.code(), msg),
+                    C::Api { status, .. } => {
+                        Status::new(full_disk_or(status.code(), status.message()), msg)
+                    }
                     C::Read { .. } => Status::internal(msg),
                     C::Archive(_) | C::Image(..) | C::Layout { .. } => {
                         Status::invalid_argument(msg)
@@ -148,6 +160,7 @@ const RUN_IO_DIR: &str = "/var/run/basalt/containers";
 const KNOWN: &[(&str, &str)] = &[
     ("runtime", "Service"),
     ("runtime", "Sequence"),
+    ("runtime", "VolumeStatus"),
     ("config", "MachineConfig"),
     ("network", "LinkStatus"),
     ("network", "AddressStatus"),

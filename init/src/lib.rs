@@ -22,6 +22,7 @@ pub mod pid1;
 pub mod ping;
 pub mod scrub;
 pub mod sequence;
+pub mod space;
 pub mod sysinfo;
 pub mod upgrade;
 

@@ -243,6 +243,16 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     );
     crate::kubespan::serve_discovery(sup.clone(), state_dir.clone(), config.subscribe());
 
+    // How full /var and the state partition are (VolumeStatus).
+    tasks::supervise("space", {
+        let store = store.clone();
+        let points: Vec<std::path::PathBuf> = ["/var", STATE_MOUNT]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .collect();
+        move || crate::space::watch(store.clone(), points.clone(), crate::space::INTERVAL)
+    });
+
     // Time sync, and the time-synced condition that certificates wait for.
     tokio::spawn(basalt_timesync::run(
         store.clone(),

@@ -286,10 +286,10 @@ fn minor_skip(old: &str, new: &str) -> bool {
     }
 }
 
-/// Whether the node is healthy enough to confirm a trial boot: configured, and every service
-/// running with no failed health check.
+/// Whether the node is healthy enough to confirm a trial boot: configured, no volume full, and
+/// every service running with no failed health check.
 pub fn healthy(node: &crate::node::Node) -> bool {
-    if node.config.active().is_none() {
+    if node.config.active().is_none() || crate::space::any_full(&node.store).is_some() {
         return false;
     }
     let services = node.store.list::<basalt_supervisor::ServiceStatus>();
