@@ -478,7 +478,9 @@ fn iso_and_pxe_nodes_take_their_address_from_the_segments_dhcp() {
 
 /// A PXE fleet configures itself: `cluster create --pxe --config-server --kubernetes` serves
 /// each node's config as `configs/MAC.yaml` and never applies one; each node fetches its own
-/// at boot and the cluster comes up with Kubernetes healthy (every node Ready).
+/// at boot and the cluster comes up with Kubernetes healthy (every node Ready). Then an image
+/// the host's Docker engine built is loaded onto both nodes and a Deployment runs it on the
+/// worker with no pull (Kubernetes on QEMU, where images come in the same way as on Docker).
 #[test]
 fn a_pxe_fleet_takes_its_configs_from_a_config_server() {
     if !tier(
@@ -537,6 +539,31 @@ fn a_pxe_fleet_takes_its_configs_from_a_config_server() {
     }
     let health = ok(clusters, &["--osconfig", oc, "-n", "10.236.0.2", "health"]);
     assert!(health.contains("2 of 2 Ready"), "{health}");
+
+    // Images into a QEMU cluster (issue 21): an image the host built, loaded onto both nodes
+    // (again: both skipped), runs on the worker with no pull.
+    let kc = dir.join("kubeconfig");
+    ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            "10.236.0.2",
+            "kubeconfig",
+            kc.to_str().unwrap(),
+        ],
+    );
+    let worker = format!("{name}-worker-1");
+    common::load_and_run_everywhere(
+        clusters,
+        &name,
+        &dir,
+        &format!("basalt-{name}"),
+        &kc,
+        2,
+        &[&worker],
+    );
     drop(guard);
     assert!(!dir.exists(), "the cluster's directory is left");
     assert_eq!(

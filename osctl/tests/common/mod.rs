@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// Where the tests' clusters live: under the target directory, so the images are built once
 /// and reused by later runs.
@@ -251,4 +252,116 @@ impl Drop for DockerImage {
             .args(["rmi", "--force", &self.0])
             .output();
     }
+}
+
+/// A user's image — the static `hello` server on scratch, built by the host's Docker engine —
+/// put on every one of the cluster's `nodes` by `osctl cluster load` (a second load skips every
+/// node), then run by a Deployment with one replica on each of `workers` (spread by hostname)
+/// with no pull: every pod's events say the image was already present, none says Pulling.
+pub fn load_and_run_everywhere(
+    clusters: &Path,
+    name: &str,
+    dir: &Path,
+    ns: &str,
+    kc: &Path,
+    nodes: usize,
+    workers: &[&str],
+) {
+    let tag = format!("basalt-e2e/served:{name}");
+    let image = scratch_image(&tag);
+    let loaded = ok(clusters, &["cluster", "load", "--name", name, &tag]);
+    assert_eq!(loaded.matches(" created").count(), nodes, "{loaded}");
+    let again = ok(clusters, &["cluster", "load", "--name", name, &tag]);
+    drop(image);
+    assert_eq!(
+        again.matches("skipped: the node has it").count(),
+        nodes,
+        "{again}"
+    );
+    let manifest = dir.join("served.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: served
+spec:
+  replicas: {}
+  selector:
+    matchLabels: {{app: served}}
+  template:
+    metadata:
+      labels: {{app: served}}
+    spec:
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: DoNotSchedule
+          labelSelector:
+            matchLabels: {{app: served}}
+      containers:
+        - name: served
+          image: {tag}
+          args: ["--serve", "8080"]
+"#,
+            workers.len()
+        ),
+    )
+    .unwrap();
+    kubectl(ns, kc, &["apply", "-f", manifest.to_str().unwrap()]).unwrap();
+    let mut want: Vec<&str> = workers.to_vec();
+    want.sort_unstable();
+    eventually(Duration::from_secs(300), Duration::from_secs(2), || {
+        let pods = kubectl(
+            ns,
+            kc,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=served",
+                "-o",
+                r#"jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{"\n"}{end}"#,
+            ],
+        )?;
+        let mut running: Vec<&str> = pods
+            .lines()
+            .filter(|l| l.ends_with(" Running"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        running.sort_unstable();
+        if running == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "served is not running on every worker ({want:?}):\n{pods}\n{}",
+                kubectl(ns, kc, &["describe", "pods", "-l", "app=served"]).unwrap_or_default()
+            ))
+        }
+    });
+    let events = kubectl(
+        ns,
+        kc,
+        &[
+            "get",
+            "events",
+            "-o",
+            r#"jsonpath={range .items[*]}{.involvedObject.name} {.reason} {.message}{"\n"}{end}"#,
+        ],
+    )
+    .unwrap();
+    let served: Vec<&str> = events
+        .lines()
+        .filter(|l| l.starts_with("served-"))
+        .collect();
+    assert!(
+        served
+            .iter()
+            .filter(|l| l.contains("already present on machine"))
+            .count()
+            >= workers.len()
+            && !served.iter().any(|l| l.contains(" Pulling ")),
+        "{events}"
+    );
 }
