@@ -127,35 +127,50 @@ pub fn start(
         }
     });
 
-    tokio::spawn(async move {
-        let start = tokio::time::Instant::now();
-        let mut settle: Option<Duration> = None;
-        loop {
-            let wanted = wants_address(&store);
-            let have = store
-                .list::<AddressStatus>()
-                .iter()
-                .any(|(_, a)| a.link != "lo" && a.scope == "global");
-            // With an address, the routes it makes reachable follow within moments: wait for
-            // them too (a little), so what is reported and used next is the whole picture.
-            if have {
-                let since = *settle.get_or_insert(start.elapsed());
-                if routes_in(&store) || start.elapsed() >= since + ROUTES_SETTLE {
+    // network-ready: once an address is there (and the routes it brings, or a moment for them),
+    // or at once when no address is wanted, or after READY_TIMEOUT. Checked again on every
+    // change to the store, not on a timer.
+    tasks::until_done("network-ready", move || {
+        let (store, sup) = (store.clone(), sup.clone());
+        async move {
+            let mut changes = store.changes();
+            let start = tokio::time::Instant::now();
+            let mut settle: Option<tokio::time::Instant> = None;
+            loop {
+                let wanted = wants_address(&store);
+                let have = store
+                    .list::<AddressStatus>()
+                    .iter()
+                    .any(|(_, a)| a.link != "lo" && a.scope == "global");
+                let now = tokio::time::Instant::now();
+                // With an address, the routes it makes reachable follow within moments: wait
+                // for them too (a little), so what is reported and used next is the whole
+                // picture.
+                if have {
+                    let since = *settle.get_or_insert(now);
+                    if routes_in(&store) || now >= since + ROUTES_SETTLE {
+                        break;
+                    }
+                }
+                if !wanted || now >= start + READY_TIMEOUT {
+                    if wanted && !have {
+                        tracing::info!("network: no address within 30 s; going on without one");
+                    }
                     break;
                 }
-            }
-            if !wanted || start.elapsed() > READY_TIMEOUT {
-                if wanted && !have {
-                    tracing::info!("network: no address within 30 s; going on without one");
+                let deadline = settle
+                    .map_or(start + READY_TIMEOUT, |since| since + ROUTES_SETTLE)
+                    .min(start + READY_TIMEOUT);
+                if let Ok(Err(_)) = tokio::time::timeout_at(deadline, changes.changed()).await {
+                    // The store is gone: only the deadline is left to wait for.
+                    tokio::time::sleep_until(deadline).await;
                 }
-                break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            for line in summary(&store) {
+                tracing::info!("network: {line}");
+            }
+            sup.set_condition(supervisor::NETWORK, true);
         }
-        for line in summary(&store) {
-            tracing::info!("network: {line}");
-        }
-        sup.set_condition(supervisor::NETWORK, true);
     });
 }
 

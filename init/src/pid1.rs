@@ -192,11 +192,10 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     };
 
     if cmdline.slot.is_some() {
-        tokio::spawn(crate::upgrade::watch_boot(
-            node.clone(),
-            node.paths.upgrade.clone(),
-            cmdline.trial,
-        ));
+        let (n, trial) = (node.clone(), cmdline.trial);
+        tasks::until_done("trial-boot", move || {
+            crate::upgrade::watch_boot(n.clone(), n.paths.upgrade.clone(), trial)
+        });
     }
 
     let api = Api::new(node.clone(), Path::new(containerd::SOCKET));
@@ -223,14 +222,17 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     if let Some(url) = cmdline.config_url.clone()
         && config.active().is_none()
     {
-        tokio::spawn(crate::configurl::run(
+        let (n, src) = (
             node.clone(),
             crate::configurl::Source {
                 url,
                 sha256: cmdline.config_sha256,
                 ca: cmdline.config_ca.clone(),
             },
-        ));
+        );
+        tasks::until_done("config-url", move || {
+            crate::configurl::run(n.clone(), src.clone())
+        });
     }
 
     crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
@@ -254,13 +256,19 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     });
 
     // Time sync, and the time-synced condition that certificates wait for.
-    tokio::spawn(basalt_timesync::run(
-        store.clone(),
-        sup.clone(),
-        config.subscribe(),
-        Arc::new(basalt_timesync::SystemClock),
-        container,
-    ));
+    tasks::supervise("time-sync", {
+        let (store, sup, rx) = (store.clone(), sup.clone(), config.subscribe());
+        let clock = Arc::new(basalt_timesync::SystemClock);
+        move || {
+            basalt_timesync::run(
+                store.clone(),
+                sup.clone(),
+                rx.clone(),
+                clock.clone(),
+                container,
+            )
+        }
+    });
 
     if Path::new("/usr/bin/containerd").exists() {
         // Registry credentials are read when containerd starts: those of the config the node
@@ -275,17 +283,18 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
             Ok(_) => {
                 sup.add(containerd::service(containerd::SOCKET.into()))
                     .await;
-                tokio::spawn(import_images(sup.clone()));
+                let s = sup.clone();
+                tasks::until_done("import-images", move || import_images(s.clone()));
                 if let Some(base) = cri {
-                    tokio::spawn(containerd::registry::follow(
-                        config.subscribe(),
-                        sup.clone(),
-                        move |auth| {
+                    let (rx, s) = (config.subscribe(), sup.clone());
+                    tasks::supervise("registry-settings", move || {
+                        let base = base.clone();
+                        containerd::registry::follow(rx.clone(), s.clone(), move |auth| {
                             let mut c = base.clone();
                             c.registry_auth = auth.to_vec();
                             containerd::prepare(Some(&c))
-                        },
-                    ));
+                        })
+                    });
                 }
             }
             Err(e) => tracing::warn!("containerd not started: cannot prepare it: {e}"),
@@ -297,15 +306,18 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     crate::apidcert::start(sup.clone(), store.clone(), config.subscribe());
 
     if cmdline.poweroff_when_up {
-        let n = node.clone();
-        tokio::spawn(async move {
-            n.sup
-                .wait_for("containerd", Duration::from_secs(120), |s, h| {
-                    s == supervisor::State::Running && h == supervisor::HealthState::Healthy
-                })
-                .await;
-            tracing::info!("basalt.test=poweroff: powering off");
-            let _ = n.spawn_sequence("shutdown", n.shutdown_steps(End::PowerOff));
+        let up = node.clone();
+        tasks::until_done("poweroff-when-up", move || {
+            let n = up.clone();
+            async move {
+                n.sup
+                    .wait_for("containerd", Duration::from_secs(120), |s, h| {
+                        s == supervisor::State::Running && h == supervisor::HealthState::Healthy
+                    })
+                    .await;
+                tracing::info!("basalt.test=poweroff: powering off");
+                let _ = n.spawn_sequence("shutdown", n.shutdown_steps(End::PowerOff));
+            }
         });
     }
 

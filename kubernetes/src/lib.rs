@@ -29,7 +29,7 @@ use basalt_config::Config;
 use basalt_config::v1alpha1::MachineType;
 use tokio::sync::watch;
 
-use basalt_supervisor::{self as supervisor, Supervisor};
+use basalt_supervisor::{self as supervisor, Supervisor, tasks};
 
 pub use layout::{KUBELET, available};
 
@@ -572,187 +572,204 @@ pub fn start(
     if !available() {
         return;
     }
-    tokio::spawn(async move {
-        let mut config = config;
-        let cfg = loop {
-            if let Some(c) = config.borrow_and_update().clone() {
-                break c;
+    // One task sets Kubernetes up from the first config (restarted only if it panics); on a
+    // control plane it ends following the config with the add-ons.
+    tasks::until_done("kubernetes", move || {
+        let (store, sup, kube) = (store.clone(), sup.clone(), kube.clone());
+        let config = config.clone();
+        async move {
+            let mut config = config;
+            let cfg = loop {
+                if let Some(c) = config.borrow_and_update().clone() {
+                    break c;
+                }
+                if config.changed().await.is_err() {
+                    return;
+                }
+            };
+            sup.wait_condition(supervisor::NETWORK, Duration::from_secs(60))
+                .await;
+            // The PKI is issued below: by a synced clock (time sync's bootTimeout bounds this).
+            sup.wait_condition(supervisor::TIME, Duration::from_secs(900))
+                .await;
+            let subnets = cfg
+                .machine()
+                .kubelet
+                .as_ref()
+                .map(|k| k.node_ip_subnets.clone())
+                .unwrap_or_default();
+            // The address may come a little after network-ready (DHCP, a container's runtime).
+            let mut ip = node_ip(node_addresses(&store), &subnets);
+            for _ in 0..30 {
+                if ip.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ip = node_ip(node_addresses(&store), &subnets);
             }
-            if config.changed().await.is_err() {
+            let Some(ip) = ip else {
+                tracing::info!("no node address found: nothing started");
                 return;
-            }
-        };
-        sup.wait_condition(supervisor::NETWORK, Duration::from_secs(60))
-            .await;
-        // The PKI is issued below: by a synced clock (time sync's bootTimeout bounds this).
-        sup.wait_condition(supervisor::TIME, Duration::from_secs(900))
-            .await;
-        let subnets = cfg
-            .machine()
-            .kubelet
-            .as_ref()
-            .map(|k| k.node_ip_subnets.clone())
-            .unwrap_or_default();
-        // The address may come a little after network-ready (DHCP, a container's runtime).
-        let mut ip = node_ip(node_addresses(&store), &subnets);
-        for _ in 0..30 {
-            if ip.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            ip = node_ip(node_addresses(&store), &subnets);
-        }
-        let Some(ip) = ip else {
-            tracing::info!("no node address found: nothing started");
-            return;
-        };
-        let me = etcd::Me {
-            name: hostname(),
-            ip,
-        };
-        let info = pki::NodeInfo {
-            hostname: me.name.clone(),
-            addresses: vec![ip],
-        };
-        let issued = pki::issue_all(&cfg, &info).map(|files| {
-            pki::write(&kube.paths.pki, &files).map_err(FileError::write(&kube.paths.pki))
-        });
-        match issued {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!("PKI not written: {}", basalt_sys::error_chain(&e));
-                return;
-            }
-            Err(e) => {
-                tracing::warn!("PKI not issued: {}", basalt_sys::error_chain(&e));
-                return;
-            }
-        }
-        tracing::info!(
-            "PKI issued for {} ({ip}) in {}",
-            me.name,
-            kube.paths.pki.display()
-        );
-        // The kubelet, on every node.
-        if container {
-            for note in kubelet::prepare_container() {
-                tracing::info!("kubelet: {note}");
-            }
-        }
-        if kubelet::cgroup_v1() {
-            tracing::info!(
-                "kubelet: this node's cgroups are v1 (its host's are: /sys/fs/cgroup is not cgroup2); \
-                 the kubelet runs with failCgroupV1: false"
-            );
-        }
-        match kubelet::write_pod_resolv_conf() {
-            Ok(0) => tracing::info!(
-                "kubelet: the node has no name server pods can use (loopback ones are left out): \
-                 pods of dnsPolicy Default get none, and CoreDNS answers only the cluster's names"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("kubelet: cannot write {}: {e}", kubelet::POD_RESOLV_CONF),
-        }
-        let host = kubelet::Host::detect(container);
-        let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki, host);
-        match basalt_sys::fs::atomic_write(
-            Path::new(kubelet::CONFIG),
-            kubelet_yaml.as_bytes(),
-            0o644,
-        )
-        .map_err(FileError::write(Path::new(kubelet::CONFIG)))
-        {
-            Ok(()) => {
-                let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
-                let running = kubelet_key(&args, &cfg, &kube.paths.pki, host);
-                sup.add(kubelet::service(args)).await;
-                tokio::spawn(follow_kubelet(
-                    sup.clone(),
-                    config.clone(),
-                    ip,
-                    me.name.clone(),
-                    kube.paths.pki.clone(),
-                    host,
-                    running,
-                ));
-                tokio::spawn(follow_proxy(
-                    sup.clone(),
-                    config.clone(),
-                    me.name.clone(),
-                    container,
-                ));
-                tokio::spawn(node::run(
-                    node_access(&cfg, &kube.paths.pki),
-                    me.name.clone(),
-                    config.clone(),
-                ));
-                tokio::spawn(tlsboot::run(
-                    sup.clone(),
-                    cfg.clone(),
-                    kube.paths.pki.clone(),
-                    me.name.clone(),
-                ));
-                // Routes to the other nodes' pods, through the link of the node's address.
-                let link = node_addresses(&store)
-                    .into_iter()
-                    .find(|(_, a)| *a == ip)
-                    .map(|(link, _)| link);
-                match link {
-                    Some(link) => {
-                        let e = &cfg.cluster().control_plane.endpoint;
-                        tokio::spawn(podroutes::run(
-                            store.clone(),
-                            (e.host.clone(), e.port),
-                            Arc::from(kube.paths.pki.as_path()),
-                            me.name.clone(),
-                            link,
-                        ));
-                    }
-                    None => tracing::info!("no link holds {ip}: no pod routes"),
+            };
+            let me = etcd::Me {
+                name: hostname(),
+                ip,
+            };
+            let info = pki::NodeInfo {
+                hostname: me.name.clone(),
+                addresses: vec![ip],
+            };
+            let issued = pki::issue_all(&cfg, &info).map(|files| {
+                pki::write(&kube.paths.pki, &files).map_err(FileError::write(&kube.paths.pki))
+            });
+            match issued {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("PKI not written: {}", basalt_sys::error_chain(&e));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("PKI not issued: {}", basalt_sys::error_chain(&e));
+                    return;
                 }
             }
-            Err(e) => tracing::warn!("kubelet not started: {}", basalt_sys::error_chain(&e)),
-        }
-
-        let controlplane = cfg.machine().machine_type == MachineType::ControlPlane;
-        {
-            let mut s = kube.state();
-            s.controlplane = controlplane;
-            s.me = Some(me.clone());
-            s.endpoint_host = cfg.cluster().control_plane.endpoint.host.clone();
-        }
-        if !controlplane {
-            return;
-        }
-        if etcd::has_data(&kube.paths.etcd_data) {
-            if let Err(e) = kube.initialize(&sup, &me, &etcd::Start::Existing) {
-                tracing::warn!("etcd: {}", basalt_sys::error_chain(&e));
-            }
-        } else {
             tracing::info!(
-                "etcd: no data here: waiting for `osctl bootstrap`, or to join the cluster"
+                "PKI issued for {} ({ip}) in {}",
+                me.name,
+                kube.paths.pki.display()
             );
-            tokio::spawn(join_loop(sup.clone(), kube.clone(), me.clone()));
-        }
-        sup.add(etcd::service(kube.paths.pki.clone())).await;
+            // The kubelet, on every node.
+            if container {
+                for note in kubelet::prepare_container() {
+                    tracing::info!("kubelet: {note}");
+                }
+            }
+            if kubelet::cgroup_v1() {
+                tracing::info!(
+                    "kubelet: this node's cgroups are v1 (its host's are: /sys/fs/cgroup is not cgroup2); \
+                 the kubelet runs with failCgroupV1: false"
+                );
+            }
+            match kubelet::write_pod_resolv_conf() {
+                Ok(0) => tracing::info!(
+                    "kubelet: the node has no name server pods can use (loopback ones are left out): \
+                 pods of dnsPolicy Default get none, and CoreDNS answers only the cluster's names"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("kubelet: cannot write {}: {e}", kubelet::POD_RESOLV_CONF),
+            }
+            let host = kubelet::Host::detect(container);
+            let kubelet_yaml = kubelet::config_yaml(&cfg, &kube.paths.pki, host);
+            match basalt_sys::fs::atomic_write(
+                Path::new(kubelet::CONFIG),
+                kubelet_yaml.as_bytes(),
+                0o644,
+            )
+            .map_err(FileError::write(Path::new(kubelet::CONFIG)))
+            {
+                Ok(()) => {
+                    let args = kubelet::args(&cfg, ip, &me.name, &kube.paths.pki);
+                    let running = kubelet_key(&args, &cfg, &kube.paths.pki, host);
+                    sup.add(kubelet::service(args)).await;
+                    tasks::supervise("kubelet-follow", {
+                        let (sup, config) = (sup.clone(), config.clone());
+                        let (name, pki) = (me.name.clone(), kube.paths.pki.clone());
+                        move || {
+                            follow_kubelet(
+                                sup.clone(),
+                                config.clone(),
+                                ip,
+                                name.clone(),
+                                pki.clone(),
+                                host,
+                                running.clone(),
+                            )
+                        }
+                    });
+                    tasks::supervise("kube-proxy-follow", {
+                        let (sup, config, name) = (sup.clone(), config.clone(), me.name.clone());
+                        move || follow_proxy(sup.clone(), config.clone(), name.clone(), container)
+                    });
+                    tasks::supervise("node-object", {
+                        let access = node_access(&cfg, &kube.paths.pki);
+                        let (name, config) = (me.name.clone(), config.clone());
+                        move || node::run(access.clone(), name.clone(), config.clone())
+                    });
+                    tasks::until_done("kubelet-bootstrap", {
+                        let (sup, cfg) = (sup.clone(), cfg.clone());
+                        let (pki, name) = (kube.paths.pki.clone(), me.name.clone());
+                        move || tlsboot::run(sup.clone(), cfg.clone(), pki.clone(), name.clone())
+                    });
+                    // Routes to the other nodes' pods, through the link of the node's address.
+                    let link = node_addresses(&store)
+                        .into_iter()
+                        .find(|(_, a)| *a == ip)
+                        .map(|(link, _)| link);
+                    match link {
+                        Some(link) => {
+                            let e = &cfg.cluster().control_plane.endpoint;
+                            let (store, endpoint) = (store.clone(), (e.host.clone(), e.port));
+                            let pki: Arc<Path> = Arc::from(kube.paths.pki.as_path());
+                            let name = me.name.clone();
+                            tasks::supervise("pod-routes", move || {
+                                podroutes::run(
+                                    store.clone(),
+                                    endpoint.clone(),
+                                    pki.clone(),
+                                    name.clone(),
+                                    link.clone(),
+                                )
+                            });
+                        }
+                        None => tracing::info!("no link holds {ip}: no pod routes"),
+                    }
+                }
+                Err(e) => tracing::warn!("kubelet not started: {}", basalt_sys::error_chain(&e)),
+            }
 
-        let settings = controlplane::Settings::from_config(&cfg, ip, &kube.paths.pki);
-        for def in controlplane::services(&settings) {
-            sup.add(def).await;
+            let controlplane = cfg.machine().machine_type == MachineType::ControlPlane;
+            {
+                let mut s = kube.state();
+                s.controlplane = controlplane;
+                s.me = Some(me.clone());
+                s.endpoint_host = cfg.cluster().control_plane.endpoint.host.clone();
+            }
+            if !controlplane {
+                return;
+            }
+            if etcd::has_data(&kube.paths.etcd_data) {
+                if let Err(e) = kube.initialize(&sup, &me, &etcd::Start::Existing) {
+                    tracing::warn!("etcd: {}", basalt_sys::error_chain(&e));
+                }
+            } else {
+                tracing::info!(
+                    "etcd: no data here: waiting for `osctl bootstrap`, or to join the cluster"
+                );
+                let (sup, kube, me) = (sup.clone(), kube.clone(), me.clone());
+                tasks::until_done("etcd-join", move || {
+                    join_loop(sup.clone(), kube.clone(), me.clone())
+                });
+            }
+            sup.add(etcd::service(kube.paths.pki.clone())).await;
+
+            let settings = controlplane::Settings::from_config(&cfg, ip, &kube.paths.pki);
+            for def in controlplane::services(&settings) {
+                sup.add(def).await;
+            }
+            // The cluster's add-ons (what kubelets need to join first), as soon as the API server
+            // answers, and again on every config change.
+            sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, _| {
+                s == supervisor::State::Running
+            })
+            .await;
+            addons::run(
+                config.clone(),
+                kube.paths.pki.clone(),
+                me.name.clone(),
+                pki::APISERVER_PORT,
+            )
+            .await;
         }
-        // The cluster's add-ons (what kubelets need to join first), as soon as the API server
-        // answers, and again on every config change.
-        sup.wait_for("kube-apiserver", Duration::from_secs(3600), |s, _| {
-            s == supervisor::State::Running
-        })
-        .await;
-        addons::run(
-            config.clone(),
-            kube.paths.pki.clone(),
-            me.name.clone(),
-            pki::APISERVER_PORT,
-        )
-        .await;
     });
 }
 

@@ -424,6 +424,12 @@ impl Store {
         Ok(())
     }
 
+    /// Wakes on every change to the store, whatever its kind (the value is the revision): for
+    /// a check over several kinds that should run again when any of them changes.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.notify.subscribe()
+    }
+
     /// Watches every resource of `kind`. With `since: None` the watch first replays the current
     /// resources as `Created` and then a `Bookmark`; with `Some(bookmark)` it resumes after it.
     pub fn watch_kind(&self, kind: Kind, since: Option<u64>) -> Watch {

@@ -1,6 +1,9 @@
-//! Long-lived tasks of PID 1 (the API server, the config watcher, ...) run under a guard: a
-//! task that panics or returns is logged and started again with back-off, so no single bug
-//! takes the node down.
+//! PID 1's tasks run under one guard, the only way a task is kept alive: a task that panics is
+//! logged and started again with back-off, so no single bug takes the node down. A task that
+//! should run for the node's life ([`supervise`]: the API server, the config followers, time
+//! sync) is also started again when it returns; a task that has a job to finish
+//! ([`until_done`]: the first config from a URL, the images imported at boot, a trial boot's
+//! watch) ends when it returns.
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,9 +44,46 @@ where
     )
 }
 
+/// Runs `make()` until one run returns: started again only after a panic, with back-off.
+pub fn until_done<F, Fut>(name: &'static str, make: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    guard(
+        name,
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 2),
+        Lifetime::UntilDone,
+        make,
+    )
+}
+
+/// [`supervise`] with a back-off of its own.
 pub fn supervise_with<F, Fut>(
     name: &'static str,
+    backoff: Backoff,
+    make: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    guard(name, backoff, Lifetime::Forever, make)
+}
+
+/// How long a guarded task lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifetime {
+    /// The node's life: a return is a failure like a panic.
+    Forever,
+    /// Until a run returns.
+    UntilDone,
+}
+
+fn guard<F, Fut>(
+    name: &'static str,
     mut backoff: Backoff,
+    lifetime: Lifetime,
     mut make: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -54,6 +94,7 @@ where
         loop {
             let started = tokio::time::Instant::now();
             let why = match tokio::spawn(make()).await {
+                Ok(()) if lifetime == Lifetime::UntilDone => return,
                 Ok(()) => "ended".to_string(),
                 Err(e) if e.is_panic() => {
                     format!("panicked: {}", panic_message(&*e.into_panic()))
@@ -121,6 +162,40 @@ mod tests {
             4,
             "a healthy task is left alone"
         );
+        h.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_with_a_job_ends_when_done_and_is_restarted_only_after_a_panic() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let h = until_done("once", move || {
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    panic!("the first run fails");
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), h)
+            .await
+            .expect("the guard ends once a run returns")
+            .unwrap();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "one panic, one run that returned"
+        );
+
+        // A task for the node's life is started again when it returns.
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let h = supervise("forever", move || {
+            r.fetch_add(1, Ordering::SeqCst);
+            async {}
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(runs.load(Ordering::SeqCst) >= 3, "{runs:?}");
         h.abort();
     }
 }
