@@ -44,8 +44,8 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     .map_err(|_| format!("{s:?} is not a mark (a number, decimal or 0x-hex)"))
 }
 
-async fn serve(a: Args) -> Result<(), super::ServeError> {
-    use super::ServeError;
+async fn serve(a: Args) -> Result<(), crate::ServeError> {
+    use crate::ServeError;
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -84,7 +84,7 @@ async fn serve(a: Args) -> Result<(), super::ServeError> {
     let snapshot = a
         .snapshot
         .map(|p| (p, Duration::from_secs(a.snapshot_every.max(1))));
-    super::serve_with(listener, tls, super::Limits::default(), snapshot, shutdown).await
+    crate::serve_with(listener, tls, crate::Limits::default(), snapshot, shutdown).await
 }
 
 /// Runs the server with `args` (the program name first); returns the exit code.

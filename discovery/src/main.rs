@@ -3,5 +3,5 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    std::process::exit(basalt_kubespan::discovery::cli::run(&args));
+    std::process::exit(basalt_discovery::cli::run(&args));
 }

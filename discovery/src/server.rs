@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::registry::{
+use crate::registry::{
     AffiliateView, Change, Limits, RateLimiter, Registry, RegistryError, Snapshot,
 };
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use basalt_api::discovery as pb;
-use basalt_kubespan::discovery::{Limits, Registry};
+use basalt_discovery::{Limits, Registry};
 use prost::Message as _;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,7 @@ fn main() {
     let base = argv0.rsplit('/').next().unwrap_or_default();
     match base {
         "apid" => basalt_apid::run(&args[1..]),
-        "basalt-discovery" => std::process::exit(basalt_kubespan::discovery::cli::run(&args)),
+        "basalt-discovery" => std::process::exit(basalt_discovery::cli::run(&args)),
         _ => pid1::run(),
     }
 }

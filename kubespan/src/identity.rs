@@ -9,9 +9,9 @@ use basalt_config::types::{Key32, Prefix};
 use basalt_resources::Spec;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use boringtun::x25519::{PublicKey, StaticSecret};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey, StaticSecret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

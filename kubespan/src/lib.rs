@@ -1,10 +1,10 @@
-//! KubeSpan: the automatic WireGuard mesh between a cluster's nodes.
-//!
-//! Built so far: each node's identity (a persisted WireGuard key pair and a mesh address in a
-//! ULA prefix derived from the cluster id), affiliate records sealed with a key derived from the
-//! cluster secret, and the open discovery server nodes meet through. Peers and the data plane
-//! come next (see docs/kubespan.md). Nothing here touches the network configuration: the
-//! WireGuard link itself is networkd's.
+//! KubeSpan: the automatic WireGuard mesh between a cluster's nodes, on each node: its
+//! identity (a persisted WireGuard key pair and a mesh address in a ULA prefix derived from the
+//! cluster id), affiliate records sealed with a key derived from the cluster secret, the
+//! discovery client, the agent that turns affiliates into peers and watches their health, the
+//! data plane (the kernel's WireGuard, or the userspace one behind the `userspace` feature),
+//! MSS clamping. The discovery server the nodes meet through is the `basalt-discovery` crate;
+//! the WireGuard link and the mesh's routes themselves are networkd's (see docs/kubespan.md).
 
 #![forbid(unsafe_code)]
 
@@ -12,7 +12,6 @@ pub mod affiliate;
 pub mod agent;
 pub mod client;
 pub mod device;
-pub mod discovery;
 pub mod identity;
 pub mod kernel;
 pub mod mss;

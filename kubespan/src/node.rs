@@ -91,18 +91,22 @@ pub async fn run(store: Store, opts: NodeOptions) -> Result<(), NodeError> {
         fwmark: Some(device::FWMARK),
         ..opts.device
     };
-    let (plane, task): (Box<dyn DataPlane>, _) = match kernel::Kernel::open(KUBESPAN_LINK).await {
-        Some(k) => {
-            info!("the kernel's WireGuard");
-            k.configure(&opts.keys, dev_opts).await?;
-            (Box::new(k), None)
-        }
-        None => {
-            info!("no WireGuard in the kernel; the userspace device");
-            let (d, task) = device::run(&opts.keys, KUBESPAN_LINK, dev_opts).await?;
-            (Box::new(d), Some(task))
-        }
-    };
+    let (plane, task): (Box<dyn DataPlane>, Option<DeviceTask>) =
+        match kernel::Kernel::open(KUBESPAN_LINK).await {
+            Some(k) => {
+                info!("the kernel's WireGuard");
+                k.configure(&opts.keys, dev_opts).await?;
+                (Box::new(k), None)
+            }
+            #[cfg(feature = "userspace")]
+            None => {
+                info!("no WireGuard in the kernel; the userspace device");
+                let (d, task) = device::run(&opts.keys, KUBESPAN_LINK, dev_opts).await?;
+                (Box::new(d), Some(task))
+            }
+            #[cfg(not(feature = "userspace"))]
+            None => return Err(DeviceError::NoWireGuard.into()),
+        };
     crate::mss::install(dev_opts.mtu)?;
     let _client = opts.discovery.clone().map(|endpoint| {
         let cfg = ClientConfig {
@@ -172,6 +176,9 @@ async fn discover(store: Store, cfg: ClientConfig) {
         tokio::time::sleep(wait).await;
     }
 }
+
+/// The userspace device's packet pump, when that is the data plane.
+type DeviceTask = tokio::task::JoinHandle<Result<(), DeviceError>>;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

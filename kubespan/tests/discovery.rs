@@ -10,15 +10,15 @@ use std::time::Duration;
 use basalt_api::discovery as pb;
 use basalt_api::discovery::discovery_client::DiscoveryClient;
 use basalt_config::types::Key32;
+use basalt_discovery::{Limits, serve};
 use basalt_kubespan::affiliate::{Affiliate, Sealer};
-use basalt_kubespan::discovery::{Limits, serve};
 
 async fn start(
     snapshot: Option<std::path::PathBuf>,
 ) -> (
     String,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), basalt_kubespan::discovery::ServeError>>,
+    tokio::task::JoinHandle<Result<(), basalt_discovery::ServeError>>,
 ) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -367,10 +367,10 @@ async fn discovery_over_tls_checks_the_server() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", l.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(basalt_kubespan::discovery::serve_with(
+    let task = tokio::spawn(basalt_discovery::serve_with(
         l,
         Some(tls),
-        basalt_kubespan::discovery::Limits::default(),
+        basalt_discovery::Limits::default(),
         None,
         async {
             let _ = stopped.await;

@@ -376,14 +376,9 @@ impl Hub {
                     .await
                     .unwrap();
                 let _ = bound_tx.send(());
-                basalt_kubespan::discovery::serve(
-                    l,
-                    basalt_kubespan::discovery::Limits::default(),
-                    None,
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
+                basalt_discovery::serve(l, basalt_discovery::Limits::default(), None, async {
+                    let _ = stopped.await;
+                })
                 .await
                 .unwrap();
             });
