@@ -866,6 +866,19 @@ mod tests {
         (sup, Client::new(&sock))
     }
 
+    /// The names of the images in `ns`, sorted.
+    async fn image_names(c: &Client, ns: &str) -> Vec<String> {
+        let mut v: Vec<String> = c
+            .images(ns)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Makes containerd collect what nothing refers to, now (deleting an empty lease with
     /// `sync`).
     async fn collect(c: &Client) {
@@ -918,14 +931,7 @@ mod tests {
         );
         let names = crate::containers::import_all(&c, &layouts).await.unwrap();
         assert_eq!(names, ["basalt.local/t:v1", "basalt.local/u:v1"]);
-        let k8s: Vec<String> = c
-            .images("k8s.io")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
-        assert_eq!(k8s, ["basalt.local/u:v1"]);
+        assert_eq!(image_names(&c, "k8s.io").await, ["basalt.local/u:v1"]);
         assert_eq!(c.images(NAMESPACE).await.unwrap().len(), 2);
         // Importing again changes nothing.
         assert!(
@@ -1080,24 +1086,15 @@ mod tests {
             }
             f.sync_all().unwrap();
         }
-        let before: Vec<String> = c
-            .images("k8s.io")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
+        let before = image_names(&c, "k8s.io").await;
         let e = c.import_archive(&archive[..]).await.unwrap_err();
         let msg = basalt_sys::error_chain(&e);
         assert!(msg.contains("no space left on device"), "{msg}");
-        let after: Vec<String> = c
-            .images("k8s.io")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
-        assert_eq!(after, before, "a failed import left an image");
+        assert_eq!(
+            image_names(&c, "k8s.io").await,
+            before,
+            "a failed import left an image"
+        );
         collect(&c).await;
         assert!(!c.exists(&sha(&layer)).await.unwrap(), "its layer is left");
         assert_eq!(
@@ -1162,18 +1159,7 @@ mod tests {
         assert_eq!(out[0].name, "basalt.local/oci:v1");
         assert_eq!(out[0].outcome, Outcome::Created);
 
-        let names = |c: Client| async move {
-            let mut v: Vec<String> = c
-                .images("k8s.io")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|i| i.name)
-                .collect();
-            v.sort();
-            v
-        };
-        let before = names(c.clone()).await;
+        let before = image_names(&c, "k8s.io").await;
         assert_eq!(before.len(), 3);
         // Each bad archive carries a layer of its own (larger than what is kept in memory, so
         // it streams into the store), which must be gone once containerd collects.
@@ -1256,7 +1242,11 @@ mod tests {
             let e = c.import_archive(input).await.unwrap_err();
             let msg = basalt_sys::error_chain(&e);
             assert!(msg.contains(want), "{case}: {msg}");
-            assert_eq!(names(c.clone()).await, before, "{case}: the images changed");
+            assert_eq!(
+                image_names(&c, "k8s.io").await,
+                before,
+                "{case}: the images changed"
+            );
             collect(&c).await;
             assert!(
                 !c.exists(&sha(own_layer)).await.unwrap(),
@@ -1273,7 +1263,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(basalt_sys::error_chain(&e).contains("nope"), "{e}");
-        assert_eq!(names(c.clone()).await.len(), 2);
+        assert_eq!(image_names(&c, "k8s.io").await.len(), 2);
         sup.stop_all().await;
     }
 }
