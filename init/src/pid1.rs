@@ -256,7 +256,8 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     });
 
     // Time sync, and the time-synced condition that certificates wait for.
-    tasks::supervise("time-sync", {
+    // (A container node's clock is the host's: there, time sync says so and is done.)
+    let time_sync = {
         let (store, sup, rx) = (store.clone(), sup.clone(), config.subscribe());
         let clock = Arc::new(basalt_timesync::SystemClock);
         move || {
@@ -268,7 +269,12 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
                 container,
             )
         }
-    });
+    };
+    if container {
+        tasks::until_done("time-sync", time_sync);
+    } else {
+        tasks::supervise("time-sync", time_sync);
+    }
 
     if Path::new("/usr/bin/containerd").exists() {
         // Registry credentials are read when containerd starts: those of the config the node

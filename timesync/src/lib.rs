@@ -249,7 +249,8 @@ fn signed(x: f64, digits: usize) -> String {
     format!("{x:+.digits$}")
 }
 
-/// Runs time sync for the node until the runtime stops; never fails (errors are in the status
+/// Runs time sync for the node until the runtime stops — on a container node it says the host
+/// keeps the clock, releases `time-synced` and returns; never fails (errors are in the status
 /// and the log).
 pub async fn run(
     store: Store,
