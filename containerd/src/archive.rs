@@ -10,7 +10,8 @@
 //! absolute path, a `..`, a link that leaves the archive, a header that is not a tar header or
 //! an archive that ends early each stop the read with an error naming the entry.
 //!
-//! This module reads; it never writes to containerd itself (that is [`crate::containers`]).
+//! This module reads; it never writes to containerd itself (the store it is given does: the
+//! containers module's).
 
 use std::collections::HashMap;
 
@@ -376,6 +377,12 @@ fn resolve_symlink(path: &str, target: &str) -> Result<String, ArchiveError> {
     Ok(parts.join("/"))
 }
 
+/// `sha256:…` of `data`.
+pub(crate) fn digest(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex_digest(Sha256::new_with_prefix(data))
+}
+
 /// `sha256:…` of a hasher's input.
 pub(crate) fn hex_digest(h: Sha256) -> String {
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
@@ -440,7 +447,7 @@ impl Contents {
     /// The digest of the content at `path`, if it is known.
     pub fn digest(&self, path: &str) -> Option<String> {
         match self.get(path)? {
-            Content::Small(b) => Some(crate::containers::digest(b)),
+            Content::Small(b) => Some(digest(b)),
             Content::Large(s) => s.digest.clone(),
         }
     }
@@ -448,12 +455,14 @@ impl Contents {
 
 /// Where large files go as they stream past.
 pub trait Store {
+    /// What storing can fail with; the archive's own faults convert into it.
+    type Error: From<ArchiveError> + Send;
     /// Takes the content of `entry` (read it from `tar`, up to `entry.size` bytes).
     fn store<R: AsyncRead + Unpin + Send>(
         &mut self,
         entry: &Entry,
         tar: &mut TarReader<R>,
-    ) -> impl std::future::Future<Output = Result<Stored, crate::containers::ContainerError>> + Send;
+    ) -> impl std::future::Future<Output = Result<Stored, Self::Error>> + Send;
 }
 
 /// A store that skips large files (a client that wants only the archive's names and configs).
@@ -461,11 +470,13 @@ pub trait Store {
 pub struct Skip;
 
 impl Store for Skip {
+    type Error = ArchiveError;
+
     async fn store<R: AsyncRead + Unpin + Send>(
         &mut self,
         entry: &Entry,
         _tar: &mut TarReader<R>,
-    ) -> Result<Stored, crate::containers::ContainerError> {
+    ) -> Result<Stored, ArchiveError> {
         Ok(Stored {
             digest: None,
             size: entry.size,
@@ -478,7 +489,7 @@ impl Store for Skip {
 pub async fn read<R: AsyncRead + Unpin + Send, S: Store + Send>(
     r: R,
     store: &mut S,
-) -> Result<Contents, crate::containers::ContainerError> {
+) -> Result<Contents, S::Error> {
     let mut tar = TarReader::new(r);
     let mut out = Contents::default();
     let mut small_total = 0u64;
@@ -490,7 +501,7 @@ pub async fn read<R: AsyncRead + Unpin + Send, S: Store + Send>(
                     return Err(ArchiveError::TooMuchMetadata.into());
                 }
                 let data = tar.read_all().await?;
-                check_name(&e.path, &crate::containers::digest(&data))?;
+                check_name(&e.path, &digest(&data))?;
                 out.small.insert(e.path, data);
             }
             EntryKind::File => {
@@ -692,7 +703,7 @@ fn docker_images(c: &Contents) -> Result<Vec<ArchivedImage>, ArchiveError> {
         for l in e["Layers"].as_array().into_iter().flatten() {
             let path = normalize(l.as_str().unwrap_or_default())?;
             let (size, digest) = match c.get(&path) {
-                Some(Content::Small(b)) => (b.len() as u64, Some(crate::containers::digest(b))),
+                Some(Content::Small(b)) => (b.len() as u64, Some(digest(b))),
                 Some(Content::Large(s)) => (s.size, s.digest.clone()),
                 None => {
                     return Err(ArchiveError::Missing {
@@ -720,7 +731,7 @@ fn docker_images(c: &Contents) -> Result<Vec<ArchivedImage>, ArchiveError> {
                 .filter_map(|t| t.as_str())
                 .map(normalize_reference)
                 .collect(),
-            config_digest: crate::containers::digest(&config),
+            config_digest: digest(&config),
             config,
             manifest: None,
             layers,

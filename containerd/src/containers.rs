@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
+use crate::archive::digest;
 
 use crate::{Client, archive, proto};
 
@@ -65,13 +65,6 @@ pub fn layout_references(dir: &Path) -> Result<Vec<String>, ContainerError> {
         .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
         .map(str::to_string)
         .collect())
-}
-
-/// `sha256:…` of bytes.
-pub(crate) fn digest(data: &[u8]) -> String {
-    let h = Sha256::digest(data);
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }
 
 /// The index annotation naming the containerd namespaces a layout is imported into,
@@ -779,6 +772,8 @@ struct ContentStore {
 }
 
 impl archive::Store for ContentStore {
+    type Error = ContainerError;
+
     async fn store<R: tokio::io::AsyncRead + Unpin + Send>(
         &mut self,
         entry: &archive::Entry,

@@ -15,6 +15,9 @@ use basalt_resources::{Kind, Store};
 use serde::Serialize;
 use tokio::sync::watch;
 
+/// The config's directory on STATE.
+pub const STATE_CONFIG_DIR: &str = "config";
+
 /// Owner of the `MachineConfig` resources.
 pub const OWNER: &str = "config";
 /// The active config's file name in the config directory.

@@ -175,7 +175,7 @@ impl Installer {
         .map_err(|e| fail(format!("mount: {e}")))?;
         let path = self
             .scratch
-            .join(crate::pid1::STATE_CONFIG_DIR)
+            .join(crate::configstate::STATE_CONFIG_DIR)
             .join(crate::configstate::ACTIVE);
         let written = basalt_sys::fs::atomic_write(&path, yaml.as_bytes(), 0o600);
         let unmounted = nix::mount::umount(&self.scratch);

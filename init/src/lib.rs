@@ -24,6 +24,7 @@ pub mod scrub;
 pub mod sequence;
 pub mod space;
 pub mod sysinfo;
+pub mod trial;
 pub mod upgrade;
 
 pub use basalt_sys::error_chain;

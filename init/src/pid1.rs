@@ -26,8 +26,6 @@ use basalt_sys::cmdline::{Cmdline, Platform};
 /// install) and EPHEMERAL partitions.
 pub use basalt_disk::layout::{EPHEMERAL_LABEL, STATE_LABEL};
 const STATE_MOUNT: &str = "/system/state";
-/// The config's directory on STATE.
-pub const STATE_CONFIG_DIR: &str = "config";
 
 pub fn run() -> ! {
     let (cmdline, bad) = Cmdline::read();
@@ -194,7 +192,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     if cmdline.slot.is_some() {
         let (n, trial) = (node.clone(), cmdline.trial);
         tasks::until_done("trial-boot", move || {
-            crate::upgrade::watch_boot(n.clone(), n.paths.upgrade.clone(), trial)
+            crate::trial::watch_boot(n.clone(), n.paths.upgrade.clone(), trial)
         });
     }
 
@@ -389,7 +387,7 @@ fn state_dir() -> PathBuf {
     ) {
         Ok(()) => {
             tracing::info!("state: {} on {STATE_MOUNT}", dev.display());
-            PathBuf::from(STATE_MOUNT).join(STATE_CONFIG_DIR)
+            PathBuf::from(STATE_MOUNT).join(crate::configstate::STATE_CONFIG_DIR)
         }
         Err(e) => {
             tracing::warn!(

@@ -7,10 +7,11 @@
 //! running slot stays the default. The trial boot confirms itself once the node is healthy
 //! (configured, every service running and none unhealthy, for a few checks in a row) within
 //! its timeout; if it does not — an init that exits, a kernel that panics, a node that never
-//! gets healthy and reboots itself at the timeout — GRUB boots the old slot again.
+//! gets healthy and reboots itself at the timeout — GRUB boots the old slot again. (The watch
+//! that confirms a trial boot is `trial.rs`, which reads the node's health.)
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use basalt_disk::bundle::{self, BundleError};
 use basalt_disk::grub::Env;
@@ -283,86 +284,6 @@ fn minor_skip(old: &str, new: &str) -> bool {
     match (minor(old), minor(new)) {
         (Some((a, x)), Some((b, y))) => a != b || x.abs_diff(y) > 1,
         _ => false,
-    }
-}
-
-/// Whether the node is healthy enough to confirm a trial boot: configured, no volume full, and
-/// every service running with no failed health check.
-pub fn healthy(node: &crate::node::Node) -> bool {
-    if node.config.active().is_none() || crate::space::any_full(&node.store).is_some() {
-        return false;
-    }
-    let services = node.store.list::<basalt_supervisor::ServiceStatus>();
-    !services.is_empty()
-        && services.iter().all(|(_, s)| {
-            s.state == basalt_supervisor::State::Running
-                && matches!(
-                    s.health,
-                    basalt_supervisor::HealthState::None | basalt_supervisor::HealthState::Healthy
-                )
-        })
-}
-
-/// On a trial boot: confirms it once the node has been healthy for three checks in a row,
-/// or reboots at the timeout (GRUB then boots the old slot). On any boot of an installed disk:
-/// reports a trial GRUB gave up on.
-pub async fn watch_boot(node: crate::node::Node, up: Upgrader, trial: bool) {
-    let Some((env, timeout)) = tokio::task::spawn_blocking({
-        let up = up.clone();
-        move || up.at_boot()
-    })
-    .await
-    .ok()
-    .flatten() else {
-        return;
-    };
-    if let Some(failed) = env.get("failed") {
-        tracing::error!(
-            "upgrade: slot {failed} did not confirm its boot; GRUB booted slot {} again",
-            up.booted.map(|s| s.name()).unwrap_or("?")
-        );
-        let u = up.clone();
-        let _ = tokio::task::spawn_blocking(move || u.clear_failed()).await;
-    }
-    if !trial {
-        return;
-    }
-    tracing::info!(
-        "upgrade: trial boot of slot {}; it confirms itself when healthy, within {} s",
-        up.booted.map(|s| s.name()).unwrap_or("?"),
-        timeout.as_secs()
-    );
-    let start = Instant::now();
-    let mut good = 0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        if start.elapsed() >= timeout {
-            break;
-        }
-        good = if healthy(&node) { good + 1 } else { 0 };
-        if good >= 3 {
-            let u = up.clone();
-            match tokio::task::spawn_blocking(move || u.confirm()).await {
-                Ok(Ok(slot)) => tracing::info!(
-                    "upgrade: slot {slot} is healthy and confirmed ({} s): it boots from now on",
-                    start.elapsed().as_secs()
-                ),
-                Ok(Err(e)) => tracing::error!(
-                    "upgrade: cannot confirm the trial boot: {}",
-                    basalt_sys::error_chain(&e)
-                ),
-                Err(e) => tracing::error!("upgrade: confirming panicked: {e}"),
-            }
-            return;
-        }
-    }
-    tracing::error!(
-        "upgrade: not healthy within {} s; rebooting into the previous slot",
-        timeout.as_secs()
-    );
-    let steps = node.shutdown_steps(crate::node::End::Reboot);
-    if let Err(e) = node.spawn_sequence("reboot", steps) {
-        tracing::error!("upgrade: cannot reboot: {}", basalt_sys::error_chain(&e));
     }
 }
 

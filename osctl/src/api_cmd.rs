@@ -392,7 +392,7 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                     }
                     Err(s) => {
                         failed += 1;
-                        output::stderr(&format!("{node}: error: {}", client::explain(s)));
+                        output::stderr(&format!("{node}: error: {}", crate::output::explain(s)));
                     }
                 }
             }
@@ -494,7 +494,10 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                         }
                         Err(e) => {
                             failed += 1;
-                            output::stderr(&format!("{node}: error: {}", client::explain(e)));
+                            output::stderr(&format!(
+                                "{node}: error: {}",
+                                crate::output::explain(e)
+                            ));
                         }
                     }
                 }
@@ -853,7 +856,7 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                 .clone()
                 .kubeconfig(t.req(pb::KubeconfigRequest {}))
                 .await
-                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, client::explain(&s)))?
+                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, crate::output::explain(&s)))?
                 .into_inner();
             let mut path = path.unwrap_or_else(crate::kubeconfig::default_path);
             if path.is_dir() {
@@ -914,7 +917,7 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                     .cluster_health(t.req(pb::ClusterHealthRequest {}))
                     .await
                     .map(|r| r.into_inner().checks)
-                    .map_err(|s| format!("{}: {}", t.label, client::explain(&s)));
+                    .map_err(|s| format!("{}: {}", t.label, crate::output::explain(&s)));
                 let mut checks: Vec<(String, bool, String)> = match got {
                     Ok(c) => c.into_iter().map(|c| (c.name, c.ok, c.message)).collect(),
                     Err(e) => vec![("api".into(), false, e)],
@@ -969,13 +972,13 @@ async fn run_async(targets: &[Target], cmd: ApiCommand) -> anyhow::Result<()> {
                 .clone()
                 .etcd_snapshot(t.req(pb::EtcdSnapshotRequest {}))
                 .await
-                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, client::explain(&s)))?
+                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, crate::output::explain(&s)))?
                 .into_inner();
             let mut data = Vec::new();
             while let Some(c) = stream
                 .message()
                 .await
-                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, client::explain(&s)))?
+                .map_err(|s| anyhow::anyhow!("{}: {}", t.label, crate::output::explain(&s)))?
             {
                 data.extend_from_slice(&c.data);
             }
@@ -1131,12 +1134,14 @@ where
             };
             let mut s = match fut.await {
                 Ok(s) => s,
-                Err(e) => return Err(format!("{label}: error: {}", client::explain(&e))),
+                Err(e) => return Err(format!("{label}: error: {}", crate::output::explain(&e))),
             };
             loop {
                 match s.next().await {
                     Some(Ok(l)) => stdout(&format!("{p}{}\n", l.line)),
-                    Some(Err(e)) => return Err(format!("{label}: error: {}", client::explain(&e))),
+                    Some(Err(e)) => {
+                        return Err(format!("{label}: error: {}", crate::output::explain(&e)));
+                    }
                     None => return Ok(()),
                 }
             }
@@ -1236,11 +1241,12 @@ async fn get(
                     .clone()
                     .watch(t.req(req))
                     .await
-                    .map_err(|e| format!("{}: error: {}", t.label, client::explain(&e)))?
+                    .map_err(|e| format!("{}: error: {}", t.label, crate::output::explain(&e)))?
                     .into_inner();
                 while let Some(ev) = s.next().await {
-                    let ev =
-                        ev.map_err(|e| format!("{}: error: {}", t.label, client::explain(&e)))?;
+                    let ev = ev.map_err(|e| {
+                        format!("{}: error: {}", t.label, crate::output::explain(&e))
+                    })?;
                     let Some(r) = ev.resource else {
                         continue;
                     };
@@ -1334,7 +1340,7 @@ async fn get(
             }
             Err(s) => {
                 failed += 1;
-                output::stderr(&format!("{node}: error: {}", client::explain(&s)));
+                output::stderr(&format!("{node}: error: {}", crate::output::explain(&s)));
             }
         }
     }

@@ -233,47 +233,6 @@ fn channel(
     tls::channel_in(endpoint, cfg, netns).map_err(|e| anyhow!("endpoint {endpoint:?}: {e}"))
 }
 
-/// A status as one line, with the fix when the cause is a known one.
-pub fn explain(s: &tonic::Status) -> String {
-    use std::error::Error as _;
-    let mut msg = s.message().to_string();
-    let mut src = s.source();
-    while let Some(e) = src {
-        let t = e.to_string();
-        if !msg.contains(&t) {
-            msg = format!("{msg}: {t}");
-        }
-        src = e.source();
-    }
-    let hint = if msg.contains("UnknownIssuer") || msg.contains("BadSignature") {
-        Some(
-            "the node's certificate is not from this context's CA: a node of another cluster, or one in maintenance mode (use --insecure)",
-        )
-    } else if msg.contains("NotValidForName") {
-        Some(
-            "the node's certificate does not name this address: add it to the machine config's certSANs, or use the node's own address",
-        )
-    } else if msg.contains("CertificateRequired") || msg.contains("certificate required") {
-        Some("the node wants a client certificate: leave out --insecure once the node has a config")
-    } else if msg.contains("Connection refused") || msg.contains("tcp connect error") {
-        Some(
-            "nothing answers there: check the endpoint address and that the node is up (apid listens on :50000)",
-        )
-    } else if msg.contains("InvalidContentType") || msg.contains("CorruptMessage") {
-        Some("the other side does not speak TLS: is this a Basalt node's API port?")
-    } else {
-        None
-    };
-    let code = match s.code() {
-        tonic::Code::Unknown => String::new(),
-        c => format!("{c:?}: "),
-    };
-    match hint {
-        Some(h) => format!("{code}{msg} ({h})"),
-        None => format!("{code}{msg}"),
-    }
-}
-
 /// Runs `f` against every target at once; results in target order.
 pub async fn each<R, F, Fut>(targets: &[Target], f: F) -> Vec<(String, Result<R, tonic::Status>)>
 where
@@ -318,7 +277,7 @@ where
                 Ok(r) => crate::output::stdout(&format!("{node}: {}\n", said(r))),
                 Err(e) => {
                     failed += 1;
-                    crate::output::stderr(&format!("{node}: error: {}", explain(e)));
+                    crate::output::stderr(&format!("{node}: error: {}", crate::output::explain(e)));
                 }
             }
         }

@@ -168,7 +168,7 @@ async fn one(
     wanted: &[(String, String)],
     sent: Arc<AtomicU64>,
 ) -> Result<Rows, String> {
-    let explain = |s: tonic::Status| client::explain(&s);
+    let explain = |s: tonic::Status| crate::output::explain(&s);
     if !force {
         let have = t
             .client

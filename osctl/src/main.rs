@@ -9,8 +9,7 @@
 mod api_cmd;
 mod chaos;
 mod client;
-mod cluster_cmd;
-mod cluster_docker;
+mod cluster;
 mod config_cmd;
 mod docs;
 mod gen_cmd;
@@ -62,7 +61,7 @@ enum Command {
     Image(image_cmd::ImageCommand),
     /// Local clusters of Basalt nodes: create, show, destroy.
     #[command(subcommand)]
-    Cluster(cluster_cmd::ClusterCommand),
+    Cluster(cluster::ClusterCommand),
     /// Manage the client config: contexts, endpoints, nodes.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -109,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image(cmd) => image_cmd::run(cmd, &cli.global),
-        Command::Cluster(cmd) => cluster_cmd::run(cmd),
+        Command::Cluster(cmd) => cluster::run(cmd),
         Command::Upgrade(a) => upgrade_cmd::upgrade(&cli.global, a),
         Command::Rollback => upgrade_cmd::rollback(&cli.global),
         Command::Validate {

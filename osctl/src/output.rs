@@ -125,7 +125,7 @@ pub fn results<R: Serialize>(
         match r {
             Err(s) => {
                 failed += 1;
-                stderr(&format!("{node}: error: {}", crate::client::explain(&s)));
+                stderr(&format!("{node}: error: {}", explain(&s)));
             }
             Ok(r) if format == Format::Table => {
                 let t = table(&r);
@@ -183,6 +183,47 @@ pub fn age(secs: u64) -> String {
         format!("{m}m{s}s")
     } else {
         format!("{s}s")
+    }
+}
+
+/// A status as one line, with the fix when the cause is a known one.
+pub fn explain(s: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut msg = s.message().to_string();
+    let mut src = s.source();
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = e.source();
+    }
+    let hint = if msg.contains("UnknownIssuer") || msg.contains("BadSignature") {
+        Some(
+            "the node's certificate is not from this context's CA: a node of another cluster, or one in maintenance mode (use --insecure)",
+        )
+    } else if msg.contains("NotValidForName") {
+        Some(
+            "the node's certificate does not name this address: add it to the machine config's certSANs, or use the node's own address",
+        )
+    } else if msg.contains("CertificateRequired") || msg.contains("certificate required") {
+        Some("the node wants a client certificate: leave out --insecure once the node has a config")
+    } else if msg.contains("Connection refused") || msg.contains("tcp connect error") {
+        Some(
+            "nothing answers there: check the endpoint address and that the node is up (apid listens on :50000)",
+        )
+    } else if msg.contains("InvalidContentType") || msg.contains("CorruptMessage") {
+        Some("the other side does not speak TLS: is this a Basalt node's API port?")
+    } else {
+        None
+    };
+    let code = match s.code() {
+        tonic::Code::Unknown => String::new(),
+        c => format!("{c:?}: "),
+    };
+    match hint {
+        Some(h) => format!("{code}{msg} ({h})"),
+        None => format!("{code}{msg}"),
     }
 }
 

@@ -49,7 +49,7 @@ pub fn upgrade(g: &Global, a: UpgradeArgs) -> anyhow::Result<()> {
         for t in &targets {
             let r = send(t, &a, size)
                 .await
-                .map_err(|e| anyhow!("{}: {}", t.label, client::explain(&e)))?;
+                .map_err(|e| anyhow!("{}: {}", t.label, crate::output::explain(&e)))?;
             output::stdout(&format!("{}: {}\n", t.label, r.summary));
             if a.stage {
                 continue;
@@ -123,7 +123,7 @@ async fn settle(t: &Target, from: &str, to: &str, wait: Duration) -> anyhow::Res
                 }
                 last = format!("running {} (slot {}), mode {}", v.tag, v.slot, v.mode);
             }
-            Err(e) => last = client::explain(&e),
+            Err(e) => last = crate::output::explain(&e),
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
     }

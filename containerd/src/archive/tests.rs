@@ -1,15 +1,8 @@
 use super::*;
 use basalt_testkit::archive::{docker_save, hex, oci, sha, tar};
 
-async fn read_all(data: &[u8]) -> Result<Contents, crate::containers::ContainerError> {
+async fn read_all(data: &[u8]) -> Result<Contents, ArchiveError> {
     read(data, &mut Skip).await
-}
-
-fn archive_err(e: crate::containers::ContainerError) -> ArchiveError {
-    match e {
-        crate::containers::ContainerError::Archive(a) => a,
-        other => panic!("not an archive error: {other}"),
-    }
 }
 
 #[tokio::test]
@@ -67,7 +60,7 @@ async fn a_blob_that_is_not_what_its_name_says_is_refused() {
     // first entry's one block).
     let at = 512 * 4 + 10;
     a[at] ^= 0xff;
-    let e = archive_err(read_all(&a).await.unwrap_err());
+    let e = read_all(&a).await.unwrap_err();
     assert!(
         matches!(&e, ArchiveError::DigestMismatch { path, .. } if *path == format!("blobs/sha256/{}", hex(&layer))),
         "{e}"
@@ -95,7 +88,7 @@ async fn entries_that_leave_the_archive_are_refused() {
         ),
     ] {
         let a = tar(&entries);
-        let e = archive_err(read_all(&a).await.unwrap_err());
+        let e = read_all(&a).await.unwrap_err();
         assert!(
             matches!(e, ArchiveError::BadEntry { .. }) && e.to_string().contains(why),
             "{entries:?}: {e}"
@@ -108,28 +101,28 @@ async fn a_truncated_archive_says_where_it_ends() {
     let layer = vec![1u8; 4000];
     let (a, _) = docker_save(&layer);
     // Inside the layer's content.
-    let e = archive_err(read_all(&a[..512 * 4 + 100]).await.unwrap_err());
+    let e = read_all(&a[..512 * 4 + 100]).await.unwrap_err();
     assert!(
         e.to_string().contains("truncated") && e.to_string().contains("abc/layer.tar"),
         "{e}"
     );
     // Between entries: no end marker.
-    let e = archive_err(read_all(&a[..512 * 3]).await.unwrap_err());
+    let e = read_all(&a[..512 * 3]).await.unwrap_err();
     assert!(
         e.to_string().contains("before the end-of-archive marker"),
         "{e}"
     );
     // Inside a header.
-    let e = archive_err(read_all(&a[..700]).await.unwrap_err());
+    let e = read_all(&a[..700]).await.unwrap_err();
     assert!(e.to_string().contains("truncated"), "{e}");
 }
 
 #[tokio::test]
 async fn what_is_not_a_tar_is_refused() {
-    let e = archive_err(read_all(b"").await.unwrap_err());
+    let e = read_all(b"").await.unwrap_err();
     assert!(matches!(e, ArchiveError::Empty), "{e}");
     let text = b"this is a text file, not an archive\n".repeat(40);
-    let e = archive_err(read_all(&text).await.unwrap_err());
+    let e = read_all(&text).await.unwrap_err();
     assert!(matches!(e, ArchiveError::NotTar { offset: 0 }), "{e}");
     // A tar of other things.
     let c = read_all(&tar(&[("notes.txt", b'0', b"hi", "")]))
@@ -210,7 +203,7 @@ async fn metadata_is_bounded() {
         .iter()
         .map(|n| (n.as_str(), b'0', chunk.as_slice(), ""))
         .collect();
-    let e = archive_err(read_all(&tar(&entries)).await.unwrap_err());
+    let e = read_all(&tar(&entries)).await.unwrap_err();
     assert!(matches!(e, ArchiveError::TooMuchMetadata), "{e}");
 }
 

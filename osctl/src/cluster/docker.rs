@@ -12,7 +12,78 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, anyhow, bail};
 
+use super::{CreateArgs, NodeState, Nodes, Start, save, step};
 use crate::print_line;
+
+/// Docker containers on a Docker network of the cluster's own.
+pub(super) struct Docker;
+
+impl Nodes for Docker {
+    fn check(&self, a: &CreateArgs) -> anyhow::Result<()> {
+        if a.iso || a.pxe {
+            bail!("--iso and --pxe are QEMU boot modes: containers start from the Docker image");
+        }
+        if a.config_server.is_some() {
+            bail!(
+                "--config-server: QEMU nodes only (a Docker node's kernel command line is the host's)"
+            );
+        }
+        if a.chaos().is_some() {
+            bail!(
+                "--network-loss and --network-delay: QEMU clusters only (a Docker cluster's network is the engine's bridge on the host)"
+            );
+        }
+        check_engine()
+    }
+
+    fn images_step(&self) -> &'static str {
+        "images (the root filesystem, imported into Docker)"
+    }
+
+    fn start(&self, c: Start<'_>, arts: basalt_image::build::Artifacts) -> anyhow::Result<()> {
+        let Start {
+            a, dir, st, host, ..
+        } = c;
+        let rootfs = arts
+            .rootfs
+            .context("the image build gave no root filesystem")?;
+        let image = import_image(&rootfs, &a.name, dir)?;
+        st.image = Some(image.clone());
+        save(dir, st)?;
+        network_up(
+            &a.name,
+            &a.cidr,
+            &host.to_string(),
+            &st.netns,
+            &st.bridge_address,
+        )?;
+        step(&format!("starting {} node containers", st.nodes.len()));
+        for n in &st.nodes {
+            std::fs::create_dir_all(&n.dir)?;
+            run_node(&NodeSpec {
+                cluster: &a.name,
+                name: &n.name,
+                address: &n.address,
+                image: &image,
+                memory_mib: a.memory_mib(),
+                cpus: a.cpus(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn default_wait(&self, _kubernetes: bool) -> u32 {
+        300
+    }
+
+    fn running(&self, n: &NodeState) -> bool {
+        running(&n.name)
+    }
+
+    fn console_tail(&self, n: &NodeState, lines: usize) -> (String, String) {
+        (format!("docker logs {}", n.name), logs_tail(&n.name, lines))
+    }
+}
 
 /// The label on everything a cluster makes.
 pub const LABEL: &str = "basalt.cluster";

@@ -1,31 +1,27 @@
 //! `osctl cluster`: local clusters of Basalt nodes for development.
 //!
-//! The QEMU provisioner: every cluster gets a network namespace of its own (`basalt-<name>`)
-//! holding a bridge, one tap device per node, and the inner end of a veth pair whose outer end
-//! is on the host with the segment's first address — so the host reaches every node directly
-//! and nothing else on the host changes. The bridge itself holds the segment's last usable
-//! address, and osctl dials the nodes from inside the namespace (the osconfig context's
-//! `netns`): that path does not depend on the host's own firewall or routes. Nodes are QEMU VMs (TCG unless `BASALT_KVM=1`) run
-//! detached inside that namespace, booted straight from the kernel and initramfs with a static
-//! address on the kernel command line, each with a state disk and a console log in the
-//! cluster's directory (`$BASALT_CLUSTERS/<name>`, default `~/.basalt/clusters/<name>`).
-//! `destroy` kills the VMs, deletes the namespace (bridge, taps and veth go with it) and the
-//! directory. See docs/local-clusters.md.
+//! One flow for every provisioner — images, configs, the network, the nodes, publishing,
+//! waiting until every node is configured and healthy, `show`, `load`, `destroy` — and a
+//! [`Nodes`] implementation for what differs: [`qemu`] (VMs in a network namespace of the
+//! cluster's own) and [`docker`] (containers on a Docker network). Each cluster's state and
+//! files live in `$BASALT_CLUSTERS/<name>` (default `~/.basalt/clusters/<name>`). See
+//! docs/local-clusters.md.
+
+mod docker;
+mod qemu;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::client::request;
 use crate::host::{ip, sh};
 use anyhow::{Context as _, anyhow, bail};
 use basalt_api::machine as pb;
-use basalt_image::qemu::{Boot, TapNic, VmOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_docker as docker;
 use crate::{error_chain, print_line};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -33,6 +29,44 @@ use crate::{error_chain, print_line};
 pub enum Provisioner {
     Qemu,
     Docker,
+}
+
+/// What differs between the ways a local cluster's nodes run: everything else — configs, the
+/// state, the registry, publishing, waiting, `show`, `load`, `destroy` — is one for both.
+trait Nodes {
+    /// Refuses the options this provisioner cannot honour; checks the host has what it needs.
+    fn check(&self, a: &CreateArgs) -> anyhow::Result<()>;
+    /// What the image step makes, for its progress line.
+    fn images_step(&self) -> &'static str;
+    /// Brings up the cluster's network and starts every node of the state from the image
+    /// build's artifacts, recording what `destroy` needs as it goes.
+    fn start(&self, c: Start<'_>, arts: basalt_image::build::Artifacts) -> anyhow::Result<()>;
+    /// How long, in seconds, create waits for etcd's bootstrap and for each node when
+    /// `--wait-timeout` does not say.
+    fn default_wait(&self, kubernetes: bool) -> u32;
+    /// Whether the node's VM or container runs.
+    fn running(&self, n: &NodeState) -> bool;
+    /// Where the node's console is, and its last `lines` lines.
+    fn console_tail(&self, n: &NodeState, lines: usize) -> (String, String);
+}
+
+/// What a provisioner starts a cluster's nodes with.
+struct Start<'a> {
+    a: &'a CreateArgs,
+    dir: &'a Path,
+    st: &'a mut State,
+    /// The host's address on the segment and the segment's prefix length.
+    host: Ipv4Addr,
+    len: u8,
+    /// `basalt.config=URL` for nodes that fetch their configs (`--config-server`).
+    config_url: Option<&'a str>,
+}
+
+fn nodes_of(p: Provisioner) -> &'static dyn Nodes {
+    match p {
+        Provisioner::Qemu => &qemu::Qemu,
+        Provisioner::Docker => &docker::Docker,
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,22 +221,6 @@ pub struct CreateArgs {
     #[arg(long)]
     kubernetes: bool,
 }
-
-/// What QEMU nodes boot from.
-enum Media {
-    /// The kernel and initramfs directly, the address on the kernel command line.
-    Kernel {
-        vmlinuz: PathBuf,
-        initramfs: PathBuf,
-    },
-    /// The ISO, whose command line asks for DHCP.
-    Iso(PathBuf),
-    /// The network: dnsmasq's TFTP serves the cluster's `pxe/` directory.
-    Pxe,
-}
-
-/// The arguments ISO and PXE boots add to the base command line: the address from DHCP.
-const DHCP_CMDLINE: [&str; 2] = ["basalt.reboot_delay=1", "ip=dhcp"];
 
 /// What `destroy` and `show` need to know, written as the cluster is made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -416,7 +434,7 @@ impl NodeClient {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_status(f)?
-            .map_err(|s| anyhow!("{}: {}", self.target.label, crate::client::explain(&s)))
+            .map_err(|s| anyhow!("{}: {}", self.target.label, crate::output::explain(&s)))
     }
 
     fn version(&self) -> anyhow::Result<pb::VersionResponse> {
@@ -446,29 +464,10 @@ fn mask(len: u8) -> Ipv4Addr {
 
 fn create(a: CreateArgs) -> anyhow::Result<()> {
     check_name(&a.name)?;
-    if a.provisioner == Provisioner::Docker {
-        if a.iso || a.pxe {
-            bail!("--iso and --pxe are QEMU boot modes: containers start from the Docker image");
-        }
-        if a.config_server.is_some() {
-            bail!(
-                "--config-server: QEMU nodes only (a Docker node's kernel command line is the host's)"
-            );
-        }
-        if a.chaos().is_some() {
-            bail!(
-                "--network-loss and --network-delay: QEMU clusters only (a Docker cluster's network is the engine's bridge on the host)"
-            );
-        }
-        docker::check_engine()?;
-    }
+    let provisioner = nodes_of(a.provisioner);
+    provisioner.check(&a)?;
     if a.controlplanes == 0 {
         bail!("--controlplanes: at least 1");
-    }
-    if a.config_server.is_some() && a.iso {
-        bail!(
-            "--config-server: with kernel or PXE boots (an ISO's command line is fixed when it is built)"
-        );
     }
     let (base, len) = segment(&a.cidr)?;
     // Where the nodes fetch their configs (`${mac}` is the node's, substituted by the node, or
@@ -497,10 +496,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let started = Instant::now();
 
-    step(match a.provisioner {
-        Provisioner::Qemu => "images (kernel, initramfs with the root filesystem)",
-        Provisioner::Docker => "images (the root filesystem, imported into Docker)",
-    });
+    step(provisioner.images_step());
     // One build for both provisioners: the initramfs build keeps the rootfs it packs. The
     // ISO is its own build (its command line asks for DHCP).
     let arts = basalt_image::build::build_cached(
@@ -513,7 +509,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
             out: PathBuf::new(),
             init: None,
             extra_cmdline: if a.iso {
-                DHCP_CMDLINE.iter().map(|s| s.to_string()).collect()
+                qemu::DHCP_CMDLINE.iter().map(|s| s.to_string()).collect()
             } else {
                 Vec::new()
             },
@@ -525,24 +521,6 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         &clusters_root().join(".images"),
     )
     .map_err(|e| anyhow!("building the images: {}", error_chain(&e)))?;
-    let (media, rootfs) = match (a.provisioner, arts.iso, arts.vmlinuz, arts.initramfs) {
-        (Provisioner::Docker, ..) => (None, arts.rootfs),
-        (Provisioner::Qemu, Some(iso), ..) if a.iso => (Some(Media::Iso(iso)), None),
-        (Provisioner::Qemu, _, Some(vmlinuz), Some(initramfs)) if a.pxe => {
-            write_pxe(
-                &dir.join("pxe"),
-                &vmlinuz,
-                &initramfs,
-                config_url.as_deref(),
-            )?;
-            (Some(Media::Pxe), None)
-        }
-        (Provisioner::Qemu, _, Some(vmlinuz), Some(initramfs)) => {
-            (Some(Media::Kernel { vmlinuz, initramfs }), None)
-        }
-        _ => bail!("the image build gave no ISO, kernel, initramfs or root filesystem"),
-    };
-
     let host = nth(base, 1);
     let nodes: Vec<NodeState> = (0..total)
         .map(|i| {
@@ -624,44 +602,17 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     if let Some(port) = a.registry {
         start_registry(&dir, &mut st, port)?;
     }
-    if a.provisioner == Provisioner::Docker {
-        let rootfs = rootfs.context("the image build gave no root filesystem")?;
-        let image = docker::import_image(&rootfs, &a.name, &dir)?;
-        st.image = Some(image.clone());
-        save(&dir, &st)?;
-        docker::network_up(
-            &a.name,
-            &a.cidr,
-            &host.to_string(),
-            &st.netns,
-            &st.bridge_address,
-        )?;
-        step(&format!("starting {total} node containers"));
-        for n in &st.nodes {
-            std::fs::create_dir_all(&n.dir)?;
-            docker::run_node(&docker::NodeSpec {
-                cluster: &a.name,
-                name: &n.name,
-                address: &n.address,
-                image: &image,
-                memory_mib: a.memory_mib(),
-                cpus: a.cpus(),
-            })?;
-        }
-    } else {
-        network_up(&st)?;
-        if let Some(chaos) = a.chaos() {
-            start_chaos(&dir, &mut st, chaos)?;
-        }
-        let media = media.context("the image build gave no boot media")?;
-        if !matches!(media, Media::Kernel { .. }) {
-            dhcp_up(&st, &dir, host, len, matches!(media, Media::Pxe))?;
-        }
-        if let Some(port) = a.config_server {
-            start_config_server(&dir, &mut st, host, port)?;
-        }
-        boot_vms(&a, &dir, &mut st, &media, host, len, config_url.as_deref())?;
-    }
+    provisioner.start(
+        Start {
+            a: &a,
+            dir: &dir,
+            st: &mut st,
+            host,
+            len,
+            config_url: config_url.as_deref(),
+        },
+        arts,
+    )?;
     publish(&a, &dir, &mut st)?;
     wait_ready(&a, &dir, &st, started)
 }
@@ -774,70 +725,6 @@ fn start_daemon(
     }
 }
 
-/// Writes each node's config as `configs/MAC.yaml` and starts the config server on the host's
-/// address, detached (its log beside the state), waiting until it answers.
-fn start_config_server(
-    dir: &Path,
-    st: &mut State,
-    host: Ipv4Addr,
-    port: u16,
-) -> anyhow::Result<()> {
-    let listen = std::net::SocketAddr::from((host, port));
-    step(&format!(
-        "config server on http://{listen}/configs/ (one config per node's MAC)"
-    ));
-    let served = dir.join("served");
-    let configs = served.join("configs");
-    std::fs::create_dir_all(&configs)
-        .with_context(|| format!("cannot create {}", configs.display()))?;
-    for (i, n) in st.nodes.iter().enumerate() {
-        let from = dir.join(format!("{}.yaml", n.role));
-        let to = configs.join(format!("{}.yaml", mac(i)));
-        std::fs::copy(&from, &to)
-            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    }
-    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["cluster", "serve", "--listen"])
-        .arg(listen.to_string())
-        .arg("--dir")
-        .arg(&served);
-    start_daemon(
-        cmd,
-        &dir.join("config-server.log"),
-        &format!("--config-server {port}: the config server"),
-        &Ready::Listening(listen),
-        |pid| {
-            st.config_server = Some((pid, port));
-            save(dir, st)
-        },
-    )
-}
-
-/// Starts the chaos daemon in the cluster's namespace, detached, and waits until its rules are
-/// in place — before any node boots, so the whole create runs on the impaired network.
-fn start_chaos(dir: &Path, st: &mut State, chaos: crate::chaos::Chaos) -> anyhow::Result<()> {
-    step(&format!("network chaos: {chaos}"));
-    let ready = dir.join("chaos.ready");
-    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["cluster", "chaos", "--netns", &st.netns])
-        .arg(format!("--loss={}", chaos.loss_percent))
-        .arg(format!("--delay={}us", chaos.delay.as_micros()))
-        .arg("--ready")
-        .arg(&ready);
-    start_daemon(
-        cmd,
-        &dir.join("chaos.log"),
-        "--network-loss/--network-delay: the chaos daemon",
-        &Ready::File(&ready),
-        |pid| {
-            st.chaos = Some(pid);
-            save(dir, st)
-        },
-    )
-}
-
 /// A program on the PATH.
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
@@ -902,147 +789,6 @@ fn publish(a: &CreateArgs, dir: &Path, st: &mut State) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Boots a QEMU VM per node on a tap device of the cluster's bridge.
-fn boot_vms(
-    a: &CreateArgs,
-    dir: &Path,
-    st: &mut State,
-    media: &Media,
-    host: Ipv4Addr,
-    len: u8,
-    config_url: Option<&str>,
-) -> anyhow::Result<()> {
-    step(&format!("booting {} nodes", st.nodes.len()));
-    for i in 0..st.nodes.len() {
-        let n = st.nodes[i].clone();
-        std::fs::create_dir_all(&n.dir)?;
-        let disk = n.dir.join("state.qcow2");
-        basalt_image::qemu::state_disk(&disk, a.disk_mib())
-            .map_err(|e| anyhow!("{}: the state disk: {}", n.name, error_chain(&e)))?;
-        let tap = format!("tap{i}");
-        ip(&["-n", &st.netns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        ip(&["-n", &st.netns, "link", "set", &tap, "master", "br0", "up"])?;
-        let boot = match media {
-            Media::Kernel { vmlinuz, initramfs } => Boot::Kernel {
-                vmlinuz: vmlinuz.clone(),
-                initramfs: initramfs.clone(),
-                cmdline: format!(
-                    "{} basalt.reboot_delay=1 ip={}::{host}:{}:{}:eth0:off{}",
-                    basalt_image::build::BASE_CMDLINE,
-                    n.address,
-                    mask(len),
-                    n.name,
-                    config_url.map(|u| format!(" {u}")).unwrap_or_default()
-                ),
-            },
-            Media::Iso(iso) => Boot::Iso {
-                iso: iso.clone(),
-                uefi: false,
-            },
-            Media::Pxe => Boot::Network,
-        };
-        let opts = VmOptions {
-            memory_mib: a.memory_mib(),
-            cpus: a.cpus(),
-            disk: Some(disk),
-            allow_reboot: true,
-            tap: Some(TapNic {
-                ifname: tap,
-                mac: mac(i),
-            }),
-            ..VmOptions::default()
-        };
-        let pid = start_detached(&st.netns, &boot, &n.dir, &opts)
-            .with_context(|| format!("{}: QEMU did not start (see {})", n.name, n.dir.display()))?;
-        st.nodes[i].pid = Some(pid);
-        save(dir, st)?;
-    }
-    Ok(())
-}
-
-/// The MAC of the `i`th node's NIC (locally administered, QEMU's prefix).
-fn mac(i: usize) -> String {
-    format!("52:54:00:b5:{:02x}:{:02x}", i / 256, i % 256)
-}
-
-/// The TFTP root of a PXE cluster: the kernel, the initramfs, and an iPXE script whose command
-/// line asks for DHCP.
-fn write_pxe(
-    pxe: &Path,
-    vmlinuz: &Path,
-    initramfs: &Path,
-    config_url: Option<&str>,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(pxe).with_context(|| format!("cannot create {}", pxe.display()))?;
-    for (from, name) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.img")] {
-        let to = pxe.join(name);
-        let _ = std::fs::remove_file(&to);
-        // A hard link when the cache is on the same filesystem, else a copy.
-        if std::fs::hard_link(from, &to).is_err() {
-            std::fs::copy(from, &to)
-                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-        }
-    }
-    let script = format!(
-        "#!ipxe\necho Basalt: loading kernel and initramfs\nkernel vmlinuz initrd=initramfs.img {} {}\ninitrd initramfs.img\nboot\n",
-        basalt_image::build::BASE_CMDLINE,
-        DHCP_CMDLINE
-            .iter()
-            .copied()
-            .chain(config_url)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    basalt_sys::fs::atomic_write(&pxe.join("boot.ipxe"), script.as_bytes(), 0o644)
-        .with_context(|| format!("cannot write {}", pxe.join("boot.ipxe").display()))
-}
-
-/// dnsmasq on the cluster's bridge, detached in its namespace: DHCP with one reserved address
-/// and host name per node's MAC, the host as router, no DNS; with `tftp`, the cluster's `pxe/`
-/// directory over TFTP and `boot.ipxe` as the boot file. `destroy` stops it with everything
-/// else in the namespace.
-fn dhcp_up(st: &State, dir: &Path, host: Ipv4Addr, len: u8, tftp: bool) -> anyhow::Result<()> {
-    step("DHCP on the segment (dnsmasq)");
-    let first = st
-        .nodes
-        .first()
-        .map(|n| n.address.clone())
-        .unwrap_or_default();
-    let last = st
-        .nodes
-        .last()
-        .map(|n| n.address.clone())
-        .unwrap_or_default();
-    let mut args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        st.netns.clone(),
-        "dnsmasq".into(),
-        "--conf-file=/dev/null".into(),
-        "--port=0".into(),
-        "--interface=br0".into(),
-        "--bind-interfaces".into(),
-        "--user=root".into(),
-        format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
-        format!("--log-facility={}", dir.join("dnsmasq.log").display()),
-        "--log-dhcp".into(),
-        format!("--dhcp-range={first},{last},{},1h", mask(len)),
-        format!("--dhcp-option=option:router,{host}"),
-        format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()),
-    ];
-    for (i, n) in st.nodes.iter().enumerate() {
-        args.push(format!("--dhcp-host={},{},{}", mac(i), n.address, n.name));
-    }
-    if tftp {
-        args.push("--enable-tftp".into());
-        args.push(format!("--tftp-root={}", dir.join("pxe").display()));
-        args.push("--dhcp-boot=boot.ipxe".into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ip(&args).context("dnsmasq did not start (install dnsmasq-base)")?;
-    Ok(())
-}
-
 /// Every node in maintenance mode, then its config applied through the API.
 fn apply_configs(dir: &Path, st: &State) -> anyhow::Result<()> {
     step("waiting for every node's API (maintenance mode)");
@@ -1090,13 +836,10 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
     let oc = oc_file.to_str().unwrap_or_default();
     // Guards, not budgets: a loaded 2-core host runs TCG guests slowly (a PXE node also loads
     // its kernel and initramfs over TFTP first).
-    let healthy_within = Duration::from_secs(u64::from(a.wait_timeout.unwrap_or(
-        if a.kubernetes && a.provisioner == Provisioner::Qemu {
-            900
-        } else {
-            300
-        },
-    )));
+    let healthy_within = Duration::from_secs(u64::from(
+        a.wait_timeout
+            .unwrap_or(nodes_of(st.provisioner).default_wait(a.kubernetes)),
+    ));
     if a.kubernetes
         && let Some(first) = st.nodes.iter().find(|n| n.role == "controlplane")
     {
@@ -1112,7 +855,7 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
                 Ok(_) => Ok(()),
                 // Asked again after an answer that got lost: it is done.
                 Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                Err(s) => bail!("{}", crate::client::explain(&s)),
+                Err(s) => bail!("{}", crate::output::explain(&s)),
             }
         })?;
     }
@@ -1219,96 +962,14 @@ fn wait(
     Ok(())
 }
 
-/// The cluster bridge's MAC (locally administered; each cluster's bridge is on a segment of
-/// its own).
-const BRIDGE_MAC: &str = "02:b5:00:00:00:01";
-
-fn network_up(st: &State) -> anyhow::Result<()> {
-    let ns = &st.netns;
-    ip(&["netns", "add", ns])?;
-    ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    // A MAC of its own: a bridge without one takes its ports' lowest, changing it as taps are
-    // added, and a node that resolved the bridge's address before that keeps sending to a
-    // MAC the bridge no longer takes, until its ARP entry goes stale (tens of seconds).
-    ip(&[
-        "-n", ns, "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge",
-    ])?;
-    ip(&["-n", ns, "link", "set", "br0", "up"])?;
-    ip(&["-n", ns, "addr", "add", &st.bridge_address, "dev", "br0"])?;
-    ip(&[
-        "link",
-        "add",
-        &st.host_link,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "uplink",
-        "netns",
-        ns,
-    ])?;
-    ip(&["-n", ns, "link", "set", "uplink", "master", "br0", "up"])?;
-    ip(&["addr", "add", &st.host_address, "dev", &st.host_link])?;
-    ip(&["link", "set", &st.host_link, "up"])?;
-    Ok(())
-}
-
-/// Starts QEMU daemonized in the namespace; returns its pid.
-fn start_detached(netns: &str, boot: &Boot, dir: &Path, opts: &VmOptions) -> anyhow::Result<i32> {
-    let (qemu, _scratch) =
-        basalt_image::qemu::command(boot, dir, opts).map_err(|e| anyhow!(error_chain(&e)))?;
-    let pidfile = dir.join("qemu.pid");
-    let _ = std::fs::remove_file(&pidfile);
-    let log = std::fs::File::create(dir.join("qemu.log"))?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .arg(qemu.get_program())
-        .args(qemu.get_args())
-        .arg("-daemonize")
-        .arg("-pidfile")
-        .arg(&pidfile)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let status = cmd.status()?;
-    if !status.success() {
-        bail!(
-            "qemu exited with {status}: {}",
-            std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
-        );
-    }
-    let pid =
-        std::fs::read_to_string(&pidfile).with_context(|| format!("no {}", pidfile.display()))?;
-    pid.trim()
-        .parse()
-        .with_context(|| format!("{}: not a pid", pidfile.display()))
-}
-
 /// Where a node's console is, and its last `lines` lines.
 fn console_tail(st: &State, n: &NodeState, lines: usize) -> (String, String) {
-    match st.provisioner {
-        Provisioner::Docker => (
-            format!("docker logs {}", n.name),
-            docker::logs_tail(&n.name, lines),
-        ),
-        Provisioner::Qemu => {
-            let console = n.dir.join("console.log");
-            let text = std::fs::read_to_string(&console).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            (
-                console.display().to_string(),
-                all[all.len().saturating_sub(lines)..].join("\n"),
-            )
-        }
-    }
+    nodes_of(st.provisioner).console_tail(n, lines)
 }
 
 /// Whether the node's VM or container runs.
 fn node_running(st: &State, n: &NodeState) -> bool {
-    match st.provisioner {
-        Provisioner::Docker => docker::running(&n.name),
-        Provisioner::Qemu => alive(n.pid),
-    }
+    nodes_of(st.provisioner).running(n)
 }
 
 fn alive(pid: Option<i32>) -> bool {

@@ -1,0 +1,375 @@
+//! The QEMU provisioner of `osctl cluster`: every cluster gets a network namespace of its own
+//! (`basalt-<name>`) holding a bridge, one tap device per node, and the inner end of a veth pair
+//! whose outer end is on the host with the segment's first address — so the host reaches every
+//! node directly and nothing else on the host changes. The bridge itself holds the segment's
+//! last usable address, and osctl dials the nodes from inside the namespace (the osconfig
+//! context's `netns`): that path does not depend on the host's own firewall or routes. Nodes
+//! are QEMU VMs (TCG unless `BASALT_KVM=1`) run detached inside that namespace, booted straight
+//! from the kernel and initramfs with a static address on the kernel command line (or from the
+//! ISO, or over PXE with dnsmasq's DHCP and TFTP), each with a state disk and a console log in
+//! the node's directory. The config server and the network chaos are QEMU's too.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, anyhow, bail};
+use basalt_image::qemu::{Boot, TapNic, VmOptions};
+
+use super::{CreateArgs, NodeState, Nodes, Ready, Start, State, mask, save, start_daemon, step};
+use crate::error_chain;
+use crate::host::ip;
+
+/// QEMU VMs on the cluster's own bridge.
+pub(super) struct Qemu;
+
+impl Nodes for Qemu {
+    fn check(&self, a: &CreateArgs) -> anyhow::Result<()> {
+        if a.config_server.is_some() && a.iso {
+            bail!(
+                "--config-server: with kernel or PXE boots (an ISO's command line is fixed when it is built)"
+            );
+        }
+        Ok(())
+    }
+
+    fn images_step(&self) -> &'static str {
+        "images (kernel, initramfs with the root filesystem)"
+    }
+
+    fn start(&self, c: Start<'_>, arts: basalt_image::build::Artifacts) -> anyhow::Result<()> {
+        let Start {
+            a,
+            dir,
+            st,
+            host,
+            len,
+            config_url,
+        } = c;
+        let media = match (arts.iso, arts.vmlinuz, arts.initramfs) {
+            (Some(iso), ..) if a.iso => Media::Iso(iso),
+            (_, Some(vmlinuz), Some(initramfs)) if a.pxe => {
+                write_pxe(&dir.join("pxe"), &vmlinuz, &initramfs, config_url)?;
+                Media::Pxe
+            }
+            (_, Some(vmlinuz), Some(initramfs)) => Media::Kernel { vmlinuz, initramfs },
+            _ => bail!("the image build gave no ISO, kernel or initramfs"),
+        };
+        network_up(st)?;
+        if let Some(chaos) = a.chaos() {
+            start_chaos(dir, st, chaos)?;
+        }
+        if !matches!(media, Media::Kernel { .. }) {
+            dhcp_up(st, dir, host, len, matches!(media, Media::Pxe))?;
+        }
+        if let Some(port) = a.config_server {
+            start_config_server(dir, st, host, port)?;
+        }
+        boot_vms(a, dir, st, &media, host, len, config_url)
+    }
+
+    fn default_wait(&self, kubernetes: bool) -> u32 {
+        // Emulated CPUs: a control plane alone takes minutes.
+        if kubernetes { 900 } else { 300 }
+    }
+
+    fn running(&self, n: &NodeState) -> bool {
+        super::alive(n.pid)
+    }
+
+    fn console_tail(&self, n: &NodeState, lines: usize) -> (String, String) {
+        let console = n.dir.join("console.log");
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        (
+            console.display().to_string(),
+            all[all.len().saturating_sub(lines)..].join("\n"),
+        )
+    }
+}
+
+/// What QEMU nodes boot from.
+enum Media {
+    /// The kernel and initramfs directly, the address on the kernel command line.
+    Kernel {
+        vmlinuz: PathBuf,
+        initramfs: PathBuf,
+    },
+    /// The ISO, whose command line asks for DHCP.
+    Iso(PathBuf),
+    /// The network: dnsmasq's TFTP serves the cluster's `pxe/` directory.
+    Pxe,
+}
+
+/// The arguments ISO and PXE boots add to the base command line: the address from DHCP.
+pub(super) const DHCP_CMDLINE: [&str; 2] = ["basalt.reboot_delay=1", "ip=dhcp"];
+
+/// Writes each node's config as `configs/MAC.yaml` and starts the config server on the host's
+/// address, detached (its log beside the state), waiting until it answers.
+fn start_config_server(
+    dir: &Path,
+    st: &mut State,
+    host: Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<()> {
+    let listen = std::net::SocketAddr::from((host, port));
+    step(&format!(
+        "config server on http://{listen}/configs/ (one config per node's MAC)"
+    ));
+    let served = dir.join("served");
+    let configs = served.join("configs");
+    std::fs::create_dir_all(&configs)
+        .with_context(|| format!("cannot create {}", configs.display()))?;
+    for (i, n) in st.nodes.iter().enumerate() {
+        let from = dir.join(format!("{}.yaml", n.role));
+        let to = configs.join(format!("{}.yaml", mac(i)));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["cluster", "serve", "--listen"])
+        .arg(listen.to_string())
+        .arg("--dir")
+        .arg(&served);
+    start_daemon(
+        cmd,
+        &dir.join("config-server.log"),
+        &format!("--config-server {port}: the config server"),
+        &Ready::Listening(listen),
+        |pid| {
+            st.config_server = Some((pid, port));
+            save(dir, st)
+        },
+    )
+}
+
+/// Starts the chaos daemon in the cluster's namespace, detached, and waits until its rules are
+/// in place — before any node boots, so the whole create runs on the impaired network.
+fn start_chaos(dir: &Path, st: &mut State, chaos: crate::chaos::Chaos) -> anyhow::Result<()> {
+    step(&format!("network chaos: {chaos}"));
+    let ready = dir.join("chaos.ready");
+    let exe = std::env::current_exe().context("cannot find osctl's own path")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["cluster", "chaos", "--netns", &st.netns])
+        .arg(format!("--loss={}", chaos.loss_percent))
+        .arg(format!("--delay={}us", chaos.delay.as_micros()))
+        .arg("--ready")
+        .arg(&ready);
+    start_daemon(
+        cmd,
+        &dir.join("chaos.log"),
+        "--network-loss/--network-delay: the chaos daemon",
+        &Ready::File(&ready),
+        |pid| {
+            st.chaos = Some(pid);
+            save(dir, st)
+        },
+    )
+}
+
+/// Boots a QEMU VM per node on a tap device of the cluster's bridge.
+fn boot_vms(
+    a: &CreateArgs,
+    dir: &Path,
+    st: &mut State,
+    media: &Media,
+    host: Ipv4Addr,
+    len: u8,
+    config_url: Option<&str>,
+) -> anyhow::Result<()> {
+    step(&format!("booting {} nodes", st.nodes.len()));
+    for i in 0..st.nodes.len() {
+        let n = st.nodes[i].clone();
+        std::fs::create_dir_all(&n.dir)?;
+        let disk = n.dir.join("state.qcow2");
+        basalt_image::qemu::state_disk(&disk, a.disk_mib())
+            .map_err(|e| anyhow!("{}: the state disk: {}", n.name, error_chain(&e)))?;
+        let tap = format!("tap{i}");
+        ip(&["-n", &st.netns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ip(&["-n", &st.netns, "link", "set", &tap, "master", "br0", "up"])?;
+        let boot = match media {
+            Media::Kernel { vmlinuz, initramfs } => Boot::Kernel {
+                vmlinuz: vmlinuz.clone(),
+                initramfs: initramfs.clone(),
+                cmdline: format!(
+                    "{} basalt.reboot_delay=1 ip={}::{host}:{}:{}:eth0:off{}",
+                    basalt_image::build::BASE_CMDLINE,
+                    n.address,
+                    mask(len),
+                    n.name,
+                    config_url.map(|u| format!(" {u}")).unwrap_or_default()
+                ),
+            },
+            Media::Iso(iso) => Boot::Iso {
+                iso: iso.clone(),
+                uefi: false,
+            },
+            Media::Pxe => Boot::Network,
+        };
+        let opts = VmOptions {
+            memory_mib: a.memory_mib(),
+            cpus: a.cpus(),
+            disk: Some(disk),
+            allow_reboot: true,
+            tap: Some(TapNic {
+                ifname: tap,
+                mac: mac(i),
+            }),
+            ..VmOptions::default()
+        };
+        let pid = start_detached(&st.netns, &boot, &n.dir, &opts)
+            .with_context(|| format!("{}: QEMU did not start (see {})", n.name, n.dir.display()))?;
+        st.nodes[i].pid = Some(pid);
+        save(dir, st)?;
+    }
+    Ok(())
+}
+
+/// The MAC of the `i`th node's NIC (locally administered, QEMU's prefix).
+fn mac(i: usize) -> String {
+    format!("52:54:00:b5:{:02x}:{:02x}", i / 256, i % 256)
+}
+
+/// The TFTP root of a PXE cluster: the kernel, the initramfs, and an iPXE script whose command
+/// line asks for DHCP.
+fn write_pxe(
+    pxe: &Path,
+    vmlinuz: &Path,
+    initramfs: &Path,
+    config_url: Option<&str>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(pxe).with_context(|| format!("cannot create {}", pxe.display()))?;
+    for (from, name) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.img")] {
+        let to = pxe.join(name);
+        let _ = std::fs::remove_file(&to);
+        // A hard link when the cache is on the same filesystem, else a copy.
+        if std::fs::hard_link(from, &to).is_err() {
+            std::fs::copy(from, &to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        }
+    }
+    let script = format!(
+        "#!ipxe\necho Basalt: loading kernel and initramfs\nkernel vmlinuz initrd=initramfs.img {} {}\ninitrd initramfs.img\nboot\n",
+        basalt_image::build::BASE_CMDLINE,
+        DHCP_CMDLINE
+            .iter()
+            .copied()
+            .chain(config_url)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    basalt_sys::fs::atomic_write(&pxe.join("boot.ipxe"), script.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", pxe.join("boot.ipxe").display()))
+}
+
+/// dnsmasq on the cluster's bridge, detached in its namespace: DHCP with one reserved address
+/// and host name per node's MAC, the host as router, no DNS; with `tftp`, the cluster's `pxe/`
+/// directory over TFTP and `boot.ipxe` as the boot file. `destroy` stops it with everything
+/// else in the namespace.
+fn dhcp_up(st: &State, dir: &Path, host: Ipv4Addr, len: u8, tftp: bool) -> anyhow::Result<()> {
+    step("DHCP on the segment (dnsmasq)");
+    let first = st
+        .nodes
+        .first()
+        .map(|n| n.address.clone())
+        .unwrap_or_default();
+    let last = st
+        .nodes
+        .last()
+        .map(|n| n.address.clone())
+        .unwrap_or_default();
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        st.netns.clone(),
+        "dnsmasq".into(),
+        "--conf-file=/dev/null".into(),
+        "--port=0".into(),
+        "--interface=br0".into(),
+        "--bind-interfaces".into(),
+        "--user=root".into(),
+        format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+        format!("--log-facility={}", dir.join("dnsmasq.log").display()),
+        "--log-dhcp".into(),
+        format!("--dhcp-range={first},{last},{},1h", mask(len)),
+        format!("--dhcp-option=option:router,{host}"),
+        format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()),
+    ];
+    for (i, n) in st.nodes.iter().enumerate() {
+        args.push(format!("--dhcp-host={},{},{}", mac(i), n.address, n.name));
+    }
+    if tftp {
+        args.push("--enable-tftp".into());
+        args.push(format!("--tftp-root={}", dir.join("pxe").display()));
+        args.push("--dhcp-boot=boot.ipxe".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ip(&args).context("dnsmasq did not start (install dnsmasq-base)")?;
+    Ok(())
+}
+
+/// The cluster bridge's MAC (locally administered; each cluster's bridge is on a segment of
+/// its own).
+const BRIDGE_MAC: &str = "02:b5:00:00:00:01";
+
+fn network_up(st: &State) -> anyhow::Result<()> {
+    let ns = &st.netns;
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    // A MAC of its own: a bridge without one takes its ports' lowest, changing it as taps are
+    // added, and a node that resolved the bridge's address before that keeps sending to a
+    // MAC the bridge no longer takes, until its ARP entry goes stale (tens of seconds).
+    ip(&[
+        "-n", ns, "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge",
+    ])?;
+    ip(&["-n", ns, "link", "set", "br0", "up"])?;
+    ip(&["-n", ns, "addr", "add", &st.bridge_address, "dev", "br0"])?;
+    ip(&[
+        "link",
+        "add",
+        &st.host_link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink",
+        "netns",
+        ns,
+    ])?;
+    ip(&["-n", ns, "link", "set", "uplink", "master", "br0", "up"])?;
+    ip(&["addr", "add", &st.host_address, "dev", &st.host_link])?;
+    ip(&["link", "set", &st.host_link, "up"])?;
+    Ok(())
+}
+
+/// Starts QEMU daemonized in the namespace; returns its pid.
+fn start_detached(netns: &str, boot: &Boot, dir: &Path, opts: &VmOptions) -> anyhow::Result<i32> {
+    let (qemu, _scratch) =
+        basalt_image::qemu::command(boot, dir, opts).map_err(|e| anyhow!(error_chain(&e)))?;
+    let pidfile = dir.join("qemu.pid");
+    let _ = std::fs::remove_file(&pidfile);
+    let log = std::fs::File::create(dir.join("qemu.log"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
+        .arg("-daemonize")
+        .arg("-pidfile")
+        .arg(&pidfile)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!(
+            "qemu exited with {status}: {}",
+            std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
+        );
+    }
+    let pid =
+        std::fs::read_to_string(&pidfile).with_context(|| format!("no {}", pidfile.display()))?;
+    pid.trim()
+        .parse()
+        .with_context(|| format!("{}: not a pid", pidfile.display()))
+}
