@@ -527,6 +527,20 @@ impl Executor {
                     .await
                     .map_err(failed)
             }
+            Op::LinkAddress { name, mac } => {
+                let i = self.index(name, op).await?;
+                let bytes = mac
+                    .split(':')
+                    .map(|b| u8::from_str_radix(b, 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|_| NetlinkError::Invalid {
+                        op: op.to_string(),
+                        why: format!("{mac:?} is not a MAC address"),
+                    })?;
+                set(&h, LinkUnspec::new_with_index(i).address(bytes))
+                    .await
+                    .map_err(failed)
+            }
             Op::LinkMaster { name, master } => {
                 let i = self.index(name, op).await?;
                 let m = self.index(master, op).await?;

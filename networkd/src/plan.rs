@@ -113,15 +113,43 @@ pub struct RouteOp {
 /// One netlink operation. Its `Display` is the `ip -batch` line that does the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    LinkAdd { name: String, kind: LinkKind },
-    LinkDel { name: String },
-    LinkDown { name: String },
-    LinkUp { name: String },
-    LinkMtu { name: String, mtu: u32 },
-    LinkMaster { name: String, master: String },
-    LinkNoMaster { name: String },
-    AddressAdd { link: String, address: Prefix },
-    AddressDel { link: String, address: Prefix },
+    LinkAdd {
+        name: String,
+        kind: LinkKind,
+    },
+    LinkDel {
+        name: String,
+    },
+    LinkDown {
+        name: String,
+    },
+    LinkUp {
+        name: String,
+    },
+    LinkMtu {
+        name: String,
+        mtu: u32,
+    },
+    /// A MAC of the link's own (`aa:bb:...`), set once at creation (a bridge's).
+    LinkAddress {
+        name: String,
+        mac: String,
+    },
+    LinkMaster {
+        name: String,
+        master: String,
+    },
+    LinkNoMaster {
+        name: String,
+    },
+    AddressAdd {
+        link: String,
+        address: Prefix,
+    },
+    AddressDel {
+        link: String,
+        address: Prefix,
+    },
     RouteAdd(RouteOp),
     RouteDel(RouteOp),
     RuleAdd(RuleSpec),
@@ -192,6 +220,7 @@ impl fmt::Display for Op {
             Op::LinkDown { name } => write!(f, "link set {name} down"),
             Op::LinkUp { name } => write!(f, "link set {name} up"),
             Op::LinkMtu { name, mtu } => write!(f, "link set {name} mtu {mtu}"),
+            Op::LinkAddress { name, mac } => write!(f, "link set {name} address {mac}"),
             Op::LinkMaster { name, master } => write!(f, "link set {name} master {master}"),
             Op::LinkNoMaster { name } => write!(f, "link set {name} nomaster"),
             Op::AddressAdd { link, address } => write!(f, "address add {address} dev {link}"),
@@ -429,11 +458,30 @@ pub fn plan(desired: &Desired, obs: &Observed) -> Result<Plan, PlanError> {
                     recreated.insert(kn.clone());
                 }
                 if have.is_none() || !same {
+                    let bridge = matches!(kind, LinkKind::Bridge { .. });
                     p.ops.push(Op::LinkAdd {
                         name: kn.clone(),
                         kind,
                     });
                     present.insert(kn.clone(), false);
+                    // A bridge keeps one MAC: its first port's (by name) that is there now.
+                    // Left to the kernel it takes its ports' lowest and changes it as ports
+                    // join — and a neighbour that learned the old one (an ARP entry, a DHCP
+                    // server's lease) keeps sending to a MAC the bridge no longer takes.
+                    if bridge
+                        && let Some(mac) = desired
+                            .links
+                            .values()
+                            .filter(|l| l.master.as_deref() == Some(name.as_str()))
+                            .filter_map(|l| obs.link(&k(&l.name)))
+                            .map(|o| o.hardware_addr.clone())
+                            .find(|m| !m.is_empty())
+                    {
+                        p.ops.push(Op::LinkAddress {
+                            name: kn.clone(),
+                            mac,
+                        });
+                    }
                 }
             }
         }

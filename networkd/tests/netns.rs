@@ -163,8 +163,9 @@ routes:
 #[tokio::test]
 async fn a_bridge_with_its_ports() {
     in_netns("a_bridge_with_its_ports", |store, _| async move {
-        ip("link add p0 type veth peer name p0peer");
-        ip("link add p1 type veth peer name p1peer");
+        // p1's MAC is the lower: the kernel's own choice for a bridge, once p1 joins.
+        ip("link add p0 address 02:00:00:00:00:f0 type veth peer name p0peer");
+        ip("link add p1 address 02:00:00:00:00:01 type veth peer name p1peer");
         let c = config(
             "apiVersion: v1alpha1
 kind: BridgeConfig
@@ -190,6 +191,8 @@ addresses: [192.168.50.1/24]
         .await;
         let br = ip("-d link show br0");
         assert!(br.contains("bridge") && br.contains("stp_state 1"), "{br}");
+        // The bridge keeps its first port's MAC (by name) as ports join, not the lowest.
+        assert!(br.contains("link/ether 02:00:00:00:00:f0"), "{br}");
         assert!(ip("link show p0").contains("master br0"));
         // Dropping the bridge from the config deletes it (networkd made it) and frees the ports.
         let c = config(
