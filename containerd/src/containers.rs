@@ -389,8 +389,9 @@ impl Client {
             .map_err(api(what))
     }
 
-    /// Imports one OCI image layout directory; returns the references it created (an image
-    /// that already exists is left as it is).
+    /// Imports one OCI image layout directory; returns the references it created or moved
+    /// (a name that already points at the layout's manifest is left as it is; one that points
+    /// at another — the image changed under the same tag — is imported and moved).
     pub async fn import_layout(&self, dir: &Path) -> Result<Vec<String>, ContainerError> {
         let read = |rel: &str| {
             let p = dir.join(rel);
@@ -404,6 +405,7 @@ impl Client {
             let Some(name) = m["annotations"]["org.opencontainers.image.ref.name"].as_str() else {
                 continue;
             };
+            let mdesc = desc(m);
             let exists = self
                 .call::<_, proto::ImageMessage>(
                     "/containerd.services.images.v1.Images/Get",
@@ -412,11 +414,19 @@ impl Client {
                 )
                 .await;
             match exists {
-                Ok(_) => continue,
+                Ok(have)
+                    if have
+                        .image
+                        .as_ref()
+                        .and_then(|i| i.target.as_ref())
+                        .is_some_and(|t| t.digest == mdesc.digest) =>
+                {
+                    continue;
+                }
+                Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(api(format!("image get {name}"))(s)),
             }
-            let mdesc = desc(m);
             let manifest_bytes = blob(&mdesc.digest)?;
             let manifest = json(&index_path, &manifest_bytes)?;
             let cdesc = desc(&manifest["config"]);

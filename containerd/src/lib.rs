@@ -776,6 +776,17 @@ mod tests {
 
     /// An OCI layout with one static program ([`program_layer`]).
     fn host_layout(dir: &Path, scratch: &Path, name: &str, namespace: Option<&str>) {
+        host_layout_with(dir, scratch, name, namespace, "default");
+    }
+
+    /// [`host_layout`] whose image's default argument is `cmd` (another image, same name).
+    fn host_layout_with(
+        dir: &Path,
+        scratch: &Path,
+        name: &str,
+        namespace: Option<&str>,
+        cmd: &str,
+    ) {
         use sha2::Digest as _;
         let layer = program_layer(scratch);
         let blobs = dir.join("blobs/sha256");
@@ -790,7 +801,7 @@ mod tests {
         };
         let (ld, ls) = put(&layer);
         let config = serde_json::json!({"architecture": "amd64", "os": "linux",
-            "config": {"Entrypoint": ["/t"], "Cmd": ["default"]},
+            "config": {"Entrypoint": ["/t"], "Cmd": [cmd]},
             "rootfs": {"type": "layers", "diff_ids": [ld]}});
         let (cd, cs) = put(config.to_string().as_bytes());
         let manifest = serde_json::json!({"schemaVersion": 2,
@@ -942,6 +953,27 @@ mod tests {
         );
         let imgs = c.images(NAMESPACE).await.unwrap();
         assert_eq!(imgs.len(), 2);
+        // A new image under the same name (a new rootfs carries a rebuilt image, same tag): it
+        // is imported and the name moves to it.
+        let target = |imgs: &[proto::Image], name: &str| {
+            imgs.iter()
+                .find(|i| i.name == name)
+                .and_then(|i| i.target.as_ref())
+                .map(|t| t.digest.clone())
+        };
+        let before = target(&imgs, "basalt.local/t:v1");
+        host_layout_with(
+            &layouts.join("t"),
+            dir.path(),
+            "basalt.local/t:v1",
+            None,
+            "changed",
+        );
+        let moved = crate::containers::import_all(&c, &layouts).await.unwrap();
+        assert_eq!(moved, ["basalt.local/t:v1"]);
+        let imgs = c.images(NAMESPACE).await.unwrap();
+        assert_eq!(imgs.len(), 2);
+        assert_ne!(target(&imgs, "basalt.local/t:v1"), before);
 
         // containerd collects what nothing refers to whenever something is deleted (forced
         // here, synchronously): a snapshot prepared for a container is held by a lease until
