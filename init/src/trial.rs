@@ -9,7 +9,7 @@ use crate::node::{End, Node};
 use crate::upgrade::Upgrader;
 
 /// Whether the node is healthy enough to confirm a trial boot: configured, no volume full, and
-/// every service running with no failed health check.
+/// every service running (or, a one-shot, finished) with no failed health check.
 pub fn healthy(node: &Node) -> bool {
     if node.config.active().is_none() || crate::space::any_full(&node.store).is_some() {
         return false;
@@ -17,11 +17,14 @@ pub fn healthy(node: &Node) -> bool {
     let services = node.store.list::<basalt_supervisor::ServiceStatus>();
     !services.is_empty()
         && services.iter().all(|(_, s)| {
-            s.state == basalt_supervisor::State::Running
-                && matches!(
-                    s.health,
-                    basalt_supervisor::HealthState::None | basalt_supervisor::HealthState::Healthy
-                )
+            // A one-shot that ended well (kube-proxy's cleanup) counts as healthy.
+            matches!(
+                s.state,
+                basalt_supervisor::State::Running | basalt_supervisor::State::Finished
+            ) && matches!(
+                s.health,
+                basalt_supervisor::HealthState::None | basalt_supervisor::HealthState::Healthy
+            )
         })
 }
 

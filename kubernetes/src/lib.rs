@@ -809,8 +809,12 @@ async fn follow_proxy(
                     }
                     None => {
                         if running.is_some() {
-                            let _ = sup.stop("kube-proxy").await;
-                            tracing::info!("kube-proxy: stopped (proxy.disabled)");
+                            // Stopped, and its rules removed (the cleanup run takes its
+                            // place).
+                            sup.add(proxy::cleanup_service()).await;
+                            tracing::info!(
+                                "kube-proxy: stopped and its rules removed (proxy.disabled)"
+                            );
                         }
                         running = None;
                     }

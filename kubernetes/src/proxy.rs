@@ -70,6 +70,20 @@ pub fn service() -> ServiceDef {
     def
 }
 
+/// In the `kube-proxy` service's place once `proxy.disabled`: `kube-proxy --cleanup` once,
+/// which removes the rules it left (its nftables tables), so Services stop being routed at
+/// once rather than at the next reboot.
+pub fn cleanup_service() -> ServiceDef {
+    let mut def = ServiceDef::new(
+        "kube-proxy",
+        process(PROGRAM, vec!["--cleanup".into(), "--v=1".into()]),
+    );
+    def.process.env = vec![("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into())];
+    def.restart = basalt_supervisor::policy::Restart::Once;
+    def.stop_timeout = Duration::from_secs(10);
+    def
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

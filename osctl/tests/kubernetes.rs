@@ -629,6 +629,50 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
             Ok(())
         }
     });
+    // proxy.disabled, live: kube-proxy stops and its rules (its nftables tables) go at once,
+    // not at the next reboot; enabled again, they come back.
+    let no_proxy = worker_yaml.replacen(
+        "kind: ClusterConfig\n",
+        "kind: ClusterConfig\nproxy:\n  disabled: true\n",
+        1,
+    );
+    assert_ne!(no_proxy, worker_yaml, "worker.yaml has a ClusterConfig");
+    let no_proxy_file = dir.join("worker-no-proxy.yaml");
+    std::fs::write(&no_proxy_file, &no_proxy).unwrap();
+    let w2_pid = common::docker_out(&["inspect", "--format", "{{.State.Pid}}", &w2]);
+    let kube_proxy_tables = || {
+        let o = Command::new("nsenter")
+            .args(["-t", w2_pid.trim(), "-n", "nft", "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .matches("kube-proxy")
+            .count()
+    };
+    assert!(kube_proxy_tables() > 0, "no kube-proxy table on {w2}");
+    apply_on_w2(&no_proxy_file);
+    eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+        let n = kube_proxy_tables();
+        let svc = ok(clusters, &["--osconfig", oc, "-n", &w2_addr, "services"]);
+        let proxy = svc
+            .lines()
+            .find(|l| l.starts_with("kube-proxy"))
+            .unwrap_or("");
+        if n == 0 && !proxy.contains("running") {
+            Ok(())
+        } else {
+            Err(format!("{w2}: {n} kube-proxy tables left; {proxy}"))
+        }
+    });
+    apply_on_w2(&dir.join("worker.yaml"));
+    eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+        if kube_proxy_tables() > 0 {
+            Ok(())
+        } else {
+            Err(format!("{w2}: kube-proxy's tables did not come back"))
+        }
+    });
+
     // No reboot on the way: worker 2's PID 1 kept running all along (the uptime is read
     // with a precision of seconds, hence the slack).
     let up_after = uptime(clusters, oc, &w2_addr);

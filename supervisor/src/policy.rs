@@ -7,9 +7,7 @@ use basalt_resources::backoff::Backoff;
 
 use crate::reaper::Exit;
 
-/// When to start a service again after its process ends. (The node's services so far all
-/// restart always; one-shot and on-failure units come with etcd and kubelet's helpers.)
-#[cfg_attr(not(test), allow(dead_code))]
+/// When to start a service again after its process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Restart {
