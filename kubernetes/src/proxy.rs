@@ -74,13 +74,12 @@ pub fn service() -> ServiceDef {
 /// which removes the rules it left (its nftables tables), so Services stop being routed at
 /// once rather than at the next reboot.
 pub fn cleanup_service() -> ServiceDef {
-    let mut def = ServiceDef::new(
-        "kube-proxy",
-        process(PROGRAM, vec!["--cleanup".into(), "--v=1".into()]),
-    );
-    def.process.env = vec![("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into())];
+    let mut def = service();
+    def.process.args = vec!["--cleanup".into(), "--v=1".into()];
+    // It needs nothing the proxy needs, runs once, and answers no health check.
+    def.depends.clear();
+    def.health = None;
     def.restart = basalt_supervisor::policy::Restart::Once;
-    def.stop_timeout = Duration::from_secs(10);
     def
 }
 

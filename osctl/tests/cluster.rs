@@ -543,17 +543,7 @@ fn a_pxe_fleet_takes_its_configs_from_a_config_server() {
     // Images into a QEMU cluster (issue 21): an image the host built, loaded onto both nodes
     // (again: both skipped), runs on the worker with no pull.
     let kc = dir.join("kubeconfig");
-    ok(
-        clusters,
-        &[
-            "--osconfig",
-            oc,
-            "-n",
-            "10.236.0.2",
-            "kubeconfig",
-            kc.to_str().unwrap(),
-        ],
-    );
+    common::kubeconfig(clusters, oc, "10.236.0.2", &kc);
     let worker = format!("{name}-worker-1");
     common::load_and_run_everywhere(
         clusters,

@@ -134,17 +134,7 @@ fn kubernetes_own_e2e_tests_pass() {
     let dir = clusters.join(&name);
     let oc = dir.join("osconfig");
     let kc = dir.join("kubeconfig");
-    ok(
-        clusters,
-        &[
-            "--osconfig",
-            oc.to_str().unwrap(),
-            "-n",
-            &format!("{net}.2"),
-            "kubeconfig",
-            kc.to_str().unwrap(),
-        ],
-    );
+    common::kubeconfig(clusters, oc.to_str().unwrap(), &format!("{net}.2"), &kc);
     let _agnhost = agnhost_image(&dir);
     ok(clusters, &["cluster", "load", "--name", &name, AGNHOST]);
 

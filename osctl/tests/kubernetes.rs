@@ -124,17 +124,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     // The admin kubeconfig: kubectl reaches the API server at the cluster endpoint.
     let kc = dir.join("kubeconfig");
     let ns = format!("basalt-{name}");
-    let said = ok(
-        clusters,
-        &[
-            "--osconfig",
-            oc,
-            "-n",
-            &cp1,
-            "kubeconfig",
-            kc.to_str().unwrap(),
-        ],
-    );
+    let said = common::kubeconfig(clusters, oc, &cp1, &kc);
     assert!(said.contains(&format!("admin@{name}")), "{said}");
     eventually(Duration::from_secs(60), Duration::from_secs(2), || {
         let ready = kubectl(&ns, &kc, &["get", "--raw", "/readyz"])?;
@@ -682,17 +672,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     );
 
     // Merging a second time replaces the entries instead of adding more.
-    ok(
-        clusters,
-        &[
-            "--osconfig",
-            oc,
-            "-n",
-            &cp2,
-            "kubeconfig",
-            kc.to_str().unwrap(),
-        ],
-    );
+    common::kubeconfig(clusters, oc, &cp2, &kc);
     let contexts = kubectl(&ns, &kc, &["config", "get-contexts", "-o", "name"]).unwrap();
     assert_eq!(contexts.trim(), format!("admin@{name}"));
 

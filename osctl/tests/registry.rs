@@ -117,17 +117,7 @@ fn pods_pull_through_the_clusters_registry_with_auth_and_tls() {
     let oc = oc_path.to_str().unwrap();
     let worker = format!("{net}.3");
     let kc = dir.join("kubeconfig");
-    ok(
-        clusters,
-        &[
-            "--osconfig",
-            oc,
-            "-n",
-            &format!("{net}.2"),
-            "kubeconfig",
-            kc.to_str().unwrap(),
-        ],
-    );
+    common::kubeconfig(clusters, oc, &format!("{net}.2"), &kc);
     let ns = format!("basalt-{name}");
     let k = |args: &[&str]| kubectl(&ns, &kc, args);
 

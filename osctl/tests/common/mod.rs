@@ -193,6 +193,22 @@ pub fn kubectl_path() -> PathBuf {
     stack_path("kubectl")
 }
 
+/// `osctl kubeconfig PATH` on `node` of the cluster whose osconfig is `oc`: the admin
+/// kubeconfig written (or merged into) `path`; what osctl said.
+pub fn kubeconfig(clusters: &Path, oc: &str, node: &str, path: &Path) -> String {
+    ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            node,
+            "kubeconfig",
+            path.to_str().unwrap(),
+        ],
+    )
+}
+
 /// kubectl from inside the cluster's access namespace, as osctl dials (the host's own traffic
 /// to the segment may be filtered, as it is in CI).
 pub fn kubectl(netns: &str, kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, String> {
