@@ -81,6 +81,25 @@ pub fn state_disk(path: &Path, mib: u64) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// A blank disk of `mib` MiB at `path` (thin: qcow2 for `*.qcow2`, else a sparse raw file),
+/// for a node that installs itself to it.
+pub fn blank_disk(path: &Path, mib: u64) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(path);
+    if path.extension().is_some_and(|e| e == "qcow2") {
+        tools::run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(path)
+                .arg(format!("{mib}M")),
+        )
+        .map(drop)
+    } else {
+        std::fs::File::create(path)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(io_err("create", path))
+    }
+}
+
 /// QEMU's name for a disk image's format: `qcow2` for `*.qcow2`, else `raw`.
 fn disk_format(path: &Path) -> &'static str {
     match path.extension().is_some_and(|e| e == "qcow2") {
@@ -120,6 +139,10 @@ pub struct VmOptions {
     pub forward_udp: Vec<(u16, u16)>,
     /// A raw disk image attached as a virtio disk.
     pub disk: Option<PathBuf>,
+    /// The disk comes first in the firmware's boot order, before the CD-ROM or the network
+    /// (a blank disk is passed by): a machine that boots its installer once and its installed
+    /// disk from then on.
+    pub disk_boots_first: bool,
     /// Let a guest reboot restart it in place (else QEMU exits on reboot).
     pub allow_reboot: bool,
     /// The first network card on this tap device (which must exist, in QEMU's network
@@ -143,6 +166,7 @@ impl Default for VmOptions {
             forward_udp: Vec::new(),
             tap: None,
             disk: None,
+            disk_boots_first: false,
             allow_reboot: false,
             extra_nics: 0,
             rtc_base: None,
@@ -291,11 +315,19 @@ impl Vm {
                 if *uefi {
                     scratch = Some(ovmf(&mut cmd, workdir)?);
                 }
-                cmd.arg("-drive").arg(format!(
-                    "file={},media=cdrom,readonly=on,if=ide",
-                    iso.display()
-                ));
-                cmd.args(["-boot", "d"]);
+                if opts.disk_boots_first {
+                    cmd.arg("-drive").arg(format!(
+                        "file={},media=cdrom,readonly=on,if=none,id=cd0",
+                        iso.display()
+                    ));
+                    cmd.args(["-device", "ide-cd,drive=cd0,bootindex=1"]);
+                } else {
+                    cmd.arg("-drive").arg(format!(
+                        "file={},media=cdrom,readonly=on,if=ide",
+                        iso.display()
+                    ));
+                    cmd.args(["-boot", "d"]);
+                }
             }
             Boot::Disk { uefi } => {
                 if opts.disk.is_none() {
@@ -358,11 +390,20 @@ impl Vm {
                 .arg(format!("virtio-net-pci,netdev=x{i}"));
         }
         if let Some(disk) = &opts.disk {
-            cmd.arg("-drive").arg(format!(
-                "file={},format={},if=virtio",
-                disk.display(),
-                disk_format(disk)
-            ));
+            if opts.disk_boots_first {
+                cmd.arg("-drive").arg(format!(
+                    "file={},format={},if=none,id=disk0",
+                    disk.display(),
+                    disk_format(disk)
+                ));
+                cmd.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+            } else {
+                cmd.arg("-drive").arg(format!(
+                    "file={},format={},if=virtio",
+                    disk.display(),
+                    disk_format(disk)
+                ));
+            }
         }
         Ok((cmd, scratch))
     }

@@ -531,6 +531,7 @@ mod node {
                 tap: None,
                 cpus: 1,
                 rtc_base: None,
+                disk_boots_first: false,
             },
         )
         .unwrap();

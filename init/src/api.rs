@@ -135,7 +135,8 @@ impl From<ApiError> for Status {
                 use basalt_kubernetes::KubeError as K;
                 match k {
                     K::NotHere(_) => Status::failed_precondition(msg),
-                    K::NotReady(_) | K::Etcd(_) => Status::unavailable(msg),
+                    K::NotReady(_) | K::Etcd(_) | K::Api(_) => Status::unavailable(msg),
+                    K::Drain(_) => Status::failed_precondition(msg),
                     K::AlreadyBootstrapped(_) => Status::already_exists(msg),
                 }
             }
@@ -144,6 +145,10 @@ impl From<ApiError> for Status {
         }
     }
 }
+
+/// The sequence an upgrade reboots with (drain, then reboot): `Sequence/upgrade` tells a
+/// client whether its drain failed.
+pub const UPGRADE_SEQUENCE: &str = "upgrade";
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
@@ -677,9 +682,11 @@ impl Machine for Api {
                 u.slot, u.to
             )
         } else {
-            self.sequence("reboot", End::Reboot)?;
+            self.node
+                .spawn_sequence(UPGRADE_SEQUENCE, self.node.upgrade_steps())
+                .map_err(ApiError::from)?;
             format!(
-                "slot {} holds {}: rebooting into it, on trial (the node goes back to {} unless it comes up healthy)",
+                "slot {} holds {}: draining the node, then rebooting into it, on trial (the node goes back to {} unless it comes up healthy)",
                 u.slot, u.to, u.from
             )
         };

@@ -41,6 +41,10 @@ pub struct Node {
     pub kube: basalt_kubernetes::Kube,
 }
 
+/// How long a drain may take before the sequence that asked for it fails (PodDisruptionBudgets
+/// can hold an eviction back until other replicas are ready elsewhere).
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What a shutdown-like sequence ends with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -104,6 +108,30 @@ impl Node {
         steps
     }
 
+    /// Cordons the node and evicts its pods (a node without a kubelet has nothing to drain).
+    /// A drain that does not finish within [`DRAIN_TIMEOUT`] fails the step, and with it the
+    /// sequence: the node keeps running, uncordoned.
+    fn drain_step(&self) -> Step {
+        let kube = self.kube.clone();
+        Step::new("cordon and drain", move || async move {
+            match kube.drain(DRAIN_TIMEOUT).await {
+                Ok(s) => Ok(s),
+                Err(basalt_kubernetes::KubeError::NotHere(why)) => {
+                    Ok(format!("nothing to drain: {why}"))
+                }
+                Err(e) => Err(basalt_sys::error_chain(&e).into()),
+            }
+        })
+    }
+
+    /// An upgrade's reboot into the new slot: the node is cordoned and drained first, then it
+    /// shuts down as a reboot does. The next boot uncordons it once its `Node` is Ready.
+    pub fn upgrade_steps(&self) -> Vec<Step> {
+        let mut steps = vec![self.drain_step()];
+        steps.extend(self.shutdown_steps(End::Reboot));
+        steps
+    }
+
     fn release_leases_step(&self) -> Step {
         let leases = self.leases.clone();
         Step::new("release DHCP leases", move || async move {
@@ -119,11 +147,12 @@ impl Node {
 
     /// Reset: forget what `wipe` names — STATE (the config and the node's identity: it comes
     /// back in maintenance mode) and EPHEMERAL (`/var`: etcd's data, images, pods, logs) —,
-    /// then reboot. Graceful: this control plane leaves etcd first (while etcd runs), and the
-    /// services stop in order; else they are killed at once.
+    /// then reboot. Graceful: the node is cordoned and drained and a control plane leaves etcd
+    /// first (while etcd runs), and the services stop in order; else they are killed at once.
     pub fn reset_steps(&self, graceful: bool, wipe: Wipe) -> Vec<Step> {
         let mut steps = Vec::new();
         if graceful {
+            steps.push(self.drain_step());
             let (kube, sup) = (self.kube.clone(), self.sup.clone());
             steps.push(
                 Step::new("leave etcd", move || async move {

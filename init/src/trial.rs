@@ -1,5 +1,6 @@
 //! A trial boot's watch: on a boot of a slot on trial (after an upgrade), the boot is confirmed
-//! once the node has been healthy for three checks in a row, or the node reboots into the old
+//! once the node has been healthy — and, where it runs Kubernetes, its `Node` Ready and
+//! uncordoned — for three checks in a row, or the node reboots into the old
 //! slot at the timeout. Above both the node and the upgrader: it reads the node's health and
 //! tells the upgrader.
 
@@ -59,12 +60,27 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
     );
     let start = Instant::now();
     let mut good = 0;
+    let mut why = String::from("not checked yet");
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         if start.elapsed() >= timeout {
             break;
         }
-        good = if healthy(&node) { good + 1 } else { 0 };
+        // Where it runs Kubernetes, the node's `Node` must be Ready and uncordoned too.
+        let settled = if healthy(&node) {
+            node.kube.node_settled().await
+        } else {
+            Err(basalt_kubernetes::KubeError::NotReady(
+                "a service is not running and healthy, or a volume is full".into(),
+            ))
+        };
+        good = match settled {
+            Ok(()) => good + 1,
+            Err(e) => {
+                why = basalt_sys::error_chain(&e);
+                0
+            }
+        };
         if good >= 3 {
             let u = up.clone();
             match tokio::task::spawn_blocking(move || u.confirm()).await {
@@ -82,7 +98,7 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
         }
     }
     tracing::error!(
-        "upgrade: not healthy within {} s; rebooting into the previous slot",
+        "upgrade: not healthy within {} s ({why}); rebooting into the previous slot",
         timeout.as_secs()
     );
     let steps = node.shutdown_steps(End::Reboot);

@@ -8,6 +8,7 @@
 
 pub mod addons;
 pub mod controlplane;
+pub mod drain;
 pub mod etcd;
 pub mod https;
 pub mod kubelet;
@@ -44,6 +45,10 @@ pub enum KubeError {
     AlreadyBootstrapped(String),
     #[error("etcd")]
     Etcd(#[from] etcd::EtcdError),
+    #[error("cannot drain the node")]
+    Drain(#[from] drain::DrainError),
+    #[error("the Kubernetes API")]
+    Api(#[from] https::HttpsError),
 }
 
 /// A file of Kubernetes' on the node could not be made.
@@ -102,6 +107,8 @@ struct State {
     initialized: bool,
     /// This node left etcd (`osctl etcd leave`): it does not join again until it reboots.
     left: bool,
+    /// How this node reaches its own `Node` object (set once the kubelet is set up).
+    node_access: Option<node::Access>,
 }
 
 impl Kube {
@@ -130,6 +137,56 @@ impl Kube {
         }
         drop(s);
         Ok(etcd::Client::local(&self.paths.pki)?)
+    }
+
+    /// How this node reaches its own `Node`, and its name; `NotHere` when it runs no kubelet.
+    fn node_object(&self) -> Result<(node::Access, String), KubeError> {
+        let s = self.state();
+        match (&s.node_access, &s.me) {
+            (Some(a), Some(me)) => Ok((a.clone(), me.name.clone())),
+            _ if !available() => Err(KubeError::NotHere(
+                "this node's image has no Kubernetes".into(),
+            )),
+            _ => Err(KubeError::NotHere(
+                "this node's kubelet is not set up (no config yet, or no node address)".into(),
+            )),
+        }
+    }
+
+    /// Cordons this node and evicts its pods, within `timeout` (before an upgrade's reboot, a
+    /// graceful reset). `NotHere` when the node runs no kubelet: nothing to drain.
+    pub async fn drain(&self, timeout: Duration) -> Result<String, KubeError> {
+        let (access, name) = self.node_object()?;
+        Ok(drain::cordon_and_drain(&access, &name, timeout).await?)
+    }
+
+    /// For a trial boot's health: `Ok` when the node runs no Kubernetes, or when its `Node` is
+    /// Ready and no longer cordoned for the reboot; else why not (`NotReady`).
+    pub async fn node_settled(&self) -> Result<(), KubeError> {
+        if !available() {
+            return Ok(());
+        }
+        let (access, name) = self.node_object().map_err(|e| match e {
+            KubeError::NotHere(why) => KubeError::NotReady(why),
+            e => e,
+        })?;
+        let api = https::Https::from_files(
+            &access.host,
+            access.port,
+            &access.ca,
+            &access.crt,
+            &access.key,
+        )?;
+        let node = api.get(&format!("/api/v1/nodes/{name}")).await?.json()?;
+        if !drain::ready(&node) {
+            return Err(KubeError::NotReady(format!("node {name} is not Ready")));
+        }
+        if drain::cordoned_by(&node).is_some() {
+            return Err(KubeError::NotReady(format!(
+                "node {name} is still cordoned for its reboot"
+            )));
+        }
+        Ok(())
     }
 
     /// Writes etcd's config for `start` and lets the service start.
@@ -733,6 +790,7 @@ pub fn start(
                 s.controlplane = controlplane;
                 s.me = Some(me.clone());
                 s.endpoint_host = cfg.cluster().control_plane.endpoint.host.clone();
+                s.node_access = Some(node_access(&cfg, &kube.paths.pki));
             }
             if !controlplane {
                 return;

@@ -6,6 +6,9 @@
 //! node, so a later config change would say "applied" and change nothing. This reconciler
 //! patches the object itself instead, on every config change and once at start. It removes
 //! only labels it set: the keys it owns are kept in an annotation on the node.
+//!
+//! It also ends a cordon an earlier boot made for its reboot ([`crate::drain`]: an upgrade, a
+//! graceful reset) once the node is Ready again; until then a pass is not done, and retried.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -131,8 +134,27 @@ pub struct Access {
     pub key: PathBuf,
 }
 
+/// Why a pass is not done yet.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Api(#[from] HttpsError),
+    #[error(
+        "the node is cordoned for the reboot of an earlier boot: it is uncordoned once Ready (not Ready yet)"
+    )]
+    CordonedUntilReady,
+}
+
+/// What to do about Basalt's cordon on `node`, seen by the boot `boot`: `None` nothing (no
+/// such cordon, or this boot's own: its drain is under way); `Some(true)` undo it now (an
+/// earlier boot's, and the node is Ready); `Some(false)` undo it once Ready.
+pub fn uncordon(node: &Value, boot: &str) -> Option<bool> {
+    let by = crate::drain::cordoned_by(node)?;
+    (by != boot).then(|| crate::drain::ready(node))
+}
+
 /// One pass: reads the node, patches it if it differs.
-pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<bool, HttpsError> {
+pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<bool, NodeError> {
     let api = Https::from_files(
         &access.host,
         access.port,
@@ -142,18 +164,42 @@ pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<boo
     )?;
     let path = format!("/api/v1/nodes/{name}");
     let node = api.get(&path).await?.json()?;
-    let Some(p) = patch(&node, want) else {
-        return Ok(false);
-    };
-    let body = serde_json::to_vec(&p).map_err(HttpsError::Json)?;
-    api.request(
-        http::Method::PATCH,
-        &path,
-        Some(("application/merge-patch+json", body)),
-    )
-    .await?
-    .json()?;
-    Ok(true)
+    let undo = uncordon(&node, &crate::drain::BOOT);
+    let mut p = patch(&node, want);
+    if undo == Some(true) {
+        let mut merged = p.take().unwrap_or_else(|| json!({}));
+        merge(&mut merged, &crate::drain::uncordon_patch());
+        p = Some(merged);
+    }
+    if let Some(p) = &p {
+        let body = serde_json::to_vec(p).map_err(HttpsError::Json)?;
+        api.request(
+            http::Method::PATCH,
+            &path,
+            Some(("application/merge-patch+json", body)),
+        )
+        .await?
+        .json()?;
+        if undo == Some(true) {
+            tracing::info!("node {name} is Ready again: uncordoned");
+        }
+    }
+    if undo == Some(false) {
+        return Err(NodeError::CordonedUntilReady);
+    }
+    Ok(p.is_some())
+}
+
+/// Merges the objects of `add` into `into` (both JSON objects; `add`'s leaves win).
+fn merge(into: &mut Value, add: &Value) {
+    match (into, add) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
 }
 
 /// Keeps the node's object as the config says, for as long as the node runs: a pass at start
@@ -176,7 +222,7 @@ pub async fn run(access: Access, name: String, config: watch::Receiver<Option<Ar
                     }
                 );
             }
-            Ok::<(), HttpsError>(())
+            Ok::<(), NodeError>(())
         }
     })
     .await;
@@ -228,6 +274,47 @@ mod tests {
         });
         assert_eq!(patch(&node, &want(&[("zone", "a")], Some(true))), None);
         assert_eq!(patch(&node, &want(&[("zone", "a")], None)), None);
+    }
+
+    #[test]
+    fn only_an_earlier_boots_cordon_is_undone_and_only_when_ready() {
+        let node = |by: Option<&str>, unschedulable: bool, ready: &str| {
+            let mut n = json!({
+                "metadata": {"annotations": {}},
+                "spec": {"unschedulable": unschedulable},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]},
+            });
+            if let Some(b) = by {
+                n["metadata"]["annotations"][crate::drain::CORDONED] = json!(b);
+            }
+            n
+        };
+        assert_eq!(
+            uncordon(&node(Some("old"), true, "True"), "now"),
+            Some(true)
+        );
+        assert_eq!(
+            uncordon(&node(Some("old"), true, "False"), "now"),
+            Some(false)
+        );
+        // This boot's own cordon: its drain is under way.
+        assert_eq!(uncordon(&node(Some("now"), true, "True"), "now"), None);
+        // Cordoned by hand (no mark), or uncordoned by hand since.
+        assert_eq!(uncordon(&node(None, true, "True"), "now"), None);
+        assert_eq!(uncordon(&node(Some("old"), false, "True"), "now"), None);
+    }
+
+    #[test]
+    fn merging_keeps_both_patches() {
+        let mut a = json!({"metadata": {"labels": {"zone": "a"}}});
+        merge(&mut a, &crate::drain::uncordon_patch());
+        assert_eq!(
+            a,
+            json!({
+                "metadata": {"labels": {"zone": "a"}, "annotations": {crate::drain::CORDONED: null}},
+                "spec": {"unschedulable": null},
+            })
+        );
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //!
 //! The bundle is checked here first (`basalt_disk::bundle::verify`), so a bad file fails
 //! before any node is dialed; each node checks it again itself. Nodes are upgraded one at a
-//! time: the next starts only when the last came back healthy on the new version (its trial
-//! boot confirmed), and the first failure stops the run, naming the node and what happened.
+//! time: each node drains itself (cordon, evictions that honour PodDisruptionBudgets) before
+//! its reboot, and the next starts only when the last came back healthy on the new version
+//! (its trial boot confirmed, which on a Kubernetes node means its `Node` Ready and uncordoned)
+//! and, after a control plane, etcd healthy with every member started and a leader. The first
+//! failure stops the run, naming the node and what happened.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,9 +57,13 @@ pub fn upgrade(g: &Global, a: UpgradeArgs) -> anyhow::Result<()> {
             if a.stage {
                 continue;
             }
-            let wait = Duration::from_secs(u64::from(a.trial_timeout)) + Duration::from_secs(300);
+            // The drain (up to 5 min), the reboot, the trial.
+            let wait = Duration::from_secs(u64::from(a.trial_timeout)) + Duration::from_secs(600);
             settle(t, &r.from_version, &to, wait).await?;
             output::stdout(&format!("{}: running {to}, confirmed\n", t.label));
+            if let Some(etcd) = etcd_settled(t, Duration::from_secs(600)).await? {
+                output::stdout(&format!("{}: etcd healthy: {etcd}\n", t.label));
+            }
         }
         Ok(())
     })
@@ -105,6 +112,12 @@ async fn settle(t: &Target, from: &str, to: &str, wait: Duration) -> anyhow::Res
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut last = String::from("no answer yet");
     while start.elapsed() < wait {
+        if let Some(why) = drain_failed(t).await {
+            return Err(anyhow!(
+                "{}: the node did not drain, so it did not reboot: {why} (it runs {from}, uncordoned; {to} is staged for its next reboot)",
+                t.label
+            ));
+        }
         match t.client.clone().version(t.req(pb::VersionRequest {})).await {
             Ok(v) => {
                 let v = v.into_inner();
@@ -129,6 +142,69 @@ async fn settle(t: &Target, from: &str, to: &str, wait: Duration) -> anyhow::Res
     }
     Err(anyhow!(
         "{}: not back on {to} within {} s (last: {last})",
+        t.label,
+        wait.as_secs()
+    ))
+}
+
+/// The failed step of the node's upgrade sequence (its drain), if that is how it ended.
+async fn drain_failed(t: &Target) -> Option<String> {
+    let r = t
+        .client
+        .clone()
+        .get(t.req(pb::GetRequest {
+            r#type: "Sequence".into(),
+            id: "upgrade".into(),
+            namespace: "runtime".into(),
+        }))
+        .await
+        .ok()?
+        .into_inner();
+    let seq: serde_json::Value = serde_json::from_str(&r.spec_json).ok()?;
+    if seq["state"] != "failed" {
+        return None;
+    }
+    seq["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["state"] == "failed")
+        .map(|s| {
+            format!(
+                "{}: {}",
+                s["name"].as_str().unwrap_or("?"),
+                s["message"].as_str().unwrap_or("")
+            )
+        })
+}
+
+/// After a node is back: on a control plane, waits until its etcd check passes (every member
+/// started, a leader) and says what it found; `None` for a node that runs no etcd.
+async fn etcd_settled(t: &Target, wait: Duration) -> anyhow::Result<Option<String>> {
+    let start = Instant::now();
+    let mut last = String::from("no answer yet");
+    while start.elapsed() < wait {
+        match t
+            .client
+            .clone()
+            .cluster_health(t.req(pb::ClusterHealthRequest {}))
+            .await
+        {
+            Ok(r) => {
+                if let Some(c) = r.get_ref().checks.iter().find(|c| c.name == "etcd") {
+                    if c.ok {
+                        return Ok(Some(c.message.clone()));
+                    }
+                    last = c.message.clone();
+                }
+            }
+            // A worker, or a node without Kubernetes: no etcd to wait for.
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => return Ok(None),
+            Err(e) => last = crate::output::explain(&e),
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    Err(anyhow!(
+        "{}: etcd not healthy within {} s after the upgrade (last: {last}); the other nodes were not upgraded",
         t.label,
         wait.as_secs()
     ))

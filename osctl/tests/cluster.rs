@@ -562,3 +562,93 @@ fn a_pxe_fleet_takes_its_configs_from_a_config_server() {
         "processes left (the config server?)"
     );
 }
+
+/// Installed nodes, upgraded one at a time (issue 22): `cluster create --install --pxe` boots
+/// each node over the network once; each installs itself to its blank disk from its config and
+/// reboots from the disk, which boots first from then on. `osctl upgrade -n cp,worker` then
+/// takes one node at a time — drain (nothing to drain without Kubernetes), reboot into slot B
+/// on trial, confirmed healthy — before the next, and each runs the new version after.
+#[test]
+fn installed_nodes_upgrade_one_at_a_time() {
+    if !tier(Tier::Cluster, "installed_nodes_upgrade_one_at_a_time") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let root = common::clusters_root();
+    let clusters = root.as_path();
+    let name = format!("i{}", std::process::id() % 100_000);
+    let guard = Destroy(clusters, &name, "qemu");
+    ok(
+        clusters,
+        &[
+            "cluster",
+            "create",
+            "--name",
+            &name,
+            "--install",
+            "--pxe",
+            "--controlplanes",
+            "1",
+            "--workers",
+            "1",
+            "--cidr",
+            "10.237.0.0/24",
+        ],
+    );
+    let dir = clusters.join(&name);
+    let oc = dir.join("osconfig");
+    let oc = oc.to_str().unwrap();
+    let (cp, worker) = ("10.237.0.2", "10.237.0.3");
+    for node in [cp, worker] {
+        let v = ok(clusters, &["--osconfig", oc, "-n", node, "version"]);
+        assert!(
+            v.contains("A:0.1.0(booted)"),
+            "{node} is not installed:\n{v}"
+        );
+    }
+    let bundle_dir = dir.join("bundle");
+    ok(
+        clusters,
+        &[
+            "image",
+            "bundle",
+            "--out",
+            bundle_dir.to_str().unwrap(),
+            "--image-version",
+            "0.2.0",
+        ],
+    );
+    let bundle = bundle_dir.join("upgrade.bundle");
+    let out = ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &format!("{cp},{worker}"),
+            "upgrade",
+            "--image",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    // One node at a time: the first confirmed before the second is sent the bundle.
+    let first_done = out.find(&format!("{cp}: running 0.2.0, confirmed"));
+    let second_sent = out.find(&format!("{worker}: slot B holds 0.2.0"));
+    assert!(
+        first_done.is_some() && second_sent.is_some() && first_done < second_sent,
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{worker}: running 0.2.0, confirmed")),
+        "{out}"
+    );
+    for node in [cp, worker] {
+        let v = ok(clusters, &["--osconfig", oc, "-n", node, "version"]);
+        assert!(
+            v.contains("A:0.1.0(fallback)") && v.contains("B:0.2.0(booted)"),
+            "{node}:\n{v}"
+        );
+    }
+    drop(guard);
+    assert!(!dir.exists(), "the cluster's directory is left");
+}

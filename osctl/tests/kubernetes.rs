@@ -777,6 +777,142 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     )
     .unwrap();
 
+    // A graceful reset drains the node first (issue 22): worker 1 is cordoned and its pods are
+    // evicted through the Eviction API — a 2-replica Deployment, one replica per worker, with a
+    // PodDisruptionBudget of minAvailable 1, and the bare pod `srv` — so their objects are gone
+    // before it goes down (a reset without a drain leaves them bound to the node). With
+    // EPHEMERAL alone wiped it comes back configured; once its Node is Ready it uncordons
+    // itself, and only then can the evicted replica (it may not share a node) run there again.
+    let spread = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "spread"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "spread"}},
+            "template": {
+                "metadata": {"labels": {"app": "spread"}},
+                "spec": {
+                    "containers": [{
+                        "name": "web",
+                        "image": "basalt.local/hello:v1",
+                        "imagePullPolicy": "Never",
+                        "args": ["--serve", "8080"],
+                    }],
+                    "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {"app": "spread"}},
+                         "topologyKey": "kubernetes.io/hostname"}]}},
+                },
+            },
+        },
+    });
+    let budget = serde_json::json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "spread"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "spread"}}},
+    });
+    for (file, v) in [("spread", &spread), ("budget", &budget)] {
+        let f = dir.join(format!("{file}.json"));
+        std::fs::write(&f, v.to_string()).unwrap();
+        kubectl(&ns, &kc, &["apply", "-f", f.to_str().unwrap()]).unwrap();
+    }
+    let placed = || -> Result<Vec<(String, String)>, String> {
+        let out = kubectl(
+            &ns,
+            &kc,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=spread",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
+            ],
+        )?;
+        let running: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [pod, node, "Running"] => Some((pod.to_string(), node.to_string())),
+                _ => None,
+            })
+            .collect();
+        let on = |n: &str| running.iter().any(|(_, node)| node == n);
+        if running.len() == 2 && on(&w1) && on(&w2) {
+            Ok(running)
+        } else {
+            Err(format!(
+                "spread: not one running replica per worker:\n{out}"
+            ))
+        }
+    };
+    let mut before = Vec::new();
+    eventually(Duration::from_secs(180), Duration::from_secs(2), || {
+        before = placed()?;
+        Ok(())
+    });
+    let on_w1 = before.iter().find(|(_, n)| *n == w1).unwrap().0.clone();
+    let out = ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &w1_addr,
+            "reset",
+            "--graceful",
+            "--wipe",
+            "EPHEMERAL",
+        ],
+    );
+    assert!(out.contains("reset sequence started"), "{out}");
+    eventually(Duration::from_secs(300), Duration::from_secs(2), || {
+        let pods = kubectl(&ns, &kc, &["get", "pods", "-o", "name"])?;
+        if pods
+            .lines()
+            .any(|l| l == format!("pod/{on_w1}") || l == "pod/srv")
+        {
+            Err(format!("not evicted yet:\n{pods}"))
+        } else {
+            Ok(())
+        }
+    });
+    eventually(Duration::from_secs(300), Duration::from_secs(3), || {
+        let node = kubectl(&ns, &kc, &["get", "node", &w1, "-o", "json"])?;
+        let node: serde_json::Value = serde_json::from_str(&node).map_err(|e| e.to_string())?;
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let cordoned = node["spec"]["unschedulable"] == true;
+        let marked =
+            node["metadata"]["annotations"]["node.basalt.dev/cordoned-by-boot"].is_string();
+        if ready && !cordoned && !marked {
+            Ok(())
+        } else {
+            Err(format!(
+                "{w1}: Ready {ready}, cordoned {cordoned}, marked {marked}"
+            ))
+        }
+    });
+    eventually(Duration::from_secs(180), Duration::from_secs(2), || {
+        let after = placed()?;
+        if after.iter().any(|(pod, _)| *pod == on_w1) {
+            return Err(format!("{on_w1} is back: it was not evicted"));
+        }
+        Ok(())
+    });
+    eventually(Duration::from_secs(300), Duration::from_secs(3), || {
+        let h = osctl(clusters, &["--osconfig", oc, "-n", &cp1, "health"]);
+        let text = String::from_utf8_lossy(&h.stdout).into_owned();
+        if h.status.success() && text.contains("4 of 4 Ready") {
+            Ok(())
+        } else {
+            Err(format!("after the reset of {w1}: {text}"))
+        }
+    });
+
     // The second control plane leaves etcd: one member remains and the API still answers.
     let left = ok(clusters, &["--osconfig", oc, "-n", &cp2, "etcd", "leave"]);
     assert!(left.contains("left etcd"), "{left}");

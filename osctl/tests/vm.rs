@@ -42,6 +42,7 @@ fn boot(
             tap: None,
             cpus: 1,
             rtc_base: None,
+            ..VmOptions::default()
         },
     )
     .unwrap()
@@ -364,6 +365,7 @@ fn networkd_dhcp_and_static_on_a_node() {
             tap: None,
             cpus: 1,
             rtc_base: None,
+            ..VmOptions::default()
         },
     )
     .unwrap();

@@ -20,8 +20,10 @@ pub(super) struct Docker;
 
 impl Nodes for Docker {
     fn check(&self, a: &CreateArgs) -> anyhow::Result<()> {
-        if a.iso || a.pxe {
-            bail!("--iso and --pxe are QEMU boot modes: containers start from the Docker image");
+        if a.iso || a.pxe || a.install {
+            bail!(
+                "--iso, --pxe and --install are QEMU boot modes: containers start from the Docker image"
+            );
         }
         if a.config_server.is_some() {
             bail!(

@@ -198,6 +198,12 @@ pub struct CreateArgs {
     /// segment, reserved per MAC.
     #[arg(long, conflicts_with = "pxe")]
     iso: bool,
+    /// QEMU: install every node to its disk and run it from there, as a machine a user
+    /// installs: the node boots the ISO (or over the network with --pxe) once, installs itself
+    /// to /dev/vda (`install.disk` in its config: the A/B layout, SeaBIOS) and reboots from
+    /// the disk, which boots first from then on. What `osctl upgrade` and `rollback` need.
+    #[arg(long)]
+    install: bool,
     /// QEMU: boot every node over the network: dnsmasq on the segment answers DHCP and serves
     /// the kernel, initramfs and iPXE script over TFTP to the NIC's iPXE ROM.
     #[arg(long)]
@@ -341,13 +347,26 @@ impl CreateArgs {
 
     fn disk_mib(&self) -> u64 {
         self.disk_size
-            .unwrap_or(if self.kubernetes { 8192 } else { 256 })
+            .unwrap_or(match (self.kubernetes, self.install) {
+                (true, _) => 8192,
+                // The installed layout's slots and STATE, and an EPHEMERAL with room.
+                (false, true) => 3072,
+                (false, false) => 256,
+            })
+    }
+
+    /// Whether the nodes boot the ISO: asked for, or to install from (unless over PXE).
+    fn iso_boot(&self) -> bool {
+        self.iso || (self.install && !self.pxe)
     }
 
     fn cpus(&self) -> u32 {
         self.cpus.unwrap_or(if self.kubernetes { 2 } else { 1 })
     }
 }
+
+/// The disk a QEMU node installs to with `--install` (its only disk, virtio).
+const INSTALL_DISK: &str = "/dev/vda";
 
 fn step(what: &str) {
     print_line(&format!("==> {what}"));
@@ -500,7 +519,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     // One build for both provisioners: the initramfs build keeps the rootfs it packs. The
     // ISO is its own build (its command line asks for DHCP).
     let arts = basalt_image::build::build_cached(
-        if a.iso {
+        if a.iso_boot() {
             basalt_image::Target::Iso
         } else {
             basalt_image::Target::Initramfs
@@ -508,7 +527,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         &basalt_image::BuildOptions {
             out: PathBuf::new(),
             init: None,
-            extra_cmdline: if a.iso {
+            extra_cmdline: if a.iso_boot() {
                 qemu::DHCP_CMDLINE.iter().map(|s| s.to_string()).collect()
             } else {
                 Vec::new()
@@ -566,7 +585,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
             config_patch_worker: Vec::new(),
             output_dir: dir.to_path_buf(),
             with_kubespan: a.with_kubespan,
-            install_disk: None,
+            install_disk: a.install.then(|| INSTALL_DISK.to_string()),
             force: true,
         },
         &[],

@@ -25,9 +25,16 @@ pub(super) struct Qemu;
 
 impl Nodes for Qemu {
     fn check(&self, a: &CreateArgs) -> anyhow::Result<()> {
-        if a.config_server.is_some() && a.iso {
+        if a.config_server.is_some() && a.iso_boot() {
             bail!(
-                "--config-server: with kernel or PXE boots (an ISO's command line is fixed when it is built)"
+                "--config-server: with kernel or PXE boots (an ISO's command line is fixed when it is built; with --install, add --pxe)"
+            );
+        }
+        let least = basalt_disk::layout::min_disk() >> 20;
+        if a.install && a.disk_mib() < least {
+            bail!(
+                "--disk-size {}: an installed node needs at least {least} MiB (its A/B slots, STATE and EPHEMERAL)",
+                a.disk_mib(),
             );
         }
         Ok(())
@@ -47,7 +54,7 @@ impl Nodes for Qemu {
             config_url,
         } = c;
         let media = match (arts.iso, arts.vmlinuz, arts.initramfs) {
-            (Some(iso), ..) if a.iso => Media::Iso(iso),
+            (Some(iso), ..) if a.iso_boot() => Media::Iso(iso),
             (_, Some(vmlinuz), Some(initramfs)) if a.pxe => {
                 write_pxe(&dir.join("pxe"), &vmlinuz, &initramfs, config_url)?;
                 Media::Pxe
@@ -183,8 +190,13 @@ fn boot_vms(
         let n = st.nodes[i].clone();
         std::fs::create_dir_all(&n.dir)?;
         let disk = n.dir.join("state.qcow2");
-        basalt_image::qemu::state_disk(&disk, a.disk_mib())
-            .map_err(|e| anyhow!("{}: the state disk: {}", n.name, error_chain(&e)))?;
+        if a.install {
+            // Blank: the node installs itself to it.
+            basalt_image::qemu::blank_disk(&disk, a.disk_mib())
+        } else {
+            basalt_image::qemu::state_disk(&disk, a.disk_mib())
+        }
+        .map_err(|e| anyhow!("{}: the disk: {}", n.name, error_chain(&e)))?;
         let tap = format!("tap{i}");
         ip(&["-n", &st.netns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
         ip(&["-n", &st.netns, "link", "set", &tap, "master", "br0", "up"])?;
@@ -211,6 +223,8 @@ fn boot_vms(
             memory_mib: a.memory_mib(),
             cpus: a.cpus(),
             disk: Some(disk),
+            // Once installed, the disk boots; while it is blank the firmware passes it by.
+            disk_boots_first: a.install,
             allow_reboot: true,
             tap: Some(TapNic {
                 ifname: tap,
