@@ -60,7 +60,7 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
     );
     let start = Instant::now();
     let mut good = 0;
-    let mut why = String::from("not checked yet");
+    let mut why = String::from("no check yet");
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         if start.elapsed() >= timeout {
@@ -96,6 +96,9 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
             }
             return;
         }
+    }
+    if good > 0 {
+        why = format!("healthy for {good} check(s) in a row of the 3 needed");
     }
     tracing::error!(
         "upgrade: not healthy within {} s ({why}); rebooting into the previous slot",

@@ -760,11 +760,113 @@ fn an_iso_node_installs_to_disk_and_boots_from_it() {
     let _one = lifecycle::one_at_a_time();
     for uefi in [false, true] {
         let name = if uefi { "install-uefi" } else { "install-bios" };
-        let node = installed_node(name, uefi, false);
-        if !uefi {
+        let node = installed_node(name, uefi, uefi);
+        if uefi {
+            upgrades(node);
+        } else {
             resets(node);
         }
     }
+}
+
+/// An installed node under OVMF upgraded and rolled back (the upgrade test runs SeaBIOS): the
+/// EFI GRUB boots slot B on trial, the boot confirms itself, and `rollback` boots slot A.
+fn upgrades(node: lifecycle::Installed) {
+    let lifecycle::Installed {
+        mut vm,
+        osconfig,
+        dir,
+        ..
+    } = node;
+    let oc = osconfig.to_str().unwrap();
+    let v2 = bundle("0.2.0", None);
+    let up = ok(
+        &dir,
+        &["--osconfig", oc, "upgrade", "--image", v2.to_str().unwrap()],
+    );
+    assert!(up.contains("running 0.2.0, confirmed"), "{up}");
+    vm.wait_for("upgrade: slot B is healthy and confirmed", BOOT_TIMEOUT)
+        .unwrap();
+    let ver = ok(&dir, &["--osconfig", oc, "version"]);
+    assert!(ver.contains("A:0.1.0(fallback) B:0.2.0(booted)"), "{ver}");
+    let rb = ok(&dir, &["--osconfig", oc, "rollback"]);
+    assert!(rb.contains("slot A (0.1.0) boots from now on"), "{rb}");
+    let ver = until(&dir, &["--osconfig", oc, "version"], BOOT_TIMEOUT, |o| {
+        o.contains("A:0.1.0(booted)") && o.contains("running")
+    });
+    assert!(ver.contains("B:0.2.0"), "{ver}");
+}
+
+/// Power lost in the middle of an install (issue 22): the machine — its blank disk first in the
+/// boot order, the ISO after it, as a machine being installed is set up — is cut off while
+/// slot A is being written. The disk then boots nothing (its partition table is written last),
+/// so the ISO boots again into maintenance mode, never a half-installed disk; the install asked
+/// again then runs to the end, and the machine boots its disk.
+#[test]
+fn a_power_cut_during_an_install_boots_the_installer_again() {
+    if !tier(
+        Tier::Vm,
+        "a_power_cut_during_an_install_boots_the_installer_again",
+    ) {
+        return;
+    }
+    let _one = lifecycle::one_at_a_time();
+    let a = install_images();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-runs/install-power-cut");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let port = free_port();
+    let e = format!("127.0.0.1:{port}");
+    let opts = VmOptions {
+        memory_mib: 768,
+        forward: vec![(port, 50000)],
+        disk: Some(disk.clone()),
+        disk_boots_first: true,
+        allow_reboot: true,
+        ..VmOptions::default()
+    };
+    let iso = Boot::Iso {
+        iso: a.iso.clone().unwrap(),
+        uefi: false,
+    };
+    let mut vm = Vm::start_with(&iso, &dir.join("first"), &opts).unwrap();
+    in_maintenance(&mut vm, &dir, &e);
+    ok(&dir, &["gen", "config", "cut", "https://10.0.2.15:6443"]);
+    let cfg = std::fs::read_to_string(dir.join("worker.yaml")).unwrap();
+    let cfg = cfg.replacen(
+        "type: worker\n",
+        "type: worker\ninstall:\n  disk: /dev/vda\n",
+        1,
+    );
+    std::fs::write(dir.join("install.yaml"), cfg).unwrap();
+    let apply = ["apply-config", "--insecure", "-n", &e, "-f", "install.yaml"];
+    let out = ok(&dir, &apply);
+    assert!(out.contains("installing to /dev/vda"), "{out}");
+    // Slot A (the 45 MiB image) is written after this line, the table after that.
+    vm.wait_for("install: GRUB written", BOOT_TIMEOUT).unwrap();
+    drop(vm);
+    let mut vm = Vm::start_with(&iso, &dir.join("after-cut"), &opts).unwrap();
+    in_maintenance(&mut vm, &dir, &e);
+    let console = vm.console();
+    assert!(
+        !console.contains("basalt: booting slot"),
+        "the half-installed disk booted:\n{console}"
+    );
+    let out = ok(&dir, &apply);
+    assert!(out.contains("installing to /dev/vda"), "{out}");
+    vm.wait_for("install: done", BOOT_TIMEOUT).unwrap();
+    // The reboot after the install: the disk comes first now.
+    vm.wait_for("basalt: booting slot A", BOOT_TIMEOUT).unwrap();
+    vm.wait_for(
+        "config loaded from /system/state/config/config.yaml",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
 }
 
 /// An installed node reset: `--wipe EPHEMERAL` empties /var and keeps the config (it comes back
@@ -988,7 +1090,8 @@ fn an_installed_node_upgrades_rolls_back_and_survives_a_broken_image() {
     goes_back(
         &v2,
         "5s",
-        "upgrade: not healthy within 5 s; rebooting into the previous slot",
+        // (Why it was not: how many checks in a row passed, which load can change.)
+        "upgrade: not healthy within 5 s (",
         "A:0.1.0(booted) B:0.2.0",
     );
 }

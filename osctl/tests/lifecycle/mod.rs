@@ -88,12 +88,6 @@ pub fn install_images() -> basalt_image::Artifacts {
         .clone()
 }
 
-/// A node installed the way a user installs one: booted from the ISO with an empty 3 GiB
-/// disk, given a worker config with `install.disk: /dev/vda` (BIOS) or a disk selector
-/// (UEFI) in maintenance mode (after a config naming a disk that is not there, or a selector
-/// no disk matches, is refused, listing the node's disks); it installs
-/// and reboots, and is started again from the disk alone. Returns once it answers over
-/// mutual TLS.
 /// Waits until `vm` says it is in maintenance mode and its API at `endpoint` answers so.
 pub fn in_maintenance(vm: &mut Vm, dir: &Path, endpoint: &str) {
     vm.wait_for("no config; apply one with", BOOT_TIMEOUT)
@@ -106,6 +100,12 @@ pub fn in_maintenance(vm: &mut Vm, dir: &Path, endpoint: &str) {
     );
 }
 
+/// A node installed the way a user installs one: booted from the ISO with an empty 3 GiB
+/// disk, given a worker config with `install.disk: /dev/vda` (BIOS) or a disk selector
+/// (UEFI) in maintenance mode (after a config naming a disk that is not there, or a selector
+/// no disk matches, is refused, listing the node's disks); it installs
+/// and reboots, and is started again from the disk alone. Returns once it answers over
+/// mutual TLS.
 pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
     let a = install_images();
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
