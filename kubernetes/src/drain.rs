@@ -129,16 +129,6 @@ pub fn uncordon_patch() -> Value {
     })
 }
 
-fn api(access: &Access) -> Result<Https, HttpsError> {
-    Https::from_files(
-        &access.host,
-        access.port,
-        &access.ca,
-        &access.crt,
-        &access.key,
-    )
-}
-
 async fn merge_patch(api: &Https, path: &str, patch: &Value) -> Result<Value, HttpsError> {
     let body = serde_json::to_vec(patch).map_err(HttpsError::Json)?;
     api.request(
@@ -157,7 +147,7 @@ pub async fn cordon_and_drain(
     name: &str,
     timeout: Duration,
 ) -> Result<String, DrainError> {
-    let api = api(access)?;
+    let api = access.client()?;
     let path = format!("/api/v1/nodes/{name}");
     let node = api.get(&path).await?.json()?;
     let cordoned = match cordon_patch(&node, &BOOT) {

@@ -170,14 +170,11 @@ impl Kube {
             KubeError::NotHere(why) => KubeError::NotReady(why),
             e => e,
         })?;
-        let api = https::Https::from_files(
-            &access.host,
-            access.port,
-            &access.ca,
-            &access.crt,
-            &access.key,
-        )?;
-        let node = api.get(&format!("/api/v1/nodes/{name}")).await?.json()?;
+        let node = access
+            .client()?
+            .get(&format!("/api/v1/nodes/{name}"))
+            .await?
+            .json()?;
         if !drain::ready(&node) {
             return Err(KubeError::NotReady(format!("node {name} is not Ready")));
         }

@@ -153,15 +153,16 @@ pub fn uncordon(node: &Value, boot: &str) -> Option<bool> {
     (by != boot).then(|| crate::drain::ready(node))
 }
 
+impl Access {
+    /// A client of the API as this access says.
+    pub fn client(&self) -> Result<Https, HttpsError> {
+        Https::from_files(&self.host, self.port, &self.ca, &self.crt, &self.key)
+    }
+}
+
 /// One pass: reads the node, patches it if it differs.
 pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<bool, NodeError> {
-    let api = Https::from_files(
-        &access.host,
-        access.port,
-        &access.ca,
-        &access.crt,
-        &access.key,
-    )?;
+    let api = access.client()?;
     let path = format!("/api/v1/nodes/{name}");
     let node = api.get(&path).await?.json()?;
     let undo = uncordon(&node, &crate::drain::BOOT);
