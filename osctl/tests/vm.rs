@@ -812,15 +812,7 @@ fn a_power_cut_during_an_install_boots_the_installer_again() {
     }
     let _one = lifecycle::one_at_a_time();
     let a = install_images();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-runs/install-power-cut");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let disk = dir.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(3 << 30)
-        .unwrap();
-    let port = free_port();
+    let (dir, disk, port) = lifecycle::blank_machine("install-power-cut");
     let e = format!("127.0.0.1:{port}");
     let opts = VmOptions {
         memory_mib: 768,

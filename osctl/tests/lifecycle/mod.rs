@@ -108,16 +108,7 @@ pub fn in_maintenance(vm: &mut Vm, dir: &Path, endpoint: &str) {
 /// mutual TLS.
 pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
     let a = install_images();
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join("vm-runs").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let disk = dir.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(3 << 30)
-        .unwrap();
-    let port = free_port();
+    let (dir, disk, port) = blank_machine(name);
     let e = format!("127.0.0.1:{port}");
     let mut opts = VmOptions {
         memory_mib: 768,
@@ -222,6 +213,21 @@ pub fn installed_node(name: &str, uefi: bool, allow_reboot: bool) -> Installed {
         opts,
         uefi,
     }
+}
+
+/// A machine to install: a fresh directory `vm-runs/NAME`, an empty 3 GiB disk in it, and a
+/// free host port to forward to the node's API: (directory, disk, port).
+pub fn blank_machine(name: &str) -> (PathBuf, PathBuf, u16) {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join("vm-runs").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    (dir, disk, free_port())
 }
 
 /// A node [`installed_node`] made.
