@@ -32,7 +32,8 @@ fn ask(port: u16) -> bool {
     ) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    // Room for the forwarder to try a node that does not answer (3 s) before another.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     // The test image's server answers each connection with one line.
     let mut line = [0u8; 64];
     let n = s.read(&mut line).unwrap_or(0);

@@ -5,12 +5,16 @@
 //! route to (and in CI its traffic to it is filtered), so publishing is a small TCP forwarder:
 //! it listens in the host's namespace and opens each upstream connection from inside the
 //! cluster's (the connecting thread enters it), trying the nodes in order until one answers —
-//! a NodePort answers on every node. `cluster create` starts one detached forwarder per
+//! a NodePort answers on every node. A node that did not answer is tried last for 30 s, as a
+//! load balancer's health check would set it aside: a node that reboots does not cost every
+//! connection a timeout. `cluster create` starts one detached forwarder per
 //! published port (`osctl cluster forward`, recorded in the cluster's state) and `cluster
 //! destroy` stops them.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -77,9 +81,11 @@ pub fn forward(
         .iter()
         .map(|ip| SocketAddr::new(*ip, node_port))
         .collect();
+    let failed: Failed = Arc::default();
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let (Ok(ns), upstreams) = (ns.try_clone(), upstreams.clone()) else {
+        let (Ok(ns), upstreams, failed) = (ns.try_clone(), upstreams.clone(), failed.clone())
+        else {
             continue;
         };
         std::thread::spawn(move || {
@@ -87,9 +93,25 @@ pub fn forward(
             if nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
                 return;
             }
-            let up = upstreams
-                .iter()
-                .find_map(|a| TcpStream::connect_timeout(a, Duration::from_secs(3)).ok());
+            let now = Instant::now();
+            let tries = {
+                let f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                order(&upstreams, &f, now)
+            };
+            let up = tries.iter().find_map(|a| {
+                let r = TcpStream::connect_timeout(a, Duration::from_secs(3));
+                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(s) => {
+                        f.remove(a);
+                        Some(s)
+                    }
+                    Err(_) => {
+                        f.insert(*a, Instant::now());
+                        None
+                    }
+                }
+            });
             let Some(up) = up else {
                 let _ = conn.shutdown(Shutdown::Both);
                 return;
@@ -98,6 +120,32 @@ pub fn forward(
         });
     }
     Ok(())
+}
+
+/// When each node last failed to answer.
+type Failed = Arc<Mutex<HashMap<SocketAddr, Instant>>>;
+
+/// How long a node that did not answer is tried after the others (a rebooting node would
+/// otherwise cost every connection a connect timeout).
+const SET_ASIDE: Duration = Duration::from_secs(30);
+
+/// The order to try the nodes in: those that have not failed within [`SET_ASIDE`], in their
+/// order, then the others, the longest-failed first (the set is never empty of choices).
+fn order(
+    upstreams: &[SocketAddr],
+    failed: &HashMap<SocketAddr, Instant>,
+    now: Instant,
+) -> Vec<SocketAddr> {
+    let recent = |a: &SocketAddr| {
+        failed
+            .get(a)
+            .is_some_and(|t| now.saturating_duration_since(*t) < SET_ASIDE)
+    };
+    let mut out: Vec<SocketAddr> = upstreams.iter().filter(|a| !recent(a)).copied().collect();
+    let mut aside: Vec<SocketAddr> = upstreams.iter().filter(|a| recent(a)).copied().collect();
+    aside.sort_by_key(|a| failed.get(a).copied());
+    out.extend(aside);
+    out
 }
 
 /// Copies both ways until each side has closed its half.
@@ -118,6 +166,24 @@ fn pipe(a: TcpStream, b: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_that_did_not_answer_is_tried_last_for_a_while() {
+        let a: Vec<SocketAddr> = ["10.5.0.3:30080", "10.5.0.4:30080", "10.5.0.2:30080"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let now = Instant::now();
+        let mut failed = HashMap::new();
+        assert_eq!(order(&a, &failed, now), a);
+        failed.insert(a[0], now - Duration::from_secs(1));
+        assert_eq!(order(&a, &failed, now), vec![a[1], a[2], a[0]]);
+        // Two set aside: the one that failed longest ago first.
+        failed.insert(a[1], now - Duration::from_secs(5));
+        assert_eq!(order(&a, &failed, now), vec![a[2], a[1], a[0]]);
+        // Past the time set aside, back in its place.
+        assert_eq!(order(&a, &failed, now + SET_ASIDE * 2), a);
+    }
 
     #[test]
     fn publish_reads_host_and_node_ports() {
