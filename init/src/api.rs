@@ -43,6 +43,8 @@ pub enum ApiError {
     Install(#[source] crate::install::InstallFailed),
     #[error(transparent)]
     Upgrade(crate::upgrade::UpgradeError),
+    #[error("fetching the bundle")]
+    Fetch(#[source] crate::configurl::FetchError),
     #[error("ping: {0}")]
     Ping(std::io::Error),
     #[error(transparent)]
@@ -131,6 +133,20 @@ impl From<ApiError> for Status {
                 }
             }
             ApiError::Ping(_) => Status::unavailable(msg),
+            ApiError::Fetch(e) => {
+                use crate::configurl::FetchError as F;
+                match e {
+                    F::TooLarge { .. } => Status::resource_exhausted(msg),
+                    F::Write { .. } => Status::internal(msg),
+                    F::Scheme { .. }
+                    | F::NoHost { .. }
+                    | F::UnknownVariable { .. }
+                    | F::VariableInHost { .. }
+                    | F::Url { .. }
+                    | F::NoCa { .. } => Status::invalid_argument(msg),
+                    _ => Status::unavailable(msg),
+                }
+            }
             ApiError::Kube(k) => {
                 use basalt_kubernetes::KubeError as K;
                 match k {
@@ -283,6 +299,56 @@ impl Api {
         containerd::Client::new(&self.containerd_socket)
     }
 
+    /// Fetches the bundle the upgrade's first message names by URL into `path` (at most
+    /// `limit` bytes), checking its sha256 when one is given.
+    async fn fetch_bundle(
+        &self,
+        first: &pb::UpgradeRequest,
+        path: &std::path::Path,
+        limit: u64,
+    ) -> std::result::Result<(), ApiError> {
+        let tls = if first.url.starts_with("https://") {
+            if first.url_ca_pem.trim().is_empty() {
+                return Err(ApiError::BadRequest(format!(
+                    "{}: an https URL needs url_ca_pem, the CA its server is checked against (the node has no public CA bundle)",
+                    first.url
+                )));
+            }
+            Some(
+                basalt_api::tls::web_client_config(&first.url_ca_pem).map_err(|e| {
+                    ApiError::BadRequest(format!("url_ca_pem: {}", basalt_sys::error_chain(&e)))
+                })?,
+            )
+        } else {
+            None
+        };
+        let fetcher = crate::configurl::Fetcher::with_tls(
+            &first.url,
+            tls,
+            crate::configurl::node_facts(self.node.store.clone()),
+        )
+        .map_err(ApiError::Fetch)?;
+        tracing::info!("upgrade: fetching the bundle from {}", first.url);
+        let (size, digest) = fetcher
+            .download(path, limit)
+            .await
+            .map_err(ApiError::Fetch)?;
+        let got: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let want = first.sha256.trim().to_ascii_lowercase();
+        if !want.is_empty() && got != want {
+            let _ = tokio::fs::remove_file(path).await;
+            return Err(ApiError::BadRequest(format!(
+                "{}: the bundle's sha256 is {got}, not the {want} asked for; nothing was written",
+                first.url
+            )));
+        }
+        tracing::info!(
+            "upgrade: fetched {size} bytes from {} (sha256 {got})",
+            first.url
+        );
+        Ok(())
+    }
+
     fn sequence(&self, name: &str, end: End) -> Result<pb::SequenceResponse> {
         self.node
             .spawn_sequence(name, self.node.shutdown_steps(end))
@@ -292,6 +358,58 @@ impl Api {
             summary: format!("{name} sequence started"),
         }))
     }
+}
+
+/// An upgrade's I/O error on `what`.
+fn upgrade_io(what: String) -> impl FnOnce(std::io::Error) -> ApiError {
+    move |source| ApiError::Upgrade(crate::upgrade::UpgradeError::Io { what, source })
+}
+
+/// Receives a streamed bundle of `size` bytes (its first message is `first`) whole into
+/// `path`, before anything is checked or written.
+async fn receive_bundle(
+    s: &mut tonic::Streaming<pb::UpgradeRequest>,
+    first: pb::UpgradeRequest,
+    path: &std::path::Path,
+    size: u64,
+) -> std::result::Result<(), Status> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(upgrade_io(format!("create {}", path.display())))?;
+    let mut seen = 0u64;
+    let mut msg = Some(first);
+    while let Some(m) = msg {
+        if m.data.len() > IMPORT_CHUNK {
+            return Err(ApiError::BadRequest(format!(
+                "a chunk of {} bytes: at most {IMPORT_CHUNK} a message",
+                m.data.len()
+            ))
+            .into());
+        }
+        seen += m.data.len() as u64;
+        if seen > size {
+            return Err(ApiError::BadRequest(format!(
+                "more than the {size} bytes the first message gave as the bundle's size"
+            ))
+            .into());
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut file, &m.data)
+            .await
+            .map_err(upgrade_io(format!("write {}", path.display())))?;
+        msg = s.message().await?;
+    }
+    if seen != size {
+        return Err(ApiError::Upgrade(crate::upgrade::UpgradeError::Bundle(
+            basalt_disk::bundle::BundleError::Truncated(format!(
+                "the stream: {seen} of {size} bytes arrived"
+            )),
+        ))
+        .into());
+    }
+    file.sync_all()
+        .await
+        .map_err(upgrade_io(format!("sync {}", path.display())))?;
+    Ok(())
 }
 
 fn line(e: Entry) -> pb::LogLine {
@@ -593,26 +711,22 @@ impl Machine for Api {
             first.allow_downgrade,
             first.trial_timeout_seconds,
         );
-        if size == 0 || size > crate::upgrade::MAX_BUNDLE {
-            return Err(ApiError::BadRequest(format!(
-                "the first message gives the bundle's size as {size} bytes: it must be between 1 and {} MiB",
-                crate::upgrade::MAX_BUNDLE >> 20
-            ))
-            .into());
-        }
         let path = up.bundle_path();
-        let io = |what: String| {
-            move |source: std::io::Error| {
-                ApiError::Upgrade(crate::upgrade::UpgradeError::Io { what, source })
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(upgrade_io(format!("make {}", dir.display())))?;
+        let free = nix::sys::statvfs::statvfs(dir)
+            .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+            .unwrap_or(u64::MAX);
+        if first.url.is_empty() {
+            if size == 0 || size > crate::upgrade::MAX_BUNDLE {
+                return Err(ApiError::BadRequest(format!(
+                    "the first message gives the bundle's size as {size} bytes: it must be between 1 and {} MiB",
+                    crate::upgrade::MAX_BUNDLE >> 20
+                ))
+                .into());
             }
-        };
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(io(format!("make {}", dir.display())))?;
-            let free = nix::sys::statvfs::statvfs(dir)
-                .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
-                .unwrap_or(u64::MAX);
             if size > free {
                 return Err(ApiError::NoSpace {
                     size,
@@ -621,45 +735,18 @@ impl Machine for Api {
                 }
                 .into());
             }
-        }
-        // Received whole before anything is checked or written.
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(io(format!("create {}", path.display())))?;
-        let mut seen = 0u64;
-        let mut msg = Some(first);
-        while let Some(m) = msg {
-            if m.data.len() > IMPORT_CHUNK {
-                return Err(ApiError::BadRequest(format!(
-                    "a chunk of {} bytes: at most {IMPORT_CHUNK} a message",
-                    m.data.len()
-                ))
+            receive_bundle(&mut s, first, &path, size).await?;
+        } else {
+            if !first.data.is_empty() || s.message().await?.is_some() {
+                return Err(ApiError::BadRequest(
+                    "an upgrade from a url carries no data: the node fetches the bundle itself"
+                        .into(),
+                )
                 .into());
             }
-            seen += m.data.len() as u64;
-            if seen > size {
-                return Err(ApiError::BadRequest(format!(
-                    "more than the {size} bytes the first message gave as the bundle's size"
-                ))
-                .into());
-            }
-            tokio::io::AsyncWriteExt::write_all(&mut file, &m.data)
-                .await
-                .map_err(io(format!("write {}", path.display())))?;
-            msg = s.message().await?;
+            self.fetch_bundle(&first, &path, free.min(crate::upgrade::MAX_BUNDLE))
+                .await?;
         }
-        if seen != size {
-            return Err(ApiError::Upgrade(crate::upgrade::UpgradeError::Bundle(
-                basalt_disk::bundle::BundleError::Truncated(format!(
-                    "the stream: {seen} of {size} bytes arrived"
-                )),
-            ))
-            .into());
-        }
-        file.sync_all()
-            .await
-            .map_err(io(format!("sync {}", path.display())))?;
-        drop(file);
         let timeout = match trial {
             0 => crate::upgrade::DEFAULT_TRIAL_TIMEOUT,
             t => std::time::Duration::from_secs(u64::from(t)),

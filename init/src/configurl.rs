@@ -91,8 +91,14 @@ pub enum FetchError {
     },
     #[error("the server answered {status}")]
     Status { status: http::StatusCode },
-    #[error("the answer is larger than {} MiB", MAX_CONFIG >> 20)]
-    TooLarge,
+    #[error("the answer is larger than {} MiB", limit >> 20)]
+    TooLarge { limit: u64 },
+    #[error("cannot write {path}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading the answer")]
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("no answer within {0:?}")]
@@ -301,10 +307,7 @@ impl Fetcher {
         src: &Source,
         facts: Box<dyn Fn(SocketAddr) -> Vars + Send + Sync>,
     ) -> Result<Fetcher, FetchError> {
-        let parts = split(&src.url)?;
-        check_variables(&src.url)?;
-        let tls = match (parts.https, &src.ca) {
-            (false, _) => None,
+        let tls = match (src.url.starts_with("https://"), &src.ca) {
             (true, None) => {
                 return Err(FetchError::NoCa {
                     url: src.url.clone(),
@@ -313,10 +316,26 @@ impl Fetcher {
             (true, Some(ca)) => {
                 Some(basalt_api::tls::web_client_config(&ca_pem(ca)?).map_err(FetchError::CaTls)?)
             }
+            (false, _) => None,
         };
+        Fetcher::with_tls(&src.url, tls, facts)
+    }
+
+    /// A fetcher of `url` whose https server is checked with `tls` (`None`: plain http only).
+    pub fn with_tls(
+        url: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        facts: Box<dyn Fn(SocketAddr) -> Vars + Send + Sync>,
+    ) -> Result<Fetcher, FetchError> {
+        let parts = split(url)?;
+        check_variables(url)?;
+        if parts.https && tls.is_none() {
+            return Err(FetchError::NoCa { url: url.into() });
+        }
+        let tls = if parts.https { tls } else { None };
         Ok(Fetcher {
             parts,
-            url: src.url.clone(),
+            url: url.to_string(),
             tls,
             facts,
         })
@@ -330,6 +349,78 @@ impl Fetcher {
     }
 
     async fn get_once(&self) -> Result<(String, Bytes), FetchError> {
+        let (path, resp) = self.respond(MAX_CONFIG as u64).await?;
+        let body = Limited::new(resp.into_body(), MAX_CONFIG)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                Ok(_) => FetchError::TooLarge {
+                    limit: MAX_CONFIG as u64,
+                },
+                Err(e) => FetchError::Body(e),
+            })?
+            .to_bytes();
+        Ok((path, body))
+    }
+
+    /// GETs the URL into the file `to` (created, or emptied), at most `limit` bytes (a
+    /// Content-Length over it is refused before the body is read), each part of the answer
+    /// within [`ATTEMPT_TIMEOUT`] of the last: its size and sha256. On an error the file is
+    /// removed.
+    pub async fn download(
+        &self,
+        to: &std::path::Path,
+        limit: u64,
+    ) -> Result<(u64, [u8; 32]), FetchError> {
+        let r = self.download_once(to, limit).await;
+        if r.is_err() {
+            let _ = tokio::fs::remove_file(to).await;
+        }
+        r
+    }
+
+    async fn download_once(
+        &self,
+        to: &std::path::Path,
+        limit: u64,
+    ) -> Result<(u64, [u8; 32]), FetchError> {
+        use tokio::io::AsyncWriteExt as _;
+        let (_, resp) = tokio::time::timeout(ATTEMPT_TIMEOUT, self.respond(limit))
+            .await
+            .map_err(|_| FetchError::Timeout(ATTEMPT_TIMEOUT))??;
+        let write = |source| FetchError::Write {
+            path: to.to_path_buf(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(to).await.map_err(write)?;
+        let mut body = resp.into_body();
+        let mut hash = sha2::Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let frame = tokio::time::timeout(ATTEMPT_TIMEOUT, body.frame())
+                .await
+                .map_err(|_| FetchError::Timeout(ATTEMPT_TIMEOUT))?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| FetchError::Body(Box::new(e)))?;
+            if let Ok(data) = frame.into_data() {
+                size += data.len() as u64;
+                if size > limit {
+                    return Err(FetchError::TooLarge { limit });
+                }
+                hash.update(&data);
+                file.write_all(&data).await.map_err(write)?;
+            }
+        }
+        file.sync_all().await.map_err(write)?;
+        Ok((size, hash.finalize().into()))
+    }
+
+    /// Connects, sends the GET and reads the answer's head: the path the variables made and
+    /// the response, refused unless 200 and (by its Content-Length) at most `limit` bytes.
+    async fn respond(
+        &self,
+        limit: u64,
+    ) -> Result<(String, http::Response<hyper::body::Incoming>), FetchError> {
         let p = &self.parts;
         let tcp = tokio::net::TcpStream::connect((p.host.as_str(), p.port))
             .await
@@ -408,19 +499,11 @@ impl Fetcher {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > MAX_CONFIG as u64)
+            .is_some_and(|n| n > limit)
         {
-            return Err(FetchError::TooLarge);
+            return Err(FetchError::TooLarge { limit });
         }
-        let body = Limited::new(resp.into_body(), MAX_CONFIG)
-            .collect()
-            .await
-            .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-                Ok(_) => FetchError::TooLarge,
-                Err(e) => FetchError::Body(e),
-            })?
-            .to_bytes();
-        Ok((path, body))
+        Ok((path, resp))
     }
 }
 

@@ -23,9 +23,16 @@ const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
-    /// The upgrade bundle (`osctl image bundle` makes it).
+    /// The upgrade bundle (`osctl image bundle` makes it): a file, streamed to each node, or
+    /// an http:// or https:// URL each node fetches itself.
     #[arg(long)]
-    image: PathBuf,
+    image: String,
+    /// With an https URL: the CA (a PEM file) the server's certificate is checked against.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// With a URL: the sha256 (hex) the bundle must have; a node refuses any other.
+    #[arg(long)]
+    sha256: Option<String>,
     /// Write the inactive slot and make it the next boot, but do not reboot.
     #[arg(long)]
     stage: bool,
@@ -38,21 +45,91 @@ pub struct UpgradeArgs {
     trial_timeout: u32,
 }
 
+/// Where the bundle comes from.
+enum Bundle {
+    /// A file here, checked first, then streamed to each node.
+    File { path: PathBuf, size: u64 },
+    /// A URL each node fetches.
+    Url {
+        url: String,
+        ca_pem: String,
+        sha256: String,
+    },
+}
+
+impl Bundle {
+    fn from_args(a: &UpgradeArgs) -> anyhow::Result<Bundle> {
+        let is_url = a.image.starts_with("http://") || a.image.starts_with("https://");
+        if !is_url {
+            if a.ca.is_some() || a.sha256.is_some() {
+                anyhow::bail!(
+                    "--ca and --sha256 are for a bundle a node fetches from a URL; {} is a file (checked here)",
+                    a.image
+                );
+            }
+            let path = PathBuf::from(&a.image);
+            basalt_disk::bundle::verify(&path)
+                .map_err(|e| anyhow!("{}: {}", path.display(), crate::error_chain(&e)))?;
+            let size = std::fs::metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .len();
+            return Ok(Bundle::File { path, size });
+        }
+        let ca_pem = match &a.ca {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("--ca: cannot read {}", p.display()))?,
+            None if a.image.starts_with("https://") => anyhow::bail!(
+                "{}: an https URL needs --ca (the CA, PEM, the server's certificate is checked against: a node has no public CA bundle)",
+                a.image
+            ),
+            None => String::new(),
+        };
+        let sha256 = a.sha256.clone().unwrap_or_default().to_ascii_lowercase();
+        if !sha256.is_empty()
+            && (sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            anyhow::bail!("--sha256 {sha256:?}: 64 hex digits");
+        }
+        Ok(Bundle::Url {
+            url: a.image.clone(),
+            ca_pem,
+            sha256,
+        })
+    }
+}
+
 /// `osctl upgrade --image BUNDLE`.
 pub fn upgrade(g: &Global, a: UpgradeArgs) -> anyhow::Result<()> {
-    let v = basalt_disk::bundle::verify(&a.image)
-        .map_err(|e| anyhow!("{}: {}", a.image.display(), crate::error_chain(&e)))?;
-    let size = std::fs::metadata(&a.image)
-        .with_context(|| format!("cannot read {}", a.image.display()))?
-        .len();
-    let to = v.manifest.version.clone();
+    let bundle = Bundle::from_args(&a)?;
     let rt = runtime()?;
     rt.block_on(async {
         let targets = client::targets(g)?;
         for t in &targets {
-            let r = send(t, &a, size)
-                .await
-                .map_err(|e| anyhow!("{}: {}", t.label, crate::output::explain(&e)))?;
+            let r = match &bundle {
+                Bundle::File { path, size } => send(t, &a, path, *size).await,
+                Bundle::Url {
+                    url,
+                    ca_pem,
+                    sha256,
+                } => {
+                    let first = pb::UpgradeRequest {
+                        stage: a.stage,
+                        allow_downgrade: a.allow_downgrade,
+                        trial_timeout_seconds: a.trial_timeout,
+                        url: url.clone(),
+                        url_ca_pem: ca_pem.clone(),
+                        sha256: sha256.clone(),
+                        ..Default::default()
+                    };
+                    t.client
+                        .clone()
+                        .upgrade(t.req(futures::stream::iter([first])))
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            }
+            .map_err(|e| anyhow!("{}: {}", t.label, crate::output::explain(&e)))?;
+            let to = r.to_version.clone();
             output::stdout(&format!("{}: {}\n", t.label, r.summary));
             if a.stage {
                 continue;
@@ -72,17 +149,18 @@ pub fn upgrade(g: &Global, a: UpgradeArgs) -> anyhow::Result<()> {
 async fn send(
     t: &Target,
     a: &UpgradeArgs,
+    path: &std::path::Path,
     size: u64,
 ) -> Result<pb::UpgradeResponse, tonic::Status> {
-    let file = tokio::fs::File::open(&a.image)
+    let file = tokio::fs::File::open(path)
         .await
-        .map_err(|e| tonic::Status::invalid_argument(format!("{}: {e}", a.image.display())))?;
+        .map_err(|e| tonic::Status::invalid_argument(format!("{}: {e}", path.display())))?;
     let first = pb::UpgradeRequest {
         size,
         stage: a.stage,
         allow_downgrade: a.allow_downgrade,
         trial_timeout_seconds: a.trial_timeout,
-        data: Vec::new(),
+        ..Default::default()
     };
     let chunks = futures::stream::unfold(Some(file), |file| async move {
         use tokio::io::AsyncReadExt as _;

@@ -770,7 +770,9 @@ fn an_iso_node_installs_to_disk_and_boots_from_it() {
 }
 
 /// An installed node under OVMF upgraded and rolled back (the upgrade test runs SeaBIOS): the
-/// EFI GRUB boots slot B on trial, the boot confirms itself, and `rollback` boots slot A.
+/// EFI GRUB boots slot B on trial, the boot confirms itself, and `rollback` boots slot A. The
+/// node fetches this bundle itself, from a URL (a static server on the host, which the node
+/// reaches as 10.0.2.2): with a sha256 it does not have, it is refused and nothing written.
 fn upgrades(node: lifecycle::Installed) {
     let lifecycle::Installed {
         mut vm,
@@ -780,11 +782,46 @@ fn upgrades(node: lifecycle::Installed) {
     } = node;
     let oc = osconfig.to_str().unwrap();
     let v2 = bundle("0.2.0", None);
+    let served = dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::copy(&v2, served.join("upgrade.bundle")).unwrap();
+    let port = free_port();
+    let _server = ConfigServer::start(&dir, &served, port);
+    let url = format!("http://10.0.2.2:{port}/upgrade.bundle");
+    let zeros = "0".repeat(64);
+    let o = run(
+        &dir,
+        &[
+            "--osconfig",
+            oc,
+            "upgrade",
+            "--image",
+            &url,
+            "--sha256",
+            &zeros,
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains(&format!("not the {zeros} asked for")),
+        "{}",
+        text(&o)
+    );
+    let ver = ok(&dir, &["--osconfig", oc, "version"]);
+    assert!(ver.contains("A:0.1.0(booted) B:empty"), "{ver}");
     let up = ok(
         &dir,
-        &["--osconfig", oc, "upgrade", "--image", v2.to_str().unwrap()],
+        &[
+            "--osconfig",
+            oc,
+            "upgrade",
+            "--image",
+            &url,
+            "--sha256",
+            &sha256_hex(&v2),
+        ],
     );
     assert!(up.contains("running 0.2.0, confirmed"), "{up}");
+    vm.wait_for("upgrade: fetched", BOOT_TIMEOUT).unwrap();
     vm.wait_for("upgrade: slot B is healthy and confirmed", BOOT_TIMEOUT)
         .unwrap();
     let ver = ok(&dir, &["--osconfig", oc, "version"]);

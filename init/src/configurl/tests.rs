@@ -217,6 +217,34 @@ async fn a_get_asks_for_the_expanded_path_and_reads_the_body() {
 }
 
 #[tokio::test]
+async fn a_download_streams_to_a_file_within_its_limit() {
+    let server = Server::default();
+    let port = server.start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("bundle");
+    let f = Fetcher::with_tls(
+        &format!("http://127.0.0.1:{port}/upgrade.bundle"),
+        None,
+        Box::new(|_| vars()),
+    )
+    .unwrap();
+    let body = vec![7u8; 300_000];
+    server.set(200, &body);
+    let (size, digest) = f.download(&to, 1 << 20).await.unwrap();
+    assert_eq!(size, 300_000);
+    assert_eq!(digest, <[u8; 32]>::from(sha2::Sha256::digest(&body)));
+    assert_eq!(std::fs::read(&to).unwrap(), body);
+    // Over the limit (its Content-Length says so): refused, and no file left.
+    let e = f.download(&to, 100_000).await.unwrap_err();
+    assert!(matches!(e, FetchError::TooLarge { limit: 100_000 }), "{e}");
+    assert!(!to.exists());
+    server.set(404, b"gone");
+    let e = f.download(&to, 1 << 20).await.unwrap_err();
+    assert_eq!(e.to_string(), "the server answered 404 Not Found");
+    assert!(!to.exists());
+}
+
+#[tokio::test]
 async fn https_checks_the_server_against_the_given_ca() {
     use basalt_config::pki;
     use base64::Engine as _;
