@@ -9,7 +9,7 @@
 //! each node's upgrade, the whole rolling upgrade, the client's requests, failures and longest
 //! gap between two answers. Needs root; the stack is built first if it is not cached.
 //!
-//! `cargo bench -p osctl --bench rolling` (about an hour under TCG on 2 cores)
+//! `cargo bench -p osctl --bench rolling` (about 25 minutes under TCG on 2 cores)
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
