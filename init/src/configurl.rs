@@ -307,16 +307,14 @@ impl Fetcher {
         src: &Source,
         facts: Box<dyn Fn(SocketAddr) -> Vars + Send + Sync>,
     ) -> Result<Fetcher, FetchError> {
-        let tls = match (src.url.starts_with("https://"), &src.ca) {
-            (true, None) => {
-                return Err(FetchError::NoCa {
-                    url: src.url.clone(),
-                });
-            }
-            (true, Some(ca)) => {
+        // The URL's own errors first, then the CA's (`with_tls` says when https has none).
+        let https = split(&src.url)?.https;
+        check_variables(&src.url)?;
+        let tls = match &src.ca {
+            Some(ca) if https => {
                 Some(basalt_api::tls::web_client_config(&ca_pem(ca)?).map_err(FetchError::CaTls)?)
             }
-            (false, _) => None,
+            _ => None,
         };
         Fetcher::with_tls(&src.url, tls, facts)
     }
