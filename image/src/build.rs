@@ -569,12 +569,23 @@ fn resolve_in(root: &Path, rel: &str) -> Option<PathBuf> {
     None
 }
 
-/// The programs from pinned packages plus their shared-library closure, read from their `DT_NEEDED`
-/// entries and `PT_INTERP`: (path in the rootfs, contents). Debian builds these programs
-/// dynamically, so the closure is resolved here from pinned library packages rather than
-/// from whatever the build host has installed.
+/// The node's programs from pinned packages and their libraries, from [`LIBRARY_PACKAGES`].
 fn container_payload(
     programs: &[(&str, &str)],
+    pins: &[inputs::Pin],
+    cache: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    program_closure(programs, LIBRARY_PACKAGES, pins, cache)
+}
+
+/// Programs from pinned packages, `(package, path in it)`, plus their shared-library closure,
+/// read from their `DT_NEEDED` entries and `PT_INTERP` and found in the pinned `libraries`
+/// packages: (path in the rootfs, contents). Debian builds these programs dynamically, so the
+/// closure is resolved here from pinned library packages rather than from whatever the build
+/// host has installed. A library none of them holds is an error naming it and who needs it.
+pub fn program_closure(
+    programs: &[(&str, &str)],
+    libraries: &[&str],
     pins: &[inputs::Pin],
     cache: &Path,
 ) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
@@ -590,7 +601,7 @@ fn container_payload(
         let data = std::fs::read(&path).map_err(io_err("read", &path))?;
         queue.push((rel.to_string(), data));
     }
-    let lib_roots: Vec<PathBuf> = LIBRARY_PACKAGES
+    let lib_roots: Vec<PathBuf> = libraries
         .iter()
         .map(|p| inputs::extract(inputs::find(pins, p)?, cache))
         .collect::<Result<_, _>>()?;
