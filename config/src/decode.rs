@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use crate::error::ValueError;
 use crate::yaml::{Node, Value};
 
 /// Which document a problem belongs to.
@@ -119,15 +120,15 @@ impl Cx {
         s
     }
 
-    pub fn error(&mut self, node: &Node, message: impl Into<String>) {
+    pub fn error(&mut self, node: &Node, message: impl fmt::Display) {
         self.error_line(Some(node.line), message);
     }
 
-    pub fn error_line(&mut self, line: Option<usize>, message: impl Into<String>) {
+    pub fn error_line(&mut self, line: Option<usize>, message: impl fmt::Display) {
         self.problems.push(Problem {
             doc: self.doc.clone(),
             path: self.path(),
-            message: bounded(message.into()),
+            message: bounded(message.to_string()),
             line,
         });
     }
@@ -178,13 +179,13 @@ pub trait Decode: Sized {
 pub fn decode_parsed<T>(
     node: &Node,
     cx: &mut Cx,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, ValueError>,
 ) -> Option<T> {
     let s = String::decode(node, cx)?;
     match parse(&s) {
         Ok(v) => Some(v),
-        Err(msg) => {
-            cx.error(node, msg);
+        Err(why) => {
+            cx.error(node, why);
             None
         }
     }
@@ -573,11 +574,14 @@ macro_rules! config_enum {
         }
 
         impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = $crate::error::ValueError;
+            fn from_str(s: &str) -> Result<Self, $crate::error::ValueError> {
                 match s {
                     $( $text => Ok($name::$variant), )*
-                    other => Err(format!("{other:?} is not one of {}", Self::ALL.join(", "))),
+                    other => Err($crate::error::ValueError::NotOneOf {
+                        value: other.to_string(),
+                        expected: format!("one of {}", Self::ALL.join(", ")),
+                    }),
                 }
             }
         }

@@ -151,11 +151,11 @@ impl Located {
     }
 
     /// A problem at `path` of this document, with the line taken from the source.
-    pub fn problem(&self, path: &str, message: impl Into<String>) -> Problem {
+    pub fn problem(&self, path: &str, message: impl std::fmt::Display) -> Problem {
         Problem {
             doc: Some(self.doc_ref()),
             path: path.to_string(),
-            message: crate::decode::bounded(message.into()),
+            message: crate::decode::bounded(message.to_string()),
             line: self.spans.line(path),
         }
     }

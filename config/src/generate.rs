@@ -9,15 +9,24 @@ use crate::document::Document;
 use crate::pki::{self, CertAndKey, PkiError, Usage};
 use crate::types::{BootstrapToken, Endpoint, Hostname, Key32};
 use crate::v1alpha1::*;
-use crate::{Config, ConfigError, Mode};
+use crate::{Config, ConfigError, Mode, ValueError};
 
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     #[error("cannot create the cluster PKI")]
     Pki(#[from] PkiError),
-    #[error("the secrets bundle is not usable: {0}")]
-    Secrets(String),
+    /// The bundle has no OS CA key, which signs what is being made (`what`).
+    #[error(
+        "the secrets bundle is not usable: certs.os.key is missing: only the OS CA key can sign {0}"
+    )]
+    NoOsCaKey(&'static str),
+    #[error(
+        "the secrets bundle is not usable: it must hold the Kubernetes and etcd CA keys (use the bundle gen secrets wrote)"
+    )]
+    NoClusterCaKeys,
+    #[error("a built-in default is invalid (a bug in gen config): {0}")]
+    Default(ValueError),
     #[error("generated config is invalid (a bug in gen config)")]
     Invalid(#[source] ConfigError),
 }
@@ -101,15 +110,10 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
         None => new_secrets()?,
     };
     if secrets.certs.os.key.is_none() {
-        return Err(GenerateError::Secrets(
-            "certs.os.key is missing: the OS CA key signs the admin certificate".into(),
-        ));
+        return Err(GenerateError::NoOsCaKey("the admin certificate"));
     }
     if secrets.certs.kubernetes.key.is_none() || secrets.certs.etcd.is_none() {
-        return Err(GenerateError::Secrets(
-            "it must hold the Kubernetes and etcd CA keys (use the bundle gen secrets wrote)"
-                .into(),
-        ));
+        return Err(GenerateError::NoClusterCaKeys);
     }
     let cluster = ClusterConfig {
         name: opts.cluster_name.clone(),
@@ -118,9 +122,9 @@ pub fn generate(opts: &GenOptions) -> Result<Generated, GenerateError> {
             endpoint: opts.endpoint.clone(),
         },
         network: Some(ClusterNetworkConfig {
-            pod_subnets: vec!["10.244.0.0/16".parse().map_err(GenerateError::Secrets)?],
-            service_subnets: vec!["10.96.0.0/12".parse().map_err(GenerateError::Secrets)?],
-            dns_domain: "cluster.local".parse().map_err(GenerateError::Secrets)?,
+            pod_subnets: vec!["10.244.0.0/16".parse().map_err(GenerateError::Default)?],
+            service_subnets: vec!["10.96.0.0/12".parse().map_err(GenerateError::Default)?],
+            dns_domain: "cluster.local".parse().map_err(GenerateError::Default)?,
         }),
         allow_scheduling_on_control_planes: false,
         core_dns: None,
@@ -208,11 +212,12 @@ pub fn client_config(
     role: &str,
     days: i64,
 ) -> Result<ClientConfig, GenerateError> {
-    let key = secrets.certs.os.key.clone().ok_or_else(|| {
-        GenerateError::Secrets(
-            "certs.os.key is missing: only the OS CA key can sign client certificates".into(),
-        )
-    })?;
+    let key = secrets
+        .certs
+        .os
+        .key
+        .clone()
+        .ok_or(GenerateError::NoOsCaKey("client certificates"))?;
     let os_ca = CertAndKey {
         crt: secrets.certs.os.crt.clone(),
         key,

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod decode;
 pub mod document;
+pub mod error;
 pub mod generate;
 pub mod manifests;
 pub mod patch;
@@ -24,6 +25,7 @@ use std::fmt;
 
 pub use decode::Problem;
 pub use document::{Document, Located};
+pub use error::ValueError;
 pub use validate::Mode;
 
 /// Why a config was rejected.

@@ -21,7 +21,10 @@ pub enum PkiError {
         source: rcgen::Error,
     },
     #[error("generated {what} is not valid PEM: {reason}")]
-    Pem { what: String, reason: String },
+    Pem {
+        what: String,
+        reason: crate::error::ValueError,
+    },
 }
 
 /// A certificate and its key, both PEM.
@@ -47,7 +50,7 @@ fn gen_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
 }
 
 fn to_pem(what: &str, crt: String, key: String) -> Result<CertAndKey, PkiError> {
-    let bad = |reason: String| PkiError::Pem {
+    let bad = |reason: crate::error::ValueError| PkiError::Pem {
         what: what.to_string(),
         reason,
     };

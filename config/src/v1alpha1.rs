@@ -80,7 +80,7 @@ pub struct SizeBound {
 
 impl SizeBound {
     /// Parses `>= 100GB`, `<10GiB`, `= 3GiB`, `3GiB`.
-    pub fn parse(s: &str) -> Result<SizeBound, String> {
+    pub fn parse(s: &str) -> Result<SizeBound, crate::error::ValueError> {
         use std::cmp::Ordering::*;
         let t = s.trim();
         let (op, or_equal, rest) = if let Some(r) = t.strip_prefix(">=") {
@@ -100,7 +100,7 @@ impl SizeBound {
         let digits = rest
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let bad = || format!("{s:?} is not a size bound like \">= 100GB\" or \"<= 2TiB\"");
+        let bad = || crate::error::ValueError::NotSizeBound(s.to_string());
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         let mult: u64 = match rest[digits..].trim() {
             "B" => 1,

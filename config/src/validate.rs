@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use crate::decode::Problem;
 use crate::document::{Document, Located};
+use crate::error::ValueError;
 use crate::types::{LinkName, Prefix};
 use crate::v1alpha1::{MachineType, RouteConfig};
 
@@ -19,12 +20,15 @@ pub enum Mode {
 }
 
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         match s {
             "metal" => Ok(Mode::Metal),
             "container" => Ok(Mode::Container),
-            _ => Err(format!("{s:?} is not a mode (metal or container)")),
+            _ => Err(ValueError::NotOneOf {
+                value: s.to_string(),
+                expected: "a mode (metal or container)".into(),
+            }),
         }
     }
 }
@@ -306,7 +310,7 @@ pub fn validate(docs: &[Located], kinds_present: &[String], mode: Mode, out: &mu
 
 /// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most
 /// 63 characters, alphanumeric at both ends, `-`, `_` and `.` between.
-pub fn label_key(k: &str) -> Result<(), String> {
+pub fn label_key(k: &str) -> Result<(), ValueError> {
     let (prefix, name) = match k.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
@@ -314,32 +318,32 @@ pub fn label_key(k: &str) -> Result<(), String> {
     if let Some(p) = prefix
         && (p.is_empty() || p.len() > 253 || p.parse::<crate::types::Hostname>().is_err())
     {
-        return Err(format!("{k:?}: the prefix before / is not a DNS subdomain"));
+        return Err(ValueError::LabelPrefix(k.to_string()));
     }
-    label_name(name).map_err(|why| format!("{k:?}: {why}"))
+    label_name(name).map_err(|why| why.of(k))
 }
 
 /// A Kubernetes label value: empty, or a name as in [`label_key`]. A `,` or `=` would let one
 /// label smuggle another into the kubelet's `--node-labels`.
-pub fn label_value(v: &str) -> Result<(), String> {
+pub fn label_value(v: &str) -> Result<(), ValueError> {
     if v.is_empty() {
         return Ok(());
     }
-    label_name(v).map_err(|why| format!("value {v:?}: {why}"))
+    label_name(v).map_err(|why| ValueError::LabelValue {
+        value: v.to_string(),
+        source: Box::new(why),
+    })
 }
 
-fn label_name(n: &str) -> Result<(), String> {
+fn label_name(n: &str) -> Result<(), ValueError> {
     let ok_inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if n.is_empty() || n.len() > 63 {
-        return Err("a name is 1 to 63 characters".into());
+        return Err(ValueError::LabelNameLength);
     }
     let first = n.chars().next().unwrap_or('-');
     let last = n.chars().last().unwrap_or('-');
     if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() || !n.chars().all(ok_inner) {
-        return Err(
-            "only letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-                .into(),
-        );
+        return Err(ValueError::LabelNameCharacters);
     }
     Ok(())
 }
@@ -359,16 +363,12 @@ pub const KUBELET_OWNED_FLAGS: &[&str] = &[
 ];
 
 /// A key of `kubelet.extraArgs`: a flag name without dashes, not one Basalt sets.
-pub fn kubelet_arg(key: &str) -> Result<(), String> {
+pub fn kubelet_arg(key: &str) -> Result<(), ValueError> {
     if key.is_empty() || key.starts_with('-') || key.contains(['=', ' ', '\0']) {
-        return Err(format!(
-            "{key:?} is not a flag name: give it without dashes, e.g. max-pods"
-        ));
+        return Err(ValueError::NotFlagName(key.to_string()));
     }
     if KUBELET_OWNED_FLAGS.contains(&key) {
-        return Err(format!(
-            "--{key} is set by Basalt (the kubelet would not run as the node); use the config's own fields"
-        ));
+        return Err(ValueError::FlagOwned(key.to_string()));
     }
     Ok(())
 }
@@ -386,7 +386,7 @@ pub fn disk_selector(sel: &crate::v1alpha1::DiskSelector) -> Vec<(&'static str, 
     if let Some(s) = &sel.size
         && let Err(why) = crate::v1alpha1::SizeBound::parse(s)
     {
-        out.push(("size", why));
+        out.push(("size", why.to_string()));
     }
     for (field, v) in [("model", &sel.model), ("serial", &sel.serial)] {
         if let Some(v) = v
@@ -417,16 +417,14 @@ pub fn disk_selector(sel: &crate::v1alpha1::DiskSelector) -> Vec<(&'static str, 
 }
 
 /// An install disk: a device path under `/dev`, with no `.` or `..` in it.
-pub fn install_disk(disk: &str) -> Result<(), String> {
+pub fn install_disk(disk: &str) -> Result<(), ValueError> {
     let rest = disk.strip_prefix("/dev/").unwrap_or_default();
     if rest.is_empty()
         || rest
             .split('/')
             .any(|p| p.is_empty() || p == "." || p == "..")
     {
-        return Err(format!(
-            "{disk:?} is not a device under /dev (e.g. /dev/vda)"
-        ));
+        return Err(ValueError::NotDevice(disk.to_string()));
     }
     Ok(())
 }
@@ -483,21 +481,22 @@ pub fn is_registry_host(s: &str) -> bool {
 }
 
 /// The host of a registry endpoint URL (`http://host:port[/path]`), or why it is not one.
-pub fn endpoint_host(url: &str) -> Result<&str, String> {
+pub fn endpoint_host(url: &str) -> Result<&str, ValueError> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("{url:?} does not start with http:// or https://"))?;
+        .ok_or_else(|| ValueError::NotHttp(url.to_string()))?;
     if rest.contains(['?', '#', '@']) {
-        return Err(format!(
-            "{url:?}: a registry endpoint has no credentials, query or fragment"
-        ));
+        return Err(ValueError::EndpointExtras(url.to_string()));
     }
     let host = rest.split('/').next().unwrap_or_default();
     if is_registry_host(host) {
         Ok(host)
     } else {
-        Err(format!("{url:?}: {host:?} is not a host or host:port"))
+        Err(ValueError::EndpointHost {
+            url: url.to_string(),
+            host: host.to_string(),
+        })
     }
 }
 

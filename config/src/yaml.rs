@@ -333,7 +333,7 @@ impl MarkedEventReceiver for Builder {
                         self.insert(Node { value, line, col }, anchor, 1);
                     }
                 }
-                Err(message) => self.fail(mark, message),
+                Err(why) => self.fail(mark, why.to_string()),
             },
             Event::SequenceStart(anchor, _) => self.open(Value::Seq(vec![]), anchor, mark),
             Event::MappingStart(anchor, _) => self.open(Value::Map(vec![]), anchor, mark),
@@ -365,20 +365,30 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// Why a scalar is refused before any field looks at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ScalarError {
+    /// No value of a config carries a NUL: it would cut a path or an argument short where the
+    /// value goes.
+    #[error("a NUL character in a value")]
+    Nul,
+    #[error("unsupported tag {0}: only !!str is accepted")]
+    Tag(String),
+}
+
 /// YAML 1.2 core schema resolution for plain scalars; quoted scalars are always strings.
-fn resolve_scalar(text: String, style: TScalarStyle, tag: Option<Tag>) -> Result<Value, String> {
-    // No value of a config carries a NUL: it would cut a path or an argument short where the
-    // value goes.
+fn resolve_scalar(
+    text: String,
+    style: TScalarStyle,
+    tag: Option<Tag>,
+) -> Result<Value, ScalarError> {
     if text.contains('\0') {
-        return Err("a NUL character in a value".into());
+        return Err(ScalarError::Nul);
     }
     if let Some(tag) = tag {
         return match (tag.handle.as_str(), tag.suffix.as_str()) {
             ("!!", "str") | ("tag:yaml.org,2002:", "str") => Ok(Value::Str(text)),
-            _ => Err(format!(
-                "unsupported tag {}{}: only !!str is accepted",
-                tag.handle, tag.suffix
-            )),
+            _ => Err(ScalarError::Tag(format!("{}{}", tag.handle, tag.suffix))),
         };
     }
     if style != TScalarStyle::Plain {

@@ -36,12 +36,17 @@ struct Args {
     fwmark: Option<u32>,
 }
 
-fn parse_mark(s: &str) -> Result<u32, String> {
+/// A `--fwmark` that is not a number.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a mark (a number, decimal or 0x-hex)")]
+struct BadMark(String);
+
+fn parse_mark(s: &str) -> Result<u32, BadMark> {
     match s.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => s.parse(),
     }
-    .map_err(|_| format!("{s:?} is not a mark (a number, decimal or 0x-hex)"))
+    .map_err(|_| BadMark(s.to_string()))
 }
 
 async fn serve(a: Args) -> Result<(), crate::ServeError> {

@@ -150,10 +150,10 @@ impl From<ApiError> for Status {
             ApiError::Kube(k) => {
                 use basalt_kubernetes::KubeError as K;
                 match k {
-                    K::NotHere(_) => Status::failed_precondition(msg),
-                    K::NotReady(_) | K::Etcd(_) | K::Api(_) => Status::unavailable(msg),
+                    k if k.is_not_here() => Status::failed_precondition(msg),
                     K::Drain(_) => Status::failed_precondition(msg),
-                    K::AlreadyBootstrapped(_) => Status::already_exists(msg),
+                    K::EtcdHasData(_) | K::ClusterExists { .. } => Status::already_exists(msg),
+                    _ => Status::unavailable(msg),
                 }
             }
             ApiError::Sequence(SequenceError::Busy { .. }) => Status::aborted(msg),
@@ -799,7 +799,8 @@ impl Machine for Api {
 
     async fn reset(&self, req: Request<pb::ResetRequest>) -> Result<pb::SequenceResponse> {
         let r = req.into_inner();
-        let wipe = crate::node::Wipe::from_names(&r.wipe).map_err(ApiError::BadRequest)?;
+        let wipe = crate::node::Wipe::from_names(&r.wipe)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let name = "reset";
         self.node
             .spawn_sequence(name, self.node.reset_steps(r.graceful, wipe))
@@ -1198,11 +1199,9 @@ impl Machine for Api {
         _: Request<pb::KubeconfigRequest>,
     ) -> Result<pb::KubeconfigResponse> {
         use basalt_kubernetes::KubeError;
-        let cfg = self.node.config.active().ok_or_else(|| {
-            ApiError::Kube(KubeError::NotReady("the node has no config yet".into()))
-        })?;
+        let cfg = (self.node.config.active()).ok_or(ApiError::Kube(KubeError::NoConfig))?;
         let text = basalt_kubernetes::pki::admin_kubeconfig(&cfg)
-            .map_err(|e| ApiError::Kube(KubeError::NotHere(basalt_sys::error_chain(&e))))?;
+            .map_err(|e| ApiError::Kube(KubeError::Kubeconfig(e)))?;
         Ok(Response::new(pb::KubeconfigResponse {
             data: text.into_bytes(),
             cluster: cfg.cluster().name.to_string(),

@@ -116,9 +116,7 @@ impl Node {
         Step::new("cordon and drain", move || async move {
             match kube.drain(DRAIN_TIMEOUT).await {
                 Ok(s) => Ok(s),
-                Err(basalt_kubernetes::KubeError::NotHere(why)) => {
-                    Ok(format!("nothing to drain: {why}"))
-                }
+                Err(e) if e.is_not_here() => Ok(format!("nothing to drain: {e}")),
                 Err(e) => Err(basalt_sys::error_chain(&e).into()),
             }
         })
@@ -158,9 +156,7 @@ impl Node {
                 Step::new("leave etcd", move || async move {
                     match kube.leave(&sup).await {
                         Ok(s) => Ok(s),
-                        Err(basalt_kubernetes::KubeError::NotHere(why)) => {
-                            Ok(format!("not leaving: {why}"))
-                        }
+                        Err(e) if e.is_not_here() => Ok(format!("not leaving: {e}")),
                         Err(e) => Err(basalt_sys::error_chain(&e).into()),
                     }
                 })
@@ -253,7 +249,7 @@ impl Wipe {
     };
 
     /// From the names a reset request gives (`STATE`, `EPHEMERAL`, any case); none: both.
-    pub fn from_names(names: &[String]) -> Result<Wipe, String> {
+    pub fn from_names(names: &[String]) -> Result<Wipe, UnknownPartition> {
         if names.is_empty() {
             return Ok(Wipe::ALL);
         }
@@ -265,12 +261,17 @@ impl Wipe {
             match n.to_ascii_uppercase().as_str() {
                 "STATE" => w.state = true,
                 "EPHEMERAL" => w.ephemeral = true,
-                _ => return Err(format!("wipe {n:?}: expected STATE or EPHEMERAL")),
+                _ => return Err(UnknownPartition(n.clone())),
             }
         }
         Ok(w)
     }
 }
+
+/// A reset request named a partition that is not STATE or EPHEMERAL.
+#[derive(Debug, thiserror::Error)]
+#[error("wipe {0:?}: expected STATE or EPHEMERAL")]
+pub struct UnknownPartition(pub String);
 
 /// Removes what `dir` holds but the paths of `keep` (and the directories on the way to them);
 /// returns how many entries went. A missing `dir` holds nothing.

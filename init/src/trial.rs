@@ -68,16 +68,17 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
         }
         // Where it runs Kubernetes, the node's `Node` must be Ready and uncordoned too.
         let settled = if healthy(&node) {
-            node.kube.node_settled().await
+            node.kube
+                .node_settled()
+                .await
+                .map_err(|e| basalt_sys::error_chain(&e))
         } else {
-            Err(basalt_kubernetes::KubeError::NotReady(
-                "a service is not running and healthy, or a volume is full".into(),
-            ))
+            Err("a service is not running and healthy, or a volume is full".to_string())
         };
         good = match settled {
             Ok(()) => good + 1,
             Err(e) => {
-                why = basalt_sys::error_chain(&e);
+                why = e;
                 0
             }
         };

@@ -37,18 +37,71 @@ pub use layout::{KUBELET, available};
 /// Why a Kubernetes request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("{0}")]
-    NotHere(String),
-    #[error("{0}")]
-    NotReady(String),
-    #[error("{0}")]
-    AlreadyBootstrapped(String),
+    // What does not apply to this node ([`KubeError::is_not_here`]).
+    #[error("this node's image has no Kubernetes (build it with --kubernetes)")]
+    NoKubernetes,
+    #[error("this node runs no etcd: only control planes do")]
+    NoEtcd,
+    #[error("this node's kubelet is not set up (no config yet, or no node address)")]
+    NoKubelet,
+    #[error("this node is not a control plane: bootstrap one of the control planes")]
+    NotControlPlane,
+    #[error("this is etcd's only member: leaving would lose the cluster's data")]
+    OnlyMember,
+    #[error("cannot make an admin kubeconfig")]
+    Kubeconfig(#[source] pki::KubePkiError),
+
+    // What may work a little later.
+    #[error("the node has no config yet")]
+    NoConfig,
+    #[error(
+        "the node is not ready to bootstrap yet (no config applied, or no network): try again shortly"
+    )]
+    NotReadyToBootstrap,
+    #[error("cannot set up etcd")]
+    EtcdSetup(#[source] FileError),
+    #[error("node {0} is not Ready")]
+    NodeNotReady(String),
+    #[error("node {0} is still cordoned for its reboot")]
+    StillCordoned(String),
+
+    // A second bootstrap.
+    #[error(
+        "etcd is already bootstrapped on this node ({} holds its data): bootstrap runs once per cluster; other control planes join by themselves",
+        .0.display()
+    )]
+    EtcdHasData(PathBuf),
+    #[error(
+        "etcd at {endpoint} already runs this cluster (members: {}): this node joins it by itself",
+        members.join(", ")
+    )]
+    ClusterExists {
+        endpoint: String,
+        members: Vec<String>,
+    },
+
     #[error("etcd")]
     Etcd(#[from] etcd::EtcdError),
     #[error("cannot drain the node")]
     Drain(#[from] drain::DrainError),
     #[error("the Kubernetes API")]
     Api(#[from] https::HttpsError),
+}
+
+impl KubeError {
+    /// Whether the request does not apply to this node (it runs no Kubernetes, no etcd, no
+    /// kubelet, …), as against failing or not being possible yet.
+    pub fn is_not_here(&self) -> bool {
+        matches!(
+            self,
+            KubeError::NoKubernetes
+                | KubeError::NoEtcd
+                | KubeError::NoKubelet
+                | KubeError::NotControlPlane
+                | KubeError::OnlyMember
+                | KubeError::Kubeconfig(_)
+        )
+    }
 }
 
 /// A file of Kubernetes' on the node could not be made.
@@ -131,9 +184,7 @@ impl Kube {
     pub fn local_etcd(&self) -> Result<etcd::Client, KubeError> {
         let s = self.state();
         if !s.controlplane || s.me.is_none() {
-            return Err(KubeError::NotHere(
-                "this node runs no etcd: only control planes do".into(),
-            ));
+            return Err(KubeError::NoEtcd);
         }
         drop(s);
         Ok(etcd::Client::local(&self.paths.pki)?)
@@ -144,12 +195,8 @@ impl Kube {
         let s = self.state();
         match (&s.node_access, &s.me) {
             (Some(a), Some(me)) => Ok((a.clone(), me.name.clone())),
-            _ if !available() => Err(KubeError::NotHere(
-                "this node's image has no Kubernetes".into(),
-            )),
-            _ => Err(KubeError::NotHere(
-                "this node's kubelet is not set up (no config yet, or no node address)".into(),
-            )),
+            _ if !available() => Err(KubeError::NoKubernetes),
+            _ => Err(KubeError::NoKubelet),
         }
     }
 
@@ -166,22 +213,17 @@ impl Kube {
         if !available() {
             return Ok(());
         }
-        let (access, name) = self.node_object().map_err(|e| match e {
-            KubeError::NotHere(why) => KubeError::NotReady(why),
-            e => e,
-        })?;
+        let (access, name) = self.node_object()?;
         let node = access
             .client()?
             .get(&format!("/api/v1/nodes/{name}"))
             .await?
             .json()?;
         if !drain::ready(&node) {
-            return Err(KubeError::NotReady(format!("node {name} is not Ready")));
+            return Err(KubeError::NodeNotReady(name));
         }
         if drain::cordoned_by(&node).is_some() {
-            return Err(KubeError::NotReady(format!(
-                "node {name} is still cordoned for its reboot"
-            )));
+            return Err(KubeError::StillCordoned(name));
         }
         Ok(())
     }
@@ -212,27 +254,18 @@ impl Kube {
     /// plane).
     pub async fn bootstrap(&self, sup: &Supervisor) -> Result<String, KubeError> {
         if !available() {
-            return Err(KubeError::NotHere(
-                "this node's image has no Kubernetes (build it with --kubernetes)".into(),
-            ));
+            return Err(KubeError::NoKubernetes);
         }
         let (me, endpoint_host) = {
             let s = self.state();
             if !s.controlplane {
-                return Err(KubeError::NotHere(
-                    "this node is not a control plane: bootstrap one of the control planes".into(),
-                ));
+                return Err(KubeError::NotControlPlane);
             }
             let Some(me) = s.me.clone() else {
-                return Err(KubeError::NotReady(
-                    "the node is not ready to bootstrap yet (no config applied, or no network): try again shortly".into(),
-                ));
+                return Err(KubeError::NotReadyToBootstrap);
             };
             if s.initialized || etcd::has_data(&self.paths.etcd_data) {
-                return Err(KubeError::AlreadyBootstrapped(format!(
-                    "etcd is already bootstrapped on this node ({} holds its data): bootstrap runs once per cluster; other control planes join by themselves",
-                    self.paths.etcd_data.display()
-                )));
+                return Err(KubeError::EtcdHasData(self.paths.etcd_data.clone()));
             }
             (me, s.endpoint_host.clone())
         };
@@ -240,14 +273,13 @@ impl Kube {
             && let Ok(c) = etcd::Client::new(&endpoint_host, &self.paths.pki)
             && let Ok(Ok(members)) = tokio::time::timeout(Duration::from_secs(3), c.members()).await
         {
-            let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
-            return Err(KubeError::AlreadyBootstrapped(format!(
-                "etcd at {endpoint_host} already runs this cluster (members: {}): this node joins it by itself",
-                names.join(", ")
-            )));
+            return Err(KubeError::ClusterExists {
+                endpoint: endpoint_host,
+                members: members.iter().map(|m| m.name.clone()).collect(),
+            });
         }
         self.initialize(sup, &me, &etcd::Start::New)
-            .map_err(|e| KubeError::NotReady(basalt_sys::error_chain(&e)))?;
+            .map_err(KubeError::EtcdSetup)?;
         tracing::info!(
             "etcd: bootstrapping a new cluster with {} ({})",
             me.name,
@@ -367,9 +399,7 @@ impl Kube {
         let (_, _, _, my_id) = c.status().await?;
         let members = c.members().await?;
         if members.len() == 1 {
-            return Err(KubeError::NotHere(
-                "this is etcd's only member: leaving would lose the cluster's data".into(),
-            ));
+            return Err(KubeError::OnlyMember);
         }
         // Removed through another member: a member that removes itself stops its server, and
         // the reply can lose the race ("etcdserver: server stopped") though the removal is

@@ -849,7 +849,7 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     let mut before = Vec::new();
     eventually(Duration::from_secs(180), Duration::from_secs(2), || {
         before = placed()?;
-        Ok(())
+        Ok::<_, String>(())
     });
     let on_w1 = before.iter().find(|(_, n)| *n == w1).unwrap().0.clone();
     let out = ok(

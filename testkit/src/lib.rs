@@ -63,10 +63,10 @@ pub fn tier(tier: Tier, test: &str) -> bool {
 
 /// Calls `check` every `every` until it passes and returns what it gave; fails with its last
 /// complaint after `within`. The timeout is a guard for a loaded machine, not a measure.
-pub fn eventually<T>(
+pub fn eventually<T, E: std::fmt::Display>(
     within: std::time::Duration,
     every: std::time::Duration,
-    mut check: impl FnMut() -> Result<T, String>,
+    mut check: impl FnMut() -> Result<T, E>,
 ) -> T {
     let deadline = std::time::Instant::now() + within;
     loop {
@@ -200,8 +200,8 @@ mod tests {
         );
         assert_eq!(got, 3);
         let r = std::panic::catch_unwind(|| {
-            eventually::<()>(std::time::Duration::ZERO, std::time::Duration::ZERO, || {
-                Err("never".into())
+            eventually::<(), &str>(std::time::Duration::ZERO, std::time::Duration::ZERO, || {
+                Err("never")
             })
         });
         let msg = r.unwrap_err();
