@@ -1,6 +1,7 @@
 //! A small HTTPS client for the node's own calls to the Kubernetes API: TLS 1.3 with a
 //! certificate from the node's PKI (or a bearer token), HTTP/2, one connection per
-//! request (these calls are few: bootstrap, joins, health, a handful of manifests).
+//! request (these calls are few: bootstrap, joins, health, a handful of manifests), and
+//! watches: a streamed reply read one JSON event per line ([`Https::watch`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub enum HttpsError {
     },
     #[error("the reply is not JSON")]
     Json(#[source] serde_json::Error),
+    #[error("{what}: an event longer than {MAX_EVENT} bytes")]
+    EventTooLarge { what: String },
 }
 
 /// What went wrong on the way to an answer.
@@ -72,6 +75,69 @@ pub struct Https {
 impl std::fmt::Debug for Https {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "https://{}:{}", self.host, self.port)
+    }
+}
+
+/// The most one watch event may take (a `Node` is a few KiB).
+const MAX_EVENT: usize = 4 << 20;
+
+/// A watch's stream of events: `{"type": "ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR",
+/// "object": …}`, one per line.
+pub struct Watch {
+    what: String,
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+impl Watch {
+    /// The next event; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<serde_json::Value>, HttpsError> {
+        use hyper::body::Body as _;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(HttpsError::Json);
+            }
+            if self.buffer.len() > MAX_EVENT {
+                return Err(HttpsError::EventTooLarge {
+                    what: self.what.clone(),
+                });
+            }
+            let frame =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.body).poll_frame(cx));
+            match frame.await {
+                None => return Ok(None),
+                Some(Err(source)) => {
+                    return Err(HttpsError::Call {
+                        what: self.what.clone(),
+                        source: CallError::Body(source),
+                    });
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -182,6 +248,32 @@ impl Https {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Reply, CallError> {
+        let (resp, conn) = self.send(method, path, body).await?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(CallError::Body)?
+            .to_bytes();
+        conn.abort();
+        Ok(Reply { status, body })
+    }
+
+    /// Connects and sends one request; the response's head, and the connection's task (abort
+    /// it when done with the body).
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<
+        (
+            http::Response<hyper::body::Incoming>,
+            tokio::task::JoinHandle<Result<(), hyper::Error>>,
+        ),
+        CallError,
+    > {
         let addr = match self.host.parse::<std::net::IpAddr>() {
             Ok(ip) => std::net::SocketAddr::new(ip, self.port),
             Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -221,16 +313,50 @@ impl Https {
         let req = req
             .body(Full::new(Bytes::from(data)))
             .map_err(CallError::Build)?;
-        let resp = send.send_request(req).await.map_err(CallError::Http2)?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(CallError::Body)?
-            .to_bytes();
-        conn.abort();
-        Ok(Reply { status, body })
+        match send.send_request(req).await {
+            Ok(resp) => Ok((resp, conn)),
+            Err(e) => {
+                conn.abort();
+                Err(CallError::Http2(e))
+            }
+        }
+    }
+
+    /// Starts a watch (`path` with `watch=1`): the reply's head within the client's timeout,
+    /// then its events as they come, for as long as the server keeps the stream open (a
+    /// `timeoutSeconds` in `path` bounds it).
+    pub async fn watch(&self, path: &str) -> Result<Watch, HttpsError> {
+        let what = format!("watch https://{}:{}{path}", self.host, self.port);
+        let sent = tokio::time::timeout(self.timeout, self.send(http::Method::GET, path, None));
+        let (resp, conn) = match sent.await {
+            Err(_) => {
+                return Err(HttpsError::Timeout {
+                    what,
+                    timeout: self.timeout,
+                });
+            }
+            Ok(r) => r.map_err(|source| HttpsError::Call {
+                what: what.clone(),
+                source,
+            })?,
+        };
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            conn.abort();
+            return Err(HttpsError::Status {
+                status,
+                body: String::from_utf8_lossy(&body.unwrap_or_default())
+                    .trim()
+                    .to_string(),
+            });
+        }
+        Ok(Watch {
+            what,
+            body: resp.into_body(),
+            buffer: Vec::new(),
+            conn,
+        })
     }
 
     /// POST a JSON value; the reply's JSON (a non-2xx status is an error).

@@ -7,6 +7,7 @@
 //! peer, routed into the mesh by KubeSpan's table, whose rule comes before the main table's
 //! routes here.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use basalt_networkd::sources::{LayerSpecs, publish};
 use basalt_networkd::spec::{Layer, RouteSpec};
 use basalt_resources::Store;
 
-use super::https::Https;
+use super::https::{Https, HttpsError};
 use super::tlsboot::KUBELET_CLIENT;
 
 const OWNER: &str = "kubernetes";
@@ -71,88 +72,147 @@ pub fn own_pod_cidrs(nodes: &serde_json::Value, me: &str) -> Vec<Prefix> {
         .unwrap_or_default()
 }
 
-/// Whether every node listed has its pod CIDR (then the list is checked less often).
-fn all_allocated(nodes: &serde_json::Value) -> bool {
-    nodes["items"]
-        .as_array()
-        .is_some_and(|v| !v.is_empty() && v.iter().all(|n| !pod_cidrs(n).is_empty()))
+/// Keeps the routes to the other nodes' pods, and this node's own pod CIDRs as the
+/// `PodNetworks` resource KubeSpan advertises, for as long as the node runs: lists the nodes,
+/// then watches them from that list's version; when the watch ends (the server closes it
+/// after a few minutes, or its version is too old), lists again. Until the API answers (no
+/// kubelet certificate yet), it tries every 2 s and says why once.
+pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: String, link: String) {
+    let mut keeper = Keeper {
+        store,
+        me,
+        link,
+        last: None,
+        last_own: None,
+    };
+    let mut last_error = String::new();
+    loop {
+        if let Err(e) = follow(&endpoint, &pki, &mut keeper).await {
+            let e = basalt_sys::error_chain(&e);
+            if e != last_error {
+                // Before the kubelet's bootstrap there is no certificate yet: say it once.
+                tracing::warn!(error = %e, "cannot watch nodes yet");
+                last_error = e;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
 }
 
-/// Keeps the routes to the other nodes' pods, and this node's own pod CIDRs as the
-/// `PodNetworks` resource KubeSpan advertises: every 2 s while some node has no pod CIDR yet,
-/// then every 10 s, for as long as the node runs.
-pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: String, link: String) {
-    let mut last: Option<Vec<(Prefix, IpAddr)>> = None;
-    let mut last_error = String::new();
-    let mut last_own: Option<Vec<Prefix>> = None;
+/// How long the server keeps one watch open, and how long without an event or its end this
+/// side waits before it lists again (a connection that died silently).
+const WATCH_SECONDS: u64 = 300;
+const WATCH_GUARD: Duration = Duration::from_secs(WATCH_SECONDS + 30);
+
+/// One list and the watch that follows it; `Ok` when the watch ended and a new list is due.
+async fn follow(
+    endpoint: &(String, u16),
+    pki: &Path,
+    keeper: &mut Keeper,
+) -> Result<(), HttpsError> {
+    let api = Https::from_files(
+        &endpoint.0,
+        endpoint.1,
+        &pki.join("ca.crt"),
+        Path::new(KUBELET_CLIENT),
+        Path::new(KUBELET_CLIENT),
+    )?;
+    let list = api.get("/api/v1/nodes").await?.json()?;
+    let version = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut nodes: BTreeMap<String, serde_json::Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["metadata"]["name"].as_str()?.to_string(), n.clone())))
+        .collect();
+    keeper.update(&nodes);
+    let mut watch = api
+        .watch(&format!(
+            "/api/v1/nodes?watch=1&resourceVersion={version}&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}"
+        ))
+        .await?;
     loop {
-        let mut settled = false;
-        let listed = match Https::from_files(
-            &endpoint.0,
-            endpoint.1,
-            &pki.join("ca.crt"),
-            Path::new(KUBELET_CLIENT),
-            Path::new(KUBELET_CLIENT),
-        ) {
-            Ok(api) => api.get("/api/v1/nodes").await.and_then(|r| r.json()),
-            Err(e) => Err(e),
+        let Ok(event) = tokio::time::timeout(WATCH_GUARD, watch.next()).await else {
+            return Ok(());
         };
-        match listed {
-            Ok(nodes) => {
-                settled = all_allocated(&nodes);
-                let own = own_pod_cidrs(&nodes, &me);
-                if last_own.as_ref() != Some(&own) {
-                    let spec = PodNetworksSpec { cidrs: own.clone() };
-                    match store.apply(OWNER, LOCAL_POD_NETWORKS, spec) {
-                        Ok(()) => last_own = Some(own),
-                        Err(e) => tracing::warn!("pod networks not kept: {e}"),
-                    }
-                }
-                let want = routes_from(&nodes, &me);
-                if last.as_ref() != Some(&want) {
-                    let specs = LayerSpecs {
-                        routes: want
-                            .iter()
-                            .map(|(p, ip)| RouteSpec {
-                                link: link.clone(),
-                                destination: *p,
-                                gateway: Some(*ip),
-                                source: None,
-                                metric: 1024,
-                                table: basalt_networkd::spec::MAIN_TABLE,
-                            })
-                            .collect(),
-                        ..LayerSpecs::default()
-                    };
-                    match publish(&store, OWNER, Layer::Config, &specs) {
-                        Ok(()) => {
-                            let shown: Vec<String> =
-                                want.iter().map(|(p, ip)| format!("{p} via {ip}")).collect();
-                            tracing::info!(
-                                "pod routes: {}",
-                                if shown.is_empty() {
-                                    "none (no other node has a pod CIDR yet)".to_string()
-                                } else {
-                                    shown.join(", ")
-                                }
-                            );
-                            last = Some(want);
-                        }
-                        Err(e) => tracing::warn!("pod routes not set: {e}"),
-                    }
-                }
+        let Some(event) = event? else {
+            return Ok(());
+        };
+        let object = &event["object"];
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        match event["type"].as_str() {
+            Some("ADDED" | "MODIFIED") => {
+                nodes.insert(name.to_string(), object.clone());
             }
-            Err(e) => {
-                let e = basalt_sys::error_chain(&e);
-                if e != last_error {
-                    // Before the kubelet's bootstrap there is no certificate yet: say it once.
-                    tracing::warn!("cannot list nodes yet: {e}");
-                    last_error = e;
-                }
+            Some("DELETED") => {
+                nodes.remove(name);
+            }
+            // A bookmark only moves the version; an error (410: the version is gone) ends
+            // this watch: list again.
+            Some("BOOKMARK") => continue,
+            _ => return Ok(()),
+        }
+        keeper.update(&nodes);
+    }
+}
+
+/// What was last handed on, so only changes are published.
+struct Keeper {
+    store: Store,
+    me: String,
+    link: String,
+    last: Option<Vec<(Prefix, IpAddr)>>,
+    last_own: Option<Vec<Prefix>>,
+}
+
+impl Keeper {
+    fn update(&mut self, nodes: &BTreeMap<String, serde_json::Value>) {
+        let list = serde_json::json!({ "items": nodes.values().collect::<Vec<_>>() });
+        let own = own_pod_cidrs(&list, &self.me);
+        if self.last_own.as_ref() != Some(&own) {
+            let spec = PodNetworksSpec { cidrs: own.clone() };
+            match self.store.apply(OWNER, LOCAL_POD_NETWORKS, spec) {
+                Ok(()) => self.last_own = Some(own),
+                Err(e) => tracing::warn!(error = %e, "pod networks not kept"),
             }
         }
-        let every = if settled { 10 } else { 2 };
-        tokio::time::sleep(Duration::from_secs(every)).await;
+        let want = routes_from(&list, &self.me);
+        if self.last.as_ref() == Some(&want) {
+            return;
+        }
+        let specs = LayerSpecs {
+            routes: want
+                .iter()
+                .map(|(p, ip)| RouteSpec {
+                    link: self.link.clone(),
+                    destination: *p,
+                    gateway: Some(*ip),
+                    source: None,
+                    metric: 1024,
+                    table: basalt_networkd::spec::MAIN_TABLE,
+                })
+                .collect(),
+            ..LayerSpecs::default()
+        };
+        match publish(&self.store, OWNER, Layer::Config, &specs) {
+            Ok(()) => {
+                let shown: Vec<String> =
+                    want.iter().map(|(p, ip)| format!("{p} via {ip}")).collect();
+                tracing::info!(
+                    routes = %if shown.is_empty() {
+                        "none (no other node has a pod CIDR yet)".to_string()
+                    } else {
+                        shown.join(", ")
+                    },
+                    "pod routes"
+                );
+                self.last = Some(want);
+            }
+            Err(e) => tracing::warn!(error = %e, "pod routes not set"),
+        }
     }
 }
 
@@ -185,6 +245,5 @@ mod tests {
             vec!["10.244.2.0/24".parse::<Prefix>().unwrap()]
         );
         assert!(own_pod_cidrs(&nodes, "w2").is_empty());
-        assert!(!all_allocated(&nodes));
     }
 }
