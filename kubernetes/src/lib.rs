@@ -608,6 +608,29 @@ fn node_addresses(store: &basalt_resources::Store) -> Vec<(String, IpAddr)> {
     all.into_iter().map(|(_, link, ip)| (link, ip)).collect()
 }
 
+/// This node's address for Kubernetes ([`node_ip`]) once the node has one, waiting for
+/// changes to its addresses up to `within`.
+async fn wait_node_ip(
+    store: &basalt_resources::Store,
+    subnets: &[basalt_config::types::Prefix],
+    within: Duration,
+) -> Option<IpAddr> {
+    let kind = basalt_resources::Kind::of::<basalt_networkd::spec::AddressStatus>();
+    let mut changes = store.watch_kind(kind.clone(), None);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(ip) = node_ip(node_addresses(store), subnets) {
+            return Some(ip);
+        }
+        match tokio::time::timeout_at(deadline, changes.next()).await {
+            Err(_) => return None,
+            Ok(Ok(_)) => {}
+            // Fell behind the store's history: watch again from now.
+            Ok(Err(_)) => changes = store.watch_kind(kind.clone(), None),
+        }
+    }
+}
+
 /// The address Kubernetes and etcd use for this node, of `all` (link, address): the first in
 /// the config's `nodeIPSubnets`, else the first global IPv4 address on a link that is not
 /// KubeSpan's or a pod bridge, else the first global IPv6 one.
@@ -682,16 +705,9 @@ pub fn start(
                 .as_ref()
                 .map(|k| k.node_ip_subnets.clone())
                 .unwrap_or_default();
-            // The address may come a little after network-ready (DHCP, a container's runtime).
-            let mut ip = node_ip(node_addresses(&store), &subnets);
-            for _ in 0..30 {
-                if ip.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                ip = node_ip(node_addresses(&store), &subnets);
-            }
-            let Some(ip) = ip else {
+            // The address may come a little after network-ready (DHCP, a container's runtime):
+            // the node's addresses are watched for up to 30 s.
+            let Some(ip) = wait_node_ip(&store, &subnets, Duration::from_secs(30)).await else {
                 tracing::info!("no node address found: nothing started");
                 return;
             };

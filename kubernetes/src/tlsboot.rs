@@ -133,7 +133,7 @@ pub fn write_client(dir: &Path, crt_pem: &str, key_pem: &str) -> std::io::Result
     Ok(file)
 }
 
-/// One attempt: send a request, wait for it to be issued (checked every second). `Err` says
+/// One attempt: send a request, wait for it to be issued (watched). `Err` says
 /// why not yet (the token unknown, not allowed yet, the API server not answering, ...).
 async fn attempt(
     api: &Https,
@@ -167,22 +167,36 @@ async fn attempt(
         last,
         &format!("sent certificate request {name}: waiting for it to be signed"),
     );
+    // Watched by name: the watch starts with the request as it is (signed already, perhaps),
+    // then each change; it is renewed when the server ends it, and after an error a second on.
+    let path = format!("{CSRS}?fieldSelector=metadata.name%3D{name}&watch=1&timeoutSeconds=60");
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let r = match api.get(&format!("{CSRS}/{name}")).await {
-            Ok(r) => r,
+        let mut watch = match api.watch(&path).await {
+            Ok(w) => w,
             Err(e) => {
                 note(last, &basalt_sys::error_chain(&e));
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        if r.status == http::StatusCode::NOT_FOUND {
-            return Err(BootstrapError::Deleted(name));
-        }
-        match issued(&r.json()?) {
-            Ok(Some(crt)) => return Ok((crt, key.0.as_str().to_string())),
-            Ok(None) => {}
-            Err(e) => return Err(e),
+        loop {
+            let event = match watch.next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => {
+                    note(last, &basalt_sys::error_chain(&e));
+                    break;
+                }
+            };
+            match event["type"].as_str() {
+                Some("DELETED") => return Err(BootstrapError::Deleted(name)),
+                Some("ADDED" | "MODIFIED") => {
+                    if let Some(crt) = issued(&event["object"])? {
+                        return Ok((crt, key.0.as_str().to_string()));
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }
