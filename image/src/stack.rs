@@ -576,6 +576,28 @@ fn build(c: &Component, version: &str, root: &Path, dir: &Path) -> Result<(), Im
     result
 }
 
+/// Where the Go module cache holds the source of a component's upstream module (downloaded
+/// first if it is not there), at the version its `go.mod` pins.
+pub fn module_dir(c: &Component) -> Result<PathBuf, ImageError> {
+    let work =
+        std::env::temp_dir().join(format!("basalt-module-{}-{}", c.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io_err("create", &work))?;
+    let result = (|| {
+        for (name, text) in [("go.mod", c.go_mod), ("go.sum", c.go_sum)] {
+            let p = work.join(name);
+            std::fs::write(&p, text).map_err(io_err("write", &p))?;
+        }
+        let dir = run_go(
+            c.name,
+            go(&work).args(["list", "-m", "-f", "{{.Dir}}", c.module]),
+        )?;
+        Ok(PathBuf::from(dir.trim()))
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
 /// Kubernetes' pod sandbox program, from the `build/pause` of the Kubernetes module, static,
 /// with the version its Makefile gives it.
 fn build_pause(root: &Path, dir: &Path) -> Result<(), ImageError> {
@@ -583,15 +605,7 @@ fn build_pause(root: &Path, dir: &Path) -> Result<(), ImageError> {
     let _ = std::fs::remove_dir_all(&src_dir);
     std::fs::create_dir_all(&src_dir).map_err(io_err("create", &src_dir))?;
     let result = (|| {
-        for (name, text) in [("go.mod", KUBERNETES.go_mod), ("go.sum", KUBERNETES.go_sum)] {
-            let p = src_dir.join(name);
-            std::fs::write(&p, text).map_err(io_err("write", &p))?;
-        }
-        let module_dir = run_go(
-            "pause",
-            go(&src_dir).args(["list", "-m", "-f", "{{.Dir}}", KUBERNETES.module]),
-        )?;
-        let pause_dir = Path::new(module_dir.trim()).join("build/pause");
+        let pause_dir = module_dir(&KUBERNETES)?.join("build/pause");
         let makefile = pause_dir.join("Makefile");
         let text = std::fs::read_to_string(&makefile).map_err(io_err("read", &makefile))?;
         let tag = pause_tag(&text).ok_or_else(|| ImageError::Stack {
