@@ -212,11 +212,18 @@ evictionHard:
   memory.available: 100Mi
   nodefs.available: {disk}
   imagefs.available: {disk}
-",
+{image_gc}",
         ca = pki_dir.join("ca.crt").display(),
         dns = dns.join(", "),
         socket = basalt_containerd::SOCKET,
         disk = if host.shared_disk { "\"0%\"" } else { "5%" },
+        // A container node's disk is its host's, filled by others: images loaded onto the
+        // node would be collected whenever the host's disk passed 85%.
+        image_gc = if host.shared_disk {
+            "imageGCHighThresholdPercent: 100\n"
+        } else {
+            ""
+        },
         cgroups = if host.cgroup_v1 {
             "# The node's cgroups are v1 (its host's are): the kubelet must be told to run on them.\nfailCgroupV1: false\n"
         } else {
@@ -531,6 +538,7 @@ mod tests {
             "{y}"
         );
         assert!(!y.contains("failCgroupV1"), "{y}");
+        assert!(!y.contains("imageGCHighThresholdPercent"), "{y}");
         // On cgroup v1 (a Docker node on a v1 host) the kubelet is told it may run.
         let docker_on_v1 = Host {
             cgroup_v1: true,
@@ -543,6 +551,8 @@ mod tests {
             y.contains("  nodefs.available: \"0%\"\n  imagefs.available: \"0%\"\n"),
             "{y}"
         );
+        // Nor an image collected.
+        assert!(y.contains("\nimageGCHighThresholdPercent: 100\n"), "{y}");
     }
 
     #[test]
