@@ -205,7 +205,8 @@ fn docker_build(ctx: &Path, tags: &[&str], dockerfile: &str) -> Vec<common::Dock
         .collect()
 }
 
-/// The agnhost image's files: `/agnhost` and the tools above.
+/// The agnhost image's files: `/agnhost`, the tools above, and the certificate and key its
+/// `porter` serves TLS with (from the module's test/images/agnhost, as upstream adds them).
 fn agnhost_context(ctx: &Path) {
     tools(ctx);
     put(
@@ -215,6 +216,16 @@ fn agnhost_context(ctx: &Path) {
         0o755,
     );
     std::fs::create_dir_all(ctx.join("uploads")).unwrap();
+    let porter = e2e_module().join("test/images/agnhost/porter");
+    for f in ["localhost.crt", "localhost.key"] {
+        put(ctx, f, &std::fs::read(porter.join(f)).unwrap(), 0o644);
+    }
+}
+
+/// Where the Go module cache holds the e2e suite's module (the stack's build put it there).
+fn e2e_module() -> std::path::PathBuf {
+    basalt_image::stack::module_dir(&basalt_image::stack::KUBERNETES_E2E)
+        .expect("the e2e suite's module is in the Go module cache")
 }
 
 /// The images the chosen tests run, built here since no registry is reachable. `everything`:
@@ -289,8 +300,7 @@ fn test_images(dir: &Path, everything: bool) -> Vec<common::DockerImage> {
         &[&tags[0], &tags[1]],
         &format!("FROM scratch\nCOPY . /\n{PATH}EXPOSE 80\nCMD [\"nginx\"]\n"),
     ));
-    let module = basalt_image::stack::module_dir(&basalt_image::stack::KUBERNETES_E2E)
-        .expect("the e2e suite's module is in the Go module cache");
+    let module = e2e_module();
     for picture in ["kitten", "nautilus"] {
         let ctx = dir.join(format!("{picture}-image"));
         agnhost_context(&ctx);
@@ -543,13 +553,16 @@ fn kubernetes_own_e2e_tests_pass() {
                 .arg(format!("--report-dir={}", report.display()))
                 .current_dir(&dir)
                 .env("KUBECONFIG", &kc);
+            // Written as it runs (a test per line with its outcome), so a long run can be
+            // followed: `tail -f <cluster>/e2e-N/stdout`.
+            let (stdout, stderr) = (report.join("stdout"), report.join("stderr"));
+            cmd.stdout(std::fs::File::create(&stdout).unwrap())
+                .stderr(std::fs::File::create(&stderr).unwrap());
             std::thread::spawn(move || {
-                let o = cmd.output().unwrap();
-                let out = String::from_utf8_lossy(&o.stdout).into_owned();
-                let err = String::from_utf8_lossy(&o.stderr).into_owned();
-                std::fs::write(report.join("stdout"), &out).unwrap();
-                std::fs::write(report.join("stderr"), &err).unwrap();
-                (o.status.success() && out.contains("SUCCESS!"), out, err)
+                let status = cmd.status().unwrap();
+                let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+                let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+                (status.success() && out.contains("SUCCESS!"), out, err)
             })
         })
         .collect();
