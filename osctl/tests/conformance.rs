@@ -141,15 +141,26 @@ fn busybox(ctx: &Path, except: &[&str]) {
     }
 }
 
+/// Debian's static busybox with its applets but `except`, and Debian's static bash as
+/// `/bin/sh`: busybox 1.35's shell (Debian 12's) runs its own applets before anything on the
+/// PATH and drops environment variables whose names are not a shell's (`data-1`, which the
+/// suite's ConfigMap tests pass to `sh -c env`); bash passes them on, as the newer busybox of
+/// upstream's images does.
+fn shell(ctx: &Path, except: &[&str]) {
+    let mut except = except.to_vec();
+    except.push("sh");
+    busybox(ctx, &except);
+    let bash = std::fs::read(package("bash-static").join("bin/bash-static")).unwrap();
+    put(ctx, "bin/bash", &bash, 0o755);
+    std::os::unix::fs::symlink("bash", ctx.join("bin/sh")).unwrap();
+}
+
 /// The shell and tools the suite's scripts and execs run, as upstream's Alpine-based agnhost
 /// has them: Debian's static bash as `/bin/sh` and static busybox for the usual tools, and
 /// from pinned Debian packages with their libraries `dig` (bind9-dnsutils), `getent`
 /// (libc-bin), OpenBSD's `nc` and `curl`.
 fn tools(ctx: &Path) {
-    busybox(ctx, &["sh", "nc"]);
-    let bash = std::fs::read(package("bash-static").join("bin/bash-static")).unwrap();
-    put(ctx, "bin/bash", &bash, 0o755);
-    std::os::unix::fs::symlink("bash", ctx.join("bin/sh")).unwrap();
+    shell(ctx, &["nc"]);
     programs(
         ctx,
         &[
@@ -233,7 +244,7 @@ fn e2e_module() -> std::path::PathBuf {
 /// entrypoint `/agnhost`, as upstream's; with `everything` also as the previous agnhost, 2.55)
 /// and glibc-dns-testing (upstream: Debian with dnsutils),
 /// both with the tools above; with `everything` also busybox (Debian's static busybox, every
-/// applet, its `sh`), nonroot (that, as user 1234), nginx (Debian's nginx serving
+/// applet, and bash as `sh`, see [`shell`]), nonroot (that, as user 1234), nginx (Debian's nginx serving
 /// `/usr/share/nginx/html` on port 80, with the tools above, as upstream's is Debian's with a
 /// shell) and kitten and nautilus (agnhost's `test-webserver` serving their pictures, from the
 /// module's test/images). Images the set names and none of this makes (sample-apiserver and
@@ -265,7 +276,7 @@ fn test_images(dir: &Path, everything: bool) -> Vec<common::DockerImage> {
         return images;
     }
     let ctx = dir.join("busybox-image");
-    busybox(&ctx, &[]);
+    shell(&ctx, &[]);
     let tags = [
         format!("{E2E_IMAGES}/busybox:1.37.0-2"),
         format!("{E2E_IMAGES}/busybox:1.36.1-1"),
