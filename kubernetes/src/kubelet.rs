@@ -20,7 +20,9 @@ pub const CNI_TEMPLATE: &str = "/system/etc/cni/template.conflist";
 const HEALTHZ_PORT: u16 = 10248;
 
 /// The pod network: a bridge on each node with the node's pod CIDR (containerd renders the
-/// template when the kubelet hands it the CIDR the controller manager allocated).
+/// template when the kubelet hands it the CIDR the controller manager allocated), and a pod's
+/// `hostPort`s forwarded to it by `portmap` with nftables rules (its table `cni_hostport`;
+/// the node has `nft`, which kube-proxy's nftables mode needs too, and no iptables).
 pub const CNI_TEMPLATE_TEXT: &str = r#"{
   "cniVersion": "0.4.0",
   "name": "basalt",
@@ -36,6 +38,11 @@ pub const CNI_TEMPLATE_TEXT: &str = r#"{
         "ranges": [[{ "subnet": "{{.PodCIDR}}" }]],
         "routes": [{ "dst": "0.0.0.0/0" }]
       }
+    },
+    {
+      "type": "portmap",
+      "backend": "nftables",
+      "capabilities": { "portMappings": true }
     }
   ]
 }
@@ -573,6 +580,8 @@ mod tests {
     fn the_cni_template_is_json_with_the_pod_cidr_placeholder() {
         let v: serde_json::Value = serde_json::from_str(CNI_TEMPLATE_TEXT).unwrap();
         assert_eq!(v["plugins"][0]["type"], "bridge");
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+        assert_eq!(v["plugins"][1]["backend"], "nftables");
         assert_eq!(
             v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "{{.PodCIDR}}"
