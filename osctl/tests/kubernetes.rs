@@ -548,6 +548,42 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         }
     });
 
+    // A pod's hostPort (the CNI chain's portmap, with nftables rules): a pod on worker 1
+    // serving on 8080 with hostPort 30555, fetched by a pod on worker 2 at worker 1's address.
+    apply(
+        "hostport",
+        &serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": "hostport" },
+            "spec": {
+                "nodeName": w1,
+                "containers": [{
+                    "name": "srv",
+                    "image": "basalt.local/hello:v1",
+                    "imagePullPolicy": "Never",
+                    "args": ["--serve", "8080"],
+                    "ports": [{ "containerPort": 8080, "hostPort": 30555 }],
+                }],
+            },
+        }),
+    );
+    eventually(Duration::from_secs(120), Duration::from_secs(2), || {
+        let phase = kubectl(
+            &ns,
+            &kc,
+            &["get", "pod", "hostport", "-o", "jsonpath={.status.phase}"],
+        )?;
+        if phase == "Running" {
+            Ok(())
+        } else {
+            Err(format!("hostport: {phase}"))
+        }
+    });
+    run("hp-cli", &w2, &["--fetch", &format!("{w1_addr}:30555")]);
+    let got = done("hp-cli");
+    assert!(got.contains("says: hello from hostport"), "{got}");
+
     // A user's image — a static server on scratch, built by the host's Docker engine — put on
     // every node by `osctl cluster load`: a Deployment runs it on both workers with no pull (no
     // registry is reachable), and a second load skips every node.
