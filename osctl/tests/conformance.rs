@@ -141,18 +141,39 @@ fn busybox(ctx: &Path, except: &[&str]) {
     }
 }
 
-/// Debian's static busybox with its applets but `except`, and Debian's static bash as
-/// `/bin/sh`: busybox 1.35's shell (Debian 12's) runs its own applets before anything on the
-/// PATH and drops environment variables whose names are not a shell's (`data-1`, which the
-/// suite's ConfigMap tests pass to `sh -c env`); bash passes them on, as the newer busybox of
-/// upstream's images does.
-fn shell(ctx: &Path, except: &[&str]) {
+/// Debian's static busybox with its applets but `except`, Debian's static bash, and the
+/// directories every image has (`/tmp` writable by all, as the suite's non-root probes need).
+/// `/bin/sh` is bash when `bash_sh`, else busybox's shell; bash is `/usr/bin/sh` either way,
+/// which a `sh` looked up on the PATH finds first. Why two: the suite asks of its busybox
+/// image what busybox 1.37's shell does, and Debian 12's busybox (1.35) does only part of it —
+/// its error text for `/bin/sh -c "echo > /file"` on a read-only root is what the kubelet test
+/// expects word for word, but it drops environment variables whose names are not a shell's
+/// (`data-1`, which the ConfigMap tests pass to `sh -c env`), which bash passes on. And
+/// busybox's shell runs its own applets before anything on the PATH (its `nc`, not OpenBSD's).
+fn shell(ctx: &Path, except: &[&str], bash_sh: bool) {
     let mut except = except.to_vec();
-    except.push("sh");
+    if bash_sh {
+        except.push("sh");
+    }
     busybox(ctx, &except);
     let bash = std::fs::read(package("bash-static").join("bin/bash-static")).unwrap();
     put(ctx, "bin/bash", &bash, 0o755);
-    std::os::unix::fs::symlink("bash", ctx.join("bin/sh")).unwrap();
+    if bash_sh {
+        std::os::unix::fs::symlink("bash", ctx.join("bin/sh")).unwrap();
+    }
+    std::fs::create_dir_all(ctx.join("usr/bin")).unwrap();
+    std::os::unix::fs::symlink("/bin/bash", ctx.join("usr/bin/sh")).unwrap();
+    for (dir, mode) in [
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("home", 0o755),
+        ("var", 0o755),
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = ctx.join(dir);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
 }
 
 /// The shell and tools the suite's scripts and execs run, as upstream's Alpine-based agnhost
@@ -160,7 +181,7 @@ fn shell(ctx: &Path, except: &[&str]) {
 /// from pinned Debian packages with their libraries `dig` (bind9-dnsutils), `getent`
 /// (libc-bin), OpenBSD's `nc` and `curl`.
 fn tools(ctx: &Path) {
-    shell(ctx, &["nc"]);
+    shell(ctx, &["nc"], true);
     programs(
         ctx,
         &[
@@ -185,7 +206,6 @@ fn tools(ctx: &Path) {
         b"root:x:0:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n",
         0o644,
     );
-    std::fs::create_dir_all(ctx.join("tmp")).unwrap();
 }
 
 const PATH: &str = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n";
@@ -227,6 +247,8 @@ fn agnhost_context(ctx: &Path) {
         0o755,
     );
     std::fs::create_dir_all(ctx.join("uploads")).unwrap();
+    // The name the suite's entrypoint tests give as the command.
+    std::os::unix::fs::symlink("agnhost", ctx.join("agnhost-2")).unwrap();
     let porter = e2e_module().join("test/images/agnhost/porter");
     for f in ["localhost.crt", "localhost.key"] {
         put(ctx, f, &std::fs::read(porter.join(f)).unwrap(), 0o644);
@@ -244,7 +266,7 @@ fn e2e_module() -> std::path::PathBuf {
 /// entrypoint `/agnhost`, as upstream's; with `everything` also as the previous agnhost, 2.55)
 /// and glibc-dns-testing (upstream: Debian with dnsutils),
 /// both with the tools above; with `everything` also busybox (Debian's static busybox, every
-/// applet, and bash as `sh`, see [`shell`]), nonroot (that, as user 1234), nginx (Debian's nginx serving
+/// applet, and bash as `/usr/bin/sh`, see [`shell`]), nonroot (that, as user 1234), nginx (Debian's nginx serving
 /// `/usr/share/nginx/html` on port 80, with the tools above, as upstream's is Debian's with a
 /// shell) and kitten and nautilus (agnhost's `test-webserver` serving their pictures, from the
 /// module's test/images). Images the set names and none of this makes (sample-apiserver and
@@ -276,7 +298,7 @@ fn test_images(dir: &Path, everything: bool) -> Vec<common::DockerImage> {
         return images;
     }
     let ctx = dir.join("busybox-image");
-    shell(&ctx, &[]);
+    shell(&ctx, &[], false);
     let tags = [
         format!("{E2E_IMAGES}/busybox:1.37.0-2"),
         format!("{E2E_IMAGES}/busybox:1.36.1-1"),
