@@ -566,12 +566,16 @@ fn kubernetes_own_e2e_tests_pass() {
     load.extend(images.iter().map(|i| i.0.as_str()));
     ok(clusters, &load);
 
+    // Beside the cluster's directory, not in it: what e2e.test wrote outlives the cluster when
+    // a test fails (and goes when all passed).
+    let reports = clusters.join(format!("e2e-{name}"));
+    eprintln!("e2e.test's output: {}/shard-N/stdout", reports.display());
     let started = std::time::Instant::now();
     let runs: Vec<_> = shard_filters(shards)
         .into_iter()
         .enumerate()
         .map(|(i, labels)| {
-            let report = dir.join(format!("e2e-{i}"));
+            let report = reports.join(format!("shard-{i}"));
             std::fs::create_dir_all(&report).unwrap();
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &format!("basalt-{name}")])
@@ -587,7 +591,7 @@ fn kubernetes_own_e2e_tests_pass() {
                 .current_dir(&dir)
                 .env("KUBECONFIG", &kc);
             // Written as it runs (a test per line with its outcome), so a long run can be
-            // followed: `tail -f <cluster>/e2e-N/stdout`.
+            // followed: `tail -f <clusters>/e2e-<cluster>/shard-N/stdout`.
             let (stdout, stderr) = (report.join("stdout"), report.join("stderr"));
             cmd.stdout(std::fs::File::create(&stdout).unwrap())
                 .stderr(std::fs::File::create(&stderr).unwrap());
@@ -635,6 +639,7 @@ fn kubernetes_own_e2e_tests_pass() {
             tail(err, 50)
         );
     }
+    let _ = std::fs::remove_dir_all(&reports);
     if focus == SMOKE {
         assert_eq!(
             total.ran, SMOKE_TESTS,
