@@ -210,32 +210,6 @@ fn tools(ctx: &Path) {
 
 const PATH: &str = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n";
 
-/// Builds `tags[0]` from `ctx` with the host's Docker engine, and tags the rest the same.
-fn docker_build(ctx: &Path, tags: &[&str], dockerfile: &str) -> Vec<common::DockerImage> {
-    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
-    let o = Command::new("docker")
-        .args(["build", "--quiet", "-t", tags[0]])
-        .arg(ctx)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "docker build {}: {}",
-        tags[0],
-        String::from_utf8_lossy(&o.stderr)
-    );
-    for tag in &tags[1..] {
-        let o = Command::new("docker")
-            .args(["tag", tags[0], tag])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "docker tag {tag}");
-    }
-    tags.iter()
-        .map(|t| common::DockerImage(t.to_string()))
-        .collect()
-}
-
 /// The agnhost image's files: `/agnhost`, the tools above, and the certificate and key its
 /// `porter` serves TLS with (from the module's test/images/agnhost, as upstream adds them).
 fn agnhost_context(ctx: &Path) {
@@ -286,10 +260,10 @@ fn test_images(dir: &Path, everything: bool) -> Vec<common::DockerImage> {
     } else {
         vec![AGNHOST]
     };
-    images.extend(docker_build(&ctx, &tags, &agnhost));
+    images.extend(common::docker_build(&ctx, &tags, &agnhost));
     let ctx = dir.join("glibc-dns-image");
     tools(&ctx);
-    images.extend(docker_build(
+    images.extend(common::docker_build(
         &ctx,
         &[GLIBC_DNS],
         &format!("FROM scratch\nCOPY . /\n{PATH}"),
@@ -304,9 +278,9 @@ fn test_images(dir: &Path, everything: bool) -> Vec<common::DockerImage> {
         format!("{E2E_IMAGES}/busybox:1.36.1-1"),
     ];
     let plain = format!("FROM scratch\nCOPY . /\n{PATH}CMD [\"sh\"]\n");
-    images.extend(docker_build(&ctx, &[&tags[0], &tags[1]], &plain));
+    images.extend(common::docker_build(&ctx, &[&tags[0], &tags[1]], &plain));
     let nonroot = format!("{E2E_IMAGES}/nonroot:1.5");
-    images.extend(docker_build(
+    images.extend(common::docker_build(
         &ctx,
         &[&nonroot],
         &format!("{plain}USER 1234\n"),
@@ -328,7 +302,7 @@ fn test_images(dir: &Path, everything: bool) -> Vec<common::DockerImage> {
         format!("{E2E_IMAGES}/nginx:1.27.0-2"),
         format!("{E2E_IMAGES}/nginx:1.28.0-2"),
     ];
-    images.extend(docker_build(
+    images.extend(common::docker_build(
         &ctx,
         &[&tags[0], &tags[1]],
         &format!("FROM scratch\nCOPY . /\n{PATH}EXPOSE 80\nCMD [\"nginx\"]\n"),
@@ -342,7 +316,7 @@ fn test_images(dir: &Path, everything: bool) -> Vec<common::DockerImage> {
             put(&ctx, &f, &std::fs::read(html.join(&f)).unwrap(), 0o644);
         }
         let tag = format!("{E2E_IMAGES}/{picture}:1.8");
-        images.extend(docker_build(
+        images.extend(common::docker_build(
             &ctx,
             &[&tag],
             &format!(

@@ -241,22 +241,37 @@ pub fn scratch_image(tag: &str) -> DockerImage {
         ctx.path().join("hello"),
     )
     .unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
+    let mut built = docker_build(
+        ctx.path(),
+        &[tag],
         "FROM scratch\nCOPY hello /hello\nENTRYPOINT [\"/hello\"]\n",
-    )
-    .unwrap();
+    );
+    built.pop().unwrap()
+}
+
+/// Builds `tags[0]` from the context `ctx` with `dockerfile` on the host's Docker engine, and
+/// tags the rest the same; each is removed from the engine when its guard drops.
+pub fn docker_build(ctx: &Path, tags: &[&str], dockerfile: &str) -> Vec<DockerImage> {
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
     let o = Command::new("docker")
-        .args(["build", "--quiet", "-t", tag])
-        .arg(ctx.path())
+        .args(["build", "--quiet", "-t", tags[0]])
+        .arg(ctx)
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "docker build {tag}: {}",
+        "docker build {}: {}",
+        tags[0],
         String::from_utf8_lossy(&o.stderr)
     );
-    DockerImage(tag.to_string())
+    for tag in &tags[1..] {
+        let o = Command::new("docker")
+            .args(["tag", tags[0], tag])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "docker tag {tag}");
+    }
+    tags.iter().map(|t| DockerImage(t.to_string())).collect()
 }
 
 /// Removes an image from the host's Docker engine when dropped.
