@@ -187,23 +187,31 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
     if opts.kubernetes {
         programs.extend_from_slice(KUBERNETES_PAYLOAD);
     }
-    let mut payload = container_payload(&programs, &pins, &cache)?;
+    let mut payload = Payload {
+        files: container_payload(&programs, &pins, &cache)?,
+        links: Vec::new(),
+    };
     for (name, _) in basalt_disk::install::KIT_FILES {
         let p = kit.join(name);
         let data = std::fs::read(&p).map_err(io_err("read", &p))?;
-        payload.push((format!("{}/{name}", KIT_IN_ROOTFS), data));
+        payload
+            .files
+            .push((format!("{}/{name}", KIT_IN_ROOTFS), data));
     }
     let mut images = Vec::new();
     if opts.with_containerd {
         progress(opts, "the Go-built stack (containerd, runc, CNI plugins)");
         let stack = crate::stack::ensure(stack_components(opts), &cache, &|m| progress(opts, m))?;
         for (name, rel) in STACK_PAYLOAD {
-            payload.push((rel.to_string(), read_static(stack.path(name)?)?));
+            payload
+                .files
+                .push((rel.to_string(), read_static(stack.path(name)?)?));
         }
         if opts.kubernetes {
             progress(opts, "Kubernetes from the stack");
-            let (programs, pause) = kubernetes_binaries(&stack)?;
-            payload.extend(programs);
+            let (programs, program_links, pause) = kubernetes_binaries(&stack)?;
+            payload.files.extend(programs);
+            payload.links.extend(program_links);
             images.push(pause);
             images.push(coredns_image(&stack)?);
             images.extend(local_path_images(&stack, &pins, &cache)?);
@@ -488,6 +496,21 @@ pub fn check_rootfs(sqsh: &Path) -> Result<Vec<String>, ImageError> {
 /// A file for the rootfs: its path relative to the root, its contents.
 type RootfsFile = (String, Vec<u8>);
 
+/// What the rootfs carries beside init and the kernel's modules.
+struct Payload {
+    /// Programs and libraries: path in the rootfs, contents.
+    files: Vec<RootfsFile>,
+    /// Symbolic links: path in the rootfs, target.
+    links: Vec<(String, String)>,
+}
+
+impl Payload {
+    /// Whether the rootfs has `rel`, as a file or a link.
+    fn has(&self, rel: &str) -> bool {
+        self.files.iter().any(|(r, _)| r == rel) || self.links.iter().any(|(r, _)| r == rel)
+    }
+}
+
 /// Receives one file (path relative to the image root, contents).
 type AddFile<'a> = dyn FnMut(&str, Vec<u8>) -> Result<(), ImageError> + 'a;
 
@@ -683,13 +706,26 @@ fn read_static(p: &Path) -> Result<Vec<u8>, ImageError> {
     Ok(data)
 }
 
-/// The Kubernetes programs of the stack (`usr/bin/<name>`) and the pause image.
+/// The Kubernetes programs of the stack (`usr/bin/<name>`; a name of a multi-call program is a
+/// link to it, and the program goes in once), the links, and the pause image.
+#[allow(clippy::type_complexity)]
 fn kubernetes_binaries(
     stack: &crate::stack::Stack,
-) -> Result<(Vec<RootfsFile>, OciImage), ImageError> {
-    let mut programs = Vec::new();
+) -> Result<(Vec<RootfsFile>, Vec<(String, String)>, OciImage), ImageError> {
+    let mut programs: Vec<RootfsFile> = Vec::new();
+    let mut links = Vec::new();
     for name in KUBERNETES_BINARIES {
-        programs.push((format!("usr/bin/{name}"), read_static(stack.path(name)?)?));
+        let file = match stack.link_target(name) {
+            Some(target) => {
+                links.push((format!("usr/bin/{name}"), target.to_string()));
+                target
+            }
+            None => name,
+        };
+        let rel = format!("usr/bin/{file}");
+        if !programs.iter().any(|(r, _)| *r == rel) {
+            programs.push((rel, read_static(stack.path(file)?)?));
+        }
     }
     let pause = OciImage {
         dir: "pause",
@@ -698,7 +734,7 @@ fn kubernetes_binaries(
         files: vec![("pause".into(), 0o755, read_static(stack.path("pause")?)?)],
         entrypoint: vec!["/pause".into()],
     };
-    Ok((programs, pause))
+    Ok((programs, links, pause))
 }
 
 /// The CoreDNS image (the cluster DNS Deployment runs it): its static program as `/coredns`,
@@ -767,7 +803,7 @@ fn build_rootfs(
     init: &Path,
     hello: &Path,
     kernel: &Kernel,
-    payload: &[(String, Vec<u8>)],
+    payload: &Payload,
     images: &[OciImage],
     version: &str,
     out: &Path,
@@ -799,7 +835,7 @@ fn build_rootfs(
         v = version
     );
     // The Kubernetes release a node image runs: an upgrade refuses to skip a minor.
-    if payload.iter().any(|(rel, _)| rel == "usr/bin/kubelet") {
+    if payload.has("usr/bin/kubelet") {
         os_release.push_str(&format!(
             "KUBERNETES_VERSION={}\n",
             crate::stack::KUBERNETES.version()?
@@ -824,10 +860,14 @@ fn build_rootfs(
     })?;
     // Programs, libraries and the loader all need exec permission (the kernel maps the
     // loader with open_exec).
-    for (rel, data) in payload {
+    for (rel, data) in &payload.files {
         write_file(&staging.join(rel), data, 0o755)?;
     }
-    if payload.iter().any(|(rel, _)| rel == "usr/bin/containerd") {
+    for (rel, target) in &payload.links {
+        let link = staging.join(rel);
+        std::os::unix::fs::symlink(target, &link).map_err(io_err("link", &link))?;
+    }
+    if payload.has("usr/bin/containerd") {
         // The test image containerd imports at boot (for pods too, on a Kubernetes image):
         // `hello`, small, and not a second copy of init.
         let k8s = images.iter().any(|i| i.namespace == "k8s.io");
