@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use basalt_config::Config;
-use basalt_config::v1alpha1::MachineType;
 
 use crate::layout::{KUBELET_CLIENT_READY, KUBELET_ROOT as ROOT_DIR, healthz, process};
 use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef};
@@ -258,9 +257,7 @@ pub fn args(config: &Config, ip: IpAddr, hostname: &str, pki_dir: &Path) -> Vec<
         let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         a.push(format!("--node-labels={}", l.join(",")));
     }
-    if config.machine().machine_type == MachineType::ControlPlane
-        && !config.cluster().allow_scheduling_on_control_planes
-    {
+    if crate::node::tainted(config) {
         a.push(format!(
             "--register-with-taints={}=:NoSchedule",
             crate::node::CONTROL_PLANE_TAINT

@@ -27,6 +27,13 @@ pub const OWNED_LABELS: &str = "node.basalt.dev/owned-labels";
 /// The taint a control plane carries unless workloads may run there, and its role label.
 pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 
+/// Whether the config's node is a control plane that carries the `NoSchedule` taint: it runs
+/// no pods but those that tolerate it (none of the cluster's add-ons do).
+pub fn tainted(c: &Config) -> bool {
+    c.machine().machine_type == MachineType::ControlPlane
+        && !c.cluster().allow_scheduling_on_control_planes
+}
+
 /// What the config asks of the Node object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {

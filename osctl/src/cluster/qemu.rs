@@ -232,7 +232,8 @@ fn boot_vms(
             }),
             ..VmOptions::default()
         };
-        let pid = start_detached(&st.netns, &boot, &n.dir, &opts)
+        let nice = if n.role == "worker" { WORKER_NICE } else { 0 };
+        let pid = start_detached(&st.netns, &boot, &n.dir, &opts, nice)
             .with_context(|| format!("{}: QEMU did not start (see {})", n.name, n.dir.display()))?;
         st.nodes[i].pid = Some(pid);
         save(dir, st)?;
@@ -358,15 +359,30 @@ fn network_up(st: &State) -> anyhow::Result<()> {
 }
 
 /// Starts QEMU daemonized in the namespace; returns its pid.
-fn start_detached(netns: &str, boot: &Boot, dir: &Path, opts: &VmOptions) -> anyhow::Result<i32> {
+/// The host scheduling priority (`nice`) of a worker's QEMU. On a host with fewer cores than
+/// the cluster's virtual CPUs — every host, under emulation — the control planes get the CPU
+/// first: nothing a worker does goes ahead of them (its kubelet waits for the API server, its
+/// pods for the scheduler), and while they idle a worker has the host to itself.
+const WORKER_NICE: u8 = 10;
+
+fn start_detached(
+    netns: &str,
+    boot: &Boot,
+    dir: &Path,
+    opts: &VmOptions,
+    nice: u8,
+) -> anyhow::Result<i32> {
     let (qemu, _scratch) =
         basalt_image::qemu::command(boot, dir, opts).map_err(|e| anyhow!(error_chain(&e)))?;
     let pidfile = dir.join("qemu.pid");
     let _ = std::fs::remove_file(&pidfile);
     let log = std::fs::File::create(dir.join("qemu.log"))?;
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .arg(qemu.get_program())
+    cmd.args(["netns", "exec", netns]);
+    if nice > 0 {
+        cmd.args(["nice", "-n", &nice.to_string()]);
+    }
+    cmd.arg(qemu.get_program())
         .args(qemu.get_args())
         .arg("-daemonize")
         .arg("-pidfile")
