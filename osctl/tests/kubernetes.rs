@@ -334,6 +334,21 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     let got = kubectl(&ns, &kc, &["logs", "cli"]).unwrap();
     assert!(got.contains("says: hello from srv"), "{got}");
 
+    // Every node holds the add-ons' images, imported at boot from its rootfs (CoreDNS
+    // tolerates a control plane's taint: it may run there).
+    for node in [&cp1, &cp2, &w1_addr, &w2_addr] {
+        eventually(Duration::from_secs(300), Duration::from_secs(3), || {
+            let s = ok(clusters, &["--osconfig", oc, "-n", node, "images"]);
+            if s.contains("coredns/coredns:") && s.contains("local-path-provisioner:") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{node}: the add-ons' images are not all there:\n{s}"
+                ))
+            }
+        });
+    }
+
     // Services and cluster DNS: kube-proxy runs on every node, CoreDNS (applied by the control
     // planes from the image every node imported) has its two replicas ready, and a pod on the
     // other worker reaches srv through a ClusterIP Service by its DNS name.
