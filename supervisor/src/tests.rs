@@ -348,8 +348,21 @@ fn confinement_in_a_cgroup_with_a_reduced_capability_set() {
             sup.wait_for("confined", T, |s, _| s == State::Running)
                 .await
         );
-        let procs = std::fs::read_to_string(root.join("confined/cgroup.procs")).unwrap();
-        assert_eq!(procs.trim(), status(&sup, "confined").pid.to_string());
+        // The service's process is the group's only one once the shell has exec'd `sleep`
+        // (until then `cat`, its child, may still be there: on a loaded machine it was).
+        let pid = status(&sup, "confined").pid.to_string();
+        let procs_file = root.join("confined/cgroup.procs");
+        let deadline = std::time::Instant::now() + T;
+        let mut procs = std::fs::read_to_string(&procs_file).unwrap();
+        while procs.trim() != pid && std::time::Instant::now() < deadline {
+            assert!(
+                procs.lines().any(|l| l == pid),
+                "the service's process {pid} is not in its group: {procs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            procs = std::fs::read_to_string(&procs_file).unwrap();
+        }
+        assert_eq!(procs.trim(), pid);
         sup.stop_all().await;
     });
     let _ = std::fs::remove_dir(root.join("confined"));
