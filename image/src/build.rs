@@ -209,10 +209,7 @@ pub fn build(target: Target, opts: &BuildOptions) -> Result<Artifacts, ImageErro
         }
         if opts.kubernetes {
             progress(opts, "Kubernetes from the stack");
-            let (programs, program_links, pause) = kubernetes_binaries(&stack)?;
-            payload.files.extend(programs);
-            payload.links.extend(program_links);
-            images.push(pause);
+            images.push(kubernetes_binaries(&stack, &mut payload)?);
             images.push(coredns_image(&stack)?);
             images.extend(local_path_images(&stack, &pins, &cache)?);
         }
@@ -706,25 +703,25 @@ fn read_static(p: &Path) -> Result<Vec<u8>, ImageError> {
     Ok(data)
 }
 
-/// The Kubernetes programs of the stack (`usr/bin/<name>`; a name of a multi-call program is a
-/// link to it, and the program goes in once), the links, and the pause image.
-#[allow(clippy::type_complexity)]
+/// Adds the Kubernetes programs of the stack to the payload (`usr/bin/<name>`; a name of a
+/// multi-call program is a link to it, and the program goes in once); returns the pause image.
 fn kubernetes_binaries(
     stack: &crate::stack::Stack,
-) -> Result<(Vec<RootfsFile>, Vec<(String, String)>, OciImage), ImageError> {
-    let mut programs: Vec<RootfsFile> = Vec::new();
-    let mut links = Vec::new();
+    payload: &mut Payload,
+) -> Result<OciImage, ImageError> {
     for name in KUBERNETES_BINARIES {
         let file = match stack.link_target(name) {
             Some(target) => {
-                links.push((format!("usr/bin/{name}"), target.to_string()));
+                payload
+                    .links
+                    .push((format!("usr/bin/{name}"), target.to_string()));
                 target
             }
             None => name,
         };
         let rel = format!("usr/bin/{file}");
-        if !programs.iter().any(|(r, _)| *r == rel) {
-            programs.push((rel, read_static(stack.path(file)?)?));
+        if !payload.has(&rel) {
+            payload.files.push((rel, read_static(stack.path(file)?)?));
         }
     }
     let pause = OciImage {
@@ -734,7 +731,7 @@ fn kubernetes_binaries(
         files: vec![("pause".into(), 0o755, read_static(stack.path("pause")?)?)],
         entrypoint: vec!["/pause".into()],
     };
-    Ok((programs, links, pause))
+    Ok(pause)
 }
 
 /// The CoreDNS image (the cluster DNS Deployment runs it): its static program as `/coredns`,
