@@ -15,6 +15,7 @@ pub mod generate;
 pub mod manifests;
 pub mod patch;
 pub mod pki;
+pub mod resource;
 pub mod schema;
 pub mod types;
 pub mod v1alpha1;

@@ -5,7 +5,7 @@
 //! client certificates beside it), which containerd's CRI reads on every pull: a change is live.
 //! Credentials go in config.toml's CRI section, which containerd reads when it starts: a change
 //! rewrites it and restarts containerd (its containers keep running: their shims are apart).
-//! [`follow`] keeps both in step with the config.
+//! [`RegistrySettings`] keeps both in step with the active config.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -240,51 +240,83 @@ pub fn write_hosts(
     Ok(())
 }
 
-/// Keeps containerd's registry settings in step with the config: the host files rewritten
-/// for every config whose settings differ, and — when `rewrite` (which writes containerd's
-/// config with the credentials given) says the config file changed — containerd restarted.
-pub async fn follow<W>(
-    config: tokio::sync::watch::Receiver<Option<Arc<Config>>>,
+/// How containerd's config is written with a set of credentials: `Ok(true)` when the file
+/// changed (containerd reads it at start only).
+pub type Rewrite = Box<dyn Fn(&[Auth]) -> std::io::Result<bool> + Send + Sync>;
+
+/// The controller that keeps containerd's registry settings in step with the active config:
+/// the host files rewritten for every config whose settings differ, and — when `rewrite`
+/// says containerd's config file changed — containerd restarted. Its input is `ActiveConfig`.
+pub struct RegistrySettings {
     sup: Arc<basalt_supervisor::Supervisor>,
-    rewrite: W,
-) where
-    W: Fn(&[Auth]) -> std::io::Result<bool> + Send + Sync,
-{
-    let last: std::sync::Mutex<Option<Settings>> = std::sync::Mutex::new(None);
-    basalt_resources::drive::each(
-        config,
-        "registry settings",
-        std::time::Duration::from_secs(5),
-        |cfg| {
-            let want = settings(&cfg);
-            let (last, sup, rewrite) = (&last, &sup, &rewrite);
-            async move {
-                if last
-                    .lock()
-                    .map(|l| l.as_ref() == Some(&want))
-                    .unwrap_or(false)
-                {
-                    return Ok(());
-                }
-                write_hosts(Path::new(HOSTS_DIR), &want.files)?;
-                let changed = rewrite(&want.auth).map_err(|source| RegistryError::Write {
-                    path: PathBuf::from(crate::CONFIG),
-                    source,
-                })?;
-                if changed {
-                    sup.restart("containerd")
-                        .await
-                        .map_err(RegistryError::Restart)?;
-                    tracing::info!("registry credentials changed: containerd restarted");
-                }
-                if let Ok(mut l) = last.lock() {
-                    *l = Some(want);
-                }
-                Ok::<(), RegistryError>(())
-            }
-        },
-    )
-    .await;
+    rewrite: Rewrite,
+    /// The settings in place.
+    last: Option<Settings>,
+}
+
+impl std::fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistrySettings {
+    pub fn new(sup: Arc<basalt_supervisor::Supervisor>, rewrite: Rewrite) -> Self {
+        RegistrySettings {
+            sup,
+            rewrite,
+            last: None,
+        }
+    }
+
+    async fn pass(&mut self, store: &basalt_resources::Store) -> Result<(), RegistryError> {
+        let Some(cfg) = basalt_config::resource::active(store) else {
+            return Ok(());
+        };
+        let want = settings(&cfg);
+        if self.last.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        write_hosts(Path::new(HOSTS_DIR), &want.files)?;
+        let changed = (self.rewrite)(&want.auth).map_err(|source| RegistryError::Write {
+            path: PathBuf::from(crate::CONFIG),
+            source,
+        })?;
+        if changed {
+            self.sup
+                .restart("containerd")
+                .await
+                .map_err(RegistryError::Restart)?;
+            tracing::info!("registry credentials changed: containerd restarted");
+        }
+        self.last = Some(want);
+        Ok(())
+    }
+}
+
+impl basalt_resources::Controller for RegistrySettings {
+    fn name(&self) -> &str {
+        "registry-settings"
+    }
+
+    fn inputs(&self) -> Vec<basalt_resources::Kind> {
+        vec![basalt_resources::Kind::of::<
+            basalt_config::resource::ActiveConfig,
+        >()]
+    }
+
+    fn outputs(&self) -> Vec<basalt_resources::Output> {
+        Vec::new()
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        cx: &'a mut basalt_resources::Context,
+    ) -> futures::future::BoxFuture<'a, Result<(), basalt_resources::ReconcileError>> {
+        Box::pin(async move { self.pass(cx.store()).await.map_err(Into::into) })
+    }
 }
 
 #[cfg(test)]

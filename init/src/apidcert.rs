@@ -1,5 +1,7 @@
 //! apid as the config and the node's addresses say: in maintenance mode without a config;
 //! with one, serving a certificate from the config's OS CA that names the node's addresses.
+//! A controller on the resource runtime: its inputs are `ActiveConfig` and `AddressStatus`, its
+//! output the `NodeCertificate` resource (what apid serves).
 //!
 //! A new CA or new `certSANs` restarts apid with the new certificate (its client verifier
 //! changes too). A new address (a DHCP lease, an address a config change adds) only reissues
@@ -12,11 +14,13 @@ use std::time::Duration;
 
 use basalt_apid as apid;
 use basalt_config::Config;
+use basalt_config::resource::ActiveConfig;
 use basalt_networkd::spec::AddressStatus;
-use basalt_resources::{Kind, Store};
+use basalt_resources::{Context, Controller, Kind, Output, ReconcileError, Spec, Store};
 use basalt_supervisor::process::ProcessSpec;
-use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef, Supervisor, tasks};
-use tokio::sync::watch;
+use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef, Supervisor};
+use futures::future::BoxFuture;
+use serde::Serialize;
 
 /// The node's addresses as the certificate names them: the kernel's now and networkd's
 /// `AddressStatus` (either may be a moment ahead of the other at boot), loopback left out.
@@ -30,25 +34,40 @@ fn node_addresses(store: &Store) -> Vec<String> {
     all.into_iter().collect()
 }
 
-/// Starts the task that keeps apid as the config and the addresses say.
-pub fn start(sup: Arc<Supervisor>, store: Store, changes: watch::Receiver<Option<Arc<Config>>>) {
-    tasks::supervise("apid-follow", move || {
-        follow(sup.clone(), store.clone(), changes.clone())
-    });
+/// What apid serves, as a resource (`apid/NodeCertificate`, id `node`): maintenance mode, or
+/// the node certificate and the addresses it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeCertificate {
+    pub maintenance: bool,
+    pub addresses: Vec<String>,
 }
 
-async fn follow(
+impl Spec for NodeCertificate {
+    const TYPE: &'static str = "NodeCertificate";
+    const NAMESPACE: &'static str = "apid";
+}
+
+/// The controller that keeps apid as the active config and the node's addresses say.
+pub(crate) struct ApidCertificate {
     sup: Arc<Supervisor>,
-    store: Store,
-    mut changes: watch::Receiver<Option<Arc<Config>>>,
-) {
-    // What apid was last started for: None = maintenance, Some(CA + SANs); and the addresses
-    // its certificate names.
-    let mut last: Option<Option<String>> = None;
-    let mut named: Vec<String> = Vec::new();
-    let mut addresses = store.watch_kind(Kind::of::<AddressStatus>(), None);
-    loop {
-        let cfg = changes.borrow_and_update().clone();
+    /// What apid was last started for: None = maintenance, Some(CA + SANs).
+    started: Option<Option<String>>,
+    /// The addresses its certificate names.
+    named: Vec<String>,
+}
+
+impl ApidCertificate {
+    pub fn new(sup: Arc<Supervisor>) -> Self {
+        ApidCertificate {
+            sup,
+            started: None,
+            named: Vec::new(),
+        }
+    }
+
+    async fn pass(&mut self, cx: &mut Context) -> Result<(), IssueError> {
+        let store = cx.store().clone();
+        let cfg = basalt_config::resource::active(&store);
         let want = cfg.as_ref().map(|c| {
             format!(
                 "{}{:?}",
@@ -56,8 +75,9 @@ async fn follow(
                 c.machine().cert_sans
             )
         });
-        if last.as_ref() != Some(&want) {
-            if last.is_some() {
+        let sup = &self.sup;
+        if self.started.as_ref() != Some(&want) {
+            if self.started.is_some() {
                 // Let the reply to the ApplyConfiguration that got us here leave through the
                 // apid about to be replaced.
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -69,13 +89,20 @@ async fn follow(
             match &cfg {
                 None => {
                     sup.add(apid_service(true)).await;
+                    cx.apply(
+                        NODE,
+                        NodeCertificate {
+                            maintenance: true,
+                            addresses: Vec::new(),
+                        },
+                    )?;
                     // The banner names the node's addresses: wait for the boot network.
                     sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
                         .await;
                     maintenance_banner();
                 }
                 Some(c) => {
-                    if last.as_ref().is_some_and(Option::is_none) {
+                    if self.started.as_ref().is_some_and(Option::is_none) {
                         tracing::info!("config present: leaving maintenance mode");
                     }
                     sup.wait_condition(supervisor::NETWORK, Duration::from_secs(30))
@@ -88,77 +115,92 @@ async fn follow(
                     {
                         tracing::warn!("apid certificate: time is still not synced; issuing it");
                     }
-                    named = node_addresses(&store);
-                    match issue(c, &named) {
-                        Ok(()) => {
-                            tracing::info!("apid certificate issued from the OS CA");
-                            sup.set_condition(supervisor::NODE_CERT, true);
-                            sup.add(apid_service(false)).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!("apid not started: {}", basalt_sys::error_chain(&e))
-                        }
-                    }
+                    let named = node_addresses(&store);
+                    issue(c, &named)?;
+                    tracing::info!(addresses = %named.join(", "), "apid certificate issued from the OS CA");
+                    sup.set_condition(supervisor::NODE_CERT, true);
+                    sup.add(apid_service(false)).await;
+                    cx.apply(
+                        NODE,
+                        NodeCertificate {
+                            maintenance: false,
+                            addresses: named.clone(),
+                        },
+                    )?;
+                    self.named = named;
                 }
             }
-            last = Some(want);
-        } else if let Some(c) = &cfg {
+            self.started = Some(want);
+        } else if let Some(c) = &cfg
+            && node_addresses(&store) != self.named
+        {
+            // Addresses come in bursts (a lease: address, routes, a second family): one
+            // certificate for the burst.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             let now = node_addresses(&store);
-            if now != named {
-                match issue(c, &now) {
-                    Ok(()) => {
-                        // An apid still starting reads the new files itself; one that answers
-                        // is told.
-                        sup.wait_for("apid", Duration::from_secs(30), |s, h| {
-                            s == supervisor::State::Running && h == supervisor::HealthState::Healthy
-                        })
-                        .await;
-                        let signalled = sup.signal("apid", nix::sys::signal::Signal::SIGHUP);
-                        tracing::info!(
-                            "apid certificate reissued for the node's addresses {}{}",
-                            now.join(", "),
-                            match signalled {
-                                Ok(_) => String::new(),
-                                Err(e) => format!(" (apid not told: {e})"),
-                            }
-                        );
-                        named = now;
-                    }
-                    Err(e) => tracing::warn!(
-                        "apid certificate not reissued: {}",
-                        basalt_sys::error_chain(&e)
-                    ),
-                }
+            issue(c, &now)?;
+            // An apid still starting reads the new files itself; one that answers is told.
+            sup.wait_for("apid", Duration::from_secs(30), |s, h| {
+                s == supervisor::State::Running && h == supervisor::HealthState::Healthy
+            })
+            .await;
+            match sup.signal("apid", nix::sys::signal::Signal::SIGHUP) {
+                Ok(_) => tracing::info!(
+                    addresses = %now.join(", "),
+                    "apid certificate reissued for the node's addresses"
+                ),
+                Err(e) => tracing::info!(
+                    addresses = %now.join(", "),
+                    error = %e,
+                    "apid certificate reissued for the node's addresses; apid not told"
+                ),
             }
+            cx.apply(
+                NODE,
+                NodeCertificate {
+                    maintenance: false,
+                    addresses: now.clone(),
+                },
+            )?;
+            self.named = now;
         }
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            event = addresses.next() => {
-                if let Err(e) = event {
-                    // An expired bookmark: start the watch again from what is there now.
-                    tracing::warn!("address watch: {e}; watching again");
-                    addresses = store.watch_kind(Kind::of::<AddressStatus>(), None);
-                }
-                // Addresses come in bursts (a lease: address, routes, a second family): one
-                // certificate for the burst.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                while let Ok(Some(_)) = addresses.try_next() {}
-            }
-        }
+        Ok(())
+    }
+}
+
+/// The id of the one `NodeCertificate` resource.
+const NODE: &str = "node";
+
+impl Controller for ApidCertificate {
+    fn name(&self) -> &str {
+        "apid-certificate"
+    }
+
+    fn inputs(&self) -> Vec<Kind> {
+        vec![Kind::of::<ActiveConfig>(), Kind::of::<AddressStatus>()]
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::exclusive::<NodeCertificate>()]
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        cx: &'a mut Context,
+    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(async move { self.pass(cx).await.map_err(Into::into) })
     }
 }
 
 /// Why the node's certificate is not there.
 #[derive(Debug, thiserror::Error)]
 enum IssueError {
-    #[error(transparent)]
+    #[error("apid certificate not issued")]
     Issue(#[from] apid::ApidError),
-    #[error("cannot write {}", apid::PKI_DIR)]
+    #[error("apid certificate not issued: cannot write {}", apid::PKI_DIR)]
     Write(#[source] std::io::Error),
+    #[error(transparent)]
+    Record(#[from] basalt_resources::RuntimeError),
 }
 
 /// Issues the node's certificate for `addresses` and writes it where apid reads it.

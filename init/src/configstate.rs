@@ -1,19 +1,20 @@
 //! The node's config lifecycle: none (maintenance mode) → applied through the API (validated
 //! whole, persisted atomically, or staged, or tried with a timed revert) → reloaded at boot.
 //!
-//! The active config is published as `MachineConfig` resources, one per document, so
-//! controllers reconcile to it and `osctl get machineconfig` shows it.
+//! The active config is published as the `ActiveConfig` resource, which the node's controllers
+//! reconcile to, and as `MachineConfig` resources, one per document, which `osctl get
+//! machineconfig` shows (redacted by role).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use basalt_config::resource::{ACTIVE_ID, ActiveConfig};
 use basalt_config::v1alpha1::MachineType;
 use basalt_config::{Config, ConfigError, Document, Mode};
 use basalt_resources::{Kind, Store};
 use serde::Serialize;
-use tokio::sync::watch;
 
 /// The config's directory on STATE.
 pub const STATE_CONFIG_DIR: &str = "config";
@@ -81,6 +82,8 @@ struct Inner {
     active: Option<Active>,
     /// A `try` apply waiting for confirmation: the timer and what to go back to.
     pending_try: Option<(tokio::task::JoinHandle<()>, Option<Active>)>,
+    /// Configs activated since boot (the `ActiveConfig` resource's generation).
+    generation: u64,
 }
 
 /// The config of this node.
@@ -90,7 +93,6 @@ pub struct ConfigState {
     mode: Mode,
     store: Store,
     inner: Arc<Mutex<Inner>>,
-    changed: watch::Sender<Option<Arc<Config>>>,
 }
 
 pub use basalt_sys::fs::atomic_write;
@@ -214,18 +216,12 @@ impl ConfigState {
             mode,
             store,
             inner: Arc::default(),
-            changed: watch::Sender::new(None),
         }
     }
 
     /// The mode configs are checked in (metal or container).
     pub fn mode(&self) -> Mode {
         self.mode
-    }
-
-    /// Watches the active config (`None` in maintenance mode).
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Config>>> {
-        self.changed.subscribe()
     }
 
     pub fn active(&self) -> Option<Arc<Config>> {
@@ -283,9 +279,30 @@ impl ConfigState {
 
     fn set_active(&self, a: Option<Active>) {
         let config = a.as_ref().map(|a| a.config.clone());
-        self.lock().active = a;
+        let generation = {
+            let mut inner = self.lock();
+            inner.active = a;
+            inner.generation += 1;
+            inner.generation
+        };
         self.publish(config.as_deref());
-        self.changed.send_replace(config);
+        // What the controllers reconcile to: the documents above first, then this.
+        let kind = Kind::of::<ActiveConfig>();
+        let published = match config {
+            Some(config) => self
+                .store
+                .apply(OWNER, ACTIVE_ID, ActiveConfig { generation, config }),
+            None => self
+                .store
+                .destroy(&kind, ACTIVE_ID, OWNER)
+                .or_else(|e| match e {
+                    basalt_resources::StoreError::NotFound { .. } => Ok(()),
+                    e => Err(e),
+                }),
+        };
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "cannot publish the active config");
+        }
     }
 
     fn publish(&self, c: Option<&Config>) {

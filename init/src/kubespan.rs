@@ -1,4 +1,5 @@
-//! KubeSpan on the node: while `KubeSpanConfig.enabled`, the node's key pair (created once,
+//! KubeSpan on the node, as controllers on the resource runtime that follow `ActiveConfig`:
+//! while `KubeSpanConfig.enabled`, the node's key pair (created once,
 //! kept in the state directory) and [`basalt_kubespan::node::run`] — identity, the kernel's
 //! WireGuard on networkd's `kubespan` link, discovery, peers, relay and the mesh routes
 //! (docs/kubespan.md). Disabled: its resources and its networkd layer are removed.
@@ -8,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use basalt_config::Config;
+use basalt_config::resource::ActiveConfig;
 use basalt_kubespan::agent::OWNER;
 use basalt_kubespan::device::DeviceOptions;
 use basalt_kubespan::identity::{KeyPair, KubeSpanIdentity};
 use basalt_kubespan::node::NodeOptions;
 use basalt_kubespan::peer::{HealthTiming, KubeSpanPeerSpec, KubeSpanPeerStatus};
 use basalt_networkd::{Layer, LayerSpecs, publish};
-use basalt_resources::{Kind, Store};
-use tokio::sync::watch;
+use basalt_resources::{Context, Controller, Kind, Output, ReconcileError, Store};
+use futures::future::BoxFuture;
 
 use basalt_supervisor::process::ProcessSpec;
 use basalt_supervisor::tasks;
@@ -24,61 +26,101 @@ use basalt_supervisor::{self as supervisor, Dependency, Health, ServiceDef, Supe
 /// How long the discovery server keeps this node's record; refreshed every third of it.
 const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 
-/// Follows the config: KubeSpan runs while it is enabled, and is cleared away otherwise.
-pub fn start(store: Store, state_dir: PathBuf, config: watch::Receiver<Option<Arc<Config>>>) {
-    tasks::supervise("kubespan", move || {
-        let store = store.clone();
-        let key_path = state_dir.join("kubespan.key");
-        let mut config = config.clone();
-        async move {
-            loop {
-                let cfg = config.borrow_and_update().clone();
-                let opts = cfg.as_deref().and_then(|c| match options(c, &key_path) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::warn!("kubespan: {}", basalt_sys::error_chain(&e));
-                        None
-                    }
-                });
-                match opts {
-                    Some(opts) => {
-                        let s = store.clone();
-                        let mine = cfg.as_deref().map(relevant);
-                        let node = basalt_kubespan::node::run(s, opts);
-                        tokio::pin!(node);
-                        // Runs until it fails or a config change touches what it runs with.
-                        loop {
-                            tokio::select! {
-                                r = &mut node => {
-                                    if let Err(e) = r {
-                                        tracing::info!("kubespan: {}; restarting in 5 s", basalt_sys::error_chain(&e));
-                                    }
-                                    tokio::time::sleep(Duration::from_secs(5)).await;
-                                    break;
-                                }
-                                c = config.changed() => {
-                                    if c.is_err() {
-                                        return;
-                                    }
-                                    let now = config.borrow().as_deref().map(relevant);
-                                    if now != mine {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    None => {
-                        clear(&store);
-                        if config.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+/// What KubeSpan runs with, from a config: a change elsewhere does not restart it.
+type Relevant = (
+    Option<basalt_config::v1alpha1::KubeSpanConfig>,
+    Option<basalt_config::v1alpha1::DiscoveryConfig>,
+    [u8; 32],
+    [u8; 32],
+);
+
+/// The controller that runs KubeSpan while the active config enables it and clears it away
+/// otherwise. Its input is `ActiveConfig`; its outputs are what the mesh publishes (the node's
+/// identity, the peers and their statuses), written by the running agent under the same name.
+pub(crate) struct KubeSpan {
+    key_path: PathBuf,
+    /// The agent running, and what it runs with.
+    running: Option<(Relevant, tokio::task::JoinHandle<()>)>,
+}
+
+impl KubeSpan {
+    pub fn new(state_dir: &std::path::Path) -> Self {
+        KubeSpan {
+            key_path: state_dir.join("kubespan.key"),
+            running: None,
         }
-    });
+    }
+
+    fn pass(&mut self, store: &Store) -> Result<(), basalt_kubespan::identity::IdentityError> {
+        let cfg = basalt_config::resource::active(store);
+        let enabled = cfg
+            .as_deref()
+            .and_then(|c| c.kubespan())
+            .is_some_and(|k| k.enabled);
+        let Some(cfg) = cfg.filter(|_| enabled) else {
+            if let Some((_, task)) = self.running.take() {
+                task.abort();
+            }
+            clear(store);
+            return Ok(());
+        };
+        let mine = relevant(&cfg);
+        if let Some((key, task)) = &self.running
+            && *key == mine
+            && !task.is_finished()
+        {
+            return Ok(());
+        }
+        if let Some((_, task)) = self.running.take() {
+            task.abort();
+        }
+        // The key pair first: a node that cannot keep one says so and is retried.
+        KeyPair::load_or_create(&self.key_path)?;
+        let (store, key_path) = (store.clone(), self.key_path.clone());
+        let task = tasks::supervise("kubespan", move || {
+            let (store, key_path, cfg) = (store.clone(), key_path.clone(), cfg.clone());
+            async move {
+                let result = match options(&cfg, &key_path) {
+                    Ok(Some(opts)) => basalt_kubespan::node::run(store, opts)
+                        .await
+                        .map_err(|e| basalt_sys::error_chain(&e)),
+                    Ok(None) => return,
+                    Err(e) => Err(basalt_sys::error_chain(&e)),
+                };
+                if let Err(e) = result {
+                    tracing::info!(error = %e, "kubespan stopped; restarting in 5 s");
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        self.running = Some((mine, task));
+        Ok(())
+    }
+}
+
+impl Controller for KubeSpan {
+    fn name(&self) -> &str {
+        OWNER
+    }
+
+    fn inputs(&self) -> Vec<Kind> {
+        vec![Kind::of::<ActiveConfig>()]
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        vec![
+            Output::exclusive::<KubeSpanIdentity>(),
+            Output::exclusive::<KubeSpanPeerSpec>(),
+            Output::exclusive::<KubeSpanPeerStatus>(),
+        ]
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        cx: &'a mut Context,
+    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(async move { self.pass(cx.store()).map_err(Into::into) })
+    }
 }
 
 /// Removes what KubeSpan published: identity, peers, statuses, its networkd layer.
@@ -103,15 +145,7 @@ fn clear(store: &Store) {
     }
 }
 
-/// What KubeSpan runs with, from a config: a change elsewhere does not restart it.
-fn relevant(
-    c: &Config,
-) -> (
-    Option<basalt_config::v1alpha1::KubeSpanConfig>,
-    Option<basalt_config::v1alpha1::DiscoveryConfig>,
-    [u8; 32],
-    [u8; 32],
-) {
+fn relevant(c: &Config) -> Relevant {
     let discovery = c.documents().find_map(|d| match d {
         basalt_config::Document::Discovery(d) => Some(d.clone()),
         _ => None,
@@ -169,54 +203,83 @@ fn options(
 /// The supervisor's id of the discovery server.
 pub const DISCOVERY_SERVICE: &str = "discovery";
 
-/// Runs the discovery server as a service while `DiscoveryConfig.serve` is on: the
-/// `basalt-discovery` personality of this binary, on port 3000, its registry snapshotted in the
-/// state directory so a restart (or a reboot with a state disk) does not drop the mesh.
-pub fn serve_discovery(
+/// The controller that runs the discovery server as a service while the active config's
+/// `DiscoveryConfig.serve` is on: the `basalt-discovery` personality of this binary, on port
+/// 3000, its registry snapshotted in the state directory so a restart (or a reboot with a state
+/// disk) does not drop the mesh. Its input is `ActiveConfig`; its output the service.
+pub(crate) struct DiscoveryServer {
     sup: Arc<Supervisor>,
-    state_dir: PathBuf,
-    config: watch::Receiver<Option<Arc<Config>>>,
-) {
-    tasks::supervise("discovery-server", move || {
-        let sup = sup.clone();
-        let dir = state_dir.join("discovery");
-        let mut config = config.clone();
-        async move {
-            // What runs: None = nothing, Some(tls).
-            let mut running: Option<bool> = None;
-            loop {
-                // Serving, and over TLS when the cluster's endpoint says https.
-                let want = config.borrow_and_update().as_deref().and_then(|c| {
-                    c.documents().find_map(|d| match d {
-                        basalt_config::Document::Discovery(d) if d.serve => {
-                            Some(d.endpoint.as_ref().is_some_and(|e| e.scheme == "https"))
-                        }
-                        _ => None,
-                    })
-                });
-                if let Some(tls) = want
-                    && running != Some(tls)
-                {
-                    match std::fs::create_dir_all(&dir) {
-                        Ok(()) => {
-                            sup.add(discovery_service(&dir, tls)).await;
-                            running = Some(tls);
-                        }
-                        Err(e) => tracing::warn!(
-                            "discovery server not started: cannot create {}: {e}",
-                            dir.display()
-                        ),
-                    }
-                } else if want.is_none() && running.is_some() {
-                    let _ = sup.stop(DISCOVERY_SERVICE).await;
-                    running = None;
-                }
-                if config.changed().await.is_err() {
-                    return;
-                }
-            }
+    dir: PathBuf,
+    /// What runs: None = nothing, Some(tls).
+    running: Option<bool>,
+}
+
+/// Why the discovery server is not running as the config says.
+#[derive(Debug, thiserror::Error)]
+#[error("discovery server not started: cannot create {}", .dir.display())]
+struct DiscoveryError {
+    dir: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl DiscoveryServer {
+    pub fn new(sup: Arc<Supervisor>, state_dir: &std::path::Path) -> Self {
+        DiscoveryServer {
+            sup,
+            dir: state_dir.join("discovery"),
+            running: None,
         }
-    });
+    }
+
+    async fn pass(&mut self, store: &Store) -> Result<(), DiscoveryError> {
+        // Serving, and over TLS when the cluster's endpoint says https.
+        let want = basalt_config::resource::active(store).and_then(|c| {
+            c.documents().find_map(|d| match d {
+                basalt_config::Document::Discovery(d) if d.serve => {
+                    Some(d.endpoint.as_ref().is_some_and(|e| e.scheme == "https"))
+                }
+                _ => None,
+            })
+        });
+        match want {
+            Some(tls) if self.running != Some(tls) => {
+                std::fs::create_dir_all(&self.dir).map_err(|source| DiscoveryError {
+                    dir: self.dir.clone(),
+                    source,
+                })?;
+                self.sup.add(discovery_service(&self.dir, tls)).await;
+                self.running = Some(tls);
+            }
+            None if self.running.is_some() => {
+                let _ = self.sup.stop(DISCOVERY_SERVICE).await;
+                self.running = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Controller for DiscoveryServer {
+    fn name(&self) -> &str {
+        "discovery-server"
+    }
+
+    fn inputs(&self) -> Vec<Kind> {
+        vec![Kind::of::<ActiveConfig>()]
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        Vec::new()
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        cx: &'a mut Context,
+    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(async move { self.pass(cx.store()).await.map_err(Into::into) })
+    }
 }
 
 fn discovery_service(dir: &std::path::Path, tls: bool) -> ServiceDef {

@@ -6,15 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use basalt_config::Config;
+use basalt_config::resource::ActiveConfig;
 use basalt_networkd::cmdline::IpConfig;
 use basalt_networkd::spec::{
     AddressSpec, AddressStatus, DhcpSpec, Layered, RouteSpec, RouteStatus,
 };
 use basalt_networkd::{FilesOptions, Layer, LayerSpecs, publish, sources};
-use basalt_resources::Store;
 use basalt_resources::controller::Runtime;
-use tokio::sync::watch;
+use basalt_resources::{Context, Controller, Kind, Output, ReconcileError, Store};
+use futures::future::BoxFuture;
 
 use basalt_supervisor::tasks;
 use basalt_supervisor::{self as supervisor, Supervisor};
@@ -28,13 +28,46 @@ const ROUTES_SETTLE: Duration = Duration::from_secs(5);
 /// How long boot waits for a first address before going on without one.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Publishes the active config's network settings as networkd's `config` layer (an empty
+/// layer without a config).
+fn publish_config(store: &Store) -> Result<(), basalt_resources::StoreError> {
+    let specs = basalt_config::resource::active(store)
+        .as_deref()
+        .map(sources::from_config)
+        .unwrap_or_default();
+    publish(store, "config", Layer::Config, &specs)
+}
+
+/// The controller that keeps networkd's `config` layer as the active config says.
+struct ConfigLayer;
+
+impl Controller for ConfigLayer {
+    fn name(&self) -> &str {
+        "network-config"
+    }
+
+    fn inputs(&self) -> Vec<Kind> {
+        vec![Kind::of::<ActiveConfig>()]
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        Vec::new()
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        cx: &'a mut Context,
+    ) -> BoxFuture<'a, Result<(), ReconcileError>> {
+        Box::pin(async move { publish_config(cx.store()).map_err(Into::into) })
+    }
+}
+
 /// Starts networkd for the node.
 pub fn start(
     store: Store,
     sup: Arc<Supervisor>,
     leases: basalt_networkd::dhcp::Leases,
     ip: Option<&str>,
-    config: watch::Receiver<Option<Arc<Config>>>,
     container: bool,
 ) {
     if let Err(e) = basalt_networkd::publish_defaults(&store) {
@@ -75,31 +108,10 @@ pub fn start(
     }
 
     // The config's layer as it is now, before the readiness check below looks at the layers;
-    // then again at each change.
-    let publish_config = |store: &Store, config: &mut watch::Receiver<Option<Arc<Config>>>| {
-        let specs = config
-            .borrow_and_update()
-            .as_deref()
-            .map(sources::from_config)
-            .unwrap_or_default();
-        if let Err(e) = publish(store, "config", Layer::Config, &specs) {
-            tracing::info!("network: the config layer: {e}");
-        }
-    };
-    publish_config(&store, &mut config.clone());
-    let s = store.clone();
-    tasks::supervise("network-config", move || {
-        let store = s.clone();
-        let mut config = config.clone();
-        async move {
-            loop {
-                publish_config(&store, &mut config);
-                if config.changed().await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    // then again at each change (the `ConfigLayer` controller below).
+    if let Err(e) = publish_config(&store) {
+        tracing::info!(error = %e, "network: the config layer");
+    }
     let mut rt = Runtime::new(store.clone());
     let opts = basalt_networkd::Options {
         files: FilesOptions {
@@ -109,7 +121,9 @@ pub fn start(
         dhcp: Default::default(),
         leases,
     };
-    match basalt_networkd::register(&mut rt, opts) {
+    let registered =
+        basalt_networkd::register(&mut rt, opts).and_then(|()| rt.register(Box::new(ConfigLayer)));
+    match registered {
         Ok(()) => {
             // Dropping the handle leaves the controllers running: they live as long as PID 1.
             drop(rt.start());

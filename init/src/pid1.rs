@@ -212,7 +212,6 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         sup.clone(),
         leases,
         cmdline.ip.as_deref(),
-        config.subscribe(),
         container,
     );
 
@@ -233,16 +232,6 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         });
     }
 
-    crate::kubespan::start(store.clone(), state_dir.clone(), config.subscribe());
-    basalt_kubernetes::start(
-        store.clone(),
-        sup.clone(),
-        node.kube.clone(),
-        config.subscribe(),
-        container,
-    );
-    crate::kubespan::serve_discovery(sup.clone(), state_dir.clone(), config.subscribe());
-
     // How full /var and the state partition are (VolumeStatus).
     tasks::supervise("space", {
         let store = store.clone();
@@ -256,17 +245,9 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     // Time sync, and the time-synced condition that certificates wait for.
     // (A container node's clock is the host's: there, time sync says so and is done.)
     let time_sync = {
-        let (store, sup, rx) = (store.clone(), sup.clone(), config.subscribe());
+        let (store, sup) = (store.clone(), sup.clone());
         let clock = Arc::new(basalt_timesync::SystemClock);
-        move || {
-            basalt_timesync::run(
-                store.clone(),
-                sup.clone(),
-                rx.clone(),
-                clock.clone(),
-                container,
-            )
-        }
+        move || basalt_timesync::run(store.clone(), sup.clone(), clock.clone(), container)
     };
     if container {
         tasks::until_done("time-sync", time_sync);
@@ -274,6 +255,8 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         tasks::supervise("time-sync", time_sync);
     }
 
+    // containerd's registry settings follow the config (a controller, started below).
+    let mut registry = None;
     if Path::new("/usr/bin/containerd").exists() {
         // Registry credentials are read when containerd starts: those of the config the node
         // has now, if any (the registry settings follow later configs, restarting it).
@@ -290,24 +273,23 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
                 let s = sup.clone();
                 tasks::until_done("import-images", move || import_images(s.clone()));
                 if let Some(base) = cri {
-                    let (rx, s) = (config.subscribe(), sup.clone());
-                    tasks::supervise("registry-settings", move || {
-                        let base = base.clone();
-                        containerd::registry::follow(rx.clone(), s.clone(), move |auth| {
+                    registry = Some(containerd::registry::RegistrySettings::new(
+                        sup.clone(),
+                        Box::new(move |auth| {
                             let mut c = base.clone();
                             c.registry_auth = auth.to_vec();
                             containerd::prepare(Some(&c))
-                        })
-                    });
+                        }),
+                    ));
                 }
             }
             Err(e) => tracing::warn!("containerd not started: cannot prepare it: {e}"),
         }
     }
 
-    // apid follows the config (maintenance mode without one) and its certificate follows the
-    // node's addresses.
-    crate::apidcert::start(sup.clone(), store.clone(), config.subscribe());
+    // The node's controllers: each reconciles what it runs to the active config and the
+    // node's status resources (docs/ARCHITECTURE.md).
+    start_controllers(&store, &sup, &node, &state_dir, container, registry);
 
     if cmdline.poweroff_when_up {
         let up = node.clone();
@@ -326,6 +308,46 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     }
 
     serve_signals(node).await;
+}
+
+/// The node's controllers on one resource runtime: apid's certificate, KubeSpan and the
+/// discovery server, containerd's registry settings, Kubernetes. A pass that fails is retried from 200 ms up to every 5 s
+/// (what they wait on — an API server, a file — comes back within seconds).
+fn start_controllers(
+    store: &Store,
+    sup: &Arc<Supervisor>,
+    node: &Node,
+    state_dir: &Path,
+    container: bool,
+    registry: Option<containerd::registry::RegistrySettings>,
+) {
+    let mut controllers: Vec<Box<dyn basalt_resources::Controller>> = vec![
+        Box::new(crate::apidcert::ApidCertificate::new(sup.clone())),
+        Box::new(crate::kubespan::KubeSpan::new(state_dir)),
+        Box::new(crate::kubespan::DiscoveryServer::new(
+            sup.clone(),
+            state_dir,
+        )),
+    ];
+    if let Some(r) = registry {
+        controllers.push(Box::new(r));
+    }
+    controllers.extend(basalt_kubernetes::controllers::controllers(
+        sup.clone(),
+        node.kube.clone(),
+        container,
+    ));
+    let mut rt = basalt_resources::Runtime::new(store.clone()).with_backoff(
+        basalt_resources::Backoff::new(Duration::from_millis(200), Duration::from_secs(5), 2),
+    );
+    for c in controllers {
+        if let Err(e) = rt.register(c) {
+            // A wiring mistake (two controllers writing one kind): said, and the rest run.
+            tracing::error!(error = %e, "controller not registered");
+        }
+    }
+    // Runs for the node's life: the handle is not kept.
+    let _ = rt.start();
 }
 
 /// Imports the OCI image layouts shipped in the rootfs once containerd is healthy.

@@ -12,13 +12,11 @@
 //! established; until then the pass fails and is tried again.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use basalt_config::Config;
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::https::{Https, HttpsError};
 
@@ -424,45 +422,47 @@ pub fn shipped_image(dir: &str) -> Option<String> {
         .next()
 }
 
-/// On a control plane: a pass as soon as the API answers (through this node's own API server,
-/// as the admin), again every 2 s until one succeeds, and again whenever the config changes.
-/// Each new reason a pass fails is logged once.
-pub async fn run(
-    config: watch::Receiver<Option<Arc<Config>>>,
-    pki: PathBuf,
-    me: String,
-    port: u16,
-) {
-    let node = Node {
-        coredns_image: shipped_image("coredns"),
-        local_path_images: shipped_image("local-path-provisioner").zip(shipped_image("busybox")),
-        upstream: std::fs::read_to_string(crate::kubelet::POD_RESOLV_CONF)
-            .is_ok_and(|t| t.lines().any(|l| l.starts_with("nameserver"))),
-    };
-    basalt_resources::drive::each(config, "add-ons", Duration::from_secs(2), |cfg| {
-        let (node, pki, me) = (&node, &pki, &me);
-        async move {
-            let api = Https::from_files(
-                "127.0.0.1",
-                port,
-                &pki.join("ca.crt"),
-                &pki.join("admin.crt"),
-                &pki.join("admin.key"),
-            )?;
-            let a = pass(&api, me, &manifests(&cfg, node)?).await?;
-            if a.created.is_empty() {
-                tracing::info!("add-ons: all {} objects in place", a.existing);
-            } else {
-                tracing::info!(
-                    "add-ons: created {} ({} were in place)",
-                    a.created.join(", "),
-                    a.existing
-                );
-            }
-            Ok::<(), AddonError>(())
+impl Node {
+    /// What this node's image ships and its resolver holds.
+    pub fn detect() -> Node {
+        Node {
+            coredns_image: shipped_image("coredns"),
+            local_path_images: shipped_image("local-path-provisioner")
+                .zip(shipped_image("busybox")),
+            upstream: std::fs::read_to_string(crate::kubelet::POD_RESOLV_CONF)
+                .is_ok_and(|t| t.lines().any(|l| l.starts_with("nameserver"))),
         }
-    })
-    .await;
+    }
+}
+
+/// On a control plane: one pass of the cluster's add-ons for `cfg`, through this node's own
+/// API server as the admin (the `Addons` controller (`crate::controllers`) runs it as soon as
+/// the API server runs, and again for every config).
+pub async fn reconcile(
+    cfg: &Config,
+    node: &Node,
+    pki: &Path,
+    me: &str,
+    port: u16,
+) -> Result<(), AddonError> {
+    let api = Https::from_files(
+        "127.0.0.1",
+        port,
+        &pki.join("ca.crt"),
+        &pki.join("admin.crt"),
+        &pki.join("admin.key"),
+    )?;
+    let a = pass(&api, me, &manifests(cfg, node)?).await?;
+    if a.created.is_empty() {
+        tracing::info!(objects = a.existing, "add-ons: all objects in place");
+    } else {
+        tracing::info!(
+            created = %a.created.join(", "),
+            in_place = a.existing,
+            "add-ons: objects created"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

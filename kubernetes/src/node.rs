@@ -12,13 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use basalt_config::Config;
 use basalt_config::v1alpha1::MachineType;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::https::{Https, HttpsError};
 
@@ -210,30 +207,23 @@ fn merge(into: &mut Value, add: &Value) {
     }
 }
 
-/// Keeps the node's object as the config says, for as long as the node runs: a pass at start
-/// and at every config change, retried every 2 s until it succeeds (the node may not be
-/// registered yet).
-pub async fn run(access: Access, name: String, config: watch::Receiver<Option<Arc<Config>>>) {
-    let what = format!("node {name} update");
-    basalt_resources::drive::each(config, &what, Duration::from_secs(2), |cfg| {
-        let want = Wanted::from_config(&cfg);
-        let (access, name) = (&access, &name);
-        async move {
-            if reconcile(access, name, &want).await? {
-                tracing::info!(
-                    "node {name} labels {:?}{}",
-                    want.labels,
-                    match want.taint {
-                        Some(true) => ", control-plane taint on",
-                        Some(false) => ", control-plane taint off",
-                        None => "",
-                    }
-                );
-            }
-            Ok::<(), NodeError>(())
-        }
-    })
-    .await;
+/// One pass for `cfg`: labels and taint as it says (the `NodeObject` controller of
+/// [`crate::controllers`] runs it for every config).
+pub async fn apply(access: &Access, name: &str, cfg: &Config) -> Result<(), NodeError> {
+    let want = Wanted::from_config(cfg);
+    if reconcile(access, name, &want).await? {
+        tracing::info!(
+            node = name,
+            labels = ?want.labels,
+            taint = match want.taint {
+                Some(true) => "control-plane taint on",
+                Some(false) => "control-plane taint off",
+                None => "",
+            },
+            "node object updated"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! runs `reconcile` once at start and again whenever any input changes (changes that arrive
 //! while a pass runs are folded into one next pass: level-triggered, not edge-triggered). A
 //! pass that fails or panics is retried with exponential back-off; neither takes the runtime
-//! down. Only a controller that declares an output may write it, and an exclusive output has
+//! down, and a failure is logged when its reason changes, not on every retry. Only a controller that declares an output may write it, and an exclusive output has
 //! exactly one controller.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -299,7 +299,13 @@ async fn run_controller(mut c: Box<dyn Controller>, store: Store, mut backoff: B
         };
         let retry_in = failed.map(|msg| {
             let delay = backoff.fail();
-            warn!(error = %msg, retry_in = ?delay, "reconcile failed");
+            // A reason is logged once while it lasts: a pass waiting on another machine fails
+            // the same way every retry.
+            if status.last_error.as_ref() != Some(&msg) {
+                warn!(error = %msg, retry_in = ?delay, "reconcile failed");
+            } else {
+                debug!(error = %msg, retry_in = ?delay, "reconcile failed again");
+            }
             status.failures = backoff.failures();
             status.last_error = Some(msg);
             delay

@@ -8,7 +8,6 @@
 
 pub mod backoff;
 pub mod controller;
-pub mod drive;
 pub mod ratelimit;
 pub mod resource;
 pub mod store;

@@ -80,6 +80,15 @@ enum Lifetime {
     UntilDone,
 }
 
+/// A run's handle that aborts the run when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn guard<F, Fut>(
     name: &'static str,
     mut backoff: Backoff,
@@ -93,7 +102,9 @@ where
     tokio::spawn(async move {
         loop {
             let started = tokio::time::Instant::now();
-            let why = match tokio::spawn(make()).await {
+            // Aborting this task (a controller stopping what it runs) aborts the run too.
+            let mut run = AbortOnDrop(tokio::spawn(make()));
+            let why = match (&mut run.0).await {
                 Ok(()) if lifetime == Lifetime::UntilDone => return,
                 Ok(()) => "ended".to_string(),
                 Err(e) if e.is_panic() => {
@@ -127,6 +138,23 @@ mod tests {
         assert_eq!(r, Err(Panicked("wiring broke at step 3".into())));
         let r = guarded(|| -> () { std::panic::panic_any(42u8) });
         assert_eq!(r, Err(Panicked("a panic with a non-string payload".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aborting_a_supervised_task_stops_its_run() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let h = supervise("runs-until-aborted", move || {
+            let tx = tx.clone();
+            async move {
+                // The run holds the sender: the channel closes only when the run is gone.
+                let _held = tx;
+                std::future::pending::<()>().await;
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.abort();
+        let closed = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
+        assert_eq!(closed, Ok(None), "the run outlived its aborted task");
     }
 
     #[tokio::test(start_paused = true)]

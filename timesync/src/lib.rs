@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use basalt_config::Config;
+use basalt_config::resource::{ACTIVE_ID, ActiveConfig};
 use basalt_networkd::spec::TimeServerStatus;
 use basalt_resources::{Kind, Spec, Store};
 use basalt_supervisor::Supervisor;
 use basalt_sys::clock::ClockError;
 use serde::Serialize;
-use tokio::sync::watch;
 
 /// Once synced, each server is asked this often.
 pub const POLL: Duration = Duration::from_secs(64);
@@ -252,13 +252,7 @@ fn signed(x: f64, digits: usize) -> String {
 /// Runs time sync for the node until the runtime stops — on a container node it says the host
 /// keeps the clock, releases `time-synced` and returns; never fails (errors are in the status
 /// and the log).
-pub async fn run(
-    store: Store,
-    sup: Arc<Supervisor>,
-    mut config: watch::Receiver<Option<Arc<Config>>>,
-    clock: Arc<dyn Clock>,
-    container: bool,
-) {
+pub async fn run(store: Store, sup: Arc<Supervisor>, clock: Arc<dyn Clock>, container: bool) {
     let release = Release {
         sup: sup.clone(),
         done: Arc::new(AtomicBool::new(false)),
@@ -283,12 +277,14 @@ pub async fn run(
     sup.wait_condition(basalt_supervisor::NETWORK, Duration::from_secs(60))
         .await;
     let mut server_changes = store.watch_id(Kind::of::<TimeServerStatus>(), "timeservers", None);
+    let config_kind = Kind::of::<ActiveConfig>();
+    let mut config = store.watch_id(config_kind.clone(), ACTIVE_ID, None);
     let mut retry = Duration::from_secs(1);
     let mut last: Option<TimeStatus> = None;
     let mut last_error = String::new();
     let mut timer_started = false;
     loop {
-        let cfg = config.borrow_and_update().clone();
+        let cfg = basalt_config::resource::active(&store);
         let s = settings(cfg.as_deref());
         // What waits for the condition (certificates from the cluster's CAs) needs a config:
         // boot waits from the first one on, and with none nothing is released for want of a
@@ -449,10 +445,11 @@ pub async fn run(
                     tokio::time::sleep(next.unwrap_or(POLL)).await;
                 }
             }
-            r = config.changed() => {
+            r = config.next() => {
                 if r.is_err() {
-                    // The config's sender is gone: the node is going down.
-                    return;
+                    // Fell behind the store's history: watch again from now (the pass above
+                    // reads the config as it is).
+                    config = store.watch_id(config_kind.clone(), ACTIVE_ID, None);
                 }
             }
         }

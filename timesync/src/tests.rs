@@ -94,6 +94,21 @@ fn config(time: &str) -> Option<Arc<Config>> {
     ))
 }
 
+/// Makes `config` the node's active config, as init's config lifecycle does.
+fn set_config(store: &Store, config: Option<Arc<Config>>) {
+    let config = config.expect("a config");
+    store
+        .apply(
+            "config",
+            basalt_config::resource::ACTIVE_ID,
+            basalt_config::resource::ActiveConfig {
+                generation: 1,
+                config,
+            },
+        )
+        .unwrap();
+}
+
 async fn until_status(store: &Store, what: &str, f: impl Fn(&TimeStatus) -> bool) -> TimeStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -134,8 +149,7 @@ async fn a_clock_a_year_behind_is_stepped_then_slewed_and_the_condition_set() {
     let silent = server(0.0, true).await;
     let (store, sup) = node(&[silent.to_string(), ahead.to_string()]);
     let clock = Arc::new(FakeClock::default());
-    let (_tx, rx) = watch::channel(None);
-    tokio::spawn(run(store.clone(), sup.clone(), rx, clock.clone(), false));
+    tokio::spawn(run(store.clone(), sup.clone(), clock.clone(), false));
     assert!(
         sup.wait_condition(basalt_supervisor::TIME, Duration::from_secs(60))
             .await
@@ -199,11 +213,9 @@ async fn a_clock_a_year_behind_is_stepped_then_slewed_and_the_condition_set() {
 async fn nothing_to_sync_with_releases_boot_at_once_and_a_silent_server_at_boot_timeout() {
     // No server at all: nothing waits once there is a config (which could have named one).
     let (store, sup) = node(&[]);
-    let (tx, rx) = watch::channel(None);
     tokio::spawn(run(
         store.clone(),
         sup.clone(),
-        rx,
         Arc::new(FakeClock::default()),
         false,
     ));
@@ -214,7 +226,7 @@ async fn nothing_to_sync_with_releases_boot_at_once_and_a_silent_server_at_boot_
             .await,
         "released in maintenance mode, before the config that may name servers"
     );
-    tx.send(config("")).unwrap();
+    set_config(&store, config(""));
     assert!(
         sup.wait_condition(basalt_supervisor::TIME, Duration::from_secs(30))
             .await
@@ -223,12 +235,10 @@ async fn nothing_to_sync_with_releases_boot_at_once_and_a_silent_server_at_boot_
     // The config's servers are asked as soon as it comes (before networkd's status says).
     let ahead = server(YEAR, false).await;
     let (store, sup) = node(&[]);
-    let (tx, rx) = watch::channel(None);
     let clock = Arc::new(FakeClock::default());
-    tokio::spawn(run(store.clone(), sup.clone(), rx, clock.clone(), false));
+    tokio::spawn(run(store.clone(), sup.clone(), clock.clone(), false));
     until_status(&store, "without servers", |s| !s.state.is_empty()).await;
-    tx.send(config(&format!("servers: [\"{ahead}\"]\n")))
-        .unwrap();
+    set_config(&store, config(&format!("servers: [\"{ahead}\"]\n")));
     assert!(
         sup.wait_condition(basalt_supervisor::TIME, Duration::from_secs(30))
             .await
@@ -241,9 +251,9 @@ async fn nothing_to_sync_with_releases_boot_at_once_and_a_silent_server_at_boot_
 
     // Disabled by the config, though a server is there.
     let (store, sup) = node(&[ahead.to_string()]);
-    let (_tx, rx) = watch::channel(config("disabled: true\n"));
+    set_config(&store, config("disabled: true\n"));
     let clock = Arc::new(FakeClock::default());
-    tokio::spawn(run(store.clone(), sup.clone(), rx, clock.clone(), false));
+    tokio::spawn(run(store.clone(), sup.clone(), clock.clone(), false));
     assert!(
         sup.wait_condition(basalt_supervisor::TIME, Duration::from_secs(30))
             .await
@@ -255,11 +265,10 @@ async fn nothing_to_sync_with_releases_boot_at_once_and_a_silent_server_at_boot_
     // A server that never answers: boot waits bootTimeout, then goes on unsynced.
     let silent = server(0.0, true).await;
     let (store, sup) = node(&[silent.to_string()]);
-    let (_tx, rx) = watch::channel(config("bootTimeout: 15s\n"));
+    set_config(&store, config("bootTimeout: 15s\n"));
     tokio::spawn(run(
         store.clone(),
         sup.clone(),
-        rx,
         Arc::new(FakeClock::default()),
         false,
     ));
@@ -279,11 +288,9 @@ async fn nothing_to_sync_with_releases_boot_at_once_and_a_silent_server_at_boot_
 
     // A container node: the host's clock.
     let (store, sup) = node(&[ahead.to_string()]);
-    let (_tx, rx) = watch::channel(None);
     run(
         store.clone(),
         sup.clone(),
-        rx,
         Arc::new(FakeClock::default()),
         true,
     )

@@ -201,13 +201,17 @@ async fn a_tried_config_reverts_unless_confirmed() {
 #[tokio::test(start_paused = true)]
 async fn a_try_from_maintenance_reverts_to_maintenance() {
     let (_d, s) = state();
-    let mut rx = s.subscribe();
     s.apply(CP, ApplyMode::Try(Duration::from_secs(5)), false)
         .unwrap();
-    assert!(rx.borrow_and_update().is_some());
+    // What the controllers reconcile to is the tried config, then none again.
+    let (_, tried) = s
+        .store
+        .get::<ActiveConfig>(ACTIVE_ID)
+        .expect("the tried config");
+    assert_eq!(Some(&tried.config), s.active().as_ref());
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(s.active().is_none());
-    assert!(rx.borrow_and_update().is_none());
+    assert!(s.store.get::<ActiveConfig>(ACTIVE_ID).is_none());
     assert!(s.store.get::<ConfigDocument>("MachineConfig").is_none());
 }
 
