@@ -463,11 +463,11 @@ pub async fn serve_on(
                 match reload(&o.pki) {
                     Ok(a) => {
                         *acceptor.write().unwrap_or_else(|p| p.into_inner()) = a;
-                        tracing::info!("apid: certificate reloaded from {}", o.pki.display());
+                        tracing::info!(dir = %o.pki.display(), "apid: certificate reloaded");
                     }
                     Err(e) => tracing::warn!(
-                        "apid: certificate not reloaded, the old one serves: {}",
-                        basalt_sys::error_chain(&e)
+                        error = %basalt_sys::error_chain(&e),
+                        "apid: certificate not reloaded, the old one serves"
                     ),
                 }
                 continue;
@@ -668,7 +668,7 @@ pub fn run(args: &[String]) -> ! {
     let code = match run() {
         Ok(()) => 0,
         Err((e, code)) => {
-            tracing::error!("apid: {}", basalt_sys::error_chain(&e));
+            tracing::error!(error = %basalt_sys::error_chain(&e), "apid stopped");
             code
         }
     };

@@ -328,7 +328,7 @@ impl Api {
             crate::configurl::node_facts(self.node.store.clone()),
         )
         .map_err(ApiError::Fetch)?;
-        tracing::info!("upgrade: fetching the bundle from {}", first.url);
+        tracing::info!(url = %first.url, "upgrade: fetching the bundle");
         let (size, digest) = fetcher
             .download(path, limit)
             .await
@@ -343,8 +343,10 @@ impl Api {
             )));
         }
         tracing::info!(
-            "upgrade: fetched {size} bytes from {} (sha256 {got})",
-            first.url
+            bytes = size,
+            url = %first.url,
+            sha256 = %got,
+            "upgrade: fetched the bundle"
         );
         Ok(())
     }

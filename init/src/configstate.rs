@@ -315,7 +315,7 @@ impl ConfigState {
         }
         for (id, v) in desired {
             if let Err(e) = self.store.apply(OWNER, &id, ConfigDocument(v)) {
-                tracing::warn!("cannot publish config document {id}: {e}");
+                tracing::warn!(document = %id, error = %e, "cannot publish a config document");
             }
         }
     }

@@ -567,19 +567,19 @@ pub async fn run(node: Node, src: Source) {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(
-                "config from basalt.config: {}; the node stays in maintenance mode",
-                basalt_sys::error_chain(&e)
+                error = %basalt_sys::error_chain(&e),
+                "config from basalt.config: none; the node stays in maintenance mode"
             );
             return;
         }
     };
-    tracing::info!("config: fetching {}", src.url);
+    tracing::info!(url = %src.url, "config: fetching");
     let mut wait = BACKOFF_FIRST;
     for attempt in 1u64.. {
         if node.config.active().is_some() {
             tracing::info!(
-                "config: the node has one; basalt.config={} is not fetched",
-                src.url
+                url = %src.url,
+                "config: the node has one; basalt.config is not fetched"
             );
             return;
         }
@@ -597,9 +597,9 @@ pub async fn run(node: Node, src: Source) {
             }
             Err(e) if e.permanent() => {
                 tracing::error!(
-                    "config from {}: {}; the node stays in maintenance mode",
-                    src.url,
-                    basalt_sys::error_chain(&e)
+                    url = %src.url,
+                    error = %basalt_sys::error_chain(&e),
+                    "config: not taken; the node stays in maintenance mode"
                 );
                 return;
             }

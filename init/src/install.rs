@@ -85,7 +85,7 @@ impl Installer {
             return Ok(Plan::Nothing);
         };
         if let Some(slot) = self.booted_slot {
-            tracing::debug!("booted from slot {slot} of an installed disk: nothing to install");
+            tracing::debug!(%slot, "booted from an installed disk: nothing to install");
             return Ok(Plan::Nothing);
         }
         let path = match (&install.disk, &install.disk_selector) {
@@ -105,7 +105,7 @@ impl Installer {
                     wanted: describe(sel),
                     have: disks_line(),
                 })?;
-                tracing::info!("install: {} matches the disk selector", name);
+                tracing::info!(disk = %name, "install: a disk matches the selector");
                 Path::new("/dev").join(name)
             }
             // Validation refuses a config with neither.

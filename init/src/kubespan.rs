@@ -135,12 +135,12 @@ fn clear(store: &Store) {
         }
     }
     if let Err(e) = publish(store, OWNER, Layer::Config, &LayerSpecs::default()) {
-        tracing::info!("kubespan: the mesh layer not removed: {e}");
+        tracing::info!(error = %e, "kubespan: the mesh layer not removed");
     }
     if let Err(e) = basalt_kubespan::mss::remove() {
         tracing::info!(
-            "kubespan: the MSS clamping table not removed: {}",
-            basalt_sys::error_chain(&e)
+            error = %basalt_sys::error_chain(&e),
+            "kubespan: the MSS clamping table not removed"
         );
     }
 }

@@ -71,29 +71,29 @@ pub fn start(
     container: bool,
 ) {
     if let Err(e) = basalt_networkd::publish_defaults(&store) {
-        tracing::info!("network: the default layer: {e}");
+        tracing::info!(error = %e, "network: the default layer not published");
     }
     if container {
         // The runtime's addresses, read before networkd touches anything, stay whatever the
         // config adds.
         let runtime = sources::from_runtime(&basalt_sys::netif::addresses());
         tracing::info!(
-            "network: the container runtime's addresses: {}",
-            runtime
+            addresses = %runtime
                 .addresses
                 .iter()
                 .map(|a| format!("{} {}", a.link, a.address))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            "network: the container runtime's addresses"
         );
         if let Err(e) = publish(&store, "platform", Layer::Platform, &runtime) {
-            tracing::info!("network: the platform layer: {e}");
+            tracing::info!(error = %e, "network: the platform layer not published");
         }
     }
     let cmdline = match ip.map(IpConfig::parse) {
         None => LayerSpecs::default(),
         Some(Err(e)) => {
-            tracing::info!("network: {e}; ignored");
+            tracing::info!(error = %e, "network: ip= ignored");
             LayerSpecs::default()
         }
         Some(Ok(c)) => {
@@ -104,7 +104,7 @@ pub fn start(
         }
     };
     if let Err(e) = publish(&store, "cmdline", Layer::Cmdline, &cmdline) {
-        tracing::info!("network: the cmdline layer: {e}");
+        tracing::info!(error = %e, "network: the cmdline layer not published");
     }
 
     // The config's layer as it is now, before the readiness check below looks at the layers;
@@ -128,7 +128,7 @@ pub fn start(
             // Dropping the handle leaves the controllers running: they live as long as PID 1.
             drop(rt.start());
         }
-        Err(e) => tracing::warn!("network: controllers not started: {e}"),
+        Err(e) => tracing::warn!(error = %e, "network: controllers not started"),
     }
 
     let s = store.clone();
@@ -136,7 +136,7 @@ pub fn start(
         let store = s.clone();
         async move {
             if let Err(e) = basalt_networkd::apply::run_status(store).await {
-                tracing::info!("network status: {}", basalt_sys::error_chain(&e));
+                tracing::info!(error = %basalt_sys::error_chain(&e), "network status stopped");
             }
         }
     });

@@ -412,7 +412,7 @@ impl Node {
         let node = self.clone();
         let target = disk.clone();
         tokio::spawn(async move {
-            tracing::info!("install: to {}", target.display());
+            tracing::info!(target = %target.display(), "install: started");
             let t = Instant::now();
             let done = tokio::task::spawn_blocking(move || installer.run(&target, &yaml)).await;
             match done {
@@ -420,19 +420,19 @@ impl Node {
                     tracing::info!("install: done in {} s; rebooting", t.elapsed().as_secs());
                     if let Err(e) = node.spawn_sequence("reboot", node.shutdown_steps(End::Reboot))
                     {
-                        tracing::error!("install: cannot reboot: {}", basalt_sys::error_chain(&e));
+                        tracing::error!(error = %basalt_sys::error_chain(&e), "install: cannot reboot");
                     }
                 }
                 Ok(Err(e)) => {
                     INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
                     tracing::error!(
-                        "install: failed: {}; the node stays in maintenance mode",
-                        basalt_sys::error_chain(&e)
+                        error = %basalt_sys::error_chain(&e),
+                        "install: failed; the node stays in maintenance mode"
                     )
                 }
                 Err(e) => {
                     INSTALLING.store(false, std::sync::atomic::Ordering::SeqCst);
-                    tracing::error!("install: panicked: {e}")
+                    tracing::error!(panic = %e, "install: panicked")
                 }
             }
         });

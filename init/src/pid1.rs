@@ -33,12 +33,12 @@ pub fn run() -> ! {
     logging::init(cmdline.platform == Platform::Metal);
     let pid = std::process::id();
     if pid != 1 {
-        tracing::info!("init runs as pid {pid}, not 1: nothing to do");
+        tracing::info!(pid, "init does not run as PID 1: nothing to do");
         std::process::exit(1);
     }
     tracing::info!("PID 1 running");
     std::panic::set_hook(Box::new(|info| {
-        tracing::error!("panic: {info}");
+        tracing::error!(panic = %info, "panicked");
     }));
     reaper::reap_every_child();
     if cmdline.platform == Platform::Metal {
@@ -57,7 +57,7 @@ pub fn run() -> ! {
             // be a kernel panic with nothing on the console but the kernel's own lines.
             Err(msg) => tracing::error!("FATAL: PID 1 panicked: {msg}; rebooting"),
         },
-        Err(e) => tracing::warn!("cannot start the runtime: {e}; rebooting"),
+        Err(e) => tracing::warn!(error = %e, "cannot start the runtime; rebooting"),
     }
     if container {
         std::process::exit(crate::sequence::CONTAINER_REBOOT_STATUS);
@@ -74,7 +74,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         );
     }
     for b in bad {
-        tracing::info!("kernel argument ignored: {b}");
+        tracing::info!(argument = %b, "kernel argument ignored");
     }
     if let Some(slot) = &cmdline.slot {
         tracing::info!(
@@ -88,7 +88,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     let cgroups = match cgroup::setup() {
         Ok(dir) => Some(dir),
         Err(e) => {
-            tracing::info!("services run without cgroups: {e}");
+            tracing::info!(error = %e, "services run without cgroups");
             None
         }
     };
@@ -108,11 +108,14 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
     {
         Ok(Ok(_)) if container => tracing::info!("node modules: none loaded (the host's kernel)"),
         Ok(Ok(n)) => tracing::info!(
-            "node modules loaded ({n} modules in {} ms)",
-            t.elapsed().as_millis()
+            modules = n,
+            ms = t.elapsed().as_millis(),
+            "node modules loaded"
         ),
-        Ok(Err(e)) => tracing::warn!("cannot load node modules: {}", basalt_sys::error_chain(&e)),
-        Err(e) => tracing::warn!("module loading panicked: {e}"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %basalt_sys::error_chain(&e), "cannot load node modules")
+        }
+        Err(e) => tracing::warn!(panic = %e, "module loading panicked"),
     }
 
     // Finding, checking and mounting the state disk is blocking work: off the runtime's
@@ -143,14 +146,14 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
                     tracing::info!("/var: {on} (kept across reboots)");
                 }
                 Some(Err(e)) => {
-                    tracing::warn!("/var stays tmpfs: {}", basalt_sys::error_chain(&e))
+                    tracing::warn!(error = %basalt_sys::error_chain(&e), "/var stays tmpfs")
                 }
                 None => {}
             }
             state_dir
         }
         Err(e) => {
-            tracing::error!("the state disk's setup panicked: {e}; state is not kept");
+            tracing::error!(panic = %e, "the state disk's setup panicked; state is not kept");
             PathBuf::from("/var/lib/basalt")
         }
     };
@@ -201,7 +204,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         let api = api.clone();
         async move {
             if let Err(e) = crate::api::serve(api, Path::new(basalt_api::INIT_SOCKET)).await {
-                tracing::info!("machine API: {e}");
+                tracing::info!(error = %e, "machine API stopped");
             }
         }
     });
@@ -283,7 +286,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
                     ));
                 }
             }
-            Err(e) => tracing::warn!("containerd not started: cannot prepare it: {e}"),
+            Err(e) => tracing::warn!(error = %e, "containerd not started: cannot prepare it"),
         }
     }
 
@@ -375,15 +378,17 @@ async fn import_images(sup: Arc<Supervisor>) {
             Ok(names) if names.is_empty() => return,
             Ok(names) => {
                 tracing::info!(
-                    "images imported into containerd: {} ({} ms)",
-                    names.join(", "),
-                    t.elapsed().as_millis()
+                    images = %names.join(", "),
+                    ms = t.elapsed().as_millis(),
+                    "images imported into containerd"
                 );
                 return;
             }
             Err(e) => tracing::warn!(
-                "cannot import images (attempt {attempt} of 5): {}",
-                basalt_sys::error_chain(&e)
+                attempt,
+                of = 5,
+                error = %basalt_sys::error_chain(&e),
+                "cannot import images"
             ),
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -413,8 +418,9 @@ fn state_dir() -> PathBuf {
         }
         Err(e) => {
             tracing::warn!(
-                "cannot mount state disk {}: {e}; state is not kept across reboots",
-                dev.display()
+                disk = %dev.display(),
+                error = %e,
+                "cannot mount the state disk: state is not kept across reboots"
             );
             fallback
         }
@@ -499,7 +505,10 @@ fn container_state_dir() -> PathBuf {
         tracing::info!("state: the volume on {STATE_MOUNT}");
         PathBuf::from(STATE_MOUNT).join("config")
     } else {
-        tracing::warn!("no volume on {STATE_MOUNT}: state is not kept across restarts");
+        tracing::warn!(
+            mount = STATE_MOUNT,
+            "no state volume: state is not kept across restarts"
+        );
         PathBuf::from("/var/lib/basalt")
     }
 }
@@ -552,7 +561,7 @@ fn report_mounts() {
         )
     })
     .collect();
-    tracing::info!("mounts: {}", shown.join(", "));
+    tracing::info!(mounts = %shown.join(", "), "mounted");
     let root_ro = matches!(
         std::fs::write("/.basalt-probe", b"x"),
         Err(e) if e.raw_os_error() == Some(nix::libc::EROFS)
@@ -584,7 +593,7 @@ async fn serve_signals(node: Node) {
             _ = int.recv() => "SIGINT",
             _ = pwr.recv() => "SIGPWR",
         };
-        tracing::info!("{which} received: shutting down");
+        tracing::info!(signal = which, "shutting down");
         if let Err(e) = node.spawn_sequence("shutdown", node.shutdown_steps(End::PowerOff)) {
             tracing::info!("{}", &e.to_string());
         }

@@ -31,10 +31,10 @@ pub fn start_scrub(reboot_delay: u64) {
                 tracing::error!("FATAL: rootfs.sqsh checksum mismatch: the block at byte {offset} does not match dm-verity root hash {root}{kernel}");
                 basalt_sys::power::fatal_reboot(reboot_delay)
             }
-            Scrub::Failed(e) => tracing::warn!("rootfs scrub stopped: cannot read {}: {e}",
-                dev.display()),
+            Scrub::Failed(e) => tracing::warn!(device = %dev.display(), error = %e,
+                "rootfs scrub stopped: cannot read the device"),
         });
     if let Err(e) = spawned {
-        tracing::warn!("rootfs scrub not started: {e}");
+        tracing::warn!(error = %e, "rootfs scrub not started");
     }
 }

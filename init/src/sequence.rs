@@ -227,7 +227,7 @@ impl Claim {
         };
         publish(&status);
         let n = steps.len();
-        tracing::info!("sequence {name}: {n} steps");
+        tracing::info!(sequence = name, steps = n, "sequence started");
         for (i, step) in steps.into_iter().enumerate() {
             tracing::info!("sequence {name}: step {}/{n}: {}", i + 1, step.name);
             status.steps[i].state = StepState::Running;
@@ -247,7 +247,7 @@ impl Claim {
                     let e = basalt_sys::error_chain(&*e);
                     status.steps[i].state = StepState::Failed;
                     status.steps[i].message = e.clone();
-                    tracing::warn!("sequence {name}: {} failed: {e}", step.name);
+                    tracing::warn!(sequence = name, step = step.name, error = %e, "sequence step failed");
                     if !step.may_fail {
                         status.state = StepState::Failed;
                         publish(&status);

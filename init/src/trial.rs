@@ -54,9 +54,9 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
         return;
     }
     tracing::info!(
-        "upgrade: trial boot of slot {}; it confirms itself when healthy, within {} s",
-        up.booted.map(|s| s.name()).unwrap_or("?"),
-        timeout.as_secs()
+        slot = up.booted.map(|s| s.name()).unwrap_or("?"),
+        within_s = timeout.as_secs(),
+        "upgrade: trial boot; the slot confirms itself when healthy"
     );
     let start = Instant::now();
     let mut good = 0;
@@ -90,10 +90,10 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
                     start.elapsed().as_secs()
                 ),
                 Ok(Err(e)) => tracing::error!(
-                    "upgrade: cannot confirm the trial boot: {}",
-                    basalt_sys::error_chain(&e)
+                    error = %basalt_sys::error_chain(&e),
+                    "upgrade: cannot confirm the trial boot"
                 ),
-                Err(e) => tracing::error!("upgrade: confirming panicked: {e}"),
+                Err(e) => tracing::error!(panic = %e, "upgrade: confirming panicked"),
             }
             return;
         }
@@ -107,6 +107,6 @@ pub async fn watch_boot(node: Node, up: Upgrader, trial: bool) {
     );
     let steps = node.shutdown_steps(End::Reboot);
     if let Err(e) = node.spawn_sequence("reboot", steps) {
-        tracing::error!("upgrade: cannot reboot: {}", basalt_sys::error_chain(&e));
+        tracing::error!(error = %basalt_sys::error_chain(&e), "upgrade: cannot reboot");
     }
 }

@@ -153,7 +153,7 @@ pub async fn cordon_and_drain(
     let cordoned = match cordon_patch(&node, &BOOT) {
         Some(p) => {
             merge_patch(&api, &path, &p).await?;
-            tracing::info!("drain: node {name} cordoned");
+            tracing::info!(node = %name, "drain: node cordoned");
             true
         }
         None => false,
@@ -170,8 +170,9 @@ pub async fn cordon_and_drain(
         Err(e) => {
             if cordoned && let Err(u) = merge_patch(&api, &path, &uncordon_patch()).await {
                 tracing::warn!(
-                    "drain: cannot undo the cordon of {name}: {}",
-                    basalt_sys::error_chain(&u)
+                    node = %name,
+                    error = %basalt_sys::error_chain(&u),
+                    "drain: cannot undo the cordon"
                 );
             }
             Err(e)
@@ -215,7 +216,7 @@ async fn evict_all(api: &Https, name: &str, timeout: Duration) -> Result<usize, 
                 .await?;
             match r.status.as_u16() {
                 200..=299 | 404 => {
-                    tracing::info!("drain: evicting {p}");
+                    tracing::info!(pod = %p, "drain: evicting");
                     evicted.insert(p.clone());
                 }
                 // A PodDisruptionBudget forbids it now: tried again after the others.

@@ -56,20 +56,20 @@ pub fn prepare_cri() -> Option<basalt_containerd::Cri> {
         basalt_sys::fs::atomic_write(Path::new(CNI_TEMPLATE), CNI_TEMPLATE_TEXT.as_bytes(), 0o644)
     });
     if let Err(e) = written {
-        tracing::warn!("cannot write {CNI_TEMPLATE}: {e}");
+        tracing::warn!(path = CNI_TEMPLATE, error = %e, "kubelet: cannot write the CNI config");
     }
     // The pause image the image build put beside the others, by the name its release gives it.
     let pause_dir = Path::new(basalt_containerd::containers::IMAGES_DIR).join("pause");
     let sandbox_image = match basalt_containerd::containers::layout_references(&pause_dir) {
         Ok(refs) if !refs.is_empty() => refs[0].clone(),
         Ok(_) => {
-            tracing::warn!("{} names no image: no pod can start", pause_dir.display());
+            tracing::warn!(layout = %pause_dir.display(), "the pause image's layout names no image: no pod can start");
             String::new()
         }
         Err(e) => {
             tracing::warn!(
-                "no pause image: no pod can start: {}",
-                basalt_sys::error_chain(&e)
+                error = %basalt_sys::error_chain(&e),
+                "no pause image: no pod can start"
             );
             String::new()
         }

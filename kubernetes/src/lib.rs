@@ -281,9 +281,9 @@ impl Kube {
         self.initialize(sup, &me, &etcd::Start::New)
             .map_err(KubeError::EtcdSetup)?;
         tracing::info!(
-            "etcd: bootstrapping a new cluster with {} ({})",
-            me.name,
-            me.peer_url()
+            member = %me.name,
+            peer_url = %me.peer_url(),
+            "etcd: bootstrapping a new cluster"
         );
         Ok(format!(
             "etcd bootstrapped: {} is the first member ({})",
@@ -419,11 +419,14 @@ impl Kube {
                         break;
                     }
                     Err(e) => tracing::warn!(
-                        "etcd: cannot remove this member through {host}: {}",
-                        basalt_sys::error_chain(&e)
+                        %host,
+                        error = %basalt_sys::error_chain(&e),
+                        "etcd: cannot remove this member"
                     ),
                 },
-                Err(e) => tracing::warn!("etcd: {}", basalt_sys::error_chain(&e)),
+                Err(e) => {
+                    tracing::warn!(error = %basalt_sys::error_chain(&e), "etcd not initialized")
+                }
             }
         }
         if !removed {
@@ -712,15 +715,17 @@ async fn join_loop(sup: Arc<Supervisor>, kube: Kube, me: etcd::Me) {
                     }
                     match kube.initialize(&sup, &me, &start) {
                         Ok(()) => {
-                            tracing::info!("etcd: joining the cluster through {host}");
+                            tracing::info!(%host, "etcd: joining the cluster");
                             return;
                         }
-                        Err(e) => tracing::warn!("etcd: {}", basalt_sys::error_chain(&e)),
+                        Err(e) => {
+                            tracing::warn!(error = %basalt_sys::error_chain(&e), "etcd not initialized")
+                        }
                     }
                 }
                 Err(e) if basalt_sys::error_chain(&e) != last_error => {
                     let e = basalt_sys::error_chain(&e);
-                    tracing::warn!("etcd: cannot join through {host} yet: {e}");
+                    tracing::warn!(%host, error = %e, "etcd: cannot join yet");
                     last_error = e;
                 }
                 Err(_) => {}

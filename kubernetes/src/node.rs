@@ -186,7 +186,7 @@ pub async fn reconcile(access: &Access, name: &str, want: &Wanted) -> Result<boo
         .await?
         .json()?;
         if undo == Some(true) {
-            tracing::info!("node {name} is Ready again: uncordoned");
+            tracing::info!(node = %name, "node Ready again: uncordoned");
         }
     }
     if undo == Some(false) {

@@ -220,7 +220,7 @@ pub async fn run(sup: Arc<Supervisor>, config: Arc<Config>, pki_dir: PathBuf, no
     let ca = match std::fs::read_to_string(pki_dir.join("ca.crt")) {
         Ok(c) => c,
         Err(err) => {
-            tracing::warn!("kubelet: cannot read the cluster CA: {err}");
+            tracing::warn!(error = %err, "kubelet: cannot read the cluster CA");
             return;
         }
     };
@@ -228,7 +228,7 @@ pub async fn run(sup: Arc<Supervisor>, config: Arc<Config>, pki_dir: PathBuf, no
     let api = match Https::with_token(&e.host, e.port, &ca, &token) {
         Ok(a) => a.with_timeout(Duration::from_secs(5)),
         Err(err) => {
-            tracing::warn!("kubelet: {}", basalt_sys::error_chain(&err));
+            tracing::warn!(error = %basalt_sys::error_chain(&err), "kubelet: TLS bootstrap not done");
             return;
         }
     };
@@ -259,13 +259,15 @@ pub async fn run(sup: Arc<Supervisor>, config: Arc<Config>, pki_dir: PathBuf, no
     match written {
         Ok(()) => {
             tracing::info!(
-                "kubelet: client certificate for system:node:{node} issued: starting the kubelet"
+                %node,
+                "kubelet: client certificate for system:node issued: starting the kubelet"
             );
             sup.set_condition(CLIENT_READY, true);
         }
         Err(err) => tracing::warn!(
-            "kubelet: cannot write its client certificate in {}: {err}",
-            dir.display()
+            dir = %dir.display(),
+            error = %err,
+            "kubelet: cannot write its client certificate"
         ),
     }
 }

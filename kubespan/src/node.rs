@@ -168,10 +168,10 @@ async fn discover(store: Store, cfg: ClientConfig) {
         match result {
             Err(e) => warn!(
                 error = %basalt_resources::error_chain(&e),
-                "discovery failed; retrying in {} ms",
-                wait.as_millis()
+                retry_in_ms = wait.as_millis(),
+                "discovery failed"
             ),
-            Ok(()) => warn!("discovery ended; again in {} ms", wait.as_millis()),
+            Ok(()) => warn!(retry_in_ms = wait.as_millis(), "discovery ended"),
         }
         tokio::time::sleep(wait).await;
     }

@@ -342,7 +342,7 @@ impl Supervisor {
     /// Stops every service, dependents first.
     pub async fn stop_all(&self) {
         for id in self.stop_order() {
-            tracing::info!("stopping service {id}");
+            tracing::info!(service = %id, "stopping service");
             let _ = self.stop(&id).await;
         }
     }
@@ -498,7 +498,7 @@ impl Reporter {
         }
         // The resource first: whoever wakes on the state change reads a current resource.
         if let Err(e) = self.sup.store.apply(OWNER, &self.id, self.status.clone()) {
-            tracing::warn!("cannot record service {}: {e}", self.id);
+            tracing::warn!(service = %self.id, error = %e, "cannot record a service's status");
         }
         let (s, h) = (self.status.state, self.status.health);
         // Waiters wake only when the (state, health) they wait on changes.

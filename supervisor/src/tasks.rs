@@ -117,8 +117,10 @@ where
             }
             let d = backoff.fail();
             tracing::warn!(
-                "task {name} {why}; restarting in {}",
-                crate::fmt_duration(d)
+                task = name,
+                why = %why,
+                restart_in = %crate::fmt_duration(d),
+                "task stopped; restarting it"
             );
             tokio::time::sleep(d).await;
         }

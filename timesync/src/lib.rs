@@ -259,7 +259,7 @@ pub async fn run(store: Store, sup: Arc<Supervisor>, clock: Arc<dyn Clock>, cont
     };
     let publish = |s: TimeStatus| {
         if let Err(e) = store.apply(OWNER, STATUS_ID, s) {
-            tracing::warn!("cannot write TimeStatus: {e}");
+            tracing::warn!(error = %e, "cannot write TimeStatus");
         }
     };
     if container {
@@ -296,8 +296,8 @@ pub async fn run(store: Store, sup: Arc<Supervisor>, clock: Arc<dyn Clock>, cont
                 tokio::time::sleep(boot_timeout).await;
                 if !release.done.load(Ordering::SeqCst) {
                     tracing::warn!(
-                        "not synced within bootTimeout ({} s); going on with the clock as it is",
-                        boot_timeout.as_secs()
+                        boot_timeout_s = boot_timeout.as_secs(),
+                        "not synced within bootTimeout; going on with the clock as it is"
                     );
                     release.now("bootTimeout passed");
                 }
@@ -417,8 +417,9 @@ pub async fn run(store: Store, sup: Arc<Supervisor>, clock: Arc<dyn Clock>, cont
                     status.state = format!("no answer: {e}");
                     if e != last_error {
                         tracing::warn!(
-                            "no server answered ({e}); next try in {} s",
-                            retry.as_secs()
+                            error = %e,
+                            next_try_s = retry.as_secs(),
+                            "no time server answered"
                         );
                         last_error = e;
                     }
