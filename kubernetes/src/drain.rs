@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::https::Access;
 use crate::https::{Https, HttpsError};
-use crate::node::Access;
 
 /// The annotation on a `Node` that Basalt cordoned: the value is the cordoning boot's token.
 pub const CORDONED: &str = "node.basalt.dev/cordoned-by-boot";

@@ -3,6 +3,7 @@
 //! request (these calls are few: bootstrap, joins, health, a handful of manifests), and
 //! watches: a streamed reply read one JSON event per line ([`Https::watch`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,25 @@ pub enum CallError {
     Build(#[source] http::Error),
     #[error("reading the reply")]
     Body(#[source] hyper::Error),
+}
+
+/// How a client reaches the API: the host and port, the CA, and the client certificate and key
+/// it calls with (for the node's own object: the kubelet's on a worker, which may change its
+/// own node's labels; the admin's on a control plane, which the taint needs too).
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub host: String,
+    pub port: u16,
+    pub ca: PathBuf,
+    pub crt: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Access {
+    /// A client of the API as this access says.
+    pub fn client(&self) -> Result<Https, HttpsError> {
+        Https::from_files(&self.host, self.port, &self.ca, &self.crt, &self.key)
+    }
 }
 
 /// Where and as whom to call.

@@ -161,7 +161,7 @@ struct State {
     /// This node left etcd (`osctl etcd leave`): it does not join again until it reboots.
     left: bool,
     /// How this node reaches its own `Node` object (set once the kubelet is set up).
-    node_access: Option<node::Access>,
+    node_access: Option<https::Access>,
 }
 
 impl Kube {
@@ -191,7 +191,7 @@ impl Kube {
     }
 
     /// How this node reaches its own `Node`, and its name; `NotHere` when it runs no kubelet.
-    fn node_object(&self) -> Result<(node::Access, String), KubeError> {
+    fn node_object(&self) -> Result<(https::Access, String), KubeError> {
         let s = self.state();
         match (&s.node_access, &s.me) {
             (Some(a), Some(me)) => Ok((a.clone(), me.name.clone())),
@@ -673,10 +673,10 @@ fn hostname() -> String {
 /// How the [`node`] reconciler calls the API: as the admin on a control plane (through its
 /// own API server; the taint needs it), as the kubelet on a worker (it may change its own
 /// node's labels, and nothing else).
-fn node_access(cfg: &Config, pki: &Path) -> node::Access {
+fn node_access(cfg: &Config, pki: &Path) -> https::Access {
     let e = &cfg.cluster().control_plane.endpoint;
     if cfg.machine().machine_type == MachineType::ControlPlane {
-        node::Access {
+        https::Access {
             host: "127.0.0.1".into(),
             port: pki::APISERVER_PORT,
             ca: pki.join("ca.crt"),
@@ -684,7 +684,7 @@ fn node_access(cfg: &Config, pki: &Path) -> node::Access {
             key: pki.join("admin.key"),
         }
     } else {
-        node::Access {
+        https::Access {
             host: e.host.clone(),
             port: e.port,
             ca: pki.join("ca.crt"),

@@ -11,13 +11,12 @@
 //! graceful reset) once the node is Ready again; until then a pass is not done, and retried.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use basalt_config::Config;
 use basalt_config::v1alpha1::MachineType;
 use serde_json::{Value, json};
 
-use crate::https::{Https, HttpsError};
+use crate::https::{Access, HttpsError};
 
 /// The annotation listing the label keys Basalt set (comma-separated).
 pub const OWNED_LABELS: &str = "node.basalt.dev/owned-labels";
@@ -126,18 +125,6 @@ pub fn patch(node: &Value, want: &Wanted) -> Option<Value> {
     (!out.is_empty()).then_some(Value::Object(out))
 }
 
-/// How the reconciler reaches the API: the host and port of the cluster endpoint, the CA, and
-/// the client certificate and key it calls with (the kubelet's on a worker, which may change
-/// its own node's labels; the admin's on a control plane, which the taint needs too).
-#[derive(Debug, Clone)]
-pub struct Access {
-    pub host: String,
-    pub port: u16,
-    pub ca: PathBuf,
-    pub crt: PathBuf,
-    pub key: PathBuf,
-}
-
 /// Why a pass is not done yet.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -155,13 +142,6 @@ pub enum NodeError {
 pub fn uncordon(node: &Value, boot: &str) -> Option<bool> {
     let by = crate::drain::cordoned_by(node)?;
     (by != boot).then(|| crate::drain::ready(node))
-}
-
-impl Access {
-    /// A client of the API as this access says.
-    pub fn client(&self) -> Result<Https, HttpsError> {
-        Https::from_files(&self.host, self.port, &self.ca, &self.crt, &self.key)
-    }
 }
 
 /// One pass: reads the node, patches it if it differs.

@@ -168,6 +168,24 @@ fn cluster_lifecycle(provisioner: &str, net: &str) {
             ))
         }
     });
+    // What apid serves is a resource: the certificate names both addresses now.
+    let cert = ok(
+        clusters,
+        &[
+            "--osconfig",
+            oc,
+            "-n",
+            &addr(4),
+            "get",
+            "nodecertificate",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(
+        cert.contains("maintenance: false") && cert.contains(&format!("{net}.104")),
+        "{cert}"
+    );
     // The other nodes are untouched.
     let a = ok(
         clusters,
