@@ -552,10 +552,7 @@ pub fn node_facts(store: basalt_resources::Store) -> Box<dyn Fn(SocketAddr) -> V
             mac,
             uuid: dmi("product_uuid").map(|u| u.to_lowercase()),
             serial: dmi("product_serial"),
-            hostname: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .filter(|h| !h.is_empty()),
+            hostname: basalt_networkd::spec::hostname(&store),
         }
     })
 }

@@ -80,8 +80,8 @@ impl KubeSpan {
         let task = tasks::supervise("kubespan", move || {
             let (store, key_path, cfg) = (store.clone(), key_path.clone(), cfg.clone());
             async move {
-                let result = match options(&cfg, &key_path) {
-                    Ok(Some(opts)) => basalt_kubespan::node::run(store, opts)
+                let result = match options(&cfg, &key_path, &store) {
+                    Ok(Some(opts)) => basalt_kubespan::node::run(store.clone(), opts)
                         .await
                         .map_err(|e| basalt_sys::error_chain(&e)),
                     Ok(None) => return,
@@ -162,6 +162,7 @@ fn relevant(c: &Config) -> Relevant {
 fn options(
     c: &Config,
     key_path: &std::path::Path,
+    store: &Store,
 ) -> Result<Option<NodeOptions>, basalt_kubespan::identity::IdentityError> {
     let Some(ks) = c.kubespan().filter(|k| k.enabled) else {
         return Ok(None);
@@ -178,9 +179,7 @@ fn options(
         cluster_id: c.cluster().id.clone(),
         cluster_secret: c.secrets().cluster_secret.clone(),
         keys,
-        hostname: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        hostname: basalt_networkd::spec::hostname(store).unwrap_or_default(),
         discovery_ca: discovery
             .as_deref()
             .filter(|e| e.starts_with("https://"))

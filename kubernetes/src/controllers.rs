@@ -143,7 +143,7 @@ impl Setup {
             .await
             .ok_or(PassError::NoNodeAddress)?;
         let me = etcd::Me {
-            name: crate::hostname(),
+            name: crate::hostname(&store),
             ip,
         };
         let info = pki::NodeInfo {

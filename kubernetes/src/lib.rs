@@ -663,11 +663,8 @@ pub fn node_ip(
         .map(|(_, ip)| *ip)
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "basalt".into())
+fn hostname(store: &basalt_resources::Store) -> String {
+    basalt_networkd::spec::hostname(store).unwrap_or_else(|| "basalt".into())
 }
 
 /// How the [`node`] reconciler calls the API: as the admin on a control plane (through its

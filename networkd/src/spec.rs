@@ -398,6 +398,20 @@ impl Spec for HostnameStatus {
     const NAMESPACE: &'static str = "network";
 }
 
+/// The node's host name: networkd's `HostnameStatus`, else the kernel's (a container's runtime
+/// names a container node, and networkd leaves it alone).
+pub fn hostname(store: &basalt_resources::Store) -> Option<String> {
+    store
+        .get::<HostnameStatus>("hostname")
+        .map(|(_, h)| h.hostname)
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+        .filter(|h| !h.is_empty())
+}
+
 /// The resolvers written to resolv.conf (id `resolvers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
