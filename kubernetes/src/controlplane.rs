@@ -15,7 +15,7 @@ use basalt_config::Config;
 
 use super::https::Https;
 use super::pki;
-use crate::layout::process;
+use crate::layout::control_plane_process;
 use basalt_supervisor::{Dependency, Health, ServiceDef};
 
 const CONTROLLER_MANAGER_PORT: u16 = 10257;
@@ -189,7 +189,7 @@ fn health(
 pub fn services(s: &Settings) -> Vec<ServiceDef> {
     let mut api = ServiceDef::new(
         "kube-apiserver",
-        process("/usr/bin/kube-apiserver", apiserver_args(s)),
+        control_plane_process("/usr/bin/kube-apiserver", apiserver_args(s)),
     );
     api.depends = vec![Dependency::Service("etcd".into())];
     let pki_dir = s.pki.clone();
@@ -212,7 +212,7 @@ pub fn services(s: &Settings) -> Vec<ServiceDef> {
 
     let mut cm = ServiceDef::new(
         "kube-controller-manager",
-        process(
+        control_plane_process(
             "/usr/bin/kube-controller-manager",
             controller_manager_args(s),
         ),
@@ -226,7 +226,7 @@ pub fn services(s: &Settings) -> Vec<ServiceDef> {
 
     let mut sched = ServiceDef::new(
         "kube-scheduler",
-        process("/usr/bin/kube-scheduler", scheduler_args(s)),
+        control_plane_process("/usr/bin/kube-scheduler", scheduler_args(s)),
     );
     sched.depends = vec![Dependency::Service("kube-apiserver".into())];
     sched.health = Some(health(
@@ -304,5 +304,12 @@ mod tests {
         );
         assert!(matches!(&s[0].depends[..], [Dependency::Service(e)] if e == "etcd"));
         assert!(matches!(&s[2].depends[..], [Dependency::Service(a)] if a == "kube-apiserver"));
+        // The control plane comes first when the CPU is short; the kubelet does not.
+        let etcd = crate::etcd::service(PathBuf::from("/pki"));
+        for def in s.iter().chain([&etcd]) {
+            assert_eq!(def.process.cpu_weight, Some(400), "{}", def.id);
+        }
+        let kubelet = crate::kubelet::service(Vec::new());
+        assert_eq!(kubelet.process.cpu_weight, None);
     }
 }

@@ -119,7 +119,10 @@ peer-transport-security:
 pub fn service(pki: PathBuf) -> ServiceDef {
     let mut def = ServiceDef::new(
         "etcd",
-        crate::layout::process("/usr/bin/etcd", vec!["--config-file".into(), CONFIG.into()]),
+        crate::layout::control_plane_process(
+            "/usr/bin/etcd",
+            vec!["--config-file".into(), CONFIG.into()],
+        ),
     );
     def.depends = vec![
         Dependency::Condition(supervisor::NETWORK),

@@ -52,6 +52,10 @@ pub struct ProcessSpec {
     pub rlimits: Vec<(Resource, u64, u64)>,
     /// The cgroup (v2) directory to run in, made if missing; `None` runs in init's cgroup.
     pub cgroup: Option<PathBuf>,
+    /// The cgroup's `cpu.weight` (1–10000; the kernel's default is 100): its share of the CPU
+    /// when the CPU is contended. Left as the kernel has it where the group has no `cpu`
+    /// controller.
+    pub cpu_weight: Option<u32>,
 }
 
 /// A started process.
@@ -87,6 +91,16 @@ pub fn start(spec: &ProcessSpec, log: Arc<LogRing>) -> Result<Running, ProcessEr
                 path: dir.clone(),
                 source,
             })?;
+            if let Some(w) = spec.cpu_weight
+                && dir.join("cpu.weight").exists()
+            {
+                std::fs::write(dir.join("cpu.weight"), w.to_string()).map_err(|source| {
+                    ProcessError::Cgroup {
+                        path: dir.join("cpu.weight"),
+                        source,
+                    }
+                })?;
+            }
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(dir.join("cgroup.procs"))

@@ -370,6 +370,37 @@ fn confinement_in_a_cgroup_with_a_reduced_capability_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gets_its_cpu_weight_where_the_group_has_the_cpu_controller() {
+    // A directory standing in for the cgroup hierarchy (the host's cgroup v2 has no `cpu`
+    // controller here; the nodes' has): the weight is written where the group has the file,
+    // and nothing is made where it has not.
+    let root = tempfile::tempdir().unwrap();
+    let weighted = root.path().join("weighted");
+    for id in ["weighted", "plain"] {
+        std::fs::create_dir(root.path().join(id)).unwrap();
+        std::fs::write(root.path().join(id).join("cgroup.procs"), "").unwrap();
+    }
+    std::fs::write(weighted.join("cpu.weight"), "100\n").unwrap();
+    let sup = Supervisor::new(
+        Store::default(),
+        Logs::new(None, 100, 0),
+        Some(root.path().to_path_buf()),
+    );
+    for id in ["weighted", "plain"] {
+        let mut p = sh("exec sleep 30");
+        p.cpu_weight = Some(400);
+        sup.add(quick(ServiceDef::new(id, p))).await;
+        assert!(sup.wait_for(id, T, |s, _| s == State::Running).await);
+    }
+    assert_eq!(
+        std::fs::read_to_string(weighted.join("cpu.weight")).unwrap(),
+        "400"
+    );
+    assert!(!root.path().join("plain/cpu.weight").exists());
+    sup.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_waiting_together_stay_quiet() {
     // Two services waiting on the same condition, and a health-checked one whose checks keep
     // failing: nothing they report changes, so nothing is published — waiting services once
