@@ -12,6 +12,8 @@ use basalt_image::{Artifacts, BuildOptions, Target};
 use basalt_testkit::{Tier, tier};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// The rootfs scrub waits 5 minutes after boot by default; these boots check it at once.
+const SCRUB_AT_ONCE: &str = "basalt.scrub_delay=0";
 
 /// One build for every test in this file.
 fn artifacts() -> &'static Artifacts {
@@ -21,7 +23,7 @@ fn artifacts() -> &'static Artifacts {
         let opts = BuildOptions {
             out,
             init: None,
-            extra_cmdline: vec!["basalt.reboot_delay=1".into()],
+            extra_cmdline: vec!["basalt.reboot_delay=1".into(), SCRUB_AT_ONCE.into()],
             verbose: false,
             with_containerd: true,
             kubernetes: false,
@@ -149,7 +151,7 @@ fn an_installed_disk_boots_with_seabios_and_ovmf() {
         verity: basalt_image::verity::read(&rootfs).unwrap().to_file(),
         rootfs,
         cmdline: format!(
-            "{} basalt.reboot_delay=1",
+            "{} basalt.reboot_delay=1 {SCRUB_AT_ONCE}",
             basalt_image::build::BASE_CMDLINE
         ),
         version: "test-1".into(),
@@ -241,7 +243,7 @@ fn boot_with_corrupted_block(a: &Artifacts, block: u64, name: &str) -> String {
             vmlinuz: a.vmlinuz.clone().unwrap(),
             initramfs: bad,
             cmdline: format!(
-                "{} basalt.reboot_delay=1",
+                "{} basalt.reboot_delay=1 {SCRUB_AT_ONCE}",
                 basalt_image::build::BASE_CMDLINE
             ),
         },
@@ -326,7 +328,7 @@ fn builds_are_reproducible_and_the_rootfs_has_no_shell() {
     let opts = BuildOptions {
         out,
         init: a.init.clone(),
-        extra_cmdline: vec!["basalt.reboot_delay=1".into()],
+        extra_cmdline: vec!["basalt.reboot_delay=1".into(), SCRUB_AT_ONCE.into()],
         verbose: false,
         with_containerd: true,
         kubernetes: false,

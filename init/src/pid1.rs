@@ -42,7 +42,7 @@ pub fn run() -> ! {
     }));
     reaper::reap_every_child();
     if cmdline.platform == Platform::Metal {
-        crate::scrub::start_scrub(cmdline.reboot_delay);
+        crate::scrub::start_scrub(cmdline.scrub_after(), cmdline.reboot_delay);
     }
     let container = cmdline.platform == Platform::Container;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -26,6 +26,9 @@ pub struct Cmdline {
     pub debug: bool,
     /// Seconds to wait before rebooting after a fatal error (`basalt.reboot_delay`).
     pub reboot_delay: u64,
+    /// Seconds after PID 1 starts that it reads the whole rootfs through dm-verity
+    /// (`basalt.scrub_delay`; a trial boot scrubs at once).
+    pub scrub_delay: u64,
     /// `basalt.test=poweroff`: power off once PID 1 has reported (benchmarks, tests).
     pub poweroff_when_up: bool,
     /// `basalt.slot=A|B`: booted from this slot of an installed disk (GRUB sets it).
@@ -33,6 +36,19 @@ pub struct Cmdline {
     /// `basalt.trial=1`: this boot is a slot's one try after an upgrade; it must confirm
     /// itself when healthy or the next boot is the old slot.
     pub trial: bool,
+}
+
+/// How long after PID 1 starts the rootfs scrub waits by default: past a node's boot, whose
+/// reads it would slow (the kernel hashes what the scrub reads at normal priority, whatever
+/// the scrub's own).
+pub const DEFAULT_SCRUB_DELAY: u64 = 300;
+
+impl Cmdline {
+    /// How long after PID 1 starts the rootfs scrub begins: at once on a trial boot (a slot
+    /// must not be confirmed healthy with a corrupted root), else `basalt.scrub_delay`.
+    pub fn scrub_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.trial { 0 } else { self.scrub_delay })
+    }
 }
 
 /// A kernel argument Basalt cannot use.
@@ -108,6 +124,7 @@ impl Cmdline {
             platform: Platform::Metal,
             debug: false,
             reboot_delay: 10,
+            scrub_delay: DEFAULT_SCRUB_DELAY,
             poweroff_when_up: false,
             slot: None,
             trial: false,
@@ -141,6 +158,10 @@ impl Cmdline {
                 ("basalt.debug", _) => fail("expected no value, 1 or true"),
                 ("basalt.reboot_delay", Some(v)) => match v.parse() {
                     Ok(n) => c.reboot_delay = n,
+                    Err(_) => fail("expected a number of seconds"),
+                },
+                ("basalt.scrub_delay", Some(v)) => match v.parse() {
+                    Ok(n) => c.scrub_delay = n,
                     Err(_) => fail("expected a number of seconds"),
                 },
                 ("basalt.test", Some("poweroff")) => c.poweroff_when_up = true,
@@ -270,6 +291,29 @@ mod tests {
         assert_eq!(
             bad[0].to_string(),
             "kernel argument \"BASALT_PLATFORM=vm\": expected container (or no such variable)"
+        );
+    }
+
+    #[test]
+    fn the_rootfs_scrub_waits_past_boot_unless_told_or_on_trial() {
+        let secs = |text: &str| {
+            let (c, bad) = Cmdline::parse(text);
+            assert!(bad.is_empty(), "{bad:?}");
+            c.scrub_after().as_secs()
+        };
+        assert_eq!(secs("quiet"), DEFAULT_SCRUB_DELAY);
+        assert_eq!(secs("basalt.scrub_delay=0"), 0);
+        assert_eq!(secs("basalt.scrub_delay=42"), 42);
+        // A trial boot is confirmed only when healthy: its root is checked whole at once.
+        assert_eq!(
+            secs("basalt.slot=B basalt.trial=1 basalt.scrub_delay=42"),
+            0
+        );
+        let (c, bad) = Cmdline::parse("basalt.scrub_delay=later");
+        assert_eq!(c.scrub_delay, DEFAULT_SCRUB_DELAY);
+        assert_eq!(
+            bad[0].to_string(),
+            "kernel argument \"basalt.scrub_delay=later\": expected a number of seconds"
         );
     }
 
