@@ -4,10 +4,10 @@
 //! minutes unless the kernel arguments say otherwise; at once on a trial boot, which must not
 //! be confirmed healthy with a corrupted root). Not at once on every boot: the kernel hashes
 //! what the scrub reads on its own workers at normal priority, so a scrub during boot took a
-//! share of the CPU the boot needed (three QEMU nodes booting on two host cores: 9–11 s of a
-//! CPU each, and PID 1's module loading took 11–12 s beside it, 5 s without).
+//! share of the CPU the boot needed (three QEMU nodes booting on two host cores: 9–10 s of a
+//! CPU each, and PID 1's module loading took 11.6–13.7 s beside it, 4.6–5.3 s without).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use basalt_sys::verity::{MAPPED, Scrub, scrub};
 
@@ -37,7 +37,7 @@ pub fn start_scrub(delay: std::time::Duration, reboot_delay: u64) {
     }
 }
 
-fn scrub_now(dev: &std::path::Path, bytes: u64, root: &str, reboot_delay: u64) {
+fn scrub_now(dev: &Path, bytes: u64, root: &str, reboot_delay: u64) {
     match scrub(dev, bytes) {
         Scrub::Clean { bytes, took } => tracing::info!(
             "rootfs scrubbed: all {} KiB match root hash {} ({} ms)",

@@ -38,9 +38,8 @@ pub struct Cmdline {
     pub trial: bool,
 }
 
-/// How long after PID 1 starts the rootfs scrub waits by default: past a node's boot, whose
-/// reads it would slow (the kernel hashes what the scrub reads at normal priority, whatever
-/// the scrub's own).
+/// How long after PID 1 starts the rootfs scrub waits by default: past a node's boot (why:
+/// init's `scrub` module).
 pub const DEFAULT_SCRUB_DELAY: u64 = 300;
 
 impl Cmdline {
