@@ -32,17 +32,36 @@ pub const INIT_SOCKET: &str = "/system/run/init/machine.sock";
 /// The TCP port apid listens on.
 pub const APID_PORT: u16 = 50000;
 
+/// HTTP/2 flow control on every hop of the machine API (osctl → apid → apid → init), both
+/// ends: how much a stream, and a connection, may have in flight before the receiver says it
+/// took it. h2's and hyper's defaults (64 KiB, or 1 MiB a connection on a server) hold a bulk
+/// upload — an image import's 1 MiB messages, three nodes' streams sharing one connection to
+/// the endpoint — to one message at a time per hop, each waiting for a window update. A
+/// forwarding apid holds at most a connection's window of what it has not sent on yet.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 8 << 20;
+/// The largest HTTP/2 frame a receiver takes: a 1 MiB message goes in 4 frames, not 64.
+pub const MAX_FRAME: u32 = 256 << 10;
+
+/// A client endpoint with the machine API's flow control ([`STREAM_WINDOW`]).
+pub fn endpoint(e: tonic::transport::Endpoint) -> tonic::transport::Endpoint {
+    e.initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+}
+
 /// A gRPC channel to a unix socket (the URI is a placeholder: every connection dials `path`).
 pub fn unix_channel(path: impl Into<std::path::PathBuf>) -> tonic::transport::Channel {
     let path: std::path::PathBuf = path.into();
-    tonic::transport::Endpoint::from_static("http://unix.invalid").connect_with_connector_lazy(
-        tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }),
-    )
+    endpoint(tonic::transport::Endpoint::from_static(
+        "http://unix.invalid",
+    ))
+    .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+        let path = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        }
+    }))
 }

@@ -250,14 +250,16 @@ pub fn channel_in(
     } else {
         format!("http://{host}:{port}")
     };
-    let ep = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|_| TlsError::ServerName(endpoint.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(10))
-        // A connection whose peer went away without a word (a node restarted, its address
-        // moved) is noticed within 20 s rather than hanging a call forever.
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .keep_alive_while_idle(true);
+    let ep = crate::endpoint(
+        tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|_| TlsError::ServerName(endpoint.to_string()))?,
+    )
+    .connect_timeout(std::time::Duration::from_secs(10))
+    // A connection whose peer went away without a word (a node restarted, its address
+    // moved) is noticed within 20 s rather than hanging a call forever.
+    .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+    .keep_alive_timeout(std::time::Duration::from_secs(10))
+    .keep_alive_while_idle(true);
     let connector = tokio_rustls::TlsConnector::from(cfg);
     Ok(
         ep.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {

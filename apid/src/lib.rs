@@ -518,7 +518,12 @@ pub async fn serve_on(
                 let (shared, caller) = (shared.clone(), caller.clone());
                 async move { Ok::<_, Infallible>(handle(&shared, &caller, peer, local, req).await) }
             });
-            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let mut conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            conn.http2()
+                .initial_stream_window_size(basalt_api::STREAM_WINDOW)
+                .initial_connection_window_size(basalt_api::CONNECTION_WINDOW)
+                .max_frame_size(basalt_api::MAX_FRAME);
+            let conn = conn
                 .http2_only()
                 .serve_connection(TokioIo::new(tls), svc)
                 .into_owned();

@@ -1286,6 +1286,9 @@ pub async fn serve(api: Api, socket: &Path) -> std::io::Result<()> {
     }
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
+        .initial_stream_window_size(basalt_api::STREAM_WINDOW)
+        .initial_connection_window_size(basalt_api::CONNECTION_WINDOW)
+        .max_frame_size(basalt_api::MAX_FRAME)
         .add_service(api.into_server())
         .serve_with_incoming(incoming)
         .await
