@@ -41,7 +41,8 @@ pub const APID_PORT: u16 = 50000;
 pub const STREAM_WINDOW: u32 = 4 << 20;
 /// See [`STREAM_WINDOW`].
 pub const CONNECTION_WINDOW: u32 = 8 << 20;
-/// The largest HTTP/2 frame a receiver takes: a 1 MiB message goes in 4 frames, not 64.
+/// The largest HTTP/2 frame the servers (apid, init) take: a 1 MiB upload message goes in 4
+/// frames, not 64.
 pub const MAX_FRAME: u32 = 256 << 10;
 
 /// A client endpoint with the machine API's flow control ([`STREAM_WINDOW`]).
