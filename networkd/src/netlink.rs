@@ -171,6 +171,18 @@ pub fn address(m: &AddressMessage) -> Option<ObservedAddress> {
     })
 }
 
+/// The scope an address is added with, as `ip address add` gives it: host for IPv4 loopback
+/// addresses, universe otherwise (the kernel derives IPv6 scopes from the address itself).
+/// A `127.0.0.1` of universe scope is a source the kernel may pick for a route through a link
+/// with no IPv4 address of its own (KubeSpan's), and it refuses to send from a loopback address
+/// off loopback: every connection along that route failed with `EINVAL`.
+fn address_scope(addr: IpAddr) -> AddressScope {
+    match addr {
+        IpAddr::V4(a) if a.is_loopback() => AddressScope::Host,
+        _ => AddressScope::Universe,
+    }
+}
+
 pub fn scope_name(m: &AddressMessage) -> String {
     match m.header.scope {
         AddressScope::Universe => "global".into(),
@@ -556,12 +568,9 @@ impl Executor {
             }
             Op::AddressAdd { link, address } => {
                 let i = self.index(link, op).await?;
-                match h
-                    .address()
-                    .add(i, address.addr(), address.prefix_len())
-                    .execute()
-                    .await
-                {
+                let mut req = h.address().add(i, address.addr(), address.prefix_len());
+                req.message_mut().header.scope = address_scope(address.addr());
+                match req.execute().await {
                     // The kernel put it there between the status read and this (loopback's
                     // addresses come with `lo` up): what was wanted is what there is.
                     Err(rtnetlink::Error::NetlinkError(m))

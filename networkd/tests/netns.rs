@@ -342,6 +342,41 @@ routes:
     });
 }
 
+/// Loopback's address, put back by networkd, keeps host scope: with a universe-scope
+/// `127.0.0.1` the kernel picked it as the source for a route through a link with no IPv4
+/// address (KubeSpan's `dev kubespan scope link` routes) and refused the route — every
+/// connection to a peer failed with `EINVAL` (seen in CI on a Docker node).
+#[tokio::test]
+async fn loopback_keeps_host_scope_and_routes_through_an_unaddressed_link_work() {
+    in_netns(
+        "loopback_keeps_host_scope_and_routes_through_an_unaddressed_link_work",
+        |store, _| async move {
+            until("lo's address", LONG, || {
+                has_address(&store, "lo", "127.0.0.1/8")
+            })
+            .await;
+            ip("link add d0 type veth peer name d1");
+            ip("link add m0 type veth peer name m1");
+            for l in ["d0", "d1", "m0", "m1"] {
+                ip(&format!("link set {l} up"));
+            }
+            ip("addr add 10.3.0.2/24 dev d0");
+            ip("route add 10.9.9.9/32 dev m0 scope link");
+            ip("addr del 127.0.0.1/8 dev lo");
+            until("lo's address back", LONG, || {
+                ip("-4 -o addr show dev lo").contains("127.0.0.1/8")
+            })
+            .await;
+            let lo = ip("-4 -o addr show dev lo");
+            assert!(lo.contains("scope host"), "{lo}");
+            // The kernel's own answer for a connection along that route: `ip` fails the test
+            // with the kernel's error if there is none.
+            let route = ip("route get 10.9.9.9");
+            assert!(route.contains("dev m0 src 10.3.0.2"), "{route}");
+        },
+    );
+}
+
 /// A DHCP server: dnsmasq in a named namespace of its own, on the far end of a veth pair.
 /// Dropping it stops dnsmasq and removes the namespace.
 struct Dnsmasq {
