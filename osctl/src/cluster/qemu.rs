@@ -397,9 +397,68 @@ fn start_detached(
             std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
         );
     }
-    let pid =
-        std::fs::read_to_string(&pidfile).with_context(|| format!("no {}", pidfile.display()))?;
-    pid.trim()
+    let pid = std::fs::read_to_string(&pidfile)
+        .with_context(|| format!("no {}", pidfile.display()))?
+        .trim()
         .parse()
-        .with_context(|| format!("{}: not a pid", pidfile.display()))
+        .with_context(|| format!("{}: not a pid", pidfile.display()))?;
+    if nice > 0 {
+        set_session_nice(pid, nice)?;
+    }
+    Ok(pid)
+}
+
+/// `-daemonize` makes QEMU a session leader, and where the kernel groups sessions for
+/// scheduling (`CONFIG_SCHED_AUTOGROUP`, on in Debian's and most distributions' kernels) a
+/// process's nice only ranks it within its own session: the CPU is shared between sessions by
+/// each session's nice, 0 unless set. So the session's is set too (`nice` in the command line
+/// is what counts where autogroups are off).
+fn set_session_nice(pid: i32, nice: u8) -> anyhow::Result<()> {
+    let path = format!("/proc/{pid}/autogroup");
+    match std::fs::write(&path, nice.to_string()) {
+        Ok(()) => Ok(()),
+        // A kernel without autogroups.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("set {path} to {nice}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's QEMU is a session of its own: its nice must reach the session's scheduling
+    /// group, or the workers take as much of the host as the control plane.
+    #[test]
+    fn a_session_leader_gets_the_nice_of_its_session() {
+        let mut child = Command::new("setsid")
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // As QEMU's pid file is written only once it daemonized: the session must exist.
+        let own = std::fs::read_to_string("/proc/self/autogroup").ok();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while own.is_some()
+            && std::fs::read_to_string(format!("/proc/{pid}/autogroup")).ok() == own
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let r = set_session_nice(pid, 10);
+        let group = std::fs::read_to_string(format!("/proc/{pid}/autogroup"));
+        let _ = child.kill();
+        let _ = child.wait();
+        r.unwrap();
+        match group {
+            // "/autogroup-N nice 10": its own group (not the test's), at nice 10.
+            Ok(g) => {
+                let own = own.unwrap();
+                assert_ne!(g.split_whitespace().next(), own.split_whitespace().next());
+                assert!(g.trim_end().ends_with("nice 10"), "{g}");
+            }
+            // A kernel without autogroups: only the process's nice counts, nothing to set.
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+        }
+    }
 }
