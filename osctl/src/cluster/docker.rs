@@ -82,6 +82,12 @@ impl Nodes for Docker {
         running(&n.name)
     }
 
+    fn control_planes_first(&self, _st: &super::State, _on: bool) -> anyhow::Result<()> {
+        // Containers run on the host's CPUs at native speed: a control plane's start is not
+        // held up by its workers enough to matter.
+        Ok(())
+    }
+
     fn console_tail(&self, n: &NodeState, lines: usize) -> (String, String) {
         (format!("docker logs {}", n.name), logs_tail(&n.name, lines))
     }

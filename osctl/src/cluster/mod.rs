@@ -48,6 +48,10 @@ trait Nodes {
     fn running(&self, n: &NodeState) -> bool;
     /// Where the node's console is, and its last `lines` lines.
     fn console_tail(&self, n: &NodeState, lines: usize) -> (String, String);
+    /// While `on`, the workers yield the host's CPU to the control planes: create turns it on
+    /// while the control planes start their services (nothing a worker does then is waited
+    /// for) and off once they are healthy.
+    fn control_planes_first(&self, st: &State, on: bool) -> anyhow::Result<()>;
 }
 
 /// What a provisioner starts a cluster's nodes with.
@@ -879,24 +883,22 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
         })?;
     }
     step("waiting until every node answers with its config and its services are healthy");
-    for n in &st.nodes {
-        wait(st, n, "a healthy configured node", healthy_within, || {
-            let list = node_client(st, n, Some(&oc_file))?.call(|mut c, node| async move {
-                c.service_list(request(node.as_deref(), pb::ServiceListRequest {}))
-                    .await
-            })?;
-            let not: Vec<String> = list
-                .services
-                .iter()
-                .filter(|s| s.state != "running")
-                .map(|s| format!("{} {}", s.id, s.state))
-                .collect();
-            if list.services.is_empty() || !not.is_empty() {
-                bail!("not every service running: {}", not.join(", "));
-            }
-            Ok(())
-        })?;
+    let provisioner = nodes_of(st.provisioner);
+    if a.kubernetes
+        && let Err(e) = provisioner.control_planes_first(st, true)
+    {
+        print_line(&format!("    (the workers keep their priority: {e:#})"));
     }
+    let (control_planes, workers): (Vec<&NodeState>, Vec<&NodeState>) =
+        st.nodes.iter().partition(|n| n.role == "controlplane");
+    let services = services_healthy(st, control_planes, &oc_file, healthy_within);
+    if a.kubernetes
+        && let Err(e) = provisioner.control_planes_first(st, false)
+    {
+        print_line(&format!("    (the workers keep the lower priority: {e:#})"));
+    }
+    services?;
+    services_healthy(st, workers, &oc_file, healthy_within)?;
     if a.kubernetes
         && let Some(first) = st.nodes.iter().find(|n| n.role == "controlplane")
     {
@@ -938,6 +940,34 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
         "\nTalk to it:  osctl --osconfig {oc} -n {} version\n(or: osctl config merge {oc})\nRemove it:   osctl cluster destroy --name {}",
         st.nodes[0].address, a.name
     ));
+    Ok(())
+}
+
+/// Every node answers with its config and runs every service it has.
+fn services_healthy<'a>(
+    st: &State,
+    nodes: impl IntoIterator<Item = &'a NodeState>,
+    oc_file: &Path,
+    within: Duration,
+) -> anyhow::Result<()> {
+    for n in nodes {
+        wait(st, n, "a healthy configured node", within, || {
+            let list = node_client(st, n, Some(oc_file))?.call(|mut c, node| async move {
+                c.service_list(request(node.as_deref(), pb::ServiceListRequest {}))
+                    .await
+            })?;
+            let not: Vec<String> = list
+                .services
+                .iter()
+                .filter(|s| s.state != "running")
+                .map(|s| format!("{} {}", s.id, s.state))
+                .collect();
+            if list.services.is_empty() || !not.is_empty() {
+                bail!("not every service running: {}", not.join(", "));
+            }
+            Ok(())
+        })?;
+    }
     Ok(())
 }
 
