@@ -13,6 +13,7 @@ mod qemu;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::request;
@@ -812,20 +813,24 @@ fn publish(a: &CreateArgs, dir: &Path, st: &mut State) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every node in maintenance mode, then its config applied through the API.
-fn apply_configs(dir: &Path, st: &State) -> anyhow::Result<()> {
-    step("waiting for every node's API (maintenance mode)");
-    for n in &st.nodes {
-        wait(
+/// Each of `nodes` in maintenance mode, then its config applied through the API; returns how
+/// long each took to answer in maintenance mode. Stops early, with an error, once `abort` is set.
+fn apply_configs(
+    dir: &Path,
+    st: &State,
+    nodes: &[&NodeState],
+    abort: &AtomicBool,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut answered = Vec::new();
+    for n in nodes {
+        answered.push(wait_quiet(
             st,
             n,
             "the maintenance API",
             Duration::from_secs(300),
+            abort,
             || node_client(st, n, None)?.version().map(drop),
-        )?;
-    }
-    step("applying the configs");
-    for n in &st.nodes {
+        )?);
         let file = dir.join(format!("{}.yaml", n.role));
         let data =
             std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -846,14 +851,29 @@ fn apply_configs(dir: &Path, st: &State) -> anyhow::Result<()> {
             })
             .with_context(|| format!("{}: apply-config", n.name))?;
     }
-    Ok(())
+    Ok(answered)
 }
 
 /// Every node configured (by osctl, or from the config server), then answering with it and
 /// healthy.
 fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyhow::Result<()> {
-    if st.config_server.is_none() {
-        apply_configs(dir, st)?;
+    let (control_planes, workers): (Vec<&NodeState>, Vec<&NodeState>) =
+        st.nodes.iter().partition(|n| n.role == "controlplane");
+    let configure = st.config_server.is_none();
+    let never = AtomicBool::new(false);
+    if configure {
+        // The control planes first, and on their way as soon as they answer: the workers boot
+        // meanwhile, and are configured while the control planes start their services (under
+        // TCG a worker answers in maintenance mode 20 s and more after the first control
+        // plane, which would otherwise wait for it idle).
+        step("waiting for the control planes' API (maintenance mode), then applying their configs");
+        for (n, after) in
+            control_planes
+                .iter()
+                .zip(apply_configs(dir, st, &control_planes, &never)?)
+        {
+            print_after(n, after);
+        }
     }
     let oc_file = dir.join("osconfig");
     let oc = oc_file.to_str().unwrap_or_default();
@@ -889,15 +909,39 @@ fn wait_ready(a: &CreateArgs, dir: &Path, st: &State, started: Instant) -> anyho
     {
         print_line(&format!("    (the workers keep their priority: {e:#})"));
     }
-    let (control_planes, workers): (Vec<&NodeState>, Vec<&NodeState>) =
-        st.nodes.iter().partition(|n| n.role == "controlplane");
-    let services = services_healthy(st, control_planes, &oc_file, healthy_within);
-    if a.kubernetes
-        && let Err(e) = provisioner.control_planes_first(st, false)
-    {
-        print_line(&format!("    (the workers keep the lower priority: {e:#})"));
-    }
+    // The workers are configured (in the background) while the control planes start.
+    let failed = AtomicBool::new(false);
+    let (services, configured) = std::thread::scope(|scope| {
+        let configuring = configure.then(|| {
+            let (workers, failed) = (&workers, &failed);
+            scope.spawn(move || apply_configs(dir, st, workers, failed))
+        });
+        let services =
+            services_healthy(st, control_planes.iter().copied(), &oc_file, healthy_within);
+        if a.kubernetes
+            && let Err(e) = provisioner.control_planes_first(st, false)
+        {
+            print_line(&format!("    (the workers keep the lower priority: {e:#})"));
+        }
+        // A control plane that did not come up ends the create: the workers' wait stops too.
+        failed.store(services.is_err(), Ordering::Relaxed);
+        let configured = configuring.map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(anyhow!("configuring the workers panicked")))
+        });
+        (services, configured)
+    });
     services?;
+    if let Some(answered) = configured {
+        for (n, after) in workers.iter().zip(answered?) {
+            print_line(&format!(
+                "    {} ({}) configured: its maintenance API answered {:.1} s into this step",
+                n.name,
+                n.address,
+                after.as_secs_f64()
+            ));
+        }
+    }
     services_healthy(st, workers, &oc_file, healthy_within)?;
     if a.kubernetes
         && let Some(first) = st.nodes.iter().find(|n| n.role == "controlplane")
@@ -978,10 +1022,36 @@ fn wait(
     n: &NodeState,
     what: &str,
     timeout: Duration,
-    mut check: impl FnMut() -> anyhow::Result<()>,
+    check: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let after = wait_quiet(st, n, what, timeout, &AtomicBool::new(false), check)?;
+    print_after(n, after);
+    Ok(())
+}
+
+fn print_after(n: &NodeState, after: Duration) {
+    print_line(&format!(
+        "    {} ({}) after {:.1} s",
+        n.name,
+        n.address,
+        after.as_secs_f64()
+    ));
+}
+
+/// [`wait`], printing nothing: returns how long it took. Gives up once `abort` is set.
+fn wait_quiet(
+    st: &State,
+    n: &NodeState,
+    what: &str,
+    timeout: Duration,
+    abort: &AtomicBool,
+    mut check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     while let Err(last) = check() {
+        if abort.load(Ordering::Relaxed) {
+            bail!("{} ({}): no {what}: given up", n.name, n.address);
+        }
         if start.elapsed() > timeout {
             let ping = |args: &[&str]| match sh(Command::new(args[0]).args(&args[1..])) {
                 Ok(_) => "answers".to_string(),
@@ -1002,13 +1072,7 @@ fn wait(
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    print_line(&format!(
-        "    {} ({}) after {:.1} s",
-        n.name,
-        n.address,
-        start.elapsed().as_secs_f64()
-    ));
-    Ok(())
+    Ok(start.elapsed())
 }
 
 /// Where a node's console is, and its last `lines` lines.
@@ -1217,6 +1281,88 @@ mod tests {
         assert!(e.contains("--cidr 10.5.0.0/30") && e.contains("/29"), "{e}");
         assert!(segment("fd00::/64").is_err());
         assert!(segment("10.5.0.0").is_err());
+    }
+
+    fn state() -> (State, NodeState) {
+        let n = NodeState {
+            name: "t-worker-1".into(),
+            role: "worker".into(),
+            address: "10.5.0.3".into(),
+            dir: "/nonexistent".into(),
+            pid: None,
+        };
+        let st = State {
+            name: "t".into(),
+            provisioner: Provisioner::Qemu,
+            netns: "basalt-t".into(),
+            host_link: "bst-t".into(),
+            host_address: "10.5.0.1/24".into(),
+            bridge_address: "10.5.0.254/24".into(),
+            nodes: vec![n.clone()],
+            image: None,
+            published: Vec::new(),
+            registry: None,
+            config_server: None,
+            chaos: None,
+        };
+        (st, n)
+    }
+
+    #[test]
+    fn a_wait_ends_when_the_check_passes_and_says_how_long_it_took() {
+        let (st, n) = state();
+        let mut tries = 0;
+        let took = wait_quiet(
+            &st,
+            &n,
+            "an answer",
+            Duration::from_secs(600),
+            &AtomicBool::new(false),
+            || {
+                tries += 1;
+                if tries < 3 { bail!("not yet") } else { Ok(()) }
+            },
+        )
+        .unwrap();
+        assert_eq!(tries, 3);
+        // Two failed tries, a second apart.
+        assert!(took >= Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn a_background_wait_gives_up_when_told_to_not_at_its_timeout() {
+        // The workers are configured in the background while the control planes start: when
+        // a control plane fails, their wait must end with the create, not minutes later.
+        let (st, n) = state();
+        let abort = AtomicBool::new(false);
+        let started = Instant::now();
+        let r = std::thread::scope(|s| {
+            let waiting = s.spawn(|| {
+                wait_quiet(
+                    &st,
+                    &n,
+                    "the maintenance API",
+                    Duration::from_secs(600),
+                    &abort,
+                    || bail!("connection refused"),
+                )
+            });
+            std::thread::sleep(Duration::from_millis(1500));
+            abort.store(true, Ordering::Relaxed);
+            waiting.join().unwrap()
+        });
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(
+            e.contains("t-worker-1 (10.5.0.3)") && e.contains("given up"),
+            "{e}"
+        );
+        // Within a try or two of being told, far from the 600 s timeout (a generous guard
+        // for a loaded machine).
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
