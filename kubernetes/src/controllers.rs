@@ -193,28 +193,30 @@ impl Setup {
             let (pki, name) = (kube.paths.pki.clone(), me.name.clone());
             move || tlsboot::run(sup.clone(), cfg.clone(), pki.clone(), name.clone())
         });
-        // Routes to the other nodes' pods, through the link of the node's address.
+        // Routes to the other nodes' pods, through the link of the node's address; and the
+        // node's registration, which kube-proxy waits for.
         let link = crate::node_addresses(&store)
             .into_iter()
             .find(|(_, a)| *a == ip)
             .map(|(link, _)| link);
-        match link {
-            Some(link) => {
-                let e = &cfg.cluster().control_plane.endpoint;
-                let (store, endpoint) = (store.clone(), (e.host.clone(), e.port));
-                let pki: Arc<Path> = Arc::from(kube.paths.pki.as_path());
-                let name = me.name.clone();
-                tasks::supervise("pod-routes", move || {
-                    podroutes::run(
-                        store.clone(),
-                        endpoint.clone(),
-                        pki.clone(),
-                        name.clone(),
-                        link.clone(),
-                    )
-                });
-            }
-            None => tracing::info!(%ip, "no link holds the node's address: no pod routes"),
+        if link.is_none() {
+            tracing::info!(%ip, "no link holds the node's address: no pod routes");
+        }
+        {
+            let e = &cfg.cluster().control_plane.endpoint;
+            let (sup, store, endpoint) = (sup.clone(), store.clone(), (e.host.clone(), e.port));
+            let pki: Arc<Path> = Arc::from(kube.paths.pki.as_path());
+            let name = me.name.clone();
+            tasks::supervise("node-watch", move || {
+                podroutes::run(
+                    sup.clone(),
+                    store.clone(),
+                    endpoint.clone(),
+                    pki.clone(),
+                    name.clone(),
+                    link.clone(),
+                )
+            });
         }
 
         {
@@ -364,7 +366,9 @@ impl Proxy {
                 basalt_sys::fs::atomic_write(path, text.as_bytes(), 0o644)
                     .map_err(FileError::write(path))?;
                 self.sup.add(proxy::service()).await;
-                tracing::info!("kube-proxy: started (nftables mode)");
+                tracing::info!(
+                    "kube-proxy: added (nftables mode; it starts once the node is registered)"
+                );
             }
             None => {
                 // Stopped, and its rules removed (the cleanup run takes its place).

@@ -11,6 +11,10 @@ pub const KUBELET: &str = "/usr/bin/kubelet";
 pub const KUBELET_ROOT: &str = "/var/lib/kubelet";
 /// The condition the TLS bootstrap sets once the kubelet's client certificate is written.
 pub const KUBELET_CLIENT_READY: &str = "kubelet-client-ready";
+/// The condition the node watcher keeps: this node's Node object exists and has an address
+/// (the kubelet registered it). kube-proxy waits for it: it waits only 30 s for its Node itself,
+/// then runs without the node's address and exits once the address appears.
+pub const NODE_REGISTERED: &str = "node-registered";
 
 /// Whether this image runs Kubernetes.
 pub fn available() -> bool {

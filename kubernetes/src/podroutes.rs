@@ -5,7 +5,8 @@
 //! `advertisePodNetworks`, the node's own pod CIDRs go to KubeSpan (the `PodNetworks`
 //! resource), which advertises them to the peers: there each is an allowed IP of this node's
 //! peer, routed into the mesh by KubeSpan's table, whose rule comes before the main table's
-//! routes here.
+//! routes here. The same watch keeps the supervisor's `node-registered` condition: whether
+//! this node's own Node object exists with an address (kube-proxy waits for it).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,8 +19,10 @@ use basalt_kubespan::peer::{LOCAL_POD_NETWORKS, PodNetworksSpec};
 use basalt_networkd::sources::{LayerSpecs, publish};
 use basalt_networkd::spec::{Layer, RouteSpec};
 use basalt_resources::Store;
+use basalt_supervisor::Supervisor;
 
 use super::https::{Https, HttpsError};
+use super::layout::NODE_REGISTERED;
 use super::tlsboot::KUBELET_CLIENT;
 
 const OWNER: &str = "kubernetes";
@@ -61,6 +64,18 @@ fn pod_cidrs(node: &serde_json::Value) -> Vec<Prefix> {
         .collect()
 }
 
+/// Whether `me` is in a `NodeList` with an InternalIP: the kubelet registered it, and
+/// kube-proxy can find the node's address.
+pub fn registered(nodes: &serde_json::Value, me: &str) -> bool {
+    nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["metadata"]["name"].as_str() == Some(me))
+        .flat_map(|n| n["status"]["addresses"].as_array().into_iter().flatten())
+        .any(|a| a["type"] == "InternalIP" && a["address"].as_str().is_some_and(|a| !a.is_empty()))
+}
+
 /// `me`'s own pod CIDRs in a `NodeList` (none until the controller manager allocates them).
 pub fn own_pod_cidrs(nodes: &serde_json::Value, me: &str) -> Vec<Prefix> {
     nodes["items"]
@@ -76,14 +91,24 @@ pub fn own_pod_cidrs(nodes: &serde_json::Value, me: &str) -> Vec<Prefix> {
 /// `PodNetworks` resource KubeSpan advertises, for as long as the node runs: lists the nodes,
 /// then watches them from that list's version; when the watch ends (the server closes it
 /// after a few minutes, or its version is too old), lists again. Until the API answers (no
-/// kubelet certificate yet), it tries every 2 s and says why once.
-pub async fn run(store: Store, endpoint: (String, u16), pki: Arc<Path>, me: String, link: String) {
+/// kubelet certificate yet), it tries every 2 s and says why once. With no `link` (no link
+/// holds the node's address) it keeps no routes, only the condition.
+pub async fn run(
+    sup: Arc<Supervisor>,
+    store: Store,
+    endpoint: (String, u16),
+    pki: Arc<Path>,
+    me: String,
+    link: Option<String>,
+) {
     let mut keeper = Keeper {
+        sup,
         store,
         me,
         link,
         last: None,
         last_own: None,
+        registered: None,
     };
     let mut last_error = String::new();
     loop {
@@ -161,16 +186,27 @@ async fn follow(
 
 /// What was last handed on, so only changes are published.
 struct Keeper {
+    sup: Arc<Supervisor>,
     store: Store,
     me: String,
-    link: String,
+    link: Option<String>,
     last: Option<Vec<(Prefix, IpAddr)>>,
     last_own: Option<Vec<Prefix>>,
+    registered: Option<bool>,
 }
 
 impl Keeper {
     fn update(&mut self, nodes: &BTreeMap<String, serde_json::Value>) {
         let list = serde_json::json!({ "items": nodes.values().collect::<Vec<_>>() });
+        let registered = registered(&list, &self.me);
+        if self.registered != Some(registered) {
+            tracing::info!(node = %self.me, registered, "node object");
+            self.sup.set_condition(NODE_REGISTERED, registered);
+            self.registered = Some(registered);
+        }
+        let Some(link) = self.link.clone() else {
+            return;
+        };
         let own = own_pod_cidrs(&list, &self.me);
         if self.last_own.as_ref() != Some(&own) {
             let spec = PodNetworksSpec { cidrs: own.clone() };
@@ -187,7 +223,7 @@ impl Keeper {
             routes: want
                 .iter()
                 .map(|(p, ip)| RouteSpec {
-                    link: self.link.clone(),
+                    link: link.clone(),
                     destination: *p,
                     gateway: Some(*ip),
                     source: None,
@@ -245,5 +281,24 @@ mod tests {
             vec!["10.244.2.0/24".parse::<Prefix>().unwrap()]
         );
         assert!(own_pod_cidrs(&nodes, "w2").is_empty());
+    }
+
+    #[test]
+    fn a_node_is_registered_once_its_object_has_an_address() {
+        let nodes = serde_json::json!({"items": [
+            {"metadata": {"name": "cp"},
+             "status": {"addresses": [{"type": "Hostname", "address": "cp"}, {"type": "InternalIP", "address": "10.5.0.2"}]}},
+            // Created, its status not written yet.
+            {"metadata": {"name": "w1"}, "status": {}},
+            {"metadata": {"name": "w2"}, "status": {"addresses": [{"type": "Hostname", "address": "w2"}]}},
+        ]});
+        assert!(registered(&nodes, "cp"));
+        assert!(!registered(&nodes, "w1"));
+        assert!(
+            !registered(&nodes, "w2"),
+            "a hostname is not an address kube-proxy uses"
+        );
+        assert!(!registered(&nodes, "w3"), "not there at all");
+        assert!(!registered(&serde_json::json!({}), "cp"));
     }
 }

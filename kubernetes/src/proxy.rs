@@ -16,7 +16,7 @@ use std::time::Duration;
 use basalt_config::Config;
 use basalt_supervisor::{Dependency, Health, ServiceDef};
 
-use crate::layout::{KUBELET_CLIENT_READY, KUBELET_ROOT, healthz, process};
+use crate::layout::{KUBELET_CLIENT_READY, KUBELET_ROOT, NODE_REGISTERED, healthz, process};
 
 pub const PROGRAM: &str = "/usr/bin/kube-proxy";
 /// Where its configuration is written.
@@ -60,6 +60,7 @@ pub fn service() -> ServiceDef {
     def.depends = vec![
         Dependency::Condition(basalt_supervisor::NETWORK),
         Dependency::Condition(KUBELET_CLIENT_READY),
+        Dependency::Condition(NODE_REGISTERED),
     ];
     def.stop_timeout = Duration::from_secs(10);
     def.health = Some(Health {

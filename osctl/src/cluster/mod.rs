@@ -1000,12 +1000,7 @@ fn services_healthy<'a>(
                 c.service_list(request(node.as_deref(), pb::ServiceListRequest {}))
                     .await
             })?;
-            let not: Vec<String> = list
-                .services
-                .iter()
-                .filter(|s| s.state != "running")
-                .map(|s| format!("{} {}", s.id, s.state))
-                .collect();
+            let not = not_running(&list.services);
             if list.services.is_empty() || !not.is_empty() {
                 bail!("not every service running: {}", not.join(", "));
             }
@@ -1013,6 +1008,23 @@ fn services_healthy<'a>(
         })?;
     }
     Ok(())
+}
+
+/// What a service waiting only for its node's registration says: kube-proxy, until the
+/// kubelet has registered the node (the condition is `NODE_REGISTERED` in
+/// kubernetes/src/layout.rs). Registration is the cluster's doing — the Kubernetes phase waits
+/// for it, and for kube-proxy on every node —, not the node's own services'.
+const WAITS_FOR_REGISTRATION: &str = "waiting for node-registered";
+
+/// The services that are not running (`id state`), leaving out those waiting only for the
+/// node's registration.
+fn not_running(services: &[pb::ServiceInfo]) -> Vec<String> {
+    services
+        .iter()
+        .filter(|s| s.state != "running")
+        .filter(|s| !(s.state == "waiting" && s.message == WAITS_FOR_REGISTRATION))
+        .map(|s| format!("{} {}", s.id, s.state))
+        .collect()
 }
 
 /// Asks `check` every second until it passes; past `timeout`, the error names the node, its
@@ -1362,6 +1374,34 @@ mod tests {
             started.elapsed() < Duration::from_secs(120),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_node_s_services_are_up_with_kube_proxy_waiting_only_for_the_registration() {
+        let svc = |id: &str, state: &str, message: &str| pb::ServiceInfo {
+            id: id.into(),
+            state: state.into(),
+            message: message.into(),
+            ..Default::default()
+        };
+        let up = [
+            svc("kubelet", "running", "pid 7"),
+            svc("kube-proxy", "waiting", "waiting for node-registered"),
+        ];
+        assert!(not_running(&up).is_empty());
+        let down = [
+            svc("kubelet", "waiting", "waiting for kubelet-client-ready"),
+            svc(
+                "kube-proxy",
+                "waiting",
+                "waiting for kubelet-client-ready, node-registered",
+            ),
+            svc("etcd", "backing-off", "exit code 1"),
+        ];
+        assert_eq!(
+            not_running(&down),
+            ["kubelet waiting", "kube-proxy waiting", "etcd backing-off"]
         );
     }
 
