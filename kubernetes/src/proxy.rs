@@ -1,8 +1,8 @@
 //! kube-proxy on every node: Services routed by nftables rules, as a service of init's
 //! supervisor (like the kubelet, not a DaemonSet).
 //!
-//! Why a supervised process: it depends on nothing but the network and the node's
-//! credentials, so Services route as soon as the node has joined — before any pod can be
+//! Why a supervised process: it depends on nothing but the network, the node's credentials
+//! and the node's registration, so Services route as soon as the node has joined — before any pod can be
 //! scheduled, with no image to import and no DaemonSet to roll out — and its logs are
 //! `osctl logs kube-proxy`. It runs as the node (the kubelet's client certificate, kept fresh
 //! by the kubelet's rotation; the add-ons bind `system:nodes` to `system:node-proxier`).
