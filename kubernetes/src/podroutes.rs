@@ -34,13 +34,7 @@ pub fn routes_from(nodes: &serde_json::Value, me: &str) -> Vec<(Prefix, IpAddr)>
         if n["metadata"]["name"].as_str() == Some(me) {
             continue;
         }
-        let ip = n["status"]["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["type"] == "InternalIP")
-            .and_then(|a| a["address"].as_str())
-            .and_then(|a| a.parse::<IpAddr>().ok());
+        let ip = internal_ip(n);
         for p in pod_cidrs(n) {
             if let Some(ip) = ip
                 && p.is_ipv6() == ip.is_ipv6()
@@ -71,9 +65,18 @@ pub fn registered(nodes: &serde_json::Value, me: &str) -> bool {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|n| n["metadata"]["name"].as_str() == Some(me))
-        .flat_map(|n| n["status"]["addresses"].as_array().into_iter().flatten())
-        .any(|a| a["type"] == "InternalIP" && a["address"].as_str().is_some_and(|a| !a.is_empty()))
+        .any(|n| n["metadata"]["name"].as_str() == Some(me) && internal_ip(n).is_some())
+}
+
+/// A Node's first InternalIP.
+fn internal_ip(node: &serde_json::Value) -> Option<IpAddr> {
+    node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .and_then(|a| a.parse::<IpAddr>().ok())
 }
 
 /// `me`'s own pod CIDRs in a `NodeList` (none until the controller manager allocates them).
