@@ -43,7 +43,7 @@ fn api(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> ContainerError 
     move |status| ContainerError::Api { what, status }
 }
 
-fn json(path: &Path, data: &[u8]) -> Result<serde_json::Value, ContainerError> {
+pub(crate) fn json(path: &Path, data: &[u8]) -> Result<serde_json::Value, ContainerError> {
     serde_json::from_slice(data).map_err(|e| ContainerError::Layout {
         path: path.to_path_buf(),
         message: format!("not JSON: {e}"),

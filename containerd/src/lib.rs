@@ -19,6 +19,7 @@ use basalt_supervisor::{Health, ServiceDef};
 pub mod archive;
 pub mod containers;
 pub mod registry;
+pub mod shipped;
 
 pub const SOCKET: &str = "/system/run/containerd/containerd.sock";
 pub const CONFIG: &str = "/system/etc/containerd/config.toml";
@@ -496,7 +497,7 @@ mod tests {
 
     /// containerd from the node's Go-built stack (built into the cache if it is not there),
     /// run by a supervisor in `dir`.
-    async fn real_containerd(
+    pub(crate) async fn real_containerd(
         dir: &Path,
     ) -> (std::sync::Arc<basalt_supervisor::Supervisor>, Client) {
         let stack = basalt_image::stack::ensure(
@@ -553,7 +554,7 @@ mod tests {
     }
 
     /// The names of the images in `ns`, sorted.
-    async fn image_names(c: &Client, ns: &str) -> Vec<String> {
+    pub(crate) async fn image_names(c: &Client, ns: &str) -> Vec<String> {
         let mut v: Vec<String> = c
             .images(ns)
             .await

@@ -3,6 +3,9 @@
 //!
 //! Mirrors and TLS become a `hosts.toml` per registry under [`HOSTS_DIR`] (with the CA and
 //! client certificates beside it), which containerd's CRI reads on every pull: a change is live.
+//! A registry the rootfs ships images of ([`crate::shipped`]) has the node's own registry as
+//! its first host, before the config's mirrors: it answers what the node ships and 404s the
+//! rest, which containerd then asks the next host for.
 //! Credentials go in config.toml's CRI section, which containerd reads when it starts: a change
 //! rewrites it and restarts containerd (its containers keep running: their shims are apart).
 //! [`RegistrySettings`] keeps both in step with the active config.
@@ -33,6 +36,27 @@ pub struct Settings {
     /// Files under [`HOSTS_DIR`]: relative path → content and mode.
     pub files: BTreeMap<String, (Vec<u8>, u32)>,
     pub auth: Vec<Auth>,
+}
+
+/// The node's own registry: its URL and the registries it serves images of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Local {
+    pub url: String,
+    pub registries: BTreeSet<String>,
+}
+
+impl Local {
+    /// The node's registry ([`crate::shipped`]) for the layouts under `dir`; none when the
+    /// rootfs ships none (or they cannot be read: the registry service says why).
+    pub fn shipped(dir: &Path) -> Local {
+        let registries = crate::shipped::Catalog::load(dir)
+            .map(|c| c.registries())
+            .unwrap_or_default();
+        Local {
+            url: crate::shipped::URL.into(),
+            registries,
+        }
+    }
 }
 
 /// A TOML basic string.
@@ -105,8 +129,9 @@ fn tls_lines(
     out
 }
 
-/// The settings a config asks for.
-pub fn settings(cfg: &Config) -> Settings {
+/// The settings a config asks for, with the node's own registry `local` first for the
+/// registries it serves.
+pub fn settings(cfg: &Config, local: &Local) -> Settings {
     let mut mirrors: BTreeMap<&str, &RegistryMirrorConfig> = BTreeMap::new();
     let mut tls: BTreeMap<&str, &RegistryTlsConfig> = BTreeMap::new();
     let mut out = Settings::default();
@@ -128,9 +153,14 @@ pub fn settings(cfg: &Config) -> Settings {
         }
     }
     // A directory for every registry a document names: a mirror's, and a TLS document's (a
-    // registry pulled from directly needs its CA too). A registry without a mirror document of
-    // its own takes `*`'s.
-    let registries: BTreeSet<&str> = mirrors.keys().chain(tls.keys()).copied().collect();
+    // registry pulled from directly needs its CA too), and every registry the node serves
+    // images of. A registry without a mirror document of its own takes `*`'s.
+    let registries: BTreeSet<&str> = mirrors
+        .keys()
+        .chain(tls.keys())
+        .copied()
+        .chain(local.registries.iter().map(String::as_str))
+        .collect();
     for r in registries {
         let dir = if r == "*" { "_default" } else { r };
         let mirror = mirrors.get(r).or_else(|| mirrors.get("*")).copied();
@@ -149,6 +179,9 @@ pub fn settings(cfg: &Config) -> Settings {
             text.push_str(&format!("server = {}\n", quote(s)));
             let root_tls = tls_lines(dir, tls.get(url_host(s)).copied(), &mut files);
             text.push_str(&root_tls.replace("\n  ", "\n").replacen("  ", "", 1));
+        }
+        if r != "*" && local.registries.contains(r) {
+            endpoints.insert(0, &local.url);
         }
         for e in endpoints {
             text.push_str(&format!(
@@ -250,6 +283,7 @@ pub type Rewrite = Box<dyn Fn(&[Auth]) -> std::io::Result<bool> + Send + Sync>;
 pub struct RegistrySettings {
     sup: Arc<basalt_supervisor::Supervisor>,
     rewrite: Rewrite,
+    local: Local,
     /// The settings in place.
     last: Option<Settings>,
 }
@@ -263,10 +297,11 @@ impl std::fmt::Debug for RegistrySettings {
 }
 
 impl RegistrySettings {
-    pub fn new(sup: Arc<basalt_supervisor::Supervisor>, rewrite: Rewrite) -> Self {
+    pub fn new(sup: Arc<basalt_supervisor::Supervisor>, rewrite: Rewrite, local: Local) -> Self {
         RegistrySettings {
             sup,
             rewrite,
+            local,
             last: None,
         }
     }
@@ -275,7 +310,7 @@ impl RegistrySettings {
         let Some(cfg) = basalt_config::resource::active(store) else {
             return Ok(());
         };
-        let want = settings(&cfg);
+        let want = settings(&cfg, &self.local);
         if self.last.as_ref() == Some(&want) {
             return Ok(());
         }

@@ -666,11 +666,15 @@ pub fn program_closure(
     Ok(files)
 }
 
-/// An OCI image for the rootfs's image directory (containerd imports it at boot).
+/// An OCI image the rootfs ships: imported into containerd at boot, or served to it by the
+/// node's registry when a pod there needs it.
 #[derive(Debug)]
 pub struct OciImage {
-    /// Its directory under [`crate::oci::IMAGES_DIR`].
+    /// Its directory under [`crate::oci::IMAGES_DIR`] or [`crate::oci::REGISTRY_DIR`].
     pub dir: &'static str,
+    /// Served by the node's registry ([`crate::oci::REGISTRY_DIR`]) rather than imported at
+    /// boot: an image only some nodes' pods run.
+    pub served: bool,
     pub reference: String,
     /// The containerd namespace it is imported into.
     pub namespace: &'static str,
@@ -726,6 +730,8 @@ fn kubernetes_binaries(
     }
     let pause = OciImage {
         dir: "pause",
+        // Every pod's sandbox: on every node, from the start.
+        served: false,
         reference: pause_ref(&crate::stack::pause_version(stack)?),
         namespace: "k8s.io",
         files: vec![("pause".into(), 0o755, read_static(stack.path("pause")?)?)],
@@ -740,6 +746,7 @@ fn coredns_image(stack: &crate::stack::Stack) -> Result<OciImage, ImageError> {
     let version = crate::stack::COREDNS.version()?;
     Ok(OciImage {
         dir: "coredns",
+        served: true,
         reference: format!("registry.k8s.io/coredns/coredns:{version}"),
         namespace: "k8s.io",
         files: vec![(
@@ -762,6 +769,7 @@ fn local_path_images(
     let version = crate::stack::LOCAL_PATH.version()?;
     let provisioner = OciImage {
         dir: "local-path-provisioner",
+        served: true,
         reference: format!("docker.io/rancher/local-path-provisioner:{version}"),
         namespace: "k8s.io",
         files: vec![(
@@ -785,6 +793,7 @@ fn local_path_images(
         .unwrap_or_default();
     let helper = OciImage {
         dir: "busybox",
+        served: true,
         reference: format!("basalt.local/busybox:{upstream}"),
         namespace: "k8s.io",
         files: ["bin/sh", "bin/mkdir", "bin/rm"]
@@ -884,8 +893,13 @@ fn build_rootfs(
             .map(|(n, m, d)| (n.as_str(), *m, d.as_slice()))
             .collect();
         let entry: Vec<&str> = i.entrypoint.iter().map(String::as_str).collect();
+        let under = if i.served {
+            crate::oci::REGISTRY_DIR
+        } else {
+            crate::oci::IMAGES_DIR
+        };
         crate::oci::write_layout(
-            &staging.join(crate::oci::IMAGES_DIR).join(i.dir),
+            &staging.join(under).join(i.dir),
             Some(i.namespace),
             &i.reference,
             &files,

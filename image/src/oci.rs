@@ -1,5 +1,7 @@
 //! OCI image layouts built locally (no registry is reachable): the node imports every layout
-//! under `/usr/share/basalt/images` into containerd at boot.
+//! under `/usr/share/basalt/images` into containerd at boot, and serves those under
+//! `/usr/share/basalt/registry` from its own registry on loopback, pulled when a pod needs one
+//! (`basalt-containerd`'s `shipped`).
 //!
 //! The test image `basalt.local/hello:v1` is one uncompressed layer holding `hello`, a small
 //! static binary of `testkit/`, as `/hello` (it prints a greeting, its arguments and what it
@@ -11,8 +13,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{ImageError, hex, io_err};
 
-/// Where layouts go in the rootfs.
+/// Where layouts imported at boot go in the rootfs.
 pub const IMAGES_DIR: &str = "usr/share/basalt/images";
+/// Where layouts served by the node's registry go in the rootfs.
+pub const REGISTRY_DIR: &str = "usr/share/basalt/registry";
 pub const HELLO_REF: &str = "basalt.local/hello:v1";
 
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

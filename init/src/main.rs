@@ -5,6 +5,8 @@
 //! - `apid`: the network gateway of the machine API, run by PID 1's supervisor.
 //! - `basalt-discovery`: KubeSpan's discovery server, run by the supervisor with
 //!   `DiscoveryConfig.serve`.
+//! - `basalt-registry`: the registry on loopback that serves the images the rootfs ships for
+//!   pods (`basalt_containerd::shipped`), run by the supervisor beside containerd.
 //!
 //! It must never exit while it is PID 1: a fatal error is logged and the machine reboots.
 //! It must not grow a shell or anything that interprets user input beyond the machine API.
@@ -18,6 +20,7 @@ fn main() {
     match base {
         "apid" => basalt_apid::run(&args[1..]),
         "basalt-discovery" => std::process::exit(basalt_discovery::cli::run(&args)),
+        basalt_containerd::shipped::ARG0 => basalt_containerd::shipped::run(&args[1..]),
         _ => pid1::run(),
     }
 }

@@ -265,7 +265,9 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
         // has now, if any (the registry settings follow later configs, restarting it).
         let cri = basalt_kubernetes::prepare_cri().map(|mut c| {
             if let Some(cfg) = config.active() {
-                c.registry_auth = containerd::registry::settings(&cfg).auth;
+                c.registry_auth =
+                    containerd::registry::settings(&cfg, &containerd::registry::Local::default())
+                        .auth;
             }
             c
         });
@@ -273,8 +275,14 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
             Ok(_) => {
                 sup.add(containerd::service(containerd::SOCKET.into()))
                     .await;
-                let s = sup.clone();
-                tasks::until_done("import-images", move || import_images(s.clone()));
+                let (s, st) = (sup.clone(), store.clone());
+                tasks::until_done("import-images", move || {
+                    import_images(s.clone(), st.clone())
+                });
+                let served = Path::new(containerd::shipped::REGISTRY_DIR);
+                if served.is_dir() {
+                    sup.add(containerd::shipped::service()).await;
+                }
                 if let Some(base) = cri {
                     registry = Some(containerd::registry::RegistrySettings::new(
                         sup.clone(),
@@ -283,6 +291,7 @@ async fn main(cmdline: Cmdline, bad: Vec<basalt_sys::cmdline::BadArg>) {
                             c.registry_auth = auth.to_vec();
                             containerd::prepare(Some(&c))
                         }),
+                        containerd::registry::Local::shipped(served),
                     ));
                 }
             }
@@ -353,8 +362,13 @@ fn start_controllers(
     let _ = rt.start();
 }
 
-/// Imports the OCI image layouts shipped in the rootfs once containerd is healthy.
-async fn import_images(sup: Arc<Supervisor>) {
+/// Imports the OCI image layouts shipped in the rootfs once containerd is healthy: those every
+/// node needs from the start (the pod sandbox, the test image); and on a control plane, once
+/// the config says it is one, those the node's registry serves — the add-ons run there first
+/// (they tolerate its taint and its kubelet is Ready before the workers'), and a pull of them
+/// at that point would hold up CoreDNS. A worker pulls them from its registry if a pod needs
+/// them.
+async fn import_images(sup: Arc<Supervisor>, store: basalt_resources::Store) {
     let up = sup
         .wait_for("containerd", Duration::from_secs(300), |s, h| {
             s == supervisor::State::Running && h == supervisor::HealthState::Healthy
@@ -364,17 +378,33 @@ async fn import_images(sup: Arc<Supervisor>) {
         tracing::info!("images not imported: containerd did not become healthy");
         return;
     }
+    import_dir(Path::new(containerd::containers::IMAGES_DIR)).await;
+    let served = Path::new(containerd::shipped::REGISTRY_DIR);
+    if !served.is_dir() {
+        return;
+    }
+    let mut changes = store.changes();
+    let cfg = loop {
+        if let Some(cfg) = basalt_config::resource::active(&store) {
+            break cfg;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    };
+    if cfg.machine().machine_type == basalt_config::v1alpha1::MachineType::ControlPlane {
+        import_dir(served).await;
+    }
+}
+
+/// Imports the layouts under `dir`, tried again after a failure (containerd restarting, a
+/// slow machine): an import picks up where the last one stopped (blobs and unpacked layers
+/// already there are kept).
+async fn import_dir(dir: &Path) {
     let t = Instant::now();
     let client = containerd::Client::new(Path::new(containerd::SOCKET));
-    // Tried again after a failure (containerd restarting, a slow machine): an import picks up
-    // where the last one stopped (blobs and unpacked layers already there are kept).
     for attempt in 1..=5 {
-        match basalt_containerd::containers::import_all(
-            &client,
-            Path::new(basalt_containerd::containers::IMAGES_DIR),
-        )
-        .await
-        {
+        match containerd::containers::import_all(&client, dir).await {
             Ok(names) if names.is_empty() => return,
             Ok(names) => {
                 tracing::info!(
@@ -387,6 +417,7 @@ async fn import_images(sup: Arc<Supervisor>) {
             Err(e) => tracing::warn!(
                 attempt,
                 of = 5,
+                dir = %dir.display(),
                 error = %basalt_sys::error_chain(&e),
                 "cannot import images"
             ),

@@ -412,10 +412,10 @@ pub async fn pass(api: &Https, me: &str, manifests: &[Manifest]) -> Result<Appli
     r
 }
 
-/// The reference of an image this node's image ships (the OCI layout `dir` under the images
-/// directory), if it ships it.
+/// The reference of an image this node's image ships for the add-ons (the OCI layout `dir`
+/// its registry serves), if it ships it.
 pub fn shipped_image(dir: &str) -> Option<String> {
-    let dir = Path::new(basalt_containerd::containers::IMAGES_DIR).join(dir);
+    let dir = Path::new(basalt_containerd::shipped::REGISTRY_DIR).join(dir);
     basalt_containerd::containers::layout_references(&dir)
         .ok()?
         .into_iter()

@@ -334,21 +334,6 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     let got = kubectl(&ns, &kc, &["logs", "cli"]).unwrap();
     assert!(got.contains("says: hello from srv"), "{got}");
 
-    // Every node holds the add-ons' images, imported at boot from its rootfs (CoreDNS
-    // tolerates a control plane's taint: it may run there).
-    for node in [&cp1, &cp2, &w1_addr, &w2_addr] {
-        eventually(Duration::from_secs(300), Duration::from_secs(3), || {
-            let s = ok(clusters, &["--osconfig", oc, "-n", node, "images"]);
-            if s.contains("coredns/coredns:") && s.contains("local-path-provisioner:") {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{node}: the add-ons' images are not all there:\n{s}"
-                ))
-            }
-        });
-    }
-
     // Services and cluster DNS: kube-proxy runs on every node, CoreDNS (applied by the control
     // planes from the image every node imported) has its two replicas ready, and a pod on the
     // other worker reaches srv through a ClusterIP Service by its DNS name.
@@ -528,6 +513,54 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
     apply("reader", &claim_pod("reader", &["--cat", "/data/note"]));
     let got = done("reader");
     assert!(got.contains("/data/note holds: kept across pods"), "{got}");
+
+    // The add-ons' images are not imported at boot: every node serves them from its rootfs
+    // (its `local-registry` on loopback) and pulls one where a pod needs it. A pod of
+    // CoreDNS's image on a worker, pulled again (`Always`; no registry is reachable from
+    // here), prints the version: the worker resolved the name from itself.
+    let dns_image = kubectl(
+        &ns,
+        &kc,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "deployment",
+            "coredns",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    )
+    .unwrap();
+    let dns_image = dns_image.trim();
+    apply(
+        "dns-version",
+        &serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "dns-version"},
+            "spec": {
+                "nodeName": w2,
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "coredns",
+                    "image": dns_image,
+                    "imagePullPolicy": "Always",
+                    "args": ["-version"],
+                }],
+            },
+        }),
+    );
+    let got = done("dns-version");
+    assert!(got.contains("CoreDNS-"), "{got}");
+    let served = ok(
+        clusters,
+        &["--osconfig", oc, "-n", &w2_addr, "logs", "local-registry"],
+    );
+    assert!(
+        served.contains(&format!("{dns_image} resolved to sha256:")),
+        "{served}"
+    );
 
     // A NodePort, reached from the host through `--publish` (the forwarder osctl started).
     kubectl(

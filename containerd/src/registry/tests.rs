@@ -10,6 +10,11 @@ fn cfg(extra: &str) -> Config {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The settings of a config on a node that serves no image itself.
+fn settings(c: &Config) -> Settings {
+    super::settings(c, &Local::default())
+}
+
 fn file(s: &Settings, path: &str) -> String {
     String::from_utf8(
         s.files
@@ -201,4 +206,87 @@ fn hosts_are_replaced_whole() {
     assert_eq!(left, ["certs.d"], "temporary trees left behind");
     write_hosts(&root, &BTreeMap::new()).unwrap();
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+#[test]
+fn the_nodes_own_registry_comes_first_for_what_it_ships() {
+    let local = Local {
+        url: "http://127.0.0.1:3172".into(),
+        registries: ["docker.io", "registry.k8s.io"].map(String::from).into(),
+    };
+    // With no registry document: a hosts file for each registry it ships, it before the
+    // registry itself.
+    let s = super::settings(&cfg(""), &local);
+    assert_eq!(
+        s.files.keys().collect::<Vec<_>>(),
+        ["docker.io/hosts.toml", "registry.k8s.io/hosts.toml"]
+    );
+    let t = file(&s, "registry.k8s.io/hosts.toml");
+    assert!(
+        t.contains("server = \"https://registry.k8s.io\"\n")
+            && t.contains(
+                "[host.\"http://127.0.0.1:3172\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        "{t}"
+    );
+    // A user's mirrors of a registry it ships come after it; a registry it does not ship
+    // does not have it; `*` (the other registries) does not either.
+    let s = super::settings(
+        &cfg("---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: docker.io
+endpoints:
+  - url: http://10.5.0.1:5000
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: '*'
+endpoints:
+  - url: http://10.5.0.1:5001
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: quay.io
+endpoints:
+  - url: http://10.5.0.1:5002
+"),
+        &local,
+    );
+    let d = file(&s, "docker.io/hosts.toml");
+    let (own, mirror) = (
+        d.find("[host.\"http://127.0.0.1:3172\"]").unwrap(),
+        d.find("[host.\"http://10.5.0.1:5000\"]").unwrap(),
+    );
+    assert!(own < mirror, "{d}");
+    // registry.k8s.io has no document of its own: `*`'s mirrors, after the node's.
+    let k = file(&s, "registry.k8s.io/hosts.toml");
+    let (own, mirror) = (
+        k.find("[host.\"http://127.0.0.1:3172\"]").unwrap(),
+        k.find("[host.\"http://10.5.0.1:5001\"]").unwrap(),
+    );
+    assert!(own < mirror, "{k}");
+    for other in ["quay.io/hosts.toml", "_default/hosts.toml"] {
+        assert!(!file(&s, other).contains("127.0.0.1:3172"), "{other}");
+    }
+    // Without fallback, the user's last mirror still stands where the registry would, and
+    // the node's registry is still asked first.
+    let s = super::settings(
+        &cfg("---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: docker.io
+skipFallback: true
+endpoints:
+  - url: http://10.5.0.1:5000
+"),
+        &local,
+    );
+    let d = file(&s, "docker.io/hosts.toml");
+    assert!(
+        d.contains("server = \"http://10.5.0.1:5000\"")
+            && d.contains("[host.\"http://127.0.0.1:3172\"]")
+            && !d.contains("registry-1.docker.io"),
+        "{d}"
+    );
 }
