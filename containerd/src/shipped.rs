@@ -302,19 +302,13 @@ async fn answer<B>(catalog: &Catalog, req: &http::Request<B>) -> http::Response<
             name,
         } => (file, digest, media_type, name),
     };
-    let opened = match tokio::fs::File::open(&file).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(file = %file.display(), error = %e, "cannot read a served blob");
-            return full(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                format!("cannot read {}\n", file.display()).into_bytes(),
-            );
-        }
+    let open = async {
+        let f = tokio::fs::File::open(&file).await?;
+        let size = f.metadata().await?.len();
+        Ok::<_, std::io::Error>((f, size))
     };
-    let size = match opened.metadata().await {
-        Ok(m) => m.len(),
+    let (opened, size) = match open.await {
+        Ok(o) => o,
         Err(e) => {
             tracing::warn!(file = %file.display(), error = %e, "cannot read a served blob");
             return full(
