@@ -561,6 +561,31 @@ fn a_docker_cluster_runs_etcd_and_the_control_plane() {
         served.contains(&format!("{dns_image} resolved to sha256:")),
         "{served}"
     );
+    // What each node imported into containerd itself: the pod sandbox everywhere, the
+    // add-ons' images on the control planes only (they run there first).
+    for (node, control_plane) in [
+        (&cp1, true),
+        (&cp2, true),
+        (&w1_addr, false),
+        (&w2_addr, false),
+    ] {
+        let log = ok(clusters, &["--osconfig", oc, "-n", node, "logs", "init"]);
+        let imported: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("images imported into containerd"))
+            .collect();
+        assert!(
+            imported
+                .iter()
+                .any(|l| l.contains("registry.k8s.io/pause:")),
+            "{node}: {imported:#?}"
+        );
+        assert_eq!(
+            imported.iter().any(|l| l.contains(dns_image)),
+            control_plane,
+            "{node}: {imported:#?}"
+        );
+    }
 
     // A NodePort, reached from the host through `--publish` (the forwarder osctl started).
     kubectl(
