@@ -1,6 +1,7 @@
 # Shared by the hack/ scripts: install what is missing, print steps. Source it; do not run it.
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it began (the clock time), so a slow run shows where its time went.
+step() { printf '\n==> %s (%s)\n' "$*" "$(date +%T)"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # not_installed PKG...: prints those of the Debian packages that are not installed.
